@@ -1,0 +1,2 @@
+#include "http.h"
+int main(void) { return 0; }

@@ -1,0 +1,3 @@
+#ifndef WIRE_HTTP_H
+#define WIRE_HTTP_H
+#endif
