@@ -150,6 +150,16 @@ void rt_log(rt_log_level_t level, const char *msg, const rt_log_field_t *fields,
 /* Writes this thread's buffered lines. */
 void rt_log_flush(void);
 
+/* Called by the loop on its own thread: true when it starts running (lines
+ * below ERROR then wait in the thread's buffer for rt_log_flush(), which the
+ * loop calls once per iteration), false when it stops (flushes first). Off
+ * by default: a thread without a loop writes every line at once. */
+void rt_log_set_buffered(bool on);
+
+/* Lines dropped, all threads: the fd failed or stayed full (EAGAIN) while
+ * the buffer had no room left. For metrics. */
+uint64_t rt_log_dropped_count(void);
+
 /* Formats the keyed hash of `value` as "h:" + 16 hex digits into out (at
  * least 19 bytes). Exposed so other modules can redact the same way. */
 void rt_log_hash(const char *value, size_t value_bytes, char out[19]);
@@ -221,6 +231,7 @@ typedef struct rt_loop_config {
   uint32_t msgs_count;     /* pooled actor messages (default 65536) */
   uint32_t msg_bytes;      /* payload bytes per pooled message (default 192) */
   uint32_t actor_budget;   /* messages an actor handles per turn (default 64) */
+  uint32_t timers_count;   /* armed timers at once (default 65536) */
 } rt_loop_config_t;
 
 /* Fills defaults for zero fields. */
@@ -369,8 +380,13 @@ int rt_cancel(rt_loop_t *loop, rt_op_t *op, rt_op_t *target, rt_op_cb cb,
  * A message belongs to the sender until rt_actor_send() returns, then to the
  * receiver; after the handler returns the runtime frees it unless the
  * handler called rt_msg_keep(). */
+/* The mailbox link; the first member of every rt_msg_t. */
+typedef struct rt_mlink {
+  _Atomic(struct rt_mlink *) next;
+} rt_mlink_t;
+
 struct rt_msg {
-  _Atomic(rt_msg_t *) next; /* mailbox link */
+  rt_mlink_t link;          /* mailbox link; must stay first */
   rt_loop_t *origin;        /* owning pool's loop; NULL: not pooled */
   uint32_t type;            /* the receiver's message type */
   uint32_t bytes;           /* payload bytes used in data[] */
@@ -413,9 +429,9 @@ typedef void (*rt_actor_stop_fn)(rt_actor_t *self, int reason);
 
 /* The intrusive many-writer/one-reader mailbox (Vyukov). */
 typedef struct rt_mailbox {
-  _Atomic(rt_msg_t *) head; /* writers exchange here */
-  rt_msg_t *tail;           /* the reader pops here */
-  rt_msg_t stub;
+  _Atomic(rt_mlink_t *) head; /* writers exchange here */
+  rt_mlink_t *tail;           /* the reader pops here */
+  rt_mlink_t stub;
 } rt_mailbox_t;
 
 void rt_mailbox_init(rt_mailbox_t *mb);
@@ -541,5 +557,14 @@ const char *rt_env_str(const char *name, const char *fallback);
  * RT_E_CONFIG (and logs which variable) when set but invalid. */
 int rt_env_u32(const char *name, uint32_t fallback, uint32_t min, uint32_t max,
                uint32_t *out);
+
+/* Parses 1/0, true/false, yes/no, on/off (any case); unset or empty gives
+ * `fallback`. Returns RT_E_CONFIG (and logs which variable) when invalid. */
+int rt_env_bool(const char *name, bool fallback, bool *out);
+
+/* Parses a duration into milliseconds: "250ms", "5s", "2m" or a bare number
+ * of ms, at most UINT32_MAX ms; unset or empty gives `fallback_ms`. Returns
+ * RT_E_CONFIG (and logs which variable) when invalid. */
+int rt_env_ms(const char *name, uint32_t fallback_ms, uint32_t *out);
 
 #endif /* RT_H */

@@ -1,1 +1,195 @@
-#include "rt.h"
+/*
+ * threads.c - N loop threads, signals and graceful drain.
+ *
+ * Signals are blocked in every thread and taken synchronously by the main
+ * thread with sigtimedwait(), so no handler ever runs on a loop thread. On
+ * SIGTERM or SIGINT each loop is asked to drain: its drain hooks stop
+ * accepting and finish in-flight work, and the loop stops when all hooks
+ * report done or the deadline passes. A second signal stops at once.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "loop_internal.h"
+
+/* ------------------------------------------------------------------------ */
+/* Drain, per loop                                                          */
+/* ------------------------------------------------------------------------ */
+
+int rt_loop_on_drain(rt_loop_t *loop, rt_drain_fn fn, void *arg) {
+  if (loop->drain_hooks_count == RT_DRAIN_HOOKS_MAX) return RT_E_LIMIT;
+  loop->drain_hooks[loop->drain_hooks_count++] = (rt_drain_hook_t){fn, arg};
+  return 0;
+}
+
+bool rt_loop_draining(const rt_loop_t *loop) { return loop->draining; }
+
+void rt_loop_drain(rt_loop_t *loop, uint32_t deadline_ms) {
+  atomic_store(&loop->drain_deadline_ms, deadline_ms);
+  atomic_store(&loop->drain_requested, true);
+  if (rt_loop_current() != loop) rt__wake(loop);
+}
+
+static void drain_deadline(rt_timer_t *timer) {
+  rt_loop_t *loop = timer->ctx;
+  RT_WARN("drain deadline passed, stopping with work in flight",
+          RT_LF_INT("hooks_pending", loop->drain_pending));
+  rt_loop_stop(loop);
+}
+
+void rt_loop_drained(rt_loop_t *loop) {
+  if (loop->drain_pending > 0 && --loop->drain_pending == 0) {
+    rt_timer_stop(loop, &loop->drain_timer);
+    rt_loop_stop(loop);
+  }
+}
+
+void rt__drain_check(rt_loop_t *loop) {
+  if (loop->draining || !atomic_load_explicit(&loop->drain_requested, memory_order_acquire))
+    return;
+  loop->draining = true;
+  loop->drain_pending = loop->drain_hooks_count;
+  if (loop->drain_pending == 0) {
+    rt_loop_stop(loop);
+    return;
+  }
+  rt_timer_init(&loop->drain_timer, drain_deadline, loop);
+  rt_timer_start(loop, &loop->drain_timer, atomic_load(&loop->drain_deadline_ms), 0);
+  /* Hooks may report done from inside the call. */
+  uint32_t n = loop->drain_hooks_count;
+  for (uint32_t i = 0; i < n; i++) loop->drain_hooks[i].fn(loop, loop->drain_hooks[i].arg);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Threads                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct rt_thread {
+  pthread_t tid;
+  uint32_t index;
+  rt_loop_t *_Atomic loop;
+  int setup_rc;
+  atomic_bool ready;
+  atomic_bool done;
+  atomic_bool release; /* main is done reaching this loop: free it */
+  const rt_loop_config_t *config;
+  rt_thread_setup_fn setup;
+  void *arg;
+} rt_thread_t;
+
+static void sleep_ms(long ms);
+
+static void *thread_main(void *p) {
+  rt_thread_t *t = p;
+  rt_loop_t *loop = NULL;
+  int rc = rt_loop_create(&loop, t->config);
+  if (rc == 0) rc = t->setup(loop, t->index, t->arg);
+  t->setup_rc = rc;
+  if (rc < 0) {
+    RT_ERROR("loop thread start-up failed", RT_LF_INT("thread", t->index),
+             RT_LF_STR("error", rt_strerror(rc)));
+  }
+  atomic_store(&t->loop, rc == 0 ? loop : NULL);
+  atomic_store(&t->ready, true);
+  if (rc == 0) rc = rt_loop_run(loop);
+  rt_log_flush();
+  atomic_store(&t->done, true);
+  /* The main thread may still hold our loop pointer to signal it: free the
+   * loop only once it says it no longer will. */
+  while (!atomic_load(&t->release)) sleep_ms(1);
+  rt_loop_destroy(loop);
+  return NULL;
+}
+
+static void block_signals(sigset_t *set) {
+  sigemptyset(set);
+  sigaddset(set, SIGTERM);
+  sigaddset(set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, set, NULL);
+  signal(SIGPIPE, SIG_IGN); /* sends use MSG_NOSIGNAL; this covers the rest */
+}
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+  }
+}
+
+static bool all_done(rt_thread_t *threads, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++)
+    if (!atomic_load(&threads[i].done)) return false;
+  return true;
+}
+
+static void for_each_loop(rt_thread_t *threads, uint32_t n, bool drain,
+                          uint32_t deadline_ms) {
+  for (uint32_t i = 0; i < n; i++) {
+    rt_loop_t *loop = atomic_load(&threads[i].loop);
+    if (loop == NULL) continue;
+    if (drain) {
+      rt_loop_drain(loop, deadline_ms);
+    } else {
+      rt_loop_stop(loop);
+    }
+  }
+}
+
+/* Waits for signals until every thread has finished. */
+static void supervise_threads(rt_thread_t *threads, uint32_t n, sigset_t *set,
+                              uint32_t deadline_ms) {
+  uint32_t signals_seen = 0;
+  while (!all_done(threads, n)) {
+    struct timespec tick = {.tv_sec = 0, .tv_nsec = 100 * 1000000L};
+    int sig = sigtimedwait(set, NULL, &tick);
+    if (sig < 0) continue;
+    signals_seen++;
+    if (signals_seen == 1) {
+      RT_INFO("shutting down", RT_LF_STR("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"),
+              RT_LF_INT("deadline_ms", deadline_ms));
+      for_each_loop(threads, n, true, deadline_ms);
+    } else {
+      RT_WARN("second signal, stopping now", RT_LF_INT("signal", sig));
+      for_each_loop(threads, n, false, 0);
+    }
+    rt_log_flush();
+  }
+}
+
+int rt_run(uint32_t threads_count, const rt_loop_config_t *config,
+           rt_thread_setup_fn setup, void *arg, uint32_t drain_deadline_ms) {
+  if (threads_count == 0 || threads_count > 256) return RT_E_CONFIG;
+  sigset_t set;
+  block_signals(&set);
+  rt_thread_t *threads = calloc(threads_count, sizeof *threads);
+  if (threads == NULL) return -ENOMEM;
+  uint32_t started = 0;
+  int rc = 0;
+  for (; started < threads_count; started++) {
+    rt_thread_t *t = &threads[started];
+    t->index = started;
+    t->config = config;
+    t->setup = setup;
+    t->arg = arg;
+    rc = -pthread_create(&t->tid, NULL, thread_main, t);
+    if (rc < 0) break;
+  }
+  /* Wait until every thread has set up (or failed to). */
+  for (uint32_t i = 0; i < started; i++) {
+    while (!atomic_load(&threads[i].ready)) sleep_ms(1);
+    if (threads[i].setup_rc < 0 && rc == 0) rc = threads[i].setup_rc;
+  }
+  if (rc < 0) {
+    for_each_loop(threads, started, false, 0);
+  } else {
+    supervise_threads(threads, started, &set, drain_deadline_ms);
+  }
+  for (uint32_t i = 0; i < started; i++) atomic_store(&threads[i].release, true);
+  for (uint32_t i = 0; i < started; i++) pthread_join(threads[i].tid, NULL);
+  free(threads);
+  rt_log_flush();
+  return rc;
+}
