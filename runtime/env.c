@@ -15,10 +15,6 @@
 
 #include "rt.h"
 
-/* Longest accepted spelling of a number: UINT32_MAX has 10 digits; longer
- * inputs (leading zeros included) are refused before any arithmetic. */
-#define ENV_DIGITS_MAX 20
-
 static const char *env_get(const char *name) {
   assert(name != NULL);
   const char *v = getenv(name);
@@ -31,9 +27,11 @@ const char *rt_env_str(const char *name, const char *fallback) {
 }
 
 /* Parses the decimal digits s[0..n) into *out. Rejects an empty string,
- * anything but digits (signs, spaces, "0x") and values above UINT32_MAX. */
+ * anything but digits (signs, spaces, "0x") and values above UINT32_MAX;
+ * the check after every digit keeps the sum within 64 bits whatever the
+ * length. */
 static bool parse_u32(const char *s, size_t n, uint32_t *out) {
-  if (n == 0 || n > ENV_DIGITS_MAX) return false;
+  if (n == 0) return false;
   uint64_t v = 0;
   for (size_t i = 0; i < n; i++) {
     if (s[i] < '0' || s[i] > '9') return false;

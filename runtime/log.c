@@ -220,8 +220,10 @@ static size_t write_chunk(const char *p, size_t n) {
 }
 
 /* Writes what the fd takes; keeps the rest in the buffer on EAGAIN, drops
- * it on any other error. */
+ * it on any other error. Leaves errno as it found it: callers log between a
+ * failing call and their look at errno. */
 static void log_tls_flush(log_tls_t *t) {
+  int saved_errno = errno;
   int fd = atomic_load(&log_fd);
   size_t off = 0;
   while (off < t->len) {
@@ -236,6 +238,7 @@ static void log_tls_flush(log_tls_t *t) {
     atomic_fetch_add(&log_dropped, count_lines(t->buf + off, t->len - off));
     off = t->len;
   }
+  errno = saved_errno;
   if (off == 0) return;
   t->head_partial = off < t->len && t->buf[off - 1] != '\n';
   memmove(t->buf, t->buf + off, t->len - off);
