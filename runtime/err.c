@@ -11,6 +11,7 @@
  */
 #include <assert.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -35,7 +36,8 @@ static const char *rt_err_own(int err);
 static err_range_t err_ranges[ERR_RANGES_MAX] = {
     {.lo = -1099, .hi = -1000, .fn = rt_err_own},
 };
-static size_t err_ranges_count = 1;
+static _Atomic size_t err_ranges_count = 1;
+static pthread_mutex_t err_ranges_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static const char *rt_err_own(int err) {
   switch (err) {
@@ -50,25 +52,38 @@ static const char *rt_err_own(int err) {
   }
 }
 
+/* Registration may come from several loop threads (a module registering
+ * itself on first use): serialised by a mutex, idempotent for the same
+ * range and function. Readers see a slot only after its count is
+ * published with release order. */
 void rt_strerror_register(int lo, int hi, const char *(*fn)(int err)) {
   assert(fn != NULL);
   assert(lo <= hi);
   assert(hi <= ERR_MODULE_HI); /* disjoint from -errno */
-  assert(err_ranges_count < ERR_RANGES_MAX);
-  for (size_t i = 0; i < err_ranges_count; i++) {
+  pthread_mutex_lock(&err_ranges_lock);
+  size_t n = atomic_load_explicit(&err_ranges_count, memory_order_relaxed);
+  for (size_t i = 0; i < n; i++) {
     const err_range_t *r = &err_ranges[i];
+    if (r->lo == lo && r->hi == hi && r->fn == fn) {
+      pthread_mutex_unlock(&err_ranges_lock);
+      return;
+    }
     bool disjoint = hi < r->lo || lo > r->hi;
     assert(disjoint);
     (void)disjoint; /* unused when assertions are compiled out */
   }
-  err_ranges[err_ranges_count++] = (err_range_t){.lo = lo, .hi = hi, .fn = fn};
+  assert(n < ERR_RANGES_MAX);
+  err_ranges[n] = (err_range_t){.lo = lo, .hi = hi, .fn = fn};
+  atomic_store_explicit(&err_ranges_count, n + 1, memory_order_release);
+  pthread_mutex_unlock(&err_ranges_lock);
 }
 
 const char *rt_strerror(int err) {
   if (err == 0) return "success";
   /* INT_MIN cannot be negated; positive values are not errors. */
   if (err > 0 || err == INT_MIN) return "unknown error";
-  for (size_t i = 0; i < err_ranges_count; i++) {
+  size_t n = atomic_load_explicit(&err_ranges_count, memory_order_acquire);
+  for (size_t i = 0; i < n; i++) {
     const err_range_t *r = &err_ranges[i];
     if (err >= r->lo && err <= r->hi) {
       const char *s = r->fn(err);

@@ -68,6 +68,7 @@ struct rt_loop {
   bool draining;
   rt_timer_t drain_timer;
 
+  uint32_t last_reaped; /* completions of the last pass, for batching */
   rt_loop_stats_t stats;
 };
 
