@@ -105,7 +105,8 @@ typedef struct http_msg {
   uint32_t headers_count;
   const char *body;        /* NUL-terminated for convenience, never NULL */
   size_t body_len;
-  bool keep_alive;         /* llhttp_should_keep_alive() at the end */
+  bool keep_alive;         /* llhttp_should_keep_alive(); when false,
+                            * answer and close: no later message comes */
   bool chunked;            /* the body came with chunked transfer-coding */
   uint8_t http_minor;      /* 0 or 1: the major version is always 1 */
 } http_msg_t;
@@ -399,6 +400,23 @@ typedef struct http_exchange http_exchange_t;
 typedef void (*http_exchange_fn)(http_exchange_t *ex, void *arg);
 #define HTTP_HANDLER(fn) ((http_handler_fn)(http_exchange_fn)(fn))
 
+/* A byte filter between the socket and HTTP, such as TLS. The server calls
+ * it from its loop thread only. All functions but open may append bytes for
+ * the peer to `wire` (handshake records, ciphertext, alerts). */
+typedef struct http_filter {
+  /* A new connection: returns its state, or NULL to refuse it. */
+  void *(*open)(void *filter_ctx, int fd);
+  /* Bytes from the peer: appends what they decode to, in order, to
+   * `plain`. Returns 0, or a negative error to close the connection. */
+  int (*input)(void *state, const char *data, size_t len, http_buf_t *plain,
+               http_buf_t *wire);
+  /* Plain bytes to send: appends their encoding to `wire`. */
+  int (*output)(void *state, const char *data, size_t len, http_buf_t *wire);
+  /* Frees the state; the connection is closed. */
+  void (*free)(void *state);
+  void *ctx;
+} http_filter_t;
+
 typedef struct http_server_config {
   const char *host;           /* default 127.0.0.1 */
   uint16_t port;              /* 0: any free port (see http_server_port) */
@@ -407,6 +425,7 @@ typedef struct http_server_config {
   uint32_t idle_timeout_ms;   /* keep-alive wait between requests; 60000 */
   uint32_t out_bytes_max;     /* per connection output cap; default 4 MiB */
   http_limits_t limits;       /* parser limits; zero: defaults */
+  const http_filter_t *filter; /* NULL: plain TCP; must outlive the server */
 } http_server_config_t;
 
 /* Counters of one server instance; written by its thread, readable from

@@ -78,6 +78,9 @@ struct http_conn {
   http_exchange_t ex;
   http_buf_t out;      /* responses waiting to be sent */
   http_buf_t sending;  /* the buffer the kernel is reading from */
+  void *filter_state;  /* the filter's, when the server has one */
+  http_buf_t wire;     /* filter output not yet sent */
+  http_buf_t plain;    /* filter input decoded, being parsed */
   char *held;          /* received bytes not yet parsed (while paused) */
   uint32_t held_len;
   uint32_t held_cap;
@@ -223,7 +226,7 @@ static void conn_sent(rt_op_t *op, int res, uint32_t flags) {
     return;
   }
   STAT_ADD(&c->server->stats, bytes_sent, (uint64_t)res);
-  if (c->out.len > 0) {
+  if (c->out.len > 0 || c->wire.len > 0) {
     conn_send(c);
     return;
   }
@@ -247,12 +250,28 @@ static void conn_linger(http_conn_t *c) {
   if (c->eof && !c->recv_op.in_flight) conn_close(c);
 }
 
-static void conn_send(http_conn_t *c) {
-  if (c->send_op.in_flight || c->out.len == 0) return;
-  http_buf_t t = c->sending;
-  c->sending = c->out;
-  c->out = t;
+/* With a filter, responses are encoded into `wire` first; what goes to the
+ * kernel is then the wire buffer rather than the plain one. */
+static int conn_encode(http_conn_t *c) {
+  const http_filter_t *f = c->server->config.filter;
+  if (f == NULL || c->out.len == 0) return 0;
+  int rc = f->output(c->filter_state, c->out.data, c->out.len, &c->wire);
   c->out.len = 0;
+  return rc;
+}
+
+static void conn_send(http_conn_t *c) {
+  if (c->send_op.in_flight) return;
+  if (conn_encode(c) < 0) {
+    conn_close(c);
+    return;
+  }
+  http_buf_t *next = c->server->config.filter != NULL ? &c->wire : &c->out;
+  if (next->len == 0) return;
+  http_buf_t t = c->sending;
+  c->sending = *next;
+  *next = t;
+  next->len = 0;
   int rc = rt_send(c->server->loop, &c->send_op, c->fd, c->sending.data,
                    (uint32_t)c->sending.len, conn_sent, c);
   assert(rc == 0);
@@ -443,7 +462,7 @@ static size_t conn_feed(http_conn_t *c, const char *data, size_t len) {
   /* Bound: each turn consumes bytes or completes a request. */
   for (uint32_t turns = 0; turns < 100000; turns++) {
     if (c->state != CONN_OPEN || c->ex.pending) break;
-    if (c->out.len + c->sending.len > OUT_HIGH_WATER) break;
+    if (c->out.len + c->sending.len + c->wire.len > OUT_HIGH_WATER) break;
     bool was_idle = http_parser_idle(&c->parser);
     size_t consumed = 0;
     http_msg_t *msg = NULL;
@@ -498,7 +517,8 @@ static void conn_pump(http_conn_t *c) {
     return;
   }
   if (c->held_len == 0 && http_parser_idle(&c->parser)) {
-    if (c->server->draining && c->out.len == 0 && !c->send_op.in_flight) {
+    if (c->server->draining && c->out.len == 0 && c->wire.len == 0 &&
+        !c->send_op.in_flight) {
       conn_close(c);
       return;
     }
@@ -506,9 +526,8 @@ static void conn_pump(http_conn_t *c) {
   }
 }
 
-static void conn_on_bytes(http_conn_t *c, const char *data, size_t len) {
-  STAT_ADD(&c->server->stats, bytes_received, len);
-  if (c->state != CONN_OPEN) return; /* flushing or lingering: discard */
+/* Plain bytes: parse what can be parsed now, hold the rest. */
+static void conn_on_plain(http_conn_t *c, const char *data, size_t len) {
   size_t used = 0;
   if (c->held_len == 0) used = conn_feed(c, data, len);
   if (c->state == CONN_OPEN && held_append(c, data + used, len - used) < 0) {
@@ -517,6 +536,30 @@ static void conn_on_bytes(http_conn_t *c, const char *data, size_t len) {
     return;
   }
   conn_pump(c);
+}
+
+static void conn_on_bytes(http_conn_t *c, const char *data, size_t len) {
+  STAT_ADD(&c->server->stats, bytes_received, len);
+  if (c->state != CONN_OPEN) return; /* flushing or lingering: discard */
+  const http_filter_t *f = c->server->config.filter;
+  if (f == NULL) {
+    conn_on_plain(c, data, len);
+    return;
+  }
+  /* Handshake bytes count against the request deadline, not the (longer)
+   * idle one, so a slow handshake cannot hold a connection for long. */
+  if (c->timer_mode == TIMER_IDLE) conn_timer_set(c, TIMER_REQUEST);
+  c->plain.len = 0;
+  if (f->input(c->filter_state, data, len, &c->plain, &c->wire) < 0) {
+    STAT_ADD(&c->server->stats, parse_errors, 1);
+    conn_close(c);
+    return;
+  }
+  if (c->plain.len > 0) {
+    conn_on_plain(c, c->plain.data, c->plain.len);
+  } else {
+    conn_pump(c);
+  }
 }
 
 static void conn_recv(rt_op_t *op, int res, uint32_t flags) {
@@ -552,16 +595,27 @@ static void conn_recv(rt_op_t *op, int res, uint32_t flags) {
 
 static void server_maybe_drained(http_server_t *s);
 
+/* Frees what a connection owns besides its pool slot. */
+static void conn_release(http_conn_t *c) {
+  const http_filter_t *f = c->server->config.filter;
+  if (f != NULL && c->filter_state != NULL) f->free(c->filter_state);
+  c->filter_state = NULL;
+  http_parser_deinit(&c->parser);
+  http_buf_deinit(&c->out);
+  http_buf_deinit(&c->sending);
+  http_buf_deinit(&c->wire);
+  http_buf_deinit(&c->plain);
+  free(c->held);
+  c->held = NULL;
+}
+
 static void conn_closed(rt_op_t *op, int res, uint32_t flags) {
   http_conn_t *c = op->ctx;
   http_server_t *s = c->server;
   if (c->prev != NULL) c->prev->next = c->next;
   else s->live = c->next;
   if (c->next != NULL) c->next->prev = c->prev;
-  http_parser_deinit(&c->parser);
-  http_buf_deinit(&c->out);
-  http_buf_deinit(&c->sending);
-  free(c->held);
+  conn_release(c);
   STAT_ADD(&s->stats, conns_active, (uint64_t)-1);
   rt_pool_put(&s->conns, c);
   server_maybe_drained(s);
@@ -614,7 +668,9 @@ static void conn_start(http_server_t *s, int fd) {
         "{\"error\":{\"code\":\"overloaded\",\"message\":\"too many connections\"}}";
     _Static_assert(sizeof "{\"error\":{\"code\":\"overloaded\",\"message\":\"too many connections\"}}" - 1 == 64,
                    "Content-Length of the canned 503");
-    (void)!send(fd, busy, sizeof busy - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    /* Under a filter (TLS) plain text would be garbage: just close. */
+    if (s->config.filter == NULL)
+      (void)!send(fd, busy, sizeof busy - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
     close(fd);
     STAT_ADD(&s->stats, conns_rejected, 1);
     return;
@@ -631,13 +687,18 @@ static void conn_start(http_server_t *s, int fd) {
   int rc = http_parser_init(&c->parser, HTTP_KIND_REQUEST, &s->config.limits);
   if (rc == 0) rc = http_buf_init(&c->out, 0, s->config.out_bytes_max);
   if (rc == 0) rc = http_buf_init(&c->sending, 0, s->config.out_bytes_max);
+  if (rc == 0) rc = http_buf_init(&c->wire, 0, s->config.out_bytes_max + 65536);
+  if (rc == 0) rc = http_buf_init(&c->plain, 0, 65536);
+  if (rc == 0 && s->config.filter != NULL) {
+    c->filter_state = s->config.filter->open(s->config.filter->ctx, fd);
+    if (c->filter_state == NULL) rc = RT_E_LIMIT;
+  }
   if (rc < 0) {
-    RT_ERROR("connection set-up failed", RT_LF_STR("error", rt_strerror(rc)));
-    http_parser_deinit(&c->parser);
-    http_buf_deinit(&c->out);
-    http_buf_deinit(&c->sending);
+    RT_WARN("connection set-up failed", RT_LF_STR("error", rt_strerror(rc)));
+    conn_release(c);
     rt_pool_put(&s->conns, c);
     close(fd);
+    STAT_ADD(&s->stats, conns_rejected, 1);
     return;
   }
   c->next = s->live;
@@ -749,10 +810,7 @@ void http_server_destroy(http_server_t *s) {
     http_conn_t *c = s->live;
     s->live = c->next;
     close(c->fd);
-    http_parser_deinit(&c->parser);
-    http_buf_deinit(&c->out);
-    http_buf_deinit(&c->sending);
-    free(c->held);
+    conn_release(c);
     rt_pool_put(&s->conns, c);
   }
   if (s->listen_fd >= 0) close(s->listen_fd);

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "http.h"
 #include "t.h"
@@ -25,6 +26,16 @@ static void on_hello(http_exchange_t *ex, void *arg) {
 }
 
 static void on_never(http_exchange_t *ex, void *arg) { parked = ex; }
+
+/* Runs the loop for a moment so closes started by a destroy complete. */
+static rt_timer_t settle_timer;
+static void settle_stop(rt_timer_t *t) { rt_loop_stop(loop); }
+static void destroy_and_settle(http_client_t *c) {
+  http_client_destroy(c);
+  rt_timer_init(&settle_timer, settle_stop, NULL);
+  rt_timer_start(loop, &settle_timer, 50, 0);
+  rt_loop_run(loop);
+}
 
 /* ---- sequential keep-alive ---------------------------------------------- */
 
@@ -88,7 +99,7 @@ static void test_concurrent_small_pool(void) {
   http_client_stats(c, &st);
   T_CHECK(st.connects <= 4);
   T_CHECK(st.connects >= 1);
-  http_client_destroy(c);
+  destroy_and_settle(c);
 }
 
 /* ---- failures ----------------------------------------------------------- */
@@ -117,7 +128,7 @@ static void test_upstream_down(void) {
   T_CHECK_EQ_INT(rt_loop_run(loop), 0);
   T_CHECK_EQ_INT(last_err, HTTP_E_UPSTREAM_DOWN);
   T_CHECK(failed_after_ms < 1000); /* refused at once, not at the deadline */
-  http_client_destroy(c);
+  destroy_and_settle(c);
 }
 
 static void test_request_deadline(void) {
@@ -134,7 +145,7 @@ static void test_request_deadline(void) {
   /* The server still owes an answer: give it, though nobody listens. */
   if (parked != NULL) http_respond(parked, 200, "text/plain", "late", 4, NULL);
   parked = NULL;
-  http_client_destroy(c);
+  destroy_and_settle(c);
 }
 
 /* ---- the upstream closed an idle keep-alive connection ------------------- */
@@ -190,7 +201,7 @@ static void test_queue_full(void) {
                  HTTP_E_UPSTREAM_BUSY);
   T_CHECK_EQ_INT(rt_loop_run(loop), 0);
   T_CHECK_EQ_INT(busy_done, 3);
-  http_client_destroy(c);
+  destroy_and_settle(c);
 }
 
 int main(void) {
@@ -209,7 +220,7 @@ int main(void) {
   T_RUN(test_request_deadline);
   T_RUN(test_upstream_closed_idle);
   T_RUN(test_queue_full);
-  http_client_destroy(client);
+  destroy_and_settle(client);
   rt_loop_destroy(loop);
   http_server_destroy(server);
   return t_done();
