@@ -426,6 +426,7 @@ typedef struct http_server_config {
   uint32_t out_bytes_max;     /* per connection output cap; default 4 MiB */
   http_limits_t limits;       /* parser limits; zero: defaults */
   const http_filter_t *filter; /* NULL: plain TCP; must outlive the server */
+  bool access_log;            /* one INFO line per request (HTTP_ACCESS_LOG) */
 } http_server_config_t;
 
 /* Counters of one server instance; written by its thread, readable from
@@ -450,8 +451,8 @@ typedef struct http_server_stats {
 void http_server_config_defaults(http_server_config_t *config);
 
 /* Reads HTTP_HEADER_TIMEOUT_MS, HTTP_IDLE_TIMEOUT_MS, HTTP_HEADER_BYTES_MAX,
- * HTTP_HEADERS_COUNT_MAX, HTTP_URL_BYTES_MAX, HTTP_BODY_BYTES_MAX and
- * HTTP_CONNS_MAX into config. Returns 0 or RT_E_CONFIG (already logged). */
+ * HTTP_HEADERS_COUNT_MAX, HTTP_URL_BYTES_MAX, HTTP_BODY_BYTES_MAX,
+ * HTTP_CONNS_MAX and HTTP_ACCESS_LOG into config. Returns 0 or RT_E_CONFIG (already logged). */
 int http_server_config_from_env(http_server_config_t *config);
 
 /* Creates a server on `loop` (the router must outlive it). */

@@ -144,6 +144,7 @@ int http_server_config_from_env(http_server_config_t *c) {
   rc |= rt_env_u32("HTTP_BODY_BYTES_MAX", c->limits.body_bytes_max, 0, 1u << 30,
                    &c->limits.body_bytes_max);
   rc |= rt_env_u32("HTTP_CONNS_MAX", 10000, 1, 1000000, &c->conns_max);
+  rc |= rt_env_bool("HTTP_ACCESS_LOG", false, &c->access_log);
   return rc < 0 ? RT_E_CONFIG : 0;
 }
 
@@ -290,9 +291,22 @@ static void count_status(http_server_t *s, int status) {
   else STAT_ADD(&s->stats, responses_5xx, 1);
 }
 
+/* The route pattern, not the path, is logged: paths carry ids, and the
+ * pattern is what one aggregates on. */
+static void access_log(const http_exchange_t *ex, int status) {
+  const http_conn_t *c = ex->conn;
+  uint64_t us = (rt_now_ns() - ex->started_ns) / 1000u;
+  const char *route = ex->match.pattern != NULL ? ex->match.pattern : "-";
+  /* The request id is on the line already: the thread's current rid. */
+  RT_INFO("request", RT_LF_STR("method", ex->req != NULL ? ex->req->method_name : "-"),
+          RT_LF_STR("route", route), RT_LF_INT("status", status),
+          RT_LF_INT("latency_us", us), RT_LF_BOOL("keep_alive", c->keep_alive));
+}
+
 /* Called after a response has been appended: leave the request, resume. */
 static void exchange_finish(http_exchange_t *ex, int status) {
   http_conn_t *c = ex->conn;
+  if (c->server->config.access_log) access_log(ex, status);
   ex->pending = false;
   ex->req = NULL;
   count_status(c->server, status);
@@ -422,6 +436,7 @@ static void dispatch(http_conn_t *c, const http_msg_t *req) {
   http_exchange_t *ex = &c->ex;
   ex->req = req;
   ex->pending = true;
+  ex->match.pattern = NULL;
   ex->started_ns = rt_loop_now_ns(s->loop);
   STAT_ADD(&s->stats, requests, 1);
   make_request_id(c);
