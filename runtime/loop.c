@@ -276,8 +276,14 @@ static void dispatch(rt_loop_t *loop, const rt_cqe_copy_t *c) {
   if (op->opcode == RT_OPC_SEND && res > 0) res = (int)op->done;
   if (op->opcode == RT_OPC_SEND && res == 0 && op->len > 0) res = -EPIPE;
   if (!(c->flags & IORING_CQE_F_MORE)) op->in_flight = false;
-  if (res == -ENOBUFS && op->opcode == RT_OPC_RECV_MULTI)
-    loop->stats.bufs_exhausted++;
+  if (res == -ENOBUFS && op->opcode == RT_OPC_RECV_MULTI) {
+    /* Reported at 1, 2, 4, 8, ... occurrences: visible, never a flood. */
+    uint64_t n = ++loop->stats.bufs_exhausted;
+    if ((n & (n - 1)) == 0) {
+      RT_WARN("provided recv buffers exhausted", RT_LF_INT("count", n),
+              RT_LF_INT("buffers", loop->config.bufs_count));
+    }
+  }
   if (op->cb != NULL) op->cb(op, res, c->flags);
 }
 
