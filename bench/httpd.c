@@ -18,8 +18,9 @@ typedef struct app {
   const char *host;
   uint32_t port;
   uint32_t threads;
-  http_server_t *servers[THREADS_MAX];
-  _Atomic uint32_t servers_count;
+  /* One server per loop thread, published as each thread finishes set-up;
+   * /metrics may run on one thread while another is still starting. */
+  _Atomic(http_server_t *) servers[THREADS_MAX];
 } app_t;
 
 static app_t app;
@@ -49,7 +50,13 @@ static void on_metrics(http_exchange_t *ex, void *arg) {
     http_respond_error(ex, 503, "overloaded", "out of memory");
     return;
   }
-  int rc = http_server_metrics(&out, "http_", app.servers, atomic_load(&app.servers_count));
+  http_server_t *servers[THREADS_MAX];
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < THREADS_MAX; i++) {
+    http_server_t *s = atomic_load(&app.servers[i]);
+    if (s != NULL) servers[n++] = s;
+  }
+  int rc = http_server_metrics(&out, "http_", servers, n);
   rt_loop_stats_t st;
   rt_loop_stats(rt_loop_current(), &st);
   if (rc == 0) {
@@ -85,8 +92,7 @@ static int thread_setup(rt_loop_t *loop, uint32_t index, void *arg) {
     http_server_destroy(server);
     return rc;
   }
-  app.servers[index] = server;
-  atomic_fetch_add(&app.servers_count, 1);
+  atomic_store(&app.servers[index], server);
   if (index == 0) {
     RT_INFO("listening", RT_LF_STR("host", app.host),
             RT_LF_INT("port", http_server_port(server)),
@@ -179,7 +185,7 @@ int main(int argc, char **argv) {
   if (build_routes() < 0) return 1;
   rt_loop_config_t loop_cfg = {0};
   rc = rt_run(app.threads, &loop_cfg, thread_setup, NULL, 10000);
-  for (uint32_t i = 0; i < THREADS_MAX; i++) http_server_destroy(app.servers[i]);
+  for (uint32_t i = 0; i < THREADS_MAX; i++) http_server_destroy(atomic_load(&app.servers[i]));
   RT_INFO("stopped", RT_LF_INT("status", rc < 0 ? 1 : 0));
   rt_log_flush();
   return rc < 0 ? 1 : 0;
