@@ -120,6 +120,8 @@ static void usage(FILE *f) {
           "  HTTP_BODY_BYTES_MAX     413 above               (1048576)\n"
           "  HTTP_CONNS_MAX          per thread, 503 above   (10000)\n"
           "  LOG_LEVEL               debug|info|warn|error   (info)\n"
+          "  RT_BATCH_WAIT_US        wait for batches, us    (50, or off)\n"
+          "  RT_BATCH_WAIT_MAX       completions to wait for (32)\n"
           "\n"
           "SIGTERM or SIGINT: stop accepting, finish requests in flight, exit 0.\n");
 }
@@ -184,6 +186,7 @@ int main(int argc, char **argv) {
   }
   if (build_routes() < 0) return 1;
   rt_loop_config_t loop_cfg = {0};
+  if (rt_loop_config_from_env(&loop_cfg) < 0) return 2;
   rc = rt_run(app.threads, &loop_cfg, thread_setup, NULL, 10000);
   for (uint32_t i = 0; i < THREADS_MAX; i++) http_server_destroy(atomic_load(&app.servers[i]));
   RT_INFO("stopped", RT_LF_INT("status", rc < 0 ? 1 : 0));

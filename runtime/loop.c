@@ -48,6 +48,18 @@ void rt_loop_config_defaults(rt_loop_config_t *c) {
   if (c->msg_bytes == 0) c->msg_bytes = 192;
   if (c->actor_budget == 0) c->actor_budget = 64;
   if (c->timers_count == 0) c->timers_count = 65536;
+  if (c->batch_wait_us == 0) c->batch_wait_us = 50;
+  if (c->batch_wait_max == 0) c->batch_wait_max = 32;
+}
+
+int rt_loop_config_from_env(rt_loop_config_t *c) {
+  const char *v = rt_env_str("RT_BATCH_WAIT_US", NULL);
+  if (v != NULL && strcmp(v, "off") == 0) {
+    c->batch_wait_us = UINT32_MAX;
+  } else if (rt_env_u32("RT_BATCH_WAIT_US", 50, 1, 10000, &c->batch_wait_us) < 0) {
+    return RT_E_CONFIG;
+  }
+  return rt_env_u32("RT_BATCH_WAIT_MAX", 32, 1, 1024, &c->batch_wait_max);
 }
 
 /* SINGLE_ISSUER + DEFER_TASKRUN keep completion work on our thread and run
@@ -313,15 +325,13 @@ static uint32_t reap(rt_loop_t *loop) {
 
 /* Under load, waking for every single completion costs a context switch
  * and a system call per request. When the last pass reaped a batch, wait
- * for about half as many again, but never longer than BATCH_WAIT_NS: the
+ * for about half as many again, but never longer than batch_wait_us: the
  * latency added is bounded and only paid when traffic is heavy. */
-#define BATCH_WAIT_NS 50000u
-#define BATCH_WAIT_NR_MAX 32u
-
 static uint32_t batch_wait_nr(const rt_loop_t *loop) {
+  if (loop->config.batch_wait_us == UINT32_MAX) return 1;
   uint32_t n = loop->last_reaped / 2;
   if (n < 4) return 1;
-  return n > BATCH_WAIT_NR_MAX ? BATCH_WAIT_NR_MAX : n;
+  return n > loop->config.batch_wait_max ? loop->config.batch_wait_max : n;
 }
 
 /* Submits and, unless work is ready, waits for completions or the next
@@ -329,7 +339,8 @@ static uint32_t batch_wait_nr(const rt_loop_t *loop) {
 static int submit_and_wait(rt_loop_t *loop, bool ready, uint64_t timer_ns) {
   int rc;
   uint32_t wait_nr = batch_wait_nr(loop);
-  if (wait_nr > 1 && timer_ns > BATCH_WAIT_NS) timer_ns = BATCH_WAIT_NS;
+  uint64_t batch_ns = (uint64_t)loop->config.batch_wait_us * 1000u;
+  if (wait_nr > 1 && timer_ns > batch_ns) timer_ns = batch_ns;
   if (ready || atomic_load_explicit(&loop->stop_requested, memory_order_relaxed)) {
     rc = io_uring_submit_and_get_events(&loop->ring);
   } else if (timer_ns == UINT64_MAX) {

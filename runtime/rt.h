@@ -232,7 +232,17 @@ typedef struct rt_loop_config {
   uint32_t msg_bytes;      /* payload bytes per pooled message (default 192) */
   uint32_t actor_budget;   /* messages an actor handles per turn (default 64) */
   uint32_t timers_count;   /* armed timers at once (default 65536) */
+  /* Under load, wait up to batch_wait_us for about as many completions as
+   * the last pass reaped (at most batch_wait_max) before waking: fewer
+   * wake-ups and system calls per request, for a bounded added latency.
+   * batch_wait_us 0 means the default (50); UINT32_MAX disables. */
+  uint32_t batch_wait_us;
+  uint32_t batch_wait_max; /* default 32 */
 } rt_loop_config_t;
+
+/* Reads RT_BATCH_WAIT_US ("off" or 0..10000) and RT_BATCH_WAIT_MAX into
+ * config. Returns 0 or RT_E_CONFIG. */
+int rt_loop_config_from_env(rt_loop_config_t *config);
 
 /* Fills defaults for zero fields. */
 void rt_loop_config_defaults(rt_loop_config_t *config);
