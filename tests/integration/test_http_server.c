@@ -127,7 +127,8 @@ static pid_t spawn_server(const char *path) {
   set_env_int("HTTP_HEADERS_COUNT_MAX", HEADERS_COUNT_MAX);
   set_env_int("HTTP_URL_BYTES_MAX", URL_BYTES_MAX);
   set_env_int("HTTP_BODY_BYTES_MAX", BODY_BYTES_MAX);
-  set_env_int("HTTP_CONNS_MAX", 10000);
+  const char *conns_max = getenv("TEST_CONNS_MAX");
+  set_env_int("HTTP_CONNS_MAX", conns_max ? atol(conns_max) : 10000);
   execl(path, path, (char *)NULL);
   fprintf(stderr, "exec %s: %s\n", path, strerror(errno));
   _exit(127);
@@ -921,6 +922,57 @@ static void test_many_connections(void) {
   }
 }
 
+/* Run alone, with TEST_CONNS_MAX=N given to the server as HTTP_CONNS_MAX:
+ * N connections are served, the next gets 503 and is closed, the refusal
+ * is counted in /metrics, and once one connection closes a new one is
+ * served again. */
+static void test_conns_limit(int max) {
+  int fds[64];
+  T_REQUIRE(max > 1 && max < 64);
+  for (int i = 0; i < max; i++) {
+    fds[i] = conn_open();
+    T_REQUIRE(fds[i] >= 0);
+    reader_t r;
+    reader_init(&r, fds[i]);
+    resp_t resp = {0};
+    /* Served: proves the connection holds a slot before the next opens. */
+    T_CHECK(send_str(fds[i], GET("/hello")) == 0 && read_response(&r, &resp) == 0 &&
+            resp.status == 200);
+    resp_free(&resp);
+    reader_free(&r);
+  }
+  int extra = conn_open();
+  T_REQUIRE(extra >= 0);
+  reader_t r;
+  reader_init(&r, extra);
+  resp_t resp = {0};
+  T_CHECK(read_response(&r, &resp) == 0);
+  T_CHECK_EQ_INT(resp.status, 503);
+  T_CHECK(resp.body != NULL && strstr(resp.body, "\"overloaded\"") != NULL);
+  T_CHECK(reader_closed(&r, RECV_TIMEOUT_MS));
+  resp_free(&resp);
+  reader_free(&r);
+  close(extra);
+
+  /* Free one slot; the server notices the close, then serves again. */
+  close(fds[0]);
+  int served = 0;
+  for (int attempt = 0; attempt < 50 && !served; attempt++) {
+    sleep_ms(20);
+    resp_t again = {0};
+    int status = request_once(GET("/metrics"), &again);
+    if (status == 200) {
+      served = 1;
+      T_CHECK(again.body != NULL &&
+              strstr(again.body, "http_connections_rejected_total 0") == NULL &&
+              strstr(again.body, "http_connections_rejected_total") != NULL);
+    }
+    resp_free(&again);
+  }
+  T_CHECK(served);
+  for (int i = 1; i < max; i++) close(fds[i]);
+}
+
 /* SIGTERM: a request already in flight is finished, idle connections are
  * closed, and the process exits 0. */
 static void test_sigterm(void) {
@@ -1012,6 +1064,15 @@ int main(int argc, char **argv) {
   if (wait_until_serving() != 0) {
     fprintf(stderr, "server did not answer /healthz within %d ms\n", START_TIMEOUT_MS);
     t_checks_failed++;
+    return t_done();
+  }
+
+  const char *conns_max = getenv("TEST_CONNS_MAX");
+  if (conns_max != NULL) {
+    int before = t_checks_failed;
+    test_conns_limit(atoi(conns_max));
+    fprintf(stderr, "%s test_conns_limit\n", t_checks_failed == before ? "ok  " : "FAIL");
+    T_RUN(test_sigterm);
     return t_done();
   }
 
