@@ -1,0 +1,696 @@
+/*
+ * account.c - the account service: accounts, balances, the double-entry
+ * ledger, top-ups, withdrawals and transfers.
+ *
+ *   POST /v1/accounts                       the customer, operator
+ *   GET  /v1/accounts                       own (customer); any (operator)
+ *   GET  /v1/accounts/{id}                  the owner, operator
+ *   GET  /v1/accounts/{id}/transactions     the owner, operator, auditor
+ *   POST /v1/accounts/{id}/topups           the owner, operator
+ *   POST /v1/accounts/{id}/withdrawals      the owner, operator
+ *   POST /v1/transfers                      the owner of the source
+ *
+ * Opening an account asks the profile service (REST) whether the customer
+ * exists and is active; no answer means 503, never an account for nobody.
+ *
+ * A movement (top-up, withdrawal, transfer) is two round trips:
+ *   1. a read of both accounts: existence, ownership, currency, status;
+ *      these never change under us (owner and currency are fixed; closing
+ *      is re-checked by the guards), so checking them first is safe and
+ *      gives precise errors;
+ *   2. one transaction, pipelined as one batch:
+ *        [claim the Idempotency-Key]
+ *        lock both rows in id order (SELECT ... ORDER BY id FOR UPDATE), so
+ *          concurrent movements in opposite directions cannot deadlock
+ *        move: one statement of CTEs: the guarded debit (UPDATE ... WHERE
+ *          balance >= amount - overdraft_limit RETURNING), the credit only
+ *          if the debit happened, the transaction row, both ledger lines,
+ *          the outbox event, and the stored response of the key
+ *        [finish the key: store the failure response if nothing moved]
+ *      No balance is ever read into C and written back.
+ * Top-ups and withdrawals are the same movement against the system
+ * account of the currency.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "svc.h"
+
+extern const svc_migration_t account_migrations[];
+extern const size_t account_migrations_count;
+
+static struct {
+  char profile_host[64];
+  uint32_t profile_port;
+  uint32_t profile_timeout_ms;
+} cfg;
+
+static int s_open, s_get, s_list, s_owner, s_ledger, s_precheck, s_lock, s_move;
+
+#define TS_JSON(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+
+#define ACCOUNT_JSON                                                            \
+  "json_build_object('id', id, 'customer_id', customer_id, 'currency', currency," \
+  " 'balance', balance, 'overdraft_limit', overdraft_limit, 'status', status,"  \
+  " 'created_at', " TS_JSON("created_at") ")::text"
+
+static const svc_stmt_t stmts[] = {
+    {&s_open,
+     "INSERT INTO accounts (id, customer_id, currency, overdraft_limit)"
+     " VALUES ($1::uuid, $2::uuid, $3, $4::bigint) RETURNING " ACCOUNT_JSON,
+     4},
+    {&s_get,
+     "SELECT customer_id, " ACCOUNT_JSON " FROM accounts WHERE id = $1::uuid AND kind = 'customer'",
+     1},
+    {&s_list,
+     "SELECT id, " ACCOUNT_JSON " FROM accounts WHERE kind = 'customer'"
+     " AND ($1::uuid IS NULL OR customer_id = $1::uuid)"
+     " AND ($2::uuid IS NULL OR id > $2::uuid) ORDER BY id LIMIT $3::int",
+     3},
+    {&s_owner, "SELECT customer_id FROM accounts WHERE id = $1::uuid AND kind = 'customer'", 1},
+    {&s_ledger,
+     "SELECT e.id, json_build_object('id', e.id, 'transaction_id', e.transaction_id,"
+     " 'kind', t.kind, 'amount', e.amount, 'currency', e.currency,"
+     " 'balance_after', e.balance_after, 'counterparty_account_id',"
+     " CASE WHEN e.amount < 0 THEN t.credit_account_id ELSE t.debit_account_id END,"
+     " 'created_at', " TS_JSON("e.created_at") ")::text"
+     " FROM ledger_entries e JOIN transactions t ON t.id = e.transaction_id"
+     " WHERE e.account_id = $1::uuid AND ($2::uuid IS NULL OR e.id > $2::uuid)"
+     " ORDER BY e.id LIMIT $3::int",
+     3},
+    {&s_precheck,
+     "SELECT id, customer_id, currency, status, kind FROM accounts"
+     " WHERE id = $1::uuid OR id = $2::uuid",
+     2},
+    {&s_lock,
+     "SELECT id FROM accounts WHERE (id = $1::uuid OR id = $2::uuid)"
+     " AND " SVC_IDEM_CLAIMED("3", "4") " ORDER BY id FOR UPDATE",
+     4},
+    /* $1 transaction id, $2 kind, $3 debit account, $4 credit account,
+     * $5 amount, $6 currency, $7 created_at, $8 key scope, $9 key,
+     * $10/$11 ledger line ids, $12 event id, $13 topic, $14 event key,
+     * $15 event payload, $16 status and $17 body of the success answer. */
+    {&s_move,
+     "WITH g AS (SELECT 1 WHERE " SVC_IDEM_CLAIMED("8", "9") "),"
+     " d AS (UPDATE accounts SET balance = balance - $5::bigint, updated_at = $7::timestamptz"
+     "  WHERE id = $3::uuid AND currency = $6 AND status = 'open'"
+     "  AND balance >= $5::bigint - overdraft_limit AND EXISTS (SELECT 1 FROM g)"
+     "  RETURNING id, balance),"
+     " c AS (UPDATE accounts SET balance = balance + $5::bigint, updated_at = $7::timestamptz"
+     "  WHERE id = $4::uuid AND currency = $6 AND status = 'open' AND EXISTS (SELECT 1 FROM d)"
+     "  RETURNING id, balance),"
+     " t AS (INSERT INTO transactions (id, kind, debit_account_id, credit_account_id, amount,"
+     "  currency, created_at)"
+     "  SELECT $1::uuid, $2, $3::uuid, $4::uuid, $5::bigint, $6, $7::timestamptz FROM c"
+     "  RETURNING id),"
+     " e AS (INSERT INTO ledger_entries (id, transaction_id, account_id, amount, currency,"
+     "  balance_after, created_at)"
+     "  SELECT $10::uuid, t.id, d.id, -$5::bigint, $6, d.balance, $7::timestamptz FROM t, d"
+     "  UNION ALL"
+     "  SELECT $11::uuid, t.id, c.id, $5::bigint, $6, c.balance, $7::timestamptz FROM t, c"
+     "  RETURNING 1),"
+     " o AS (INSERT INTO outbox (id, topic, key, payload, created_at)"
+     "  SELECT $12::uuid, $13, $14, $15::jsonb, now() FROM t RETURNING 1),"
+     " k AS (" SVC_IDEM_STORE_OK("8", "9", "16", "17") " AND EXISTS (SELECT 1 FROM t)"
+     "  RETURNING 1)"
+     " SELECT (SELECT count(*) FROM e), (SELECT count(*) FROM o), (SELECT count(*) FROM k)"
+     " FROM t",
+     17},
+};
+
+/* ------------------------------------------------------------------------ */
+/* Helpers                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* The system account of a currency: a fixed id, created at start-up. */
+static void system_account(const char *currency, char out[37]) {
+  snprintf(out, 37, "00000000-0000-7000-8000-000000%02x%02x%02x", (unsigned char)currency[0],
+           (unsigned char)currency[1], (unsigned char)currency[2]);
+}
+
+static void now_iso(char out[48]) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  struct tm tm;
+  gmtime_r(&ts.tv_sec, &tm);
+  size_t n = strftime(out, 48, "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(out + n, 48 - n, ".%03dZ", (int)(ts.tv_nsec / 1000000L) % 1000);
+}
+
+static bool is_staff(const svc_req_t *req) { return svc_has_role(req, SVC_ROLE_OPERATOR); }
+
+static bool owns(const svc_req_t *req, const char *customer_id) {
+  return customer_id != NULL && svc_has_role(req, SVC_ROLE_CUSTOMER) &&
+         strcmp(req->who.subject, customer_id) == 0;
+}
+
+/* A JSON document rendered by the database, answered compact. */
+static void reply_text_json(svc_req_t *req, int status, const char *json) {
+  svc_reply_json(req, status, json ? json_loads(json, 0, NULL) : NULL);
+}
+
+static bool id_param(svc_req_t *req, const char **id) {
+  *id = svc_param(req, "id");
+  if (*id == NULL || !svc_uuid_valid(*id)) {
+    svc_reply_error(req, 404, "account_not_found", "no such account");
+    return false;
+  }
+  return true;
+}
+
+static json_t *page_json(const rt_pg_batch_t *b, int stmt, int limit) {
+  int rows = rt_pg_rows(b, stmt);
+  json_t *items = json_array();
+  for (int i = 0; i < rows && i < limit; i++) {
+    json_t *item = json_loads(rt_pg_value(b, stmt, i, 1), 0, NULL);
+    if (item != NULL) json_array_append_new(items, item);
+  }
+  const char *next = rows > limit ? rt_pg_value(b, stmt, limit - 1, 0) : NULL;
+  return json_pack("{s:o, s:s?}", "items", items, "next_cursor", next);
+}
+
+/* ------------------------------------------------------------------------ */
+/* POST /v1/accounts                                                        */
+/* ------------------------------------------------------------------------ */
+
+typedef struct open_state {
+  char customer_id[37];
+  char currency[4];
+  char overdraft[24];
+  char id[37];
+} open_state_t;
+
+static const svc_field_t open_fields[] = {
+    {"currency", SVC_T_CURRENCY, true, 0},
+    {"customer_id", SVC_T_UUID, false, 0},
+    {"overdraft_limit", SVC_T_INT64, false, 0},
+};
+
+static void open_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
+  open_state_t *st = SVC_STATE(req, open_state_t);
+  if (err != 0) {
+    svc_reply_db_error(req, err, b);
+    return;
+  }
+  RT_INFO("account opened", RT_LF_STR("account", st->id), RT_LF_STR("currency", st->currency));
+  reply_text_json(req, 201, rt_pg_value(b, 0, 0, 0));
+}
+
+static void open_insert(svc_req_t *req) {
+  open_state_t *st = SVC_STATE(req, open_state_t);
+  svc_uuid7(st->id);
+  rt_pg_batch_t *b = svc_batch(req);
+  if (b == NULL) return;
+  const char *vals[] = {st->id, st->customer_id, st->currency, st->overdraft};
+  rt_pg_add(b, s_open, 4, vals);
+  char payload[192];
+  snprintf(payload, sizeof payload,
+           "{\"account_id\":\"%.36s\",\"customer_id\":\"%.36s\",\"currency\":\"%.3s\"}",
+           st->id, st->customer_id, st->currency);
+  svc_outbox_add(b, "account.opened", st->id, payload);
+  svc_db(req, b, open_done);
+}
+
+/* The profile service's answer: exists and active? */
+static void open_checked(void *ctx, int err, const http_msg_t *resp) {
+  svc_req_t *req = ctx;
+  if (err != 0 || resp == NULL) {
+    RT_WARN("profile service unreachable", RT_LF_STR("error", rt_strerror(err)));
+    svc_reply_error(req, 503, "profile_unavailable", "cannot confirm the customer now; retry");
+    return;
+  }
+  if (resp->status == 404) {
+    svc_reply_error(req, 422, "customer_not_found", "no such customer");
+    return;
+  }
+  if (resp->status != 200) {
+    RT_WARN("profile service answered", RT_LF_INT("status", resp->status));
+    svc_reply_error(req, 503, "profile_unavailable", "cannot confirm the customer now; retry");
+    return;
+  }
+  json_t *body = json_loadb(resp->body, resp->body_len, 0, NULL);
+  const char *status = svc_json_str(body, "status");
+  bool active = status != NULL && strcmp(status, "active") == 0;
+  json_decref(body);
+  if (!active) {
+    svc_reply_error(req, 422, "customer_inactive", "the customer is not active");
+    return;
+  }
+  open_insert(req);
+}
+
+static void on_open(svc_req_t *req) {
+  svc_json_error_t err;
+  if (svc_json_check(req->body, open_fields, 3, &err) < 0) {
+    svc_reply_json_error(req, &err);
+    return;
+  }
+  open_state_t *st = SVC_STATE(req, open_state_t);
+  const char *customer = svc_json_str(req->body, "customer_id");
+  json_t *od = json_object_get(req->body, "overdraft_limit");
+  if (!is_staff(req)) {
+    /* A customer opens accounts for itself, without overdraft. */
+    if (customer != NULL && strcmp(customer, req->who.subject) != 0) {
+      svc_reply_error(req, 403, "forbidden", "customers open accounts for themselves only");
+      return;
+    }
+    if (od != NULL) {
+      svc_reply_error(req, 403, "forbidden", "only operators may set an overdraft limit");
+      return;
+    }
+    customer = req->who.subject;
+    if (!svc_uuid_valid(customer)) {
+      svc_reply_error(req, 403, "forbidden", "the caller is not a customer");
+      return;
+    }
+  } else if (customer == NULL) {
+    svc_reply_error(req, 422, "missing_field", "field 'customer_id' is required");
+    return;
+  }
+  int64_t limit = od ? (int64_t)json_integer_value(od) : 0;
+  if (limit < 0) {
+    svc_reply_error(req, 422, "invalid_field", "field 'overdraft_limit' must not be negative");
+    return;
+  }
+  snprintf(st->customer_id, sizeof st->customer_id, "%.36s", customer);
+  snprintf(st->currency, sizeof st->currency, "%s", svc_json_str(req->body, "currency"));
+  snprintf(st->overdraft, sizeof st->overdraft, "%" PRId64, limit);
+  char path[96], headers[512];
+  snprintf(path, sizeof path, "/internal/customers/%.36s", st->customer_id);
+  const svc_config_t *c = svc_config();
+  int n = svc_auth_sign(headers, sizeof headers, c->auth_key, c->auth_key_bytes, "account",
+                        "service", "GET", path, (int64_t)time(NULL));
+  http_client_t *profile = req->th->user;
+  int rc = n < 0 ? n
+                 : http_client_request(profile, "GET", path, headers, NULL, 0, open_checked, req);
+  if (rc < 0) svc_reply_error(req, 503, "profile_unavailable", "cannot confirm the customer now; retry");
+}
+
+/* ------------------------------------------------------------------------ */
+/* GET /v1/accounts/{id}, GET /v1/accounts                                  */
+/* ------------------------------------------------------------------------ */
+
+static void get_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
+  if (err != 0) {
+    svc_reply_db_error(req, err, b);
+    return;
+  }
+  if (rt_pg_rows(b, 0) == 0 || (!is_staff(req) && !owns(req, rt_pg_value(b, 0, 0, 0)))) {
+    svc_reply_error(req, 404, "account_not_found", "no such account");
+    return;
+  }
+  reply_text_json(req, 200, rt_pg_value(b, 0, 0, 1));
+}
+
+static void on_get(svc_req_t *req) {
+  const char *id;
+  if (!id_param(req, &id)) return;
+  rt_pg_batch_t *b = svc_batch(req);
+  if (b == NULL) return;
+  const char *vals[] = {id};
+  rt_pg_add(b, s_get, 1, vals);
+  svc_db(req, b, get_done);
+}
+
+static void list_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
+  if (err != 0) {
+    svc_reply_db_error(req, err, b);
+    return;
+  }
+  svc_reply_json(req, 200, page_json(b, 0, *SVC_STATE(req, int)));
+}
+
+static void on_list(svc_req_t *req) {
+  int limit;
+  char cursor[37], customer[40];
+  if (svc_page(req, &limit, cursor) < 0) return;
+  int n = svc_query(req, "customer_id", customer, sizeof customer);
+  if (n == -EINVAL || (n >= 0 && !svc_uuid_valid(customer))) {
+    svc_reply_error(req, 422, "invalid_field", "customer_id is not a UUID");
+    return;
+  }
+  const char *who = n >= 0 ? customer : NULL;
+  if (!is_staff(req)) who = req->who.subject; /* customers see their own */
+  if (who != NULL && !svc_uuid_valid(who)) {
+    svc_reply_json(req, 200, json_pack("{s:[], s:n}", "items", "next_cursor"));
+    return;
+  }
+  *SVC_STATE(req, int) = limit;
+  char lim[16];
+  snprintf(lim, sizeof lim, "%d", limit + 1);
+  rt_pg_batch_t *b = svc_batch(req);
+  if (b == NULL) return;
+  const char *vals[] = {who, cursor[0] ? cursor : NULL, lim};
+  rt_pg_add(b, s_list, 3, vals);
+  svc_db(req, b, list_done);
+}
+
+/* ------------------------------------------------------------------------ */
+/* GET /v1/accounts/{id}/transactions                                       */
+/* ------------------------------------------------------------------------ */
+
+static void ledger_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
+  if (err != 0) {
+    svc_reply_db_error(req, err, b);
+    return;
+  }
+  bool staff = svc_has_role(req, SVC_ROLE_OPERATOR | SVC_ROLE_AUDITOR);
+  if (rt_pg_rows(b, 0) == 0 || (!staff && !owns(req, rt_pg_value(b, 0, 0, 0)))) {
+    svc_reply_error(req, 404, "account_not_found", "no such account");
+    return;
+  }
+  svc_reply_json(req, 200, page_json(b, 1, *SVC_STATE(req, int)));
+}
+
+static void on_ledger(svc_req_t *req) {
+  const char *id;
+  int limit;
+  char cursor[37];
+  if (!id_param(req, &id)) return;
+  if (svc_page(req, &limit, cursor) < 0) return;
+  *SVC_STATE(req, int) = limit;
+  char lim[16];
+  snprintf(lim, sizeof lim, "%d", limit + 1);
+  rt_pg_batch_t *b = svc_batch(req);
+  if (b == NULL) return;
+  const char *owner[] = {id};
+  const char *vals[] = {id, cursor[0] ? cursor : NULL, lim};
+  /* Ownership is checked on the first result before the lines are shown. */
+  rt_pg_add(b, s_owner, 1, owner);
+  rt_pg_add(b, s_ledger, 3, vals);
+  svc_db(req, b, ledger_done);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Movements                                                                */
+/* ------------------------------------------------------------------------ */
+
+typedef enum move_kind { MOVE_TOPUP, MOVE_WITHDRAWAL, MOVE_TRANSFER } move_kind_t;
+
+static const struct {
+  const char *kind;
+  const char *topic;
+} move_names[] = {
+    [MOVE_TOPUP] = {"topup", "account.topped_up"},
+    [MOVE_WITHDRAWAL] = {"withdrawal", "account.withdrawn"},
+    [MOVE_TRANSFER] = {"transfer", "account.transferred"},
+};
+
+typedef struct move_state {
+  svc_idem_t idem;
+  move_kind_t kind;
+  char account[37]; /* the caller's account: top-up/withdrawal target, transfer source */
+  char other[37];   /* the system account, or the transfer's destination */
+  char currency[4];
+  int64_t amount;
+  int move_index;
+  char ok_body[512];
+} move_state_t;
+
+static const char insufficient_body[] =
+    "{\"error\":{\"code\":\"insufficient_funds\",\"message\":\"the balance (with its "
+    "overdraft limit) does not cover the amount\"}}";
+
+static void move_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
+  move_state_t *st = SVC_STATE(req, move_state_t);
+  if (err == RT_PG_E_OUT_OF_RANGE) {
+    svc_reply_error(req, 422, "amount_out_of_range", "the resulting balance would overflow");
+    return;
+  }
+  if (err == RT_PG_E_CHECK) { /* NEVER: the guard comes first */
+    svc_reply_error(req, 422, "insufficient_funds", "the balance does not cover the amount");
+    return;
+  }
+  if (err != 0) {
+    svc_reply_db_error(req, err, b);
+    return;
+  }
+  int status = 0;
+  const char *body = NULL;
+  svc_idem_result_t r = svc_idem_outcome(b, &st->idem, &status, &body);
+  if (r == SVC_IDEM_UNKEYED) {
+    bool moved = rt_pg_rows(b, st->move_index) == 1;
+    status = moved ? 201 : 422;
+    body = moved ? st->ok_body : insufficient_body;
+    r = SVC_IDEM_NEW;
+  }
+  if (r == SVC_IDEM_NEW && status == 201) {
+    RT_DEBUG("money moved", RT_LF_STR("kind", move_names[st->kind].kind),
+             RT_LF_STR("account", st->account), RT_LF_INT("amount", st->amount));
+  }
+  svc_idem_reply(req, r, status, body);
+}
+
+static void move_render(move_state_t *st, const char *txid, const char *created_at,
+                        char *payload, size_t payload_bytes) {
+  if (st->kind == MOVE_TRANSFER) {
+    snprintf(st->ok_body, sizeof st->ok_body,
+             "{\"id\":\"%s\",\"kind\":\"transfer\",\"from_account_id\":\"%s\","
+             "\"to_account_id\":\"%s\",\"amount\":%" PRId64 ",\"currency\":\"%s\","
+             "\"created_at\":\"%s\"}",
+             txid, st->account, st->other, st->amount, st->currency, created_at);
+    snprintf(payload, payload_bytes,
+             "{\"transaction_id\":\"%s\",\"from_account_id\":\"%s\",\"to_account_id\":\"%s\","
+             "\"amount\":%" PRId64 ",\"currency\":\"%s\"}",
+             txid, st->account, st->other, st->amount, st->currency);
+    return;
+  }
+  snprintf(st->ok_body, sizeof st->ok_body,
+           "{\"id\":\"%s\",\"kind\":\"%s\",\"account_id\":\"%s\",\"amount\":%" PRId64
+           ",\"currency\":\"%s\",\"created_at\":\"%s\"}",
+           txid, move_names[st->kind].kind, st->account, st->amount, st->currency, created_at);
+  snprintf(payload, payload_bytes,
+           "{\"transaction_id\":\"%s\",\"account_id\":\"%s\",\"amount\":%" PRId64
+           ",\"currency\":\"%s\"}",
+           txid, st->account, st->amount, st->currency);
+}
+
+/* The write: one batch, one transaction. */
+static void move_write(svc_req_t *req) {
+  move_state_t *st = SVC_STATE(req, move_state_t);
+  const char *debit = st->kind == MOVE_TOPUP ? st->other : st->account;
+  const char *credit = st->kind == MOVE_TOPUP ? st->account : st->other;
+  char txid[37], e1[37], e2[37], evid[37], created_at[48], amount[24], payload[400];
+  svc_uuid7(txid);
+  svc_uuid7(e1);
+  svc_uuid7(e2);
+  svc_uuid7(evid);
+  now_iso(created_at);
+  snprintf(amount, sizeof amount, "%" PRId64, st->amount);
+  move_render(st, txid, created_at, payload, sizeof payload);
+  rt_pg_batch_t *b = svc_batch(req);
+  if (b == NULL) return;
+  const char *scope = svc_idem_scope(&st->idem), *key = svc_idem_key(&st->idem);
+  svc_idem_add_claim(b, &st->idem);
+  const char *lock[] = {debit, credit, scope, key};
+  rt_pg_add(b, s_lock, 4, lock);
+  const char *move[] = {txid, move_names[st->kind].kind, debit, credit, amount, st->currency,
+                        created_at, scope, key, e1, e2, evid, move_names[st->kind].topic,
+                        st->account, payload, "201", st->ok_body};
+  st->move_index = rt_pg_add(b, s_move, 17, move);
+  svc_idem_add_finish(b, &st->idem, 422, insufficient_body);
+  svc_db(req, b, move_done);
+}
+
+/* The read before the write: both accounts as they are. */
+static void move_checked(svc_req_t *req, rt_pg_batch_t *b, int err) {
+  move_state_t *st = SVC_STATE(req, move_state_t);
+  if (err != 0) {
+    svc_reply_db_error(req, err, b);
+    return;
+  }
+  int mine = -1, other = -1;
+  for (int i = 0; i < rt_pg_rows(b, 0); i++) {
+    const char *id = rt_pg_value(b, 0, i, 0);
+    if (strcmp(id, st->account) == 0) mine = i;
+    if (strcmp(id, st->other) == 0) other = i;
+  }
+  bool staff_ok = st->kind != MOVE_TRANSFER && is_staff(req);
+  if (mine < 0 || strcmp(rt_pg_value(b, 0, mine, 4), "customer") != 0 ||
+      (!staff_ok && !owns(req, rt_pg_value(b, 0, mine, 1)))) {
+    svc_reply_error(req, 404, "account_not_found", "no such account");
+    return;
+  }
+  if (other < 0 || (st->kind == MOVE_TRANSFER && strcmp(rt_pg_value(b, 0, other, 4), "customer") != 0)) {
+    svc_reply_error(req, 404, "account_not_found", "no such destination account");
+    return;
+  }
+  if (strcmp(rt_pg_value(b, 0, mine, 2), st->currency) != 0 ||
+      strcmp(rt_pg_value(b, 0, other, 2), st->currency) != 0) {
+    svc_reply_error(req, 422, "currency_mismatch", "the currency differs from the account's");
+    return;
+  }
+  if (strcmp(rt_pg_value(b, 0, mine, 3), "open") != 0 ||
+      strcmp(rt_pg_value(b, 0, other, 3), "open") != 0) {
+    svc_reply_error(req, 422, "account_closed", "the account is closed");
+    return;
+  }
+  move_write(req);
+}
+
+static const svc_field_t amount_fields[] = {
+    {"amount", SVC_T_AMOUNT, true, 0},
+    {"currency", SVC_T_CURRENCY, true, 0},
+};
+
+static const svc_field_t transfer_fields[] = {
+    {"from_account_id", SVC_T_UUID, true, 0},
+    {"to_account_id", SVC_T_UUID, true, 0},
+    {"amount", SVC_T_AMOUNT, true, 0},
+    {"currency", SVC_T_CURRENCY, true, 0},
+};
+
+static void move_start(svc_req_t *req, move_kind_t kind, const char *account, const char *other) {
+  move_state_t *st = SVC_STATE(req, move_state_t);
+  st->kind = kind;
+  snprintf(st->account, sizeof st->account, "%s", account);
+  snprintf(st->currency, sizeof st->currency, "%s", svc_json_str(req->body, "currency"));
+  st->amount = svc_json_int(req->body, "amount");
+  if (other != NULL) {
+    snprintf(st->other, sizeof st->other, "%s", other);
+  } else {
+    system_account(st->currency, st->other);
+  }
+  if (strcasecmp(st->account, st->other) == 0) {
+    svc_reply_error(req, 422, "same_account", "source and destination are the same account");
+    return;
+  }
+  if (svc_idem_begin(req, &st->idem) < 0) return;
+  rt_pg_batch_t *b = svc_batch(req);
+  if (b == NULL) return;
+  const char *vals[] = {st->account, st->other};
+  rt_pg_add(b, s_precheck, 2, vals);
+  svc_db(req, b, move_checked);
+}
+
+static void on_topup_or_withdrawal(svc_req_t *req, move_kind_t kind) {
+  const char *id;
+  if (!id_param(req, &id)) return;
+  svc_json_error_t err;
+  if (svc_json_check(req->body, amount_fields, 2, &err) < 0) {
+    svc_reply_json_error(req, &err);
+    return;
+  }
+  move_start(req, kind, id, NULL);
+}
+
+static void on_topup(svc_req_t *req) { on_topup_or_withdrawal(req, MOVE_TOPUP); }
+
+static void on_withdrawal(svc_req_t *req) { on_topup_or_withdrawal(req, MOVE_WITHDRAWAL); }
+
+static void on_transfer(svc_req_t *req) {
+  svc_json_error_t err;
+  if (svc_json_check(req->body, transfer_fields, 4, &err) < 0) {
+    svc_reply_json_error(req, &err);
+    return;
+  }
+  move_start(req, MOVE_TRANSFER, svc_json_str(req->body, "from_account_id"),
+             svc_json_str(req->body, "to_account_id"));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Definition                                                               */
+/* ------------------------------------------------------------------------ */
+
+static const svc_route_t routes[] = {
+    {"POST", "/v1/accounts", on_open, SVC_AUTH_REQUIRED, SVC_ROLE_CUSTOMER | SVC_ROLE_OPERATOR, true},
+    {"GET", "/v1/accounts", on_list, SVC_AUTH_REQUIRED, SVC_ROLE_CUSTOMER | SVC_ROLE_OPERATOR, false},
+    {"GET", "/v1/accounts/{id}", on_get, SVC_AUTH_REQUIRED, SVC_ROLE_CUSTOMER | SVC_ROLE_OPERATOR,
+     false},
+    {"GET", "/v1/accounts/{id}/transactions", on_ledger, SVC_AUTH_REQUIRED,
+     SVC_ROLE_CUSTOMER | SVC_ROLE_OPERATOR | SVC_ROLE_AUDITOR, false},
+    {"POST", "/v1/accounts/{id}/topups", on_topup, SVC_AUTH_REQUIRED,
+     SVC_ROLE_CUSTOMER | SVC_ROLE_OPERATOR, true},
+    {"POST", "/v1/accounts/{id}/withdrawals", on_withdrawal, SVC_AUTH_REQUIRED,
+     SVC_ROLE_CUSTOMER | SVC_ROLE_OPERATOR, true},
+    {"POST", "/v1/transfers", on_transfer, SVC_AUTH_REQUIRED, SVC_ROLE_CUSTOMER, true},
+};
+
+/* Main thread, after migrations: one system account per currency. */
+static int setup(PGconn *conn) {
+  size_t n = 0;
+  const char *const *codes = svc_currencies(&n);
+  char list[2048];
+  size_t len = 0;
+  list[len++] = '{';
+  for (size_t i = 0; i < n && len + 5 < sizeof list; i++) {
+    memcpy(list + len, codes[i], 3);
+    len += 3;
+    if (i + 1 < n) list[len++] = ',';
+  }
+  list[len++] = '}';
+  list[len] = '\0';
+  const char *vals[] = {list};
+  PGresult *r = PQexecParams(
+      conn,
+      "INSERT INTO accounts (id, customer_id, kind, currency, overdraft_limit)"
+      " SELECT ('00000000-0000-7000-8000-000000' || encode(convert_to(c, 'UTF8'), 'hex'))::uuid,"
+      " NULL, 'system', c, 9223372036854775807 FROM unnest($1::text[]) AS c"
+      " ON CONFLICT DO NOTHING",
+      1, NULL, vals, NULL, NULL, 0);
+  int rc = PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : SVC_E_MIGRATION;
+  if (rc < 0) RT_ERROR("cannot create the system accounts", RT_LF_STR("error", PQresultErrorMessage(r)));
+  PQclear(r);
+  return rc;
+}
+
+static int thread_init(svc_thread_t *th) {
+  http_client_config_t hc = {
+      .host = cfg.profile_host,
+      .port = (uint16_t)cfg.profile_port,
+      .conns_max = 16,
+      .queue_max = 1024,
+      .connect_timeout_ms = 1000,
+      .request_timeout_ms = cfg.profile_timeout_ms,
+  };
+  http_client_t *client = NULL;
+  int rc = http_client_create(&client, th->loop, &hc);
+  th->user = client;
+  return rc;
+}
+
+static void thread_drain(svc_thread_t *th) {
+  http_client_destroy(th->user);
+  th->user = NULL;
+}
+
+static int load_config(void) {
+  const char *addr = rt_env_str("PROFILE_ADDR", "127.0.0.1:7001");
+  const char *colon = strrchr(addr, ':');
+  char *end = NULL;
+  unsigned long port = colon ? strtoul(colon + 1, &end, 10) : 0;
+  if (colon == NULL || (size_t)(colon - addr) >= sizeof cfg.profile_host || *end != '\0' ||
+      port == 0 || port > 65535) {
+    fprintf(stderr, "PROFILE_ADDR must be host:port (numeric host), got '%s'\n", addr);
+    return RT_E_CONFIG;
+  }
+  snprintf(cfg.profile_host, sizeof cfg.profile_host, "%.*s", (int)(colon - addr), addr);
+  cfg.profile_port = (uint32_t)port;
+  return rt_env_ms("PROFILE_TIMEOUT", 2000, &cfg.profile_timeout_ms);
+}
+
+int main(int argc, char **argv) {
+  if (load_config() < 0) return 2;
+  svc_def_t def = {
+      .name = "account",
+      .env_prefix = "ACCOUNT",
+      .default_port = 7002,
+      .routes = routes,
+      .routes_count = sizeof routes / sizeof routes[0],
+      .stmts = stmts,
+      .stmts_count = sizeof stmts / sizeof stmts[0],
+      .migrations = account_migrations,
+      .migrations_count = account_migrations_count,
+      .setup = setup,
+      .thread_init = thread_init,
+      .thread_drain = thread_drain,
+      .usage_env = "  PROFILE_ADDR          the profile service, host:port (127.0.0.1:7001)\n"
+                   "  PROFILE_TIMEOUT       its answer, at most          (2s)\n",
+  };
+  return svc_main(argc, argv, &def);
+}

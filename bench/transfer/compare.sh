@@ -1,0 +1,299 @@
+#!/usr/bin/env bash
+#
+# bench/transfer/compare.sh - transfers per second through the account
+# service's HTTP API, side by side with pgbench running exactly the SQL the
+# service runs for one transfer, on the same PostgreSQL.
+#
+#   ours:     wrk (keep-alive, BENCH_CONNECTIONS connections) -> POST
+#             /v1/transfers on the account service (release build), random
+#             pairs among BENCH_ACCOUNTS funded accounts, each request with
+#             its own Idempotency-Key
+#   pgbench:  BENCH_PG_CLIENTS clients, -M prepared, the service's own
+#             statements (taken from `account --statements`) in the same two
+#             pipelines (\startpipeline ... \endpipeline), plus one lookup
+#             that draws the ids and timestamp the service makes in C
+#
+# Progress on stderr; the result table on stdout; one JSON line in
+# .run/bench-transfer.json. Everything started here is stopped on exit;
+# PostgreSQL (deploy/pg) is started if needed and left running.
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+RUN_DIR=$REPO_ROOT/.run
+HERE=$REPO_ROOT/bench/transfer
+# shellcheck source=deploy/lib/common.sh
+source "$REPO_ROOT/deploy/lib/common.sh"
+
+BENCH_DURATION=${BENCH_DURATION:-10}          # seconds per measured run
+BENCH_ROUNDS=${BENCH_ROUNDS:-3}               # measured runs per side, alternating; medians
+BENCH_WARMUP=${BENCH_WARMUP:-3}               # seconds of unmeasured run first
+BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-64}    # wrk connections (16..64)
+BENCH_WRK_THREADS=${BENCH_WRK_THREADS:-2}
+BENCH_PG_CLIENTS=${BENCH_PG_CLIENTS:-16}      # pgbench -c
+BENCH_ACCOUNTS=${BENCH_ACCOUNTS:-100000}
+BENCH_THREADS=${BENCH_THREADS:-1}             # account service loop threads
+BENCH_DB_CONNS=${BENCH_DB_CONNS:-16}          # its connections per thread (= pgbench clients: as many backends)
+BUILD_DIR=${BENCH_BUILD_DIR:-build-release} # relative to the repository, or absolute
+[[ $BUILD_DIR == /* ]] || BUILD_DIR=$REPO_ROOT/$BUILD_DIR
+BENCH_CUSTOMER=00000000-0000-7000-8003-000000000001
+
+usage() {
+  cat <<EOF
+usage: bench/transfer/compare.sh
+
+Environment:
+  BENCH_DURATION=$BENCH_DURATION       seconds per measured run (each side)
+  BENCH_ROUNDS=$BENCH_ROUNDS          measured runs per side, alternating; medians reported
+  BENCH_WARMUP=$BENCH_WARMUP          seconds of warm-up per side
+  BENCH_CONNECTIONS=$BENCH_CONNECTIONS     wrk keep-alive connections
+  BENCH_WRK_THREADS=$BENCH_WRK_THREADS      wrk threads
+  BENCH_PG_CLIENTS=$BENCH_PG_CLIENTS      pgbench clients
+  BENCH_ACCOUNTS=$BENCH_ACCOUNTS    funded accounts, picked at random
+  BENCH_THREADS=$BENCH_THREADS          account service loop threads
+  BENCH_DB_CONNS=$BENCH_DB_CONNS         its database connections per thread
+  BENCH_BUILD_DIR=$BUILD_DIR  release build used (configured if missing)
+EOF
+}
+
+TMP_DIR=
+SERVICE_PID=
+
+cleanup() {
+  if [[ -n $SERVICE_PID ]]; then
+    stop_pid "$SERVICE_PID" account 10 || true
+  fi
+  [[ -n $TMP_DIR && -d $TMP_DIR ]] && rm -rf "$TMP_DIR"
+  return 0
+}
+
+need() {
+  command -v "$1" >/dev/null 2>&1 || die "$1 not found (Debian package $2)"
+}
+
+build() {
+  if [[ ! -f $BUILD_DIR/meson-private/coredata.dat ]]; then
+    step "configuring $BUILD_DIR (--buildtype=release)"
+    meson setup "$BUILD_DIR" "$REPO_ROOT" --buildtype=release >&2
+  fi
+  step "building the account service ($BUILD_DIR)"
+  ninja -C "$BUILD_DIR" actors/account/account >&2
+}
+
+psql_account() {
+  psql "$ACCOUNT_DB_URL" -X -q -v ON_ERROR_STOP=1 "$@"
+}
+
+# seed: BENCH_ACCOUNTS accounts of the bench customer, each funded by a
+# top-up from the EUR system account, ledger lines included, so that the
+# double-entry invariants hold for the bench data too. Done once.
+seed() {
+  local have
+  psql_account -c "CREATE TABLE IF NOT EXISTS bench_accounts (n int PRIMARY KEY, id uuid NOT NULL UNIQUE)"
+  have=$(psql_account -At -c "SELECT count(*) FROM bench_accounts")
+  if [[ $have -ge $BENCH_ACCOUNTS ]]; then
+    info "$have bench accounts already funded"
+    return
+  fi
+  step "funding $BENCH_ACCOUNTS bench accounts (once)"
+  psql_account -v count="$BENCH_ACCOUNTS" -v cust="$BENCH_CUSTOMER" <<'SQL'
+BEGIN;
+CREATE TEMP TABLE s ON COMMIT DROP AS
+  SELECT n, ('00000000-0000-7000-8001-' || lpad(n::text, 12, '0'))::uuid AS id,
+            ('00000000-0000-7000-8002-' || lpad(n::text, 12, '0'))::uuid AS tx
+  FROM generate_series(1, :count) AS g(n)
+  WHERE NOT EXISTS (SELECT 1 FROM bench_accounts b WHERE b.n = g.n);
+INSERT INTO accounts (id, customer_id, currency, balance)
+  SELECT id, :'cust', 'EUR', 1000000000 FROM s;
+INSERT INTO transactions (id, kind, debit_account_id, credit_account_id, amount, currency, created_at)
+  SELECT tx, 'topup', '00000000-0000-7000-8000-000000455552', id, 1000000000, 'EUR', now() FROM s;
+INSERT INTO ledger_entries (id, transaction_id, account_id, amount, currency, balance_after, created_at)
+  SELECT gen_random_uuid(), tx, id, 1000000000, 'EUR', 1000000000, now() FROM s;
+WITH sys AS (
+  UPDATE accounts SET balance = balance - 1000000000 * (SELECT count(*) FROM s)
+  WHERE id = '00000000-0000-7000-8000-000000455552' RETURNING balance)
+INSERT INTO ledger_entries (id, transaction_id, account_id, amount, currency, balance_after, created_at)
+  SELECT gen_random_uuid(), s.tx, '00000000-0000-7000-8000-000000455552', -1000000000, 'EUR',
+         (SELECT balance FROM sys)
+           + 1000000000 * ((SELECT count(*) FROM s) - row_number() OVER (ORDER BY s.n)), now()
+  FROM s;
+INSERT INTO bench_accounts SELECT n, id FROM s;
+COMMIT;
+ANALYZE accounts;
+ANALYZE bench_accounts;
+SQL
+}
+
+start_service() {
+  local port=$1 bin=$BUILD_DIR/actors/account/account
+  step "starting the account service ($BENCH_THREADS thread(s), $BENCH_DB_CONNS db connections each) on 127.0.0.1:$port"
+  (exec env ACCOUNT_HOST=127.0.0.1 ACCOUNT_PORT="$port" ACCOUNT_THREADS="$BENCH_THREADS" \
+    DB_CONNS="$BENCH_DB_CONNS" AUTH_HMAC_KEY="$AUTH_KEY" AUTH_MAX_SKEW=60m LOG_LEVEL=warn \
+    PROFILE_ADDR=127.0.0.1:1 "$bin") </dev/null >"$TMP_DIR/account.log" 2>&1 &
+  SERVICE_PID=$!
+  if ! wait_http "http://127.0.0.1:$port/readyz" 30 "$SERVICE_PID"; then
+    tail -n 20 "$TMP_DIR/account.log" >&2 || true
+    die "the account service did not become ready"
+  fi
+}
+
+# sign METHOD PATH TS: the X-Auth-Signature of the bench customer.
+sign() {
+  python3 - "$AUTH_KEY" "$BENCH_CUSTOMER" customer "$1" "$2" "$3" <<'PY'
+import hashlib, hmac, sys
+key, subject, roles, method, path, ts = sys.argv[1:]
+msg = "|".join([subject, roles, method, path, ts]).encode()
+print(hmac.new(key.encode(), msg, hashlib.sha256).hexdigest())
+PY
+}
+
+run_wrk() {
+  local port=$1 seconds=$2 out=$3 ts sig
+  ts=$(date +%s)
+  sig=$(sign POST /v1/transfers "$ts")
+  wrk -t"$BENCH_WRK_THREADS" -c"$BENCH_CONNECTIONS" -d"${seconds}s" --latency \
+    -s "$HERE/transfer.lua" "http://127.0.0.1:$port" \
+    -- "$BENCH_ACCOUNTS" "$BENCH_CUSTOMER" customer "$ts" "$sig" >"$out" 2>&1
+}
+
+# wrk_parse FILE: "RPS P50_MS P99_MS ERRORS NON2XX"
+wrk_parse() {
+  python3 - "$1" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+unit = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+def pct(p):
+    m = re.search(r"^\s+%s%%\s+([0-9.]+)(us|ms|s|m)\s*$" % p, text, re.M)
+    return float(m.group(1)) * unit[m.group(2)] if m else float("nan")
+rps = re.search(r"^Requests/sec:\s+([0-9.]+)", text, re.M)
+if not rps:
+    sys.exit("cannot read the output of wrk:\n" + text)
+err = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+print(rps.group(1), "%.3f" % pct(50), "%.3f" % pct(99),
+      sum(int(x) for x in err.groups()) if err else 0, non2xx.group(1) if non2xx else 0)
+PY
+}
+
+run_pgbench() {
+  local seconds=$1 prefix=$2 hash ok_body payload fail_body
+  hash=$(printf 'bench' | sha256sum | cut -c1-64)
+  ok_body='{"id":"01a20aa1-e139-72b8-aeef-5360cb42038b","kind":"transfer","from_account_id":"00000000-0000-7000-8001-000000000001","to_account_id":"00000000-0000-7000-8001-000000000002","amount":50,"currency":"EUR","created_at":"2026-01-01T00:00:00.000Z"}'
+  payload='{"transaction_id":"01a20aa1-e139-72b8-aeef-5360cb42038b","from_account_id":"00000000-0000-7000-8001-000000000001","to_account_id":"00000000-0000-7000-8001-000000000002","amount":50,"currency":"EUR"}'
+  fail_body='{"error":{"code":"insufficient_funds","message":"the balance (with its overdraft limit) does not cover the amount"}}'
+  pgbench -n -M prepared -c "$BENCH_PG_CLIENTS" -j 2 -T "$seconds" -f "$TMP_DIR/transfer.pgbench" \
+    -D scope="pgbench-$(date +%s%N)" -D hash="$hash" -D kind=transfer -D cur=EUR \
+    -D topic=account.transferred -D st_ok=201 -D st_fail=422 -D ok_body="$ok_body" \
+    -D payload="$payload" -D fail_body="$fail_body" \
+    ${prefix:+-l --log-prefix="$prefix"} "$ACCOUNT_DB_URL"
+}
+
+# pgbench_parse OUTPUT LOGPREFIX: "TPS P50_MS P99_MS FAILED"
+pgbench_parse() {
+  python3 - "$1" "$2" <<'PY'
+import glob, re, sys
+text = open(sys.argv[1]).read()
+tps = re.search(r"^tps = ([0-9.]+)", text, re.M)
+if not tps:
+    sys.exit("cannot read the output of pgbench:\n" + text)
+failed = re.search(r"number of failed transactions: (\d+)", text)
+lat = []
+for path in glob.glob(sys.argv[2] + "*"):
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and parts[2].isdigit():
+                lat.append(int(parts[2]) / 1000.0)
+lat.sort()
+def pct(p):
+    return lat[min(len(lat) - 1, int(len(lat) * p / 100))] if lat else float("nan")
+print(tps.group(1), "%.3f" % pct(50), "%.3f" % pct(99), failed.group(1) if failed else 0)
+PY
+}
+
+main() {
+  case ${1:-} in
+    -h | --help) usage; return 0 ;;
+    '') ;;
+    *) usage >&2; return 2 ;;
+  esac
+  need wrk wrk
+  need pgbench postgresql-client
+  need psql postgresql-client
+  trap cleanup EXIT
+  TMP_DIR=$(mktemp -d)
+  mkdir -p "$RUN_DIR"
+  build
+  "$REPO_ROOT/deploy/pg" start
+  eval "$("$REPO_ROOT/deploy/pg" env)"
+  AUTH_KEY=bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+
+  step "applying the account service's migrations"
+  env AUTH_HMAC_KEY="$AUTH_KEY" LOG_LEVEL=warn "$BUILD_DIR/actors/account/account" --migrate >&2
+  seed
+  "$BUILD_DIR/actors/account/account" --statements |
+    python3 "$HERE/make_pgbench.py" "$BENCH_ACCOUNTS" >"$TMP_DIR/transfer.pgbench"
+  local sum_before
+  sum_before=$(psql_account -At -c "SELECT sum(balance) FROM accounts WHERE currency = 'EUR'")
+
+  local port
+  port=$(free_port)
+  start_service "$port"
+  step "warm-up: ${BENCH_WARMUP}s each"
+  run_wrk "$port" "$BENCH_WARMUP" "$TMP_DIR/wrk-warmup.txt"
+  run_pgbench "$BENCH_WARMUP" "" >"$TMP_DIR/pgbench-warmup.txt" 2>&1 ||
+    { cat "$TMP_DIR/pgbench-warmup.txt" >&2; die "pgbench failed"; }
+  # Alternating rounds, so that a noisy moment of the machine hits both.
+  local r ours=() theirs=()
+  for ((r = 1; r <= BENCH_ROUNDS; r++)); do
+    step "round $r/$BENCH_ROUNDS: ours, ${BENCH_DURATION}s, $BENCH_CONNECTIONS connections"
+    run_wrk "$port" "$BENCH_DURATION" "$TMP_DIR/wrk-$r.txt"
+    ours+=("$(wrk_parse "$TMP_DIR/wrk-$r.txt")")
+    info "${ours[-1]}"
+    step "round $r/$BENCH_ROUNDS: pgbench, ${BENCH_DURATION}s, $BENCH_PG_CLIENTS clients, -M prepared, pipelined"
+    run_pgbench "$BENCH_DURATION" "$TMP_DIR/pgb$r" >"$TMP_DIR/pgbench-$r.txt" 2>&1 ||
+      { cat "$TMP_DIR/pgbench-$r.txt" >&2; die "pgbench failed"; }
+    theirs+=("$(pgbench_parse "$TMP_DIR/pgbench-$r.txt" "$TMP_DIR/pgb$r")")
+    info "${theirs[-1]}"
+  done
+  stop_pid "$SERVICE_PID" account 10 || true
+  SERVICE_PID=
+
+  local sum_after
+  sum_after=$(psql_account -At -c "SELECT sum(balance) FROM accounts WHERE currency = 'EUR'")
+  [[ $sum_before == "$sum_after" ]] || die "EUR balances changed in sum: $sum_before -> $sum_after"
+
+  printf '%s\n' "${ours[@]}" >"$TMP_DIR/ours.txt"
+  printf '%s\n' "${theirs[@]}" >"$TMP_DIR/theirs.txt"
+  python3 - "$TMP_DIR/ours.txt" "$TMP_DIR/theirs.txt" "$BENCH_DURATION" "$BENCH_ROUNDS" \
+    "$BENCH_CONNECTIONS" "$BENCH_PG_CLIENTS" "$BENCH_ACCOUNTS" "$BENCH_THREADS" \
+    "$BENCH_DB_CONNS" "$RUN_DIR/bench-transfer.json" <<'PY'
+import json, statistics, sys, time
+ours_f, theirs_f, secs, rounds, conns, clients, accounts, threads, db_conns, out = sys.argv[1:]
+ours = [[float(x) for x in l.split()] for l in open(ours_f) if l.strip()]
+theirs = [[float(x) for x in l.split()] for l in open(theirs_f) if l.strip()]
+med = lambda rows, i: statistics.median(r[i] for r in rows)
+o = {"tps": med(ours, 0), "p50_ms": med(ours, 1), "p99_ms": med(ours, 2),
+     "socket_errors": int(sum(r[3] for r in ours)), "non_2xx": int(sum(r[4] for r in ours)),
+     "runs_tps": [r[0] for r in ours]}
+p = {"tps": med(theirs, 0), "p50_ms": med(theirs, 1), "p99_ms": med(theirs, 2),
+     "failed": int(sum(r[3] for r in theirs)), "runs_tps": [r[0] for r in theirs]}
+ratio = o["tps"] / p["tps"] if p["tps"] else float("nan")
+print("%-38s %12s %9s %9s %7s" % ("median of %s rounds" % rounds, "transfers/s", "p50 ms", "p99 ms", "errors"))
+print("%-38s %12.0f %9.2f %9.2f %7d" % ("account service (HTTP, wrk -c%s)" % conns, o["tps"],
+      o["p50_ms"], o["p99_ms"], o["socket_errors"] + o["non_2xx"]))
+print("%-38s %12.0f %9.2f %9.2f %7d" % ("pgbench (-c%s, prepared, pipelined)" % clients, p["tps"],
+      p["p50_ms"], p["p99_ms"], p["failed"]))
+print("ratio ours/pgbench: %.2f   (runs: ours %s, pgbench %s)" % (ratio,
+      " ".join("%.0f" % x for x in o["runs_tps"]), " ".join("%.0f" % x for x in p["runs_tps"])))
+doc = {"bench": "transfer", "time": int(time.time()), "ours": o, "pgbench": p,
+       "ratio": round(ratio, 3),
+       "config": {"seconds": int(secs), "rounds": int(rounds), "wrk_connections": int(conns),
+                  "pgbench_clients": int(clients), "accounts": int(accounts),
+                  "service_threads": int(threads), "db_conns_per_thread": int(db_conns)}}
+with open(out, "w") as f:
+    f.write(json.dumps(doc) + "\n")
+PY
+  info "result in $RUN_DIR/bench-transfer.json"
+}
+
+main "$@"

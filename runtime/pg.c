@@ -1,0 +1,1296 @@
+/*
+ * pg.c - asynchronous PostgreSQL on the loop: libpq non-blocking, pipeline
+ * mode, a pool of supervised connections and a bounded wait queue.
+ *
+ * Life of a batch:
+ *   new -> add statements (parameters copied into the batch's arena)
+ *       -> submit: deadline timer armed, queued (FIFO), and a zero-delay
+ *          pool timer armed; it runs at the top of the next loop iteration,
+ *          after every completion of this one has been handled, and moves
+ *          queued batches to the ready connections with the fewest batches
+ *          in flight (up to pipeline_depth each)
+ *       -> dispatched: its Parse (for statements not yet prepared on that
+ *          connection), Bind/Execute per statement and one Sync are queued
+ *          in libpq's output buffer; the connection is marked for a flush
+ *       -> flush: the same timer then writes each connection's buffer, so
+ *          the batches of all callers of one iteration leave in one write
+ *          per connection (PQflush; POLLOUT when the kernel is full)
+ *       -> results: POLLIN fires, PQconsumeInput, then PQgetResult while
+ *          libpq is not busy; each result is matched to the head batch's
+ *          next expected item (a Parse, a statement, the Sync)
+ *       -> Sync result: the transaction is over; the callback runs; the
+ *          batch goes back to the pool.
+ *
+ * Life of a connection (a child actor of the pool's supervisor):
+ *   start -> CONNECTING (PQconnectStartParams, then PQconnectPoll driven by
+ *   one-shot polls in the direction libpq asks for) -> READY (pipeline mode,
+ *   POLLIN always armed) -> on any failure CLOSING: batches in flight fail,
+ *   polls are cancelled, and once no op is in flight PQfinish() and
+ *   rt_actor_stop() with the reason; the supervisor restarts it after its
+ *   back-off. A clean close (reason 0) is not restarted.
+ *
+ * A deadline that passes while a batch is queued fails it and removes it.
+ * One that passes while it is in flight answers the caller at once; the
+ * batch stays in the pipeline (its results must still be read in order)
+ * and is dropped when they arrive. If nothing comes back within
+ * statement_timeout + STALL_GRACE_MS, the connection is presumed stuck and
+ * reset.
+ */
+#include <assert.h>
+#include <ctype.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pg.h"
+
+#define STALL_GRACE_MS 2000
+#define BATCH_MARGIN 256          /* batches being built, beyond the queues */
+#define READ_RESULTS_MAX 100000   /* results handled per POLLIN, a bound */
+#define ITEMS_MAX (2 * RT_PG_BATCH_STMTS_MAX + 1)
+
+/* ------------------------------------------------------------------------ */
+/* Types                                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef enum conn_state {
+  CONN_DOWN = 0,  /* not started, or closed and waiting for a restart */
+  CONN_CONNECTING,
+  CONN_READY,
+  CONN_CLOSING,   /* ops being cancelled; PQfinish when they are back */
+} conn_state_t;
+
+typedef enum batch_state {
+  BATCH_FREE = 0,
+  BATCH_BUILDING,
+  BATCH_QUEUED,
+  BATCH_IN_FLIGHT,
+} batch_state_t;
+
+/* What the connection expects back for a batch, in order. */
+enum {
+  ITEM_PREPARE = 0x40, /* low bits: index of the statement that needs it */
+  ITEM_STMT = 0x80,    /* low bits: statement index */
+  ITEM_SYNC = 0xff,
+};
+
+typedef struct stmt_ref {
+  int32_t stmt;        /* registered id, or -1 for ad hoc SQL */
+  uint16_t nparams;
+  uint32_t sql_off;    /* ad hoc: offset of the SQL text in the arena */
+  uint32_t params_off; /* offset of nparams uint32 offsets (UINT32_MAX: NULL) */
+} stmt_ref_t;
+
+struct rt_pg_batch {
+  rt_pg_pool_t *pool;
+  struct pg_conn *conn; /* while in flight */
+  rt_pg_batch_t *next; /* queue or in-flight list */
+  batch_state_t state;
+  bool abandoned;      /* answered by its deadline while in flight */
+  int build_err;       /* first rt_pg_add() failure, returned by submit */
+  int err;             /* first error of the run */
+  uint64_t seq;        /* submission order, for the stall watchdog */
+  uint64_t submitted_ns;
+  rt_pg_cb cb;
+  void *ctx;
+  rt_timer_t deadline;
+  uint8_t count;
+  stmt_ref_t stmts[RT_PG_BATCH_STMTS_MAX];
+  PGresult *results[RT_PG_BATCH_STMTS_MAX];
+  uint8_t items[ITEMS_MAX];
+  uint8_t items_count;
+  uint8_t cursor;      /* next item expected */
+  char *arena;
+  uint32_t arena_len;
+  uint32_t arena_cap;
+  rt_pg_error_t error;
+};
+
+typedef struct pg_conn {
+  rt_actor_t actor;    /* child of the pool's supervisor */
+  rt_pg_pool_t *pool;
+  uint32_t index;
+  conn_state_t state;
+  PGconn *pg;
+  int fd;
+  int close_reason;
+  bool needs_flush;
+  rt_op_t poll_in;
+  rt_op_t poll_out;
+  rt_op_t cancel_in;   /* cancels of the polls, when closing */
+  rt_op_t cancel_out;
+  rt_timer_t connect_timer;
+  rt_timer_t stall_timer;
+  uint64_t stall_seq;  /* the watchdog's head batch when armed */
+  rt_pg_batch_t *head; /* batches in flight, oldest first */
+  rt_pg_batch_t *tail;
+  uint32_t in_flight;
+  uint64_t prepared[RT_PG_STMTS_MAX / 64];
+} pg_conn_t;
+
+typedef struct pg_stmt {
+  char name[16];
+  char *sql;
+  int nparams;
+} pg_stmt_t;
+
+struct rt_pg_pool {
+  rt_loop_t *loop;
+  rt_pg_config_t config;
+  char name[32];
+  /* Connection parameters for PQconnectStartParams, dbname expanded. */
+  const char *keywords[8];
+  const char *values[8];
+  char options[512];
+  char app_name[64];
+  char *url;
+  rt_sup_t sup;
+  pg_conn_t *conns;
+  pg_stmt_t stmts[RT_PG_STMTS_MAX];
+  uint32_t stmts_count;
+  rt_pool_t batches;
+  rt_pg_batch_t *queue_head;
+  rt_pg_batch_t *queue_tail;
+  uint32_t queued;
+  uint64_t seq;
+  rt_timer_t flush_timer;
+  rt_timer_t close_timer;
+  bool started;
+  bool closing;
+  bool in_maybe_closed; /* pool_maybe_closed() is on the stack */
+  bool in_flush;        /* pool_flush() is on the stack: it flushes itself */
+  bool down;           /* no connection up and the last attempt failed */
+  void (*close_done)(void *arg);
+  void *close_arg;
+  rt_pg_stats_t stats;
+};
+
+#define STAT_ADD(p, field, n) \
+  atomic_fetch_add_explicit(&(p)->stats.field, (n), memory_order_relaxed)
+#define STAT_SUB(p, field, n) \
+  atomic_fetch_sub_explicit(&(p)->stats.field, (n), memory_order_relaxed)
+
+static void conn_fail(pg_conn_t *c, int reason, int batch_err);
+static void conn_arm_in(pg_conn_t *c);
+static void pool_pump(rt_pg_pool_t *p);
+static void pool_maybe_closed(rt_pg_pool_t *p);
+static void batch_release(rt_pg_batch_t *b);
+static void conn_continue_close(pg_conn_t *c);
+static void conn_watch(pg_conn_t *c);
+static void pool_closed_timer(rt_timer_t *t);
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                   */
+/* ------------------------------------------------------------------------ */
+
+const char *rt_pg_strerror(int err) {
+  switch (err) {
+  case RT_PG_E_UNIQUE: return "unique violation";
+  case RT_PG_E_SERIALIZATION: return "serialization failure";
+  case RT_PG_E_DEADLOCK: return "deadlock detected";
+  case RT_PG_E_CHECK: return "check constraint violation";
+  case RT_PG_E_FOREIGN_KEY: return "foreign key violation";
+  case RT_PG_E_NOT_NULL: return "not-null violation";
+  case RT_PG_E_OUT_OF_RANGE: return "numeric value out of range";
+  case RT_PG_E_DATA: return "invalid data";
+  case RT_PG_E_STATEMENT_TIMEOUT: return "statement timeout";
+  case RT_PG_E_SQL: return "SQL error";
+  case RT_PG_E_CONN_LOST: return "database connection lost";
+  case RT_PG_E_UNAVAILABLE: return "database unavailable";
+  case RT_PG_E_TIMEOUT: return "database deadline passed";
+  case RT_PG_E_POOL_FULL: return "database pool full";
+  case RT_PG_E_CLOSED: return "database pool closing";
+  case RT_PG_E_BATCH_FULL: return "database batch full";
+  case RT_PG_E_NO_STMT: return "no such prepared statement";
+  default: return "unknown database error";
+  }
+}
+
+bool rt_pg_retryable(int err) {
+  return err == RT_PG_E_SERIALIZATION || err == RT_PG_E_DEADLOCK;
+}
+
+/* Maps a SQLSTATE to our code. NULL means the error came from libpq itself
+ * (the connection broke), not from the server. */
+static int map_sqlstate(const char *s) {
+  if (s == NULL || strlen(s) != 5) return RT_PG_E_CONN_LOST;
+  if (strcmp(s, "23505") == 0) return RT_PG_E_UNIQUE;
+  if (strcmp(s, "40001") == 0) return RT_PG_E_SERIALIZATION;
+  if (strcmp(s, "40P01") == 0) return RT_PG_E_DEADLOCK;
+  if (strcmp(s, "23514") == 0) return RT_PG_E_CHECK;
+  if (strcmp(s, "23503") == 0) return RT_PG_E_FOREIGN_KEY;
+  if (strcmp(s, "23502") == 0) return RT_PG_E_NOT_NULL;
+  if (strcmp(s, "22003") == 0) return RT_PG_E_OUT_OF_RANGE;
+  if (strcmp(s, "57014") == 0) return RT_PG_E_STATEMENT_TIMEOUT;
+  if (strncmp(s, "22", 2) == 0) return RT_PG_E_DATA;
+  /* Connection exceptions and the server going away (admin shutdown,
+   * crash shutdown, cannot connect now). */
+  if (strncmp(s, "08", 2) == 0 || strncmp(s, "57P", 3) == 0) return RT_PG_E_CONN_LOST;
+  if (strcmp(s, "53300") == 0) return RT_PG_E_UNAVAILABLE; /* too many connections */
+  return RT_PG_E_SQL;
+}
+
+/* Copies what went wrong into the batch, once: the first error wins. */
+static void batch_set_error(rt_pg_batch_t *b, int code, int stmt_index,
+                            const PGresult *res, const char *detail) {
+  if (b->err != 0) return;
+  b->err = code;
+  rt_pg_error_t *e = &b->error;
+  e->code = code;
+  e->stmt_index = stmt_index;
+  const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+  const char *cons = res ? PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME) : NULL;
+  const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+  snprintf(e->sqlstate, sizeof e->sqlstate, "%s", state ? state : "");
+  snprintf(e->constraint, sizeof e->constraint, "%s", cons ? cons : "");
+  snprintf(e->message, sizeof e->message, "%s",
+           msg ? msg : (detail ? detail : rt_pg_strerror(code)));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Configuration                                                            */
+/* ------------------------------------------------------------------------ */
+
+void rt_pg_config_defaults(rt_pg_config_t *c) {
+  if (c->name == NULL) c->name = "pg";
+  if (c->conns_count == 0) c->conns_count = 4;
+  if (c->pipeline_depth == 0) c->pipeline_depth = 64;
+  if (c->queue_max == 0) c->queue_max = 1024;
+  if (c->statement_timeout_ms == 0) c->statement_timeout_ms = 5000;
+  if (c->deadline_ms == 0) c->deadline_ms = 10000;
+  if (c->connect_timeout_ms == 0) c->connect_timeout_ms = 5000;
+  if (c->backoff_min_ms == 0) c->backoff_min_ms = 50;
+  if (c->backoff_max_ms == 0) c->backoff_max_ms = 2000;
+}
+
+int rt_pg_config_from_env(rt_pg_config_t *c, const char *prefix) {
+  char name[64];
+  int rc = 0;
+#define ENV_NAME(suffix) (snprintf(name, sizeof name, "%s_%s", prefix, suffix), name)
+  rc = rt_env_u32(ENV_NAME("CONNS"), c->conns_count ? c->conns_count : 4, 1,
+                  RT_PG_CONNS_MAX, &c->conns_count);
+  if (rc == 0)
+    rc = rt_env_u32(ENV_NAME("PIPELINE_DEPTH"), c->pipeline_depth ? c->pipeline_depth : 64,
+                    1, 4096, &c->pipeline_depth);
+  if (rc == 0)
+    rc = rt_env_u32(ENV_NAME("QUEUE_MAX"), c->queue_max ? c->queue_max : 1024, 1,
+                    1u << 20, &c->queue_max);
+  uint32_t st = 0;
+  if (rc == 0) rc = rt_env_ms(ENV_NAME("STATEMENT_TIMEOUT"), 5000, &st);
+  if (rc == 0) c->statement_timeout_ms = st == 0 ? RT_PG_TIMEOUT_NONE : st;
+  if (rc == 0) rc = rt_env_ms(ENV_NAME("DEADLINE"), 10000, &c->deadline_ms);
+  if (rc == 0) rc = rt_env_ms(ENV_NAME("CONNECT_TIMEOUT"), 5000, &c->connect_timeout_ms);
+#undef ENV_NAME
+  return rc;
+}
+
+/* Checks the URL and builds the keyword list: the URL expanded as dbname,
+ * then our settings, which override it. The options the URL may carry are
+ * kept and ours appended. */
+static int pool_conninfo(rt_pg_pool_t *p) {
+  char *errmsg = NULL;
+  PQconninfoOption *opts = PQconninfoParse(p->config.url, &errmsg);
+  if (opts == NULL) {
+    /* libpq's message may quote the URL, password included: not logged. */
+    RT_ERROR("database URL is malformed", RT_LF_STR("pool", p->name));
+    PQfreemem(errmsg);
+    return RT_E_CONFIG;
+  }
+  const char *url_options = NULL, *app = NULL, *gss = NULL;
+  for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+    if (o->val == NULL) continue;
+    if (strcmp(o->keyword, "options") == 0) url_options = o->val;
+    if (strcmp(o->keyword, "application_name") == 0) app = o->val;
+    if (strcmp(o->keyword, "gssencmode") == 0) gss = o->val;
+  }
+  int n = 0;
+  if (p->config.statement_timeout_ms != RT_PG_TIMEOUT_NONE) {
+    n = snprintf(p->options, sizeof p->options, "%s%s-c statement_timeout=%u",
+                 url_options ? url_options : "", url_options ? " " : "",
+                 p->config.statement_timeout_ms);
+  } else {
+    n = snprintf(p->options, sizeof p->options, "%s", url_options ? url_options : "");
+  }
+  snprintf(p->app_name, sizeof p->app_name, "%s", app ? app : p->name);
+  uint32_t k = 0;
+  p->keywords[k] = "dbname", p->values[k++] = p->config.url;
+  p->keywords[k] = "options", p->values[k++] = p->options;
+  p->keywords[k] = "application_name", p->values[k++] = p->app_name;
+  /* GSSAPI negotiation could look for Kerberos credentials: not here. */
+  if (gss == NULL) p->keywords[k] = "gssencmode", p->values[k++] = "disable";
+  /* Detect a dead peer on an idle connection within about a minute. */
+  p->keywords[k] = "keepalives", p->values[k++] = "1";
+  p->keywords[k] = "keepalives_idle", p->values[k++] = "30";
+  p->keywords[k] = NULL, p->values[k] = NULL;
+  assert(k < sizeof p->keywords / sizeof p->keywords[0]);
+  PQconninfoFree(opts);
+  if (n < 0 || (size_t)n >= sizeof p->options) {
+    RT_ERROR("database URL options too long", RT_LF_STR("pool", p->name));
+    return RT_E_CONFIG;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Batches: building                                                        */
+/* ------------------------------------------------------------------------ */
+
+rt_pg_batch_t *rt_pg_batch_new(rt_pg_pool_t *p) {
+  rt_pg_batch_t *b = rt_pool_get(&p->batches); /* zeroed */
+  if (b == NULL) return NULL;
+  b->pool = p;
+  b->state = BATCH_BUILDING;
+  b->error.stmt_index = -1;
+  rt_timer_init(&b->deadline, NULL, b);
+  return b;
+}
+
+static int arena_reserve(rt_pg_batch_t *b, uint32_t n) {
+  if (n > RT_PG_BATCH_BYTES_MAX - b->arena_len) return RT_PG_E_BATCH_FULL;
+  uint32_t need = b->arena_len + n;
+  if (need <= b->arena_cap) return 0;
+  uint32_t cap = b->arena_cap ? b->arena_cap : 1024;
+  while (cap < need) cap *= 2;
+  char *mem = realloc(b->arena, cap);
+  if (mem == NULL) return -ENOMEM;
+  b->arena = mem;
+  b->arena_cap = cap;
+  return 0;
+}
+
+/* Copies bytes into the arena (4-byte aligned start); returns the offset. */
+static int arena_put(rt_pg_batch_t *b, const void *data, uint32_t n,
+                     uint32_t *off) {
+  uint32_t pad = (4 - (b->arena_len & 3u)) & 3u;
+  int rc = arena_reserve(b, n + pad);
+  if (rc < 0) return rc;
+  b->arena_len += pad;
+  *off = b->arena_len;
+  if (n > 0) memcpy(b->arena + b->arena_len, data, n);
+  b->arena_len += n;
+  return 0;
+}
+
+/* True for statements that would end or start a transaction, which would
+ * break the one-batch-one-transaction rule for this batch and its
+ * pipeline neighbours. */
+static bool is_txn_control(const char *sql) {
+  static const char *const words[] = {"BEGIN", "COMMIT", "ROLLBACK", "START",
+                                      "END", "ABORT", "SAVEPOINT", "RELEASE",
+                                      "PREPARE", NULL};
+  while (isspace((unsigned char)*sql)) sql++;
+  for (size_t i = 0; words[i] != NULL; i++) {
+    size_t n = strlen(words[i]);
+    if (strncasecmp(sql, words[i], n) == 0 &&
+        !isalnum((unsigned char)sql[n]) && sql[n] != '_')
+      return true;
+  }
+  return false;
+}
+
+static int batch_fail_build(rt_pg_batch_t *b, int err) {
+  if (b->build_err == 0) b->build_err = err;
+  return err;
+}
+
+static int batch_add(rt_pg_batch_t *b, int32_t stmt, const char *sql,
+                     int nparams, const char *const *values) {
+  assert(b->state == BATCH_BUILDING);
+  if (b->build_err != 0) return b->build_err;
+  if (b->count == RT_PG_BATCH_STMTS_MAX) return batch_fail_build(b, RT_PG_E_BATCH_FULL);
+  if (nparams < 0 || nparams > RT_PG_PARAMS_MAX) return batch_fail_build(b, -EINVAL);
+  if (nparams > 0 && values == NULL) return batch_fail_build(b, -EINVAL);
+  stmt_ref_t *ref = &b->stmts[b->count];
+  ref->stmt = stmt;
+  ref->nparams = (uint16_t)nparams;
+  int rc = 0;
+  if (sql != NULL) rc = arena_put(b, sql, (uint32_t)strlen(sql) + 1, &ref->sql_off);
+  uint32_t offs[RT_PG_PARAMS_MAX];
+  for (int i = 0; i < nparams && rc == 0; i++) {
+    if (values[i] == NULL) {
+      offs[i] = UINT32_MAX;
+      continue;
+    }
+    size_t len = strlen(values[i]);
+    if (len >= RT_PG_BATCH_BYTES_MAX) {
+      rc = RT_PG_E_BATCH_FULL;
+      break;
+    }
+    rc = arena_put(b, values[i], (uint32_t)len + 1, &offs[i]);
+  }
+  if (rc == 0) rc = arena_put(b, offs, (uint32_t)(sizeof offs[0] * (size_t)nparams), &ref->params_off);
+  if (rc < 0) return batch_fail_build(b, rc);
+  return b->count++;
+}
+
+int rt_pg_add(rt_pg_batch_t *b, int stmt, int nparams, const char *const *values) {
+  rt_pg_pool_t *p = b->pool;
+  if (b->build_err != 0) return b->build_err;
+  if (stmt < 0 || (uint32_t)stmt >= p->stmts_count) return batch_fail_build(b, RT_PG_E_NO_STMT);
+  if (p->stmts[stmt].nparams != nparams) return batch_fail_build(b, -EINVAL);
+  return batch_add(b, stmt, NULL, nparams, values);
+}
+
+int rt_pg_add_sql(rt_pg_batch_t *b, const char *sql, int nparams,
+                  const char *const *values) {
+  if (b->build_err != 0) return b->build_err;
+  if (sql == NULL || is_txn_control(sql)) return batch_fail_build(b, -EINVAL);
+  return batch_add(b, -1, sql, nparams, values);
+}
+
+void rt_pg_batch_free(rt_pg_batch_t *b) {
+  if (b == NULL) return;
+  assert(b->state == BATCH_BUILDING);
+  batch_release(b);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Batches: results                                                         */
+/* ------------------------------------------------------------------------ */
+
+int rt_pg_count(const rt_pg_batch_t *b) { return b->count; }
+
+const PGresult *rt_pg_result(const rt_pg_batch_t *b, int i) {
+  if (i < 0 || i >= b->count) return NULL;
+  return b->results[i];
+}
+
+int rt_pg_rows(const rt_pg_batch_t *b, int i) {
+  const PGresult *r = rt_pg_result(b, i);
+  if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK) return 0;
+  return PQntuples(r);
+}
+
+int64_t rt_pg_affected(const rt_pg_batch_t *b, int i) {
+  const PGresult *r = rt_pg_result(b, i);
+  if (r == NULL) return 0;
+  const char *t = PQcmdTuples((PGresult *)r);
+  return (t == NULL || *t == '\0') ? 0 : strtoll(t, NULL, 10);
+}
+
+const char *rt_pg_value(const rt_pg_batch_t *b, int i, int row, int col) {
+  const PGresult *r = rt_pg_result(b, i);
+  if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK) return NULL;
+  if (row < 0 || row >= PQntuples(r) || col < 0 || col >= PQnfields(r)) return NULL;
+  if (PQgetisnull(r, row, col)) return NULL;
+  return PQgetvalue(r, row, col);
+}
+
+int rt_pg_int64(const rt_pg_batch_t *b, int i, int row, int col, int64_t *out) {
+  const char *v = rt_pg_value(b, i, row, col);
+  if (v == NULL) return -ENOENT;
+  char *end = NULL;
+  errno = 0;
+  long long x = strtoll(v, &end, 10);
+  if (errno == ERANGE) return -ERANGE;
+  if (end == v || *end != '\0') return -EINVAL;
+  *out = (int64_t)x;
+  return 0;
+}
+
+const rt_pg_error_t *rt_pg_error(const rt_pg_batch_t *b) { return &b->error; }
+
+/* ------------------------------------------------------------------------ */
+/* Batches: completion                                                      */
+/* ------------------------------------------------------------------------ */
+
+static void batch_release(rt_pg_batch_t *b) {
+  rt_pg_pool_t *p = b->pool;
+  for (int i = 0; i < b->count; i++) {
+    if (b->results[i] != NULL) PQclear(b->results[i]);
+  }
+  /* rt_pool_get() zeroes slots, so an arena is not kept for the next use;
+   * one malloc per batch is cheap next to a database round trip. */
+  free(b->arena);
+  b->state = BATCH_FREE;
+  rt_pool_put(&p->batches, b);
+}
+
+/* Answers the caller (unless the deadline already did) and frees. */
+static void batch_finish(rt_pg_batch_t *b) {
+  rt_pg_pool_t *p = b->pool;
+  rt_timer_stop(p->loop, &b->deadline);
+  if (!b->abandoned) {
+    uint64_t us = (rt_loop_now_ns(p->loop) - b->submitted_ns) / 1000u;
+    STAT_ADD(p, latency_us_sum, us);
+    if (b->err == 0) {
+      STAT_ADD(p, batches_ok, 1);
+    } else {
+      STAT_ADD(p, batches_failed, 1);
+    }
+    b->cb(b, b->err, b->ctx);
+  }
+  batch_release(b);
+}
+
+/* Fails a batch that never reached the server (queued). */
+static void batch_fail_unsent(rt_pg_batch_t *b, int err) {
+  batch_set_error(b, err, -1, NULL, NULL);
+  batch_finish(b);
+}
+
+static void queue_remove(rt_pg_pool_t *p, rt_pg_batch_t *b) {
+  rt_pg_batch_t **pp = &p->queue_head;
+  rt_pg_batch_t *prev = NULL;
+  while (*pp != NULL && *pp != b) {
+    prev = *pp;
+    pp = &(*pp)->next;
+  }
+  assert(*pp == b);
+  *pp = b->next;
+  if (p->queue_tail == b) p->queue_tail = prev;
+  b->next = NULL;
+  p->queued--;
+  STAT_SUB(p, queued, 1);
+}
+
+static void batch_deadline(rt_timer_t *t) {
+  rt_pg_batch_t *b = t->ctx;
+  rt_pg_pool_t *p = b->pool;
+  STAT_ADD(p, timeouts, 1);
+  if (b->state == BATCH_QUEUED) {
+    queue_remove(p, b);
+    batch_fail_unsent(b, RT_PG_E_TIMEOUT);
+    pool_maybe_closed(p);
+    return;
+  }
+  assert(b->state == BATCH_IN_FLIGHT);
+  /* Answer now; the results, when they come, are read and dropped. */
+  batch_set_error(b, RT_PG_E_TIMEOUT, -1, NULL, NULL);
+  b->abandoned = true;
+  STAT_ADD(p, batches_failed, 1);
+  conn_watch(b->conn);
+  b->cb(b, RT_PG_E_TIMEOUT, b->ctx);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Connections: sending                                                     */
+/* ------------------------------------------------------------------------ */
+
+static bool conn_prepared(const pg_conn_t *c, int32_t s) {
+  return (c->prepared[s / 64] >> (s % 64)) & 1u;
+}
+
+static void conn_set_prepared(pg_conn_t *c, int32_t s, bool on) {
+  uint64_t bit = (uint64_t)1 << (s % 64);
+  if (on) {
+    c->prepared[s / 64] |= bit;
+  } else {
+    c->prepared[s / 64] &= ~bit;
+  }
+}
+
+static void flush_soon(rt_pg_pool_t *p, pg_conn_t *c) {
+  c->needs_flush = true;
+  if (!p->in_flush && !rt_timer_armed(&p->flush_timer))
+    rt_timer_start(p->loop, &p->flush_timer, 0, 0);
+}
+
+/* Queues a batch's messages in libpq's buffer. Parses come first, so that
+ * a statement prepared here is never skipped by an error of the same batch
+ * before later batches rely on it. Returns false when libpq refused (the
+ * connection is broken). */
+static bool conn_send_batch(pg_conn_t *c, rt_pg_batch_t *b) {
+  rt_pg_pool_t *p = c->pool;
+  b->items_count = 0;
+  b->cursor = 0;
+  for (int i = 0; i < b->count; i++) {
+    int32_t s = b->stmts[i].stmt;
+    if (s < 0 || conn_prepared(c, s)) continue;
+    const pg_stmt_t *st = &p->stmts[s];
+    if (!PQsendPrepare(c->pg, st->name, st->sql, st->nparams, NULL)) return false;
+    conn_set_prepared(c, s, true);
+    b->items[b->items_count++] = (uint8_t)(ITEM_PREPARE | i);
+  }
+  for (int i = 0; i < b->count; i++) {
+    const stmt_ref_t *ref = &b->stmts[i];
+    const char *vals[RT_PG_PARAMS_MAX];
+    const uint32_t *offs = (const uint32_t *)(const void *)(b->arena + ref->params_off);
+    for (int k = 0; k < ref->nparams; k++)
+      vals[k] = offs[k] == UINT32_MAX ? NULL : b->arena + offs[k];
+    int ok;
+    if (ref->stmt >= 0) {
+      ok = PQsendQueryPrepared(c->pg, p->stmts[ref->stmt].name, ref->nparams,
+                               ref->nparams ? vals : NULL, NULL, NULL, 0);
+    } else {
+      ok = PQsendQueryParams(c->pg, b->arena + ref->sql_off, ref->nparams, NULL,
+                             ref->nparams ? vals : NULL, NULL, NULL, 0);
+    }
+    if (!ok) return false;
+    b->items[b->items_count++] = (uint8_t)(ITEM_STMT | i);
+  }
+  if (!PQpipelineSync(c->pg)) return false;
+  b->items[b->items_count++] = ITEM_SYNC;
+  STAT_ADD(p, statements, b->count);
+  return true;
+}
+
+static void conn_push(pg_conn_t *c, rt_pg_batch_t *b) {
+  b->state = BATCH_IN_FLIGHT;
+  b->conn = c;
+  b->next = NULL;
+  if (c->tail != NULL) {
+    c->tail->next = b;
+  } else {
+    c->head = b;
+  }
+  c->tail = b;
+  c->in_flight++;
+  STAT_ADD(c->pool, in_flight, 1);
+}
+
+static rt_pg_batch_t *conn_pop(pg_conn_t *c) {
+  rt_pg_batch_t *b = c->head;
+  if (b == NULL) return NULL;
+  c->head = b->next;
+  if (c->head == NULL) c->tail = NULL;
+  b->next = NULL;
+  c->in_flight--;
+  STAT_SUB(c->pool, in_flight, 1);
+  return b;
+}
+
+/* Hands a batch to a connection. On a libpq refusal the connection fails,
+ * taking the batch with it. */
+static void conn_dispatch(pg_conn_t *c, rt_pg_batch_t *b) {
+  conn_push(c, b);
+  if (!conn_send_batch(c, b)) {
+    conn_fail(c, RT_PG_E_CONN_LOST, RT_PG_E_CONN_LOST);
+    return;
+  }
+  flush_soon(c->pool, c);
+}
+
+static void conn_out_ready(rt_op_t *op, int res, uint32_t flags);
+
+/* Writes what libpq holds; waits for POLLOUT when the socket is full. */
+static void conn_flush(pg_conn_t *c) {
+  c->needs_flush = false;
+  if (c->state != CONN_READY) return;
+  STAT_ADD(c->pool, flushes, 1);
+  int rc = PQflush(c->pg);
+  if (rc < 0) {
+    conn_fail(c, RT_PG_E_CONN_LOST, RT_PG_E_CONN_LOST);
+  } else if (rc > 0 && !c->poll_out.in_flight) {
+    rt_poll(c->pool->loop, &c->poll_out, c->fd, POLLOUT, conn_out_ready, c);
+  }
+}
+
+static void conn_out_ready(rt_op_t *op, int res, uint32_t flags) {
+  pg_conn_t *c = op->ctx;
+  if (c->state == CONN_CLOSING) {
+    conn_continue_close(c);
+    return;
+  }
+  if (c->state != CONN_READY) return;
+  if (res < 0) {
+    conn_fail(c, RT_PG_E_CONN_LOST, RT_PG_E_CONN_LOST);
+    return;
+  }
+  conn_flush(c);
+}
+
+/* The zero-delay timer: dispatch what was submitted during the last
+ * iteration, then write each connection's pipeline once. */
+static void pool_flush(rt_timer_t *t) {
+  rt_pg_pool_t *p = t->ctx;
+  p->in_flush = true;
+  pool_pump(p);
+  for (uint32_t i = 0; i < p->config.conns_count; i++) {
+    if (p->conns[i].needs_flush) conn_flush(&p->conns[i]);
+  }
+  p->in_flush = false;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Connections: receiving                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Arms the stall watchdog (once a batch in flight has been abandoned): if
+ * the head of the pipeline has not moved when it fires, the server is not
+ * answering on this connection. */
+static void conn_watch(pg_conn_t *c) {
+  if (c->head == NULL || rt_timer_armed(&c->stall_timer)) return;
+  uint32_t st = c->pool->config.statement_timeout_ms;
+  uint32_t ms = (st == RT_PG_TIMEOUT_NONE ? c->pool->config.deadline_ms : st) + STALL_GRACE_MS;
+  c->stall_seq = c->head->seq;
+  rt_timer_start(c->pool->loop, &c->stall_timer, ms, 0);
+}
+
+static bool conn_has_abandoned(const pg_conn_t *c) {
+  uint32_t n = 0;
+  for (const rt_pg_batch_t *b = c->head; b != NULL && n <= c->in_flight; b = b->next, n++)
+    if (b->abandoned) return true;
+  return false;
+}
+
+static void conn_stalled(rt_timer_t *t) {
+  pg_conn_t *c = t->ctx;
+  if (c->state != CONN_READY || c->head == NULL) return;
+  if (c->head->seq != c->stall_seq) {
+    if (conn_has_abandoned(c)) conn_watch(c); /* progress: watch again */
+    return;
+  }
+  RT_WARN("database connection stalled, resetting", RT_LF_STR("pool", c->pool->name),
+          RT_LF_INT("conn", c->index), RT_LF_INT("in_flight", c->in_flight));
+  conn_fail(c, RT_PG_E_TIMEOUT, RT_PG_E_TIMEOUT);
+}
+
+/* One result (or the NULL that ends an item) for the head batch. Returns
+ * true when the head batch is complete. */
+static bool conn_take_result(pg_conn_t *c, rt_pg_batch_t *b, PGresult *r) {
+  assert(b->cursor < b->items_count);
+  uint8_t item = b->items[b->cursor];
+  ExecStatusType st = r ? PQresultStatus(r) : PGRES_EMPTY_QUERY;
+  if (item == ITEM_SYNC) {
+    if (r == NULL) return false; /* ALWAYS: a NULL never precedes a Sync */
+    if (st == PGRES_PIPELINE_SYNC) {
+      PQclear(r);
+      return true;
+    }
+    /* An error raised at the Sync itself (a failed commit). */
+    if (st == PGRES_FATAL_ERROR) {
+      batch_set_error(b, map_sqlstate(PQresultErrorField(r, PG_DIAG_SQLSTATE)), -1, r, NULL);
+    }
+    PQclear(r);
+    return false;
+  }
+  if (r == NULL) {
+    b->cursor++; /* this item's results are complete */
+    return false;
+  }
+  int i = item & 0x3f;
+  if (item & ITEM_STMT) {
+    if (st == PGRES_FATAL_ERROR) {
+      batch_set_error(b, map_sqlstate(PQresultErrorField(r, PG_DIAG_SQLSTATE)), i, r, NULL);
+    }
+    if (st == PGRES_PIPELINE_ABORTED) {
+      PQclear(r); /* it did not run: its result stays NULL */
+      return false;
+    }
+    if (b->results[i] != NULL) PQclear(b->results[i]);
+    b->results[i] = r;
+    return false;
+  }
+  /* A Parse of ours. */
+  if (st != PGRES_COMMAND_OK) {
+    /* Not prepared after all: a later batch will try again. */
+    conn_set_prepared(c, b->stmts[i].stmt, false);
+    if (st == PGRES_FATAL_ERROR) {
+      batch_set_error(b, map_sqlstate(PQresultErrorField(r, PG_DIAG_SQLSTATE)), i, r, NULL);
+    }
+  }
+  PQclear(r);
+  return false;
+}
+
+/* Reads every complete result libpq holds. */
+static void conn_read_results(pg_conn_t *c) {
+  for (uint32_t n = 0; n < READ_RESULTS_MAX && c->state == CONN_READY; n++) {
+    rt_pg_batch_t *b = c->head;
+    if (b == NULL || PQisBusy(c->pg)) break;
+    PGresult *r = PQgetResult(c->pg);
+    bool sync_item = b->items[b->cursor] == ITEM_SYNC;
+    if (r == NULL && sync_item) break; /* NEVER: nothing is ready after all */
+    if (!conn_take_result(c, b, r)) continue;
+    conn_pop(c);
+    batch_finish(b);
+  }
+  /* Results arriving with nothing in flight are not ours: drop them. */
+  if (c->state == CONN_READY && c->head == NULL && !PQisBusy(c->pg)) {
+    PGresult *r;
+    for (uint32_t n = 0; n < 16 && (r = PQgetResult(c->pg)) != NULL; n++) PQclear(r);
+  }
+}
+
+static void conn_in_ready(rt_op_t *op, int res, uint32_t flags) {
+  pg_conn_t *c = op->ctx;
+  if (c->state == CONN_CLOSING) {
+    conn_continue_close(c);
+    return;
+  }
+  if (c->state != CONN_READY) return;
+  if (res < 0) {
+    conn_fail(c, RT_PG_E_CONN_LOST, RT_PG_E_CONN_LOST);
+    return;
+  }
+  if (!PQconsumeInput(c->pg)) {
+    RT_WARN("database connection lost", RT_LF_STR("pool", c->pool->name),
+            RT_LF_INT("conn", c->index), RT_LF_INT("in_flight", c->in_flight));
+    conn_fail(c, RT_PG_E_CONN_LOST, RT_PG_E_CONN_LOST);
+    return;
+  }
+  conn_read_results(c);
+  if (c->state != CONN_READY) return;
+  if (PQstatus(c->pg) == CONNECTION_BAD) {
+    conn_fail(c, RT_PG_E_CONN_LOST, RT_PG_E_CONN_LOST);
+    return;
+  }
+  /* libpq may have bytes to write that waited for the socket to drain. */
+  if (c->needs_flush || PQflush(c->pg) > 0) conn_flush(c);
+  if (c->state != CONN_READY) return;
+  conn_arm_in(c);
+  pool_pump(c->pool);
+}
+
+static void conn_arm_in(pg_conn_t *c) {
+  if (!c->poll_in.in_flight)
+    rt_poll(c->pool->loop, &c->poll_in, c->fd, POLLIN, conn_in_ready, c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Connections: life cycle                                                  */
+/* ------------------------------------------------------------------------ */
+
+static void notice_ignore(void *arg, const char *message) {
+  /* Notices (e.g. "relation already exists, skipping") are not errors;
+   * libpq would print them on stderr. They may quote data: not logged. */
+}
+
+static void pool_update_down(rt_pg_pool_t *p, bool attempt_failed) {
+  uint32_t up = atomic_load_explicit(&p->stats.conns_up, memory_order_relaxed);
+  if (up > 0) {
+    if (p->down) RT_INFO("database reachable again", RT_LF_STR("pool", p->name));
+    p->down = false;
+    return;
+  }
+  if (!attempt_failed || p->down) return;
+  p->down = true;
+  RT_WARN("database unreachable, failing requests fast until it is back",
+          RT_LF_STR("pool", p->name), RT_LF_INT("queued", p->queued));
+  /* Nobody will serve the queue soon: answer it now. */
+  for (uint32_t n = 0; n < p->config.queue_max + 1 && p->queue_head != NULL; n++) {
+    rt_pg_batch_t *b = p->queue_head;
+    queue_remove(p, b);
+    batch_fail_unsent(b, RT_PG_E_UNAVAILABLE);
+  }
+  pool_maybe_closed(p);
+}
+
+/* The last step of a close, once no op is in flight any more: the socket
+ * is closed only now, as a pending poll holds a reference to it. */
+static void conn_continue_close(pg_conn_t *c) {
+  if (c->state != CONN_CLOSING) return;
+  if (c->poll_in.in_flight || c->poll_out.in_flight) return;
+  if (c->cancel_in.in_flight || c->cancel_out.in_flight) return;
+  rt_pg_pool_t *p = c->pool;
+  if (c->pg != NULL) PQfinish(c->pg);
+  c->pg = NULL;
+  c->fd = -1;
+  c->state = CONN_DOWN;
+  rt_actor_stop(&c->actor, c->close_reason); /* the supervisor restarts it */
+  pool_maybe_closed(p);
+}
+
+static void conn_cancel_done(rt_op_t *op, int res, uint32_t flags) {
+  conn_continue_close(op->ctx);
+}
+
+/* Fails a connection: batches in flight get batch_err, ops are cancelled,
+ * and the close finishes when they are back. reason 0 is a clean close. */
+static void conn_fail(pg_conn_t *c, int reason, int batch_err) {
+  rt_pg_pool_t *p = c->pool;
+  if (c->state == CONN_DOWN) return;
+  if (c->state != CONN_CLOSING) {
+    bool was_ready = c->state == CONN_READY;
+    c->state = CONN_CLOSING;
+    c->close_reason = reason;
+    c->needs_flush = false;
+    rt_timer_stop(p->loop, &c->connect_timer);
+    rt_timer_stop(p->loop, &c->stall_timer);
+    if (was_ready) STAT_SUB(p, conns_up, 1);
+    if (c->poll_in.in_flight)
+      rt_cancel(p->loop, &c->cancel_in, &c->poll_in, conn_cancel_done, c);
+    if (c->poll_out.in_flight)
+      rt_cancel(p->loop, &c->cancel_out, &c->poll_out, conn_cancel_done, c);
+    /* Detach the pipeline before answering: callbacks may submit again. */
+    rt_pg_batch_t *b = c->head;
+    uint32_t lost = c->in_flight;
+    c->head = c->tail = NULL;
+    c->in_flight = 0;
+    STAT_SUB(p, in_flight, lost);
+    if (batch_err == RT_PG_E_CONN_LOST) STAT_ADD(p, conn_lost, lost);
+    while (b != NULL) {
+      rt_pg_batch_t *next = b->next;
+      b->next = NULL;
+      batch_set_error(b, batch_err ? batch_err : RT_PG_E_CLOSED, -1, NULL, NULL);
+      batch_finish(b);
+      b = next;
+    }
+    if (was_ready) pool_update_down(p, false);
+  }
+  conn_continue_close(c);
+}
+
+static void conn_connect_step(pg_conn_t *c);
+
+static void conn_connect_ready(rt_op_t *op, int res, uint32_t flags) {
+  pg_conn_t *c = op->ctx;
+  if (c->state == CONN_CLOSING) {
+    conn_continue_close(c);
+    return;
+  }
+  if (c->state != CONN_CONNECTING) return;
+  if (res < 0) {
+    conn_fail(c, RT_PG_E_UNAVAILABLE, RT_PG_E_UNAVAILABLE);
+    return;
+  }
+  conn_connect_step(c);
+}
+
+static void conn_connect_failed(pg_conn_t *c, const char *why) {
+  rt_pg_pool_t *p = c->pool;
+  STAT_ADD(p, connect_failures, 1);
+  /* libpq's message names host and port, never the password. */
+  char msg[160];
+  const char *m = c->pg ? PQerrorMessage(c->pg) : "";
+  snprintf(msg, sizeof msg, "%s", m ? m : "");
+  msg[strcspn(msg, "\n")] = '\0';
+  /* Once per outage at WARN; the retries every back-off at DEBUG. */
+  rt_log(p->down ? RT_LOG_DEBUG : RT_LOG_WARN, "database connect failed",
+         (const rt_log_field_t[]){RT_LF_STR("pool", p->name), RT_LF_INT("conn", c->index),
+                                  RT_LF_STR("why", why), RT_LF_STR("error", msg)},
+         4);
+  conn_fail(c, RT_PG_E_UNAVAILABLE, RT_PG_E_UNAVAILABLE);
+  pool_update_down(p, true);
+}
+
+static void conn_ready(pg_conn_t *c) {
+  rt_pg_pool_t *p = c->pool;
+  rt_timer_stop(p->loop, &c->connect_timer);
+  PQsetNoticeProcessor(c->pg, notice_ignore, NULL);
+  if (PQsetnonblocking(c->pg, 1) != 0 || PQenterPipelineMode(c->pg) != 1) {
+    conn_connect_failed(c, "pipeline mode");
+    return;
+  }
+  memset(c->prepared, 0, sizeof c->prepared);
+  c->state = CONN_READY;
+  STAT_ADD(p, connects, 1);
+  STAT_ADD(p, conns_up, 1);
+  RT_DEBUG("database connected", RT_LF_STR("pool", p->name), RT_LF_INT("conn", c->index));
+  pool_update_down(p, false);
+  conn_arm_in(c);
+  pool_pump(p);
+}
+
+/* One step of PQconnectPoll, then wait in the direction it asks for. The
+ * socket may change between steps (another address, SSL fallback). */
+static void conn_connect_step(pg_conn_t *c) {
+  PostgresPollingStatusType st = PQconnectPoll(c->pg);
+  c->fd = PQsocket(c->pg);
+  switch (st) {
+  case PGRES_POLLING_OK:
+    conn_ready(c);
+    return;
+  case PGRES_POLLING_READING:
+    rt_poll(c->pool->loop, &c->poll_in, c->fd, POLLIN, conn_connect_ready, c);
+    return;
+  case PGRES_POLLING_WRITING:
+    rt_poll(c->pool->loop, &c->poll_out, c->fd, POLLOUT, conn_connect_ready, c);
+    return;
+  default:
+    conn_connect_failed(c, "refused");
+    return;
+  }
+}
+
+static void conn_connect_timeout(rt_timer_t *t) {
+  pg_conn_t *c = t->ctx;
+  if (c->state == CONN_CONNECTING) conn_connect_failed(c, "timeout");
+}
+
+/* The supervisor's start function: (re)opens the connection. */
+static int conn_start(rt_actor_t *actor, rt_loop_t *loop, void *arg) {
+  pg_conn_t *c = arg;
+  rt_pg_pool_t *p = c->pool;
+  if (p->closing) return 0; /* no more restarts; the close sees it down */
+  if (c->state != CONN_DOWN) return -EBUSY; /* NEVER: closed before restart */
+  assert(c->pg == NULL);
+  c->close_reason = 0;
+  c->pg = PQconnectStartParams(p->keywords, p->values, 1);
+  if (c->pg == NULL) return -ENOMEM;
+  c->state = CONN_CONNECTING;
+  if (PQstatus(c->pg) == CONNECTION_BAD) {
+    conn_connect_failed(c, "start");
+    return 0; /* the failure already went to the supervisor */
+  }
+  rt_timer_start(loop, &c->connect_timer, p->config.connect_timeout_ms, 0);
+  /* As if PQconnectPoll had answered PGRES_POLLING_WRITING. */
+  c->fd = PQsocket(c->pg);
+  rt_poll(loop, &c->poll_out, c->fd, POLLOUT, conn_connect_ready, c);
+  return 0;
+}
+
+static int conn_actor(rt_actor_t *self, rt_msg_t *msg) {
+  return 0; /* connections are driven by I/O, not messages */
+}
+
+/* ------------------------------------------------------------------------ */
+/* Pool                                                                     */
+/* ------------------------------------------------------------------------ */
+
+int rt_pg_pool_create(rt_pg_pool_t **out, rt_loop_t *loop,
+                      const rt_pg_config_t *config) {
+  rt_strerror_register(RT_PG_E_RANGE_LO, RT_PG_E_RANGE_HI, rt_pg_strerror);
+  if (config == NULL || config->url == NULL) return RT_E_CONFIG;
+  rt_pg_pool_t *p = calloc(1, sizeof *p);
+  if (p == NULL) return -ENOMEM;
+  p->loop = loop;
+  p->config = *config;
+  rt_pg_config_defaults(&p->config);
+  snprintf(p->name, sizeof p->name, "%s", p->config.name);
+  p->config.name = p->name;
+  int rc = 0;
+  if (p->config.conns_count > RT_PG_CONNS_MAX) rc = RT_E_CONFIG;
+  if (rc == 0) {
+    p->url = strdup(config->url);
+    if (p->url == NULL) rc = -ENOMEM;
+    p->config.url = p->url;
+  }
+  if (rc == 0) rc = pool_conninfo(p);
+  if (rc == 0) {
+    p->conns = calloc(p->config.conns_count, sizeof *p->conns);
+    if (p->conns == NULL) rc = -ENOMEM;
+  }
+  if (rc == 0) {
+    uint64_t n = (uint64_t)p->config.queue_max +
+                 (uint64_t)p->config.conns_count * p->config.pipeline_depth + BATCH_MARGIN;
+    rc = n > UINT32_MAX ? RT_E_CONFIG
+                        : rt_pool_init(&p->batches, "pg_batches", sizeof(rt_pg_batch_t), (uint32_t)n);
+  }
+  if (rc < 0) {
+    free(p->conns);
+    free(p->url);
+    free(p);
+    return rc;
+  }
+  rt_timer_init(&p->flush_timer, pool_flush, p);
+  rt_timer_init(&p->close_timer, pool_closed_timer, p);
+  for (uint32_t i = 0; i < p->config.conns_count; i++) {
+    pg_conn_t *c = &p->conns[i];
+    c->pool = p;
+    c->index = i;
+    c->fd = -1;
+    rt_timer_init(&c->connect_timer, conn_connect_timeout, c);
+    rt_timer_init(&c->stall_timer, conn_stalled, c);
+  }
+  *out = p;
+  return 0;
+}
+
+int rt_pg_prepare(rt_pg_pool_t *p, const char *sql, int nparams) {
+  if (sql == NULL || is_txn_control(sql)) return -EINVAL;
+  if (nparams < 0 || nparams > RT_PG_PARAMS_MAX) return -EINVAL;
+  if (p->stmts_count == RT_PG_STMTS_MAX) return RT_PG_E_BATCH_FULL;
+  pg_stmt_t *s = &p->stmts[p->stmts_count];
+  s->sql = strdup(sql);
+  if (s->sql == NULL) return -ENOMEM;
+  s->nparams = nparams;
+  snprintf(s->name, sizeof s->name, "rt_pg_%u", p->stmts_count);
+  return (int)p->stmts_count++;
+}
+
+int rt_pg_pool_start(rt_pg_pool_t *p) {
+  if (p->started) return -EALREADY;
+  p->started = true;
+  rt_sup_init(&p->sup, p->loop, "pg_sup");
+  for (uint32_t i = 0; i < p->config.conns_count; i++) {
+    pg_conn_t *c = &p->conns[i];
+    rt_actor_init(&c->actor, p->loop, "pg_conn", conn_actor, c);
+    rt_child_spec_t spec = {
+        .name = "pg_conn",
+        .start = conn_start,
+        .arg = c,
+        .backoff_min_ms = p->config.backoff_min_ms,
+        .backoff_max_ms = p->config.backoff_max_ms,
+        .stable_ms = 5000,
+    };
+    int rc = rt_sup_start_child(&p->sup, &c->actor, &spec);
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
+bool rt_pg_pool_up(const rt_pg_pool_t *p) {
+  return atomic_load_explicit(&p->stats.conns_up, memory_order_relaxed) > 0;
+}
+
+const rt_pg_stats_t *rt_pg_pool_stats(const rt_pg_pool_t *p) { return &p->stats; }
+
+/* The ready connection with the most room, or NULL when all are full. */
+static pg_conn_t *pool_pick(rt_pg_pool_t *p) {
+  pg_conn_t *best = NULL;
+  for (uint32_t i = 0; i < p->config.conns_count; i++) {
+    pg_conn_t *c = &p->conns[i];
+    if (c->state != CONN_READY || c->in_flight >= p->config.pipeline_depth) continue;
+    if (best == NULL || c->in_flight < best->in_flight) best = c;
+  }
+  return best;
+}
+
+/* Free pipeline slots on ready connections. */
+static uint32_t pool_room(const rt_pg_pool_t *p) {
+  uint32_t room = 0;
+  for (uint32_t i = 0; i < p->config.conns_count; i++) {
+    const pg_conn_t *c = &p->conns[i];
+    if (c->state == CONN_READY && c->in_flight < p->config.pipeline_depth)
+      room += p->config.pipeline_depth - c->in_flight;
+  }
+  return room;
+}
+
+/* Moves queued batches into pipelines while there is room, oldest first. */
+static void pool_pump(rt_pg_pool_t *p) {
+  for (uint32_t n = 0; n < p->config.queue_max + 1 && p->queue_head != NULL; n++) {
+    pg_conn_t *c = pool_pick(p);
+    if (c == NULL) break;
+    rt_pg_batch_t *b = p->queue_head;
+    queue_remove(p, b);
+    conn_dispatch(c, b);
+  }
+  pool_maybe_closed(p);
+}
+
+/* Every submission is queued and dispatched by the zero-delay flush timer:
+ * the callback can never run inside rt_pg_submit(), and the batches of one
+ * loop iteration share each connection's write. The queue limit counts
+ * only batches beyond the free pipeline slots. */
+int rt_pg_submit(rt_pg_batch_t *b, uint32_t deadline_ms, rt_pg_cb cb, void *ctx) {
+  rt_pg_pool_t *p = b->pool;
+  assert(b->state == BATCH_BUILDING);
+  assert(cb != NULL);
+  int rc = b->build_err;
+  if (rc == 0 && b->count == 0) rc = -EINVAL;
+  if (rc == 0 && p->closing) rc = RT_PG_E_CLOSED;
+  if (rc == 0 && p->down) {
+    rc = RT_PG_E_UNAVAILABLE;
+    STAT_ADD(p, rejected_down, 1);
+  }
+  if (rc == 0 && p->queued >= p->config.queue_max + pool_room(p)) {
+    rc = RT_PG_E_POOL_FULL;
+    STAT_ADD(p, rejected_full, 1);
+  }
+  if (rc == 0) {
+    b->deadline.cb = batch_deadline;
+    rc = rt_timer_start(p->loop, &b->deadline,
+                        deadline_ms ? deadline_ms : p->config.deadline_ms, 0);
+  }
+  if (rc == 0 && !rt_timer_armed(&p->flush_timer))
+    rc = rt_timer_start(p->loop, &p->flush_timer, 0, 0);
+  if (rc < 0) {
+    rt_timer_stop(p->loop, &b->deadline);
+    batch_release(b);
+    return rc;
+  }
+  b->cb = cb;
+  b->ctx = ctx;
+  b->seq = ++p->seq;
+  b->submitted_ns = rt_loop_now_ns(p->loop);
+  STAT_ADD(p, batches, 1);
+  b->state = BATCH_QUEUED;
+  b->next = NULL;
+  if (p->queue_tail != NULL) {
+    p->queue_tail->next = b;
+  } else {
+    p->queue_head = b;
+  }
+  p->queue_tail = b;
+  p->queued++;
+  STAT_ADD(p, queued, 1);
+  return 0;
+}
+
+static bool actor_idle(rt_actor_t *a) {
+  return !atomic_load_explicit(&a->scheduled, memory_order_relaxed);
+}
+
+/* Reports the close from the top of a loop iteration, so that `done` may
+ * free the pool. The supervisor, stopped earlier, may still sit in the run
+ * queue for one more pass: wait until it has left. */
+static void pool_closed_timer(rt_timer_t *t) {
+  rt_pg_pool_t *p = t->ctx;
+  bool idle = !p->started || actor_idle(&p->sup.actor);
+  for (uint32_t i = 0; p->started && i < p->config.conns_count; i++)
+    idle = idle && actor_idle(&p->conns[i].actor);
+  if (!idle) {
+    rt_timer_start(p->loop, &p->close_timer, 1, 0);
+    return;
+  }
+  void (*done)(void *) = p->close_done;
+  p->close_done = NULL;
+  if (done != NULL) done(p->close_arg);
+}
+
+/* During a close: once nothing is queued or in flight, stop the
+ * supervisor (no restarts), close the connections, and once all are down,
+ * report. Re-entered from the closes it starts: guarded. */
+static void pool_maybe_closed(rt_pg_pool_t *p) {
+  if (!p->closing || p->close_done == NULL || p->in_maybe_closed) return;
+  if (p->queue_head != NULL) return;
+  for (uint32_t i = 0; i < p->config.conns_count; i++) {
+    if (p->conns[i].in_flight > 0) return;
+  }
+  p->in_maybe_closed = true;
+  if (p->started && !p->sup.actor.stopped) rt_actor_stop(&p->sup.actor, 0);
+  bool all_down = true;
+  for (uint32_t i = 0; i < p->config.conns_count; i++) {
+    pg_conn_t *c = &p->conns[i];
+    if (c->state == CONN_READY || c->state == CONN_CONNECTING) conn_fail(c, 0, RT_PG_E_CLOSED);
+    if (c->state != CONN_DOWN) all_down = false;
+  }
+  p->in_maybe_closed = false;
+  if (!all_down || rt_timer_armed(&p->close_timer)) return;
+  rt_timer_stop(p->loop, &p->flush_timer);
+  rt_timer_start(p->loop, &p->close_timer, 0, 0);
+}
+
+void rt_pg_pool_close(rt_pg_pool_t *p, void (*done)(void *arg), void *arg) {
+  assert(done != NULL);
+  assert(!p->closing);
+  p->closing = true;
+  p->close_done = done;
+  p->close_arg = arg;
+  /* Nothing can serve the queue when no connection is up. */
+  if (!rt_pg_pool_up(p)) {
+    for (uint32_t n = 0; n < p->config.queue_max + 1 && p->queue_head != NULL; n++) {
+      rt_pg_batch_t *b = p->queue_head;
+      queue_remove(p, b);
+      batch_fail_unsent(b, RT_PG_E_CLOSED);
+    }
+  }
+  pool_maybe_closed(p);
+}
+
+/* Frees a batch without its callback, timers untouched (the loop may be
+ * gone). */
+static void batch_drop(rt_pg_batch_t *b) {
+  b->abandoned = true;
+  batch_release(b);
+}
+
+void rt_pg_pool_destroy(rt_pg_pool_t *p) {
+  if (p == NULL) return;
+  for (uint32_t i = 0; p->conns != NULL && i < p->config.conns_count; i++) {
+    pg_conn_t *c = &p->conns[i];
+    rt_pg_batch_t *b = c->head;
+    while (b != NULL) {
+      rt_pg_batch_t *next = b->next;
+      batch_drop(b);
+      b = next;
+    }
+    if (c->pg != NULL) PQfinish(c->pg);
+  }
+  rt_pg_batch_t *b = p->queue_head;
+  while (b != NULL) {
+    rt_pg_batch_t *next = b->next;
+    batch_drop(b);
+    b = next;
+  }
+  for (uint32_t i = 0; i < p->stmts_count; i++) free(p->stmts[i].sql);
+  if (p->batches.mem != NULL) rt_pool_deinit(&p->batches);
+  free(p->conns);
+  free(p->url);
+  free(p);
+}
