@@ -1,0 +1,178 @@
+/*
+ * main.c - busd: configuration, start-up recovery, run, shutdown.
+ *
+ * Start-up happens on the main thread, where blocking is fine: read the
+ * configuration, recover the data directory (scan segments, cut torn
+ * tails, load committed offsets), start the I/O threads. Then rt_run()
+ * runs one loop thread until SIGTERM/SIGINT and its drain; afterwards the
+ * I/O threads are joined and everything is freed.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "busd.h"
+
+static busd_t broker;
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: busd [--help]\n"
+          "\n"
+          "The event bus broker: MessagePack-framed TCP (wire/BUS_PROTOCOL.md), a\n"
+          "durable log per topic partition (CRC32C per record, group commit, PUB_ACK\n"
+          "only after fdatasync), consumer groups with at-least-once delivery,\n"
+          "redelivery and dead letters. HTTP: /healthz, /readyz, /metrics.\n"
+          "\n"
+          "Environment:\n"
+          "  BUSD_HOST                  listen address (both ports)    (127.0.0.1)\n"
+          "  BUSD_PORT                  bus port                       (7400)\n"
+          "  BUSD_HTTP_PORT             health and metrics port        (7401)\n"
+          "  BUSD_DATA_DIR              where the log lives            (./data/busd)\n"
+          "  BUSD_PARTITIONS            partitions of new topics       (4)\n"
+          "  BUSD_FRAME_BYTES_MAX       largest frame body             (1048576)\n"
+          "  BUSD_ACK_TIMEOUT_MS        redeliver when not acked       (30s)\n"
+          "  BUSD_MAX_ATTEMPTS          deliveries before <topic>.dead (5)\n"
+          "  BUSD_RETRY_BACKOFF_MS      first NACK back-off, doubling  (200ms)\n"
+          "  BUSD_RETRY_BACKOFF_MAX_MS  longest NACK back-off          (30s)\n"
+          "  BUSD_RETENTION_MS          keep segments at least         (7 days)\n"
+          "  BUSD_SEGMENT_BYTES         roll segments past             (67108864)\n"
+          "  BUSD_CACHE_BYTES           durable records kept in memory\n"
+          "                             per partition                  (8388608)\n"
+          "  BUSD_CONNS_MAX             connections                    (1024)\n"
+          "  BUSD_SUBS_MAX              subscriptions (group members)  (4096)\n"
+          "  BUSD_TOPICS_MAX            topics                         (256)\n"
+          "  BUSD_GROUPS_MAX            consumer groups, all topics    (1024)\n"
+          "  BUSD_WINDOW_MAX            in-flight offsets per group\n"
+          "                             and partition (power of 2)     (4096)\n"
+          "  BUSD_IO_THREADS            threads for file I/O           (4)\n"
+          "  BUSD_PENDING_BYTES_MAX     unsynced bytes before PUBs are\n"
+          "                             refused (BUS_E_OVERLOADED)     (67108864)\n"
+          "  BUSD_OUT_BYTES_MAX         queued output per connection   (16777216)\n"
+          "  BUSD_COMMIT_INTERVAL_MS    how often offsets are stored   (200ms)\n"
+          "  BUSD_IDLE_TIMEOUT_MS       close silent connections       (60s)\n"
+          "  BUSD_DRAIN_MS              graceful shutdown deadline     (10s)\n"
+          "  LOG_LEVEL                  debug|info|warn|error          (info)\n"
+          "\n"
+          "Durations take ms, s or m suffixes. SIGTERM or SIGINT: stop accepting,\n"
+          "finish writes in flight, send their PUB_ACKs, store offsets, exit 0.\n");
+}
+
+static uint32_t pow2_ceil(uint32_t v) {
+  uint32_t p = 1;
+  while (p < v && p < (1u << 31)) p <<= 1;
+  return p;
+}
+
+int busd_config_load(busd_config_t *c) {
+  int rc = 0;
+  c->host = rt_env_str("BUSD_HOST", "127.0.0.1");
+  c->data_dir = rt_env_str("BUSD_DATA_DIR", "./data/busd");
+  rc |= rt_env_u32("BUSD_PORT", 7400, 0, 65535, &c->port);
+  rc |= rt_env_u32("BUSD_HTTP_PORT", 7401, 0, 65535, &c->http_port);
+  rc |= rt_env_u32("BUSD_PARTITIONS", 4, 1, BUSD_PARTITIONS_MAX, &c->partitions);
+  rc |= rt_env_u32("BUSD_FRAME_BYTES_MAX", BUS_FRAME_BYTES_MAX_DEFAULT, 4096, 64u << 20,
+                   &c->frame_bytes_max);
+  rc |= rt_env_ms("BUSD_ACK_TIMEOUT_MS", 30000, &c->ack_timeout_ms);
+  rc |= rt_env_u32("BUSD_MAX_ATTEMPTS", 5, 1, 1000, &c->max_attempts);
+  rc |= rt_env_ms("BUSD_RETRY_BACKOFF_MS", 200, &c->retry_backoff_ms);
+  rc |= rt_env_ms("BUSD_RETRY_BACKOFF_MAX_MS", 30000, &c->retry_backoff_max_ms);
+  rc |= rt_env_ms("BUSD_RETENTION_MS", 7u * 24 * 3600 * 1000, &c->retention_ms);
+  rc |= rt_env_u32("BUSD_SEGMENT_BYTES", 64u << 20, 4096, 1u << 30, &c->segment_bytes);
+  rc |= rt_env_u32("BUSD_CACHE_BYTES", 8u << 20, 0, 1u << 30, &c->cache_bytes);
+  rc |= rt_env_u32("BUSD_CONNS_MAX", 1024, 1, 1000000, &c->conns_max);
+  rc |= rt_env_u32("BUSD_SUBS_MAX", 4096, 1, 1000000, &c->subs_max);
+  rc |= rt_env_u32("BUSD_TOPICS_MAX", 256, 1, 100000, &c->topics_max);
+  rc |= rt_env_u32("BUSD_GROUPS_MAX", 1024, 1, 100000, &c->groups_max);
+  rc |= rt_env_u32("BUSD_WINDOW_MAX", 4096, 1, 1u << 20, &c->window_max);
+  rc |= rt_env_u32("BUSD_IO_THREADS", 4, 1, BUSD_IO_THREADS_MAX, &c->io_threads);
+  rc |= rt_env_u32("BUSD_PENDING_BYTES_MAX", 64u << 20, 1u << 20, 1u << 31,
+                   &c->pending_bytes_max);
+  rc |= rt_env_u32("BUSD_OUT_BYTES_MAX", 16u << 20, 1u << 20, 1u << 31, &c->out_bytes_max);
+  rc |= rt_env_ms("BUSD_COMMIT_INTERVAL_MS", 200, &c->commit_interval_ms);
+  rc |= rt_env_ms("BUSD_IDLE_TIMEOUT_MS", 60000, &c->idle_timeout_ms);
+  rc |= rt_env_ms("BUSD_DRAIN_MS", 10000, &c->drain_ms);
+  int level = rt_log_level_parse(rt_env_str("LOG_LEVEL", "info"));
+  c->log_level = level < 0 ? RT_LOG_INFO : (rt_log_level_t)level;
+  if (rc < 0) return RT_E_CONFIG;
+  c->window_max = pow2_ceil(c->window_max);
+  /* A connection must hold a full DELIVER above the delivery high water. */
+  if (c->out_bytes_max < 2 * c->frame_bytes_max + BUSD_CONN_OUT_HIGH_WATER) {
+    RT_ERROR("BUSD_OUT_BYTES_MAX must be at least 2 x BUSD_FRAME_BYTES_MAX + 1 MiB",
+             RT_LF_INT("out_bytes_max", c->out_bytes_max),
+             RT_LF_INT("frame_bytes_max", c->frame_bytes_max));
+    return RT_E_CONFIG;
+  }
+  if (c->retry_backoff_max_ms < c->retry_backoff_ms) c->retry_backoff_max_ms = c->retry_backoff_ms;
+  if (c->ack_timeout_ms == 0) c->ack_timeout_ms = 1;
+  return 0;
+}
+
+static void log_config(const busd_config_t *c) {
+  RT_INFO("busd starting", RT_LF_STR("data_dir", c->data_dir),
+          RT_LF_INT("partitions", c->partitions), RT_LF_INT("frame_bytes_max", c->frame_bytes_max),
+          RT_LF_INT("ack_timeout_ms", c->ack_timeout_ms),
+          RT_LF_INT("max_attempts", c->max_attempts),
+          RT_LF_INT("retention_ms", c->retention_ms),
+          RT_LF_INT("segment_bytes", c->segment_bytes), RT_LF_INT("io_threads", c->io_threads),
+          RT_LF_INT("window_max", c->window_max));
+}
+
+/* Only --help: everything else is configured from the environment. */
+static int parse_args(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
+  };
+  int c;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    if (c == 'h') return 1;
+    return -1;
+  }
+  return optind == argc ? 0 : -1;
+}
+
+static void cleanup(busd_t *b) {
+  busd_io_stop(&b->io);
+  http_server_destroy(b->http);
+  b->http = NULL;
+  busd_server_free(b);
+  busd_store_close(b);
+  bus_buf_deinit(&b->dead_hdr);
+}
+
+int main(int argc, char **argv) {
+  int rc = parse_args(argc, argv);
+  if (rc != 0) {
+    usage(rc > 0 ? stdout : stderr);
+    return rc > 0 ? 0 : 2;
+  }
+  busd_t *b = &broker;
+  rt_log_init("busd", RT_LOG_INFO, NULL, 0);
+  if (busd_config_load(&b->cfg) < 0) return 2;
+  rt_log_init("busd", b->cfg.log_level, NULL, 0);
+  bus_strerror_init();
+  rt_strerror_register(HTTP_E_RANGE_LO, HTTP_E_RANGE_HI, http_strerror);
+  log_config(&b->cfg);
+  b->rec_bytes_max = b->cfg.frame_bytes_max + BUSD_REC_HEADER_BYTES;
+  b->listen_fd = -1;
+  bus_buf_init(&b->dead_hdr, 64u * 1024);
+  rc = busd_store_open(b);
+  if (rc == 0) rc = busd_io_start(&b->io, b->cfg.io_threads, &b->actor);
+  if (rc < 0) {
+    RT_ERROR("start-up failed", RT_LF_STR("error", rt_strerror(rc)));
+    cleanup(b);
+    rt_log_flush();
+    return 1;
+  }
+  RT_INFO("recovery done", RT_LF_INT("topics", b->topics_count),
+          RT_LF_INT("torn_bytes_cut", (int64_t)b->stats.torn_bytes_cut));
+  rt_loop_config_t loop_cfg;
+  memset(&loop_cfg, 0, sizeof loop_cfg);
+  rc = rt_run(1, &loop_cfg, busd_thread_setup, b, b->cfg.drain_ms);
+  cleanup(b);
+  RT_INFO("stopped", RT_LF_INT("status", rc < 0 ? 1 : 0));
+  rt_log_flush();
+  return rc < 0 ? 1 : 0;
+}
