@@ -8,9 +8,11 @@
  * libFuzzer instead and this file is not used.
  *
  * usage: fuzz_X [-n ITERATIONS] [-s SEED] SEED_FILE...
- * Seed files may be raw bytes, or the escaped text of tests/unit/wire/corpus
- * (first line "# ..."), which is unescaped first.
+ * Seed files may be raw bytes, the escaped text of tests/unit/wire/corpus
+ * (first line "# ..."), which is unescaped first, or, named *.hex, the hex
+ * dumps of tests/unit/bus/corpus ('#' comment lines, then hex digits).
  */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,6 +72,32 @@ static size_t unescape(const uint8_t *in, size_t len, uint8_t *out) {
   return o;
 }
 
+/* Hex digits after the '#' comment lines; anything else is skipped. */
+static size_t unhex(const uint8_t *in, size_t len, uint8_t *out) {
+  size_t i = 0, o = 0;
+  int hi = -1;
+  while (i < len && in[i] == '#') {
+    while (i < len && in[i] != '\n') i++;
+    if (i < len) i++;
+  }
+  for (; i < len; i++) {
+    int d = hex_digit(in[i]);
+    if (d < 0) continue;
+    if (hi < 0) {
+      hi = d;
+    } else {
+      out[o++] = (uint8_t)(hi * 16 + d);
+      hi = -1;
+    }
+  }
+  return o;
+}
+
+static bool ends_with(const char *s, const char *suffix) {
+  size_t n = strlen(s), m = strlen(suffix);
+  return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
 static int load_seed(const char *path, seed_t *seed) {
   FILE *f = fopen(path, "rb");
   if (f == NULL) return -1;
@@ -77,13 +105,13 @@ static int load_seed(const char *path, seed_t *seed) {
   size_t n = raw ? fread(raw, 1, INPUT_BYTES_MAX, f) : 0;
   fclose(f);
   if (raw == NULL) return -1;
-  if (n > 0 && raw[0] == '#') {
+  if (n > 0 && (raw[0] == '#' || ends_with(path, ".hex"))) {
     uint8_t *plain = malloc(n + 1);
     if (plain == NULL) {
       free(raw);
       return -1;
     }
-    n = unescape(raw, n, plain);
+    n = ends_with(path, ".hex") ? unhex(raw, n, plain) : unescape(raw, n, plain);
     free(raw);
     raw = plain;
   }
