@@ -971,6 +971,18 @@ static void test_conns_limit(int max) {
   }
   T_CHECK(served);
   for (int i = 1; i < max; i++) close(fds[i]);
+  /* Wait (bounded) until the server has seen those closes, so the next
+   * test finds free slots: only the /metrics connection itself is open. */
+  int settled = 0;
+  for (int attempt = 0; attempt < 100 && !settled; attempt++) {
+    resp_t m = {0};
+    if (request_once(GET("/metrics"), &m) == 200 && m.body != NULL &&
+        strstr(m.body, "http_connections_active 1\n") != NULL)
+      settled = 1;
+    resp_free(&m);
+    if (!settled) sleep_ms(20);
+  }
+  T_CHECK(settled);
 }
 
 /* SIGTERM: a request already in flight is finished, idle connections are
