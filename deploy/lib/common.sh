@@ -11,7 +11,7 @@
 PROJECT_PACKAGES=(
   build-essential meson ninja-build pkg-config
   liburing-dev libpq-dev libbearssl-dev libjwt-dev libmsgpack-dev
-  libjansson-dev node-llhttp libargon2-dev
+  libjansson-dev node-llhttp libargon2-dev libssl-dev
   postgresql
   curl wrk nginx-light python3 openssl procps
 )

@@ -1,0 +1,425 @@
+#!/usr/bin/env bash
+#
+# bench/gateway/compare.sh - the gateway against nginx as a TLS reverse proxy.
+#
+#   bench/gateway/compare.sh          (also: bench/compare gateway)
+#
+# Both proxy an authenticated GET /hello to the same upstream (bench_httpd,
+# a separate process) over keep-alive connections, terminating TLS 1.2 with
+# ECDHE-ECDSA-AES128-GCM-SHA256 on the same ECDSA P-256 certificate, with the
+# same number of loop threads / worker processes. wrk on the same machine
+# measures, in alternating rounds:
+#
+#   keep-alive   requests per second and p99 over long-lived connections
+#   resumed      new connections per second ("Connection: close"), where
+#                wrk resumes its TLS session (session caches on both sides)
+#   full         the same with both session caches off: every connection
+#                is a full ECDHE handshake with an ECDSA signature
+#
+# Progress goes to stderr, the table to stdout, one JSON line to
+# .run/bench-gateway.json. Everything started here is stopped on exit.
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
+RUN_DIR=$REPO_ROOT/.run
+# shellcheck source=deploy/lib/common.sh
+source "$REPO_ROOT/deploy/lib/common.sh"
+
+BENCH_DURATION=${BENCH_DURATION:-10s}       # wrk -d of each measured run
+BENCH_ROUNDS=${BENCH_ROUNDS:-3}             # measured runs per server and kind
+BENCH_WARMUP=${BENCH_WARMUP:-2s}            # unmeasured run per server first
+BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-64}  # wrk -c, keep-alive runs
+BENCH_HS_CONNECTIONS=${BENCH_HS_CONNECTIONS:-16} # wrk -c, handshake runs
+BENCH_THREADS=${BENCH_THREADS:-1}           # gateway loop threads = nginx workers
+BENCH_PIN=${BENCH_PIN:-1}                   # 1: servers, upstream and wrk on own CPUs
+BENCH_ACCESS_LOG=${BENCH_ACCESS_LOG:-1}     # 1: both write an access log (to a file)
+BUILD_DIR=build-release
+NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+
+usage() {
+  sed -n '3,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  echo
+  echo "Environment (current value):"
+  printf '  %-26s %s\n' \
+    "BENCH_DURATION=$BENCH_DURATION" "length of each measured wrk run" \
+    "BENCH_ROUNDS=$BENCH_ROUNDS" "measured runs per server and kind (medians reported)" \
+    "BENCH_WARMUP=$BENCH_WARMUP" "unmeasured wrk run per server first" \
+    "BENCH_CONNECTIONS=$BENCH_CONNECTIONS" "wrk connections, keep-alive runs" \
+    "BENCH_HS_CONNECTIONS=$BENCH_HS_CONNECTIONS" "wrk connections, handshake runs" \
+    "BENCH_THREADS=$BENCH_THREADS" "gateway loop threads and nginx workers" \
+    "BENCH_PIN=$BENCH_PIN" "1: pin servers, upstream and wrk to separate CPUs" \
+    "BENCH_ACCESS_LOG=$BENCH_ACCESS_LOG" "1: access log on for both (to files)"
+}
+
+# ---------------------------------------------------------------------------
+# Processes started here, stopped by the EXIT trap.
+
+TMP_DIR=
+STARTED_PIDS=()
+STARTED_NAMES=()
+
+cleanup() {
+  local i
+  for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
+    stop_pid "${STARTED_PIDS[$i]}" "${STARTED_NAMES[$i]}" 10 || true
+  done
+  STARTED_PIDS=()
+  STARTED_NAMES=()
+  [[ -n $TMP_DIR && -d $TMP_DIR ]] && rm -rf "$TMP_DIR"
+  TMP_DIR=
+}
+
+started() {
+  STARTED_NAMES+=("$1")
+  STARTED_PIDS+=("$2")
+}
+
+# stop_named NAME: stop the most recently started process called NAME.
+stop_named() {
+  local i
+  for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
+    if [[ ${STARTED_NAMES[$i]} == "$1" ]]; then
+      stop_pid "${STARTED_PIDS[$i]}" "$1" 10 || true
+      unset 'STARTED_PIDS[i]' 'STARTED_NAMES[i]'
+      STARTED_PIDS=("${STARTED_PIDS[@]}")
+      STARTED_NAMES=("${STARTED_NAMES[@]}")
+      return 0
+    fi
+  done
+}
+
+# ---------------------------------------------------------------------------
+# CPU placement: servers on the first BENCH_THREADS CPUs, the upstream on
+# the next, wrk on the rest; with too few CPUs, servers and upstream share
+# all but the last, which is wrk's.
+
+plan_cpus() {
+  local n
+  n=$(nproc)
+  SERVER_PIN=()
+  UPSTREAM_PIN=()
+  WRK_PIN=()
+  WRK_THREADS=1
+  PINNING="none"
+  if [[ $BENCH_PIN != 1 ]] || ! command -v taskset >/dev/null || ((n < 2)); then
+    return 0
+  fi
+  if ((n >= BENCH_THREADS + 2)); then
+    SERVER_PIN=(taskset -c "0-$((BENCH_THREADS - 1))")
+    UPSTREAM_PIN=(taskset -c "$BENCH_THREADS")
+    WRK_PIN=(taskset -c "$((BENCH_THREADS + 1))-$((n - 1))")
+    WRK_THREADS=$((n - BENCH_THREADS - 1))
+    PINNING="servers on CPU 0-$((BENCH_THREADS - 1)), upstream on CPU $BENCH_THREADS, wrk on CPU $((BENCH_THREADS + 1))-$((n - 1))"
+  else
+    SERVER_PIN=(taskset -c "0-$((n - 2))")
+    UPSTREAM_PIN=("${SERVER_PIN[@]}")
+    WRK_PIN=(taskset -c "$((n - 1))")
+    PINNING="servers and upstream on CPU 0-$((n - 2)), wrk on CPU $((n - 1))"
+  fi
+}
+
+# ---------------------------------------------------------------------------
+# Servers
+
+start_upstream() {
+  local pid
+  UPSTREAM_PORT=$(free_port)
+  step "starting the upstream, bench_httpd (1 thread) on 127.0.0.1:$UPSTREAM_PORT"
+  (exec env HTTPD_HOST=127.0.0.1 HTTPD_PORT="$UPSTREAM_PORT" HTTPD_THREADS=1 LOG_LEVEL=warn \
+    "${UPSTREAM_PIN[@]}" "$REPO_ROOT/$BUILD_DIR/bench/bench_httpd") </dev/null \
+    >"$TMP_DIR/upstream.log" 2>&1 &
+  pid=$!
+  started upstream "$pid"
+  wait_http "http://127.0.0.1:$UPSTREAM_PORT/hello" 20 "$pid" || die "bench_httpd did not start"
+}
+
+# start_ours CACHE_ENTRIES: the gateway with that many session cache entries.
+start_ours() {
+  local pid
+  OURS_PORT=$(free_port)
+  OURS_ADMIN=$(free_port)
+  step "starting the gateway ($BENCH_THREADS thread(s), session cache $1) on 127.0.0.1:$OURS_PORT"
+  (exec env GW_HOST=127.0.0.1 GW_PORT="$OURS_PORT" GW_ADMIN_PORT="$OURS_ADMIN" \
+    GW_THREADS="$BENCH_THREADS" GW_TLS_CERT="$CERTS/tls-ecdsa.crt" GW_TLS_KEY="$CERTS/tls-ecdsa.key" \
+    GW_TLS_SESSION_CACHE="$1" GW_JWT_KEYS_DIR="$CERTS/jwt" \
+    AUTH_HMAC_KEY="bench-identity-key-0123456789abcdef-0123456789" \
+    PROFILE_URL="http://127.0.0.1:$UPSTREAM_PORT" ACCOUNT_URL="http://127.0.0.1:$UPSTREAM_PORT" \
+    PAYMENT_URL="http://127.0.0.1:$UPSTREAM_PORT" EVENT_URL="http://127.0.0.1:$UPSTREAM_PORT" \
+    GW_EXTRA_ROUTES="GET /hello event customer" GW_UPSTREAM_CONNS=64 \
+    GW_RATE_ADDR_RPS=10000000 GW_RATE_ADDR_BURST=10000000 \
+    GW_RATE_SUBJECT_RPS=10000000 GW_RATE_SUBJECT_BURST=10000000 GW_CONNS_PER_ADDR=100000 \
+    GW_ACCESS_LOG="$BENCH_ACCESS_LOG" LOG_LEVEL=info \
+    "${SERVER_PIN[@]}" "$REPO_ROOT/$BUILD_DIR/gateway/gateway") </dev/null \
+    >"$TMP_DIR/gateway.log" 2>&1 &
+  pid=$!
+  started gateway "$pid"
+  wait_http "http://127.0.0.1:$OURS_ADMIN/healthz" 20 "$pid" || {
+    tail -n 20 "$TMP_DIR/gateway.log" >&2
+    die "the gateway did not start"
+  }
+}
+
+# start_nginx on|off: nginx with its session cache on or off.
+start_nginx() {
+  local pid cache access affinity
+  NGINX_PORT=$(free_port)
+  [[ -x $NGINX ]] || die "nginx not found (Debian package nginx-light)"
+  step "starting nginx ($BENCH_THREADS worker(s), session cache $1) on 127.0.0.1:$NGINX_PORT"
+  cache="shared:SSL:10m"
+  [[ $1 == off ]] && cache="off"
+  access="$TMP_DIR/nginx-access.log bench"
+  [[ $BENCH_ACCESS_LOG == 1 ]] || access="off"
+  affinity="auto"
+  mkdir -p "$TMP_DIR/nginx"
+  sed -e "s|@DIR@|$TMP_DIR/nginx|g" -e "s|@PORT@|$NGINX_PORT|g" -e "s|@WORKERS@|$BENCH_THREADS|g" \
+    -e "s|@AFFINITY@|$affinity|g" -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|g" \
+    -e "s|@CERT@|$CERTS/tls-ecdsa.crt|g" -e "s|@KEY@|$CERTS/tls-ecdsa.key|g" \
+    -e "s|@ACCESS_LOG@|$access|g" -e "s|shared:SSL:10m|$cache|g" \
+    "$REPO_ROOT/bench/gateway/nginx.conf.in" >"$TMP_DIR/nginx/nginx.conf"
+  "$NGINX" -t -q -p "$TMP_DIR/nginx" -c "$TMP_DIR/nginx/nginx.conf" -e "$TMP_DIR/nginx/error.log" \
+    2>"$TMP_DIR/nginx-t.log" || { cat "$TMP_DIR/nginx-t.log" >&2; die "nginx refused its configuration"; }
+  (exec "${SERVER_PIN[@]}" "$NGINX" -p "$TMP_DIR/nginx" -c "$TMP_DIR/nginx/nginx.conf" \
+    -e "$TMP_DIR/nginx/error.log") </dev/null >"$TMP_DIR/nginx.out" 2>&1 &
+  pid=$!
+  started nginx "$pid"
+  wait_https "$NGINX_PORT" 20 "$pid" || die "nginx did not answer over HTTPS"
+}
+
+# wait_https PORT SECONDS PID: until GET /hello answers over TLS.
+wait_https() {
+  local deadline=$((SECONDS + $2))
+  while ((SECONDS < deadline)); do
+    curl -fsk --max-time 1 -o /dev/null -H "Authorization: Bearer $TOKEN" \
+      "https://127.0.0.1:$1/hello" 2>/dev/null && return 0
+    alive "$3" || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+# check_same NAME PORT: the answer is the upstream's 13 bytes, over the suite.
+check_same() {
+  local got suite
+  got=$(curl -sS --http1.1 --tlsv1.2 --max-time 5 --cacert "$CERTS/tls-ecdsa.crt" \
+    -H "Authorization: Bearer $TOKEN" "https://localhost:$2/hello" | od -An -c | tr -s ' ')
+  [[ $got == "$(printf 'hello, world\n' | od -An -c | tr -s ' ')" ]] ||
+    die "$1: GET /hello did not answer \"hello, world\\n\" (got:$got)"
+  suite=$(openssl s_client -connect "127.0.0.1:$2" -tls1_2 </dev/null 2>/dev/null |
+    sed -n 's/^ *Cipher *: *//p' | head -n 1)
+  [[ $suite == ECDHE-ECDSA-AES128-GCM-SHA256 ]] || die "$1 negotiated $suite"
+  info "$1: same body, suite $suite"
+}
+
+# ---------------------------------------------------------------------------
+# Measuring
+
+wrk_parse() {
+  python3 - "$1" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+unit_ms = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+rps = re.search(r"^Requests/sec:\s+([0-9.]+)", text, re.M)
+p99 = re.search(r"^\s+99%\s+([0-9.]+)(us|ms|s|m|h)\s*$", text, re.M)
+if not rps or not p99:
+    sys.exit("cannot read the output of wrk:\n" + text)
+errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+print(rps.group(1), "%.3f" % (float(p99.group(1)) * unit_ms[p99.group(2)]),
+      sum(int(x) for x in errors.groups()) if errors else 0,
+      non2xx.group(1) if non2xx else 0)
+PY
+}
+
+# wrk_cmd KIND PORT: the wrk command line, run with eval.
+wrk_cmd() {
+  local c=$BENCH_CONNECTIONS extra=""
+  if [[ $1 != keepalive ]]; then
+    c=$BENCH_HS_CONNECTIONS
+    extra='-H "Connection: close" '
+  fi
+  # $TOKEN stays literal: the command is printed in the report as run,
+  # and the token must not be.
+  # shellcheck disable=SC2016
+  printf '%s%swrk -t%s -c%s -d%s --latency %s-H "Authorization: Bearer $TOKEN" https://127.0.0.1:%s/hello' \
+    "${WRK_PIN[*]}" "${WRK_PIN[*]:+ }" "$WRK_THREADS" "$c" "$BENCH_DURATION" "$extra" "$2"
+}
+
+# measure KIND SERVER PORT: one run; appends "rps p99 errors non2xx;" to RESULTS[KIND-SERVER].
+measure() {
+  local out=$TMP_DIR/wrk-$1-$2-$ROUND.txt cmd parsed rps p99 errs non2xx
+  cmd=$(wrk_cmd "$1" "$3")
+  step "round $ROUND/$BENCH_ROUNDS: $1, $2 ($BENCH_DURATION)"
+  eval "$cmd" >"$out"
+  parsed=$(wrk_parse "$out")
+  read -r rps p99 errs non2xx <<<"$parsed"
+  info "$rps req/s, p99 $p99 ms, socket errors $errs, non-2xx $non2xx"
+  RESULTS[$1-$2]+="$parsed;"
+  COMMANDS[$1-$2]=$cmd
+}
+
+warm_up() {
+  step "warming up $1 for $BENCH_WARMUP"
+  "${WRK_PIN[@]}" wrk -t"$WRK_THREADS" -c"$BENCH_CONNECTIONS" -d"$BENCH_WARMUP" \
+    -H "Authorization: Bearer $TOKEN" "https://127.0.0.1:$2/hello" >/dev/null
+}
+
+gw_metric() {
+  curl -fsS --max-time 2 "http://127.0.0.1:$OURS_ADMIN/metrics" | sed -n "s/^$1 //p"
+}
+
+# Phase 1: session caches on; keep-alive and resumed handshakes.
+phase_cached() {
+  local h0 r0 h1 r1
+  start_ours 16384
+  start_nginx on
+  check_same gateway "$OURS_PORT"
+  check_same nginx "$NGINX_PORT"
+  warm_up gateway "$OURS_PORT"
+  warm_up nginx "$NGINX_PORT"
+  h0=$(gw_metric gw_tls_handshakes_total)
+  r0=$(gw_metric gw_tls_resumed_total)
+  for ((ROUND = 1; ROUND <= BENCH_ROUNDS; ROUND++)); do
+    measure keepalive gateway "$OURS_PORT"
+    measure keepalive nginx "$NGINX_PORT"
+    measure resumed gateway "$OURS_PORT"
+    measure resumed nginx "$NGINX_PORT"
+  done
+  h1=$(gw_metric gw_tls_handshakes_total)
+  r1=$(gw_metric gw_tls_resumed_total)
+  RESUMED_SHARE=$(python3 -c "print(round(($r1-$r0)/max(1,$h1-$h0), 3))")
+  info "gateway: $((h1 - h0)) handshakes, of which $((r1 - r0)) resumed"
+  stop_named nginx
+  stop_named gateway
+}
+
+# Phase 2: session caches off; every connection a full handshake.
+phase_full() {
+  local r0 r1
+  start_ours 0
+  start_nginx off
+  r0=$(gw_metric gw_tls_resumed_total)
+  for ((ROUND = 1; ROUND <= BENCH_ROUNDS; ROUND++)); do
+    measure full gateway "$OURS_PORT"
+    measure full nginx "$NGINX_PORT"
+  done
+  r1=$(gw_metric gw_tls_resumed_total)
+  ((r1 == r0)) || die "the gateway resumed sessions with its cache off"
+  stop_named nginx
+  stop_named gateway
+}
+
+report() {
+  mkdir -p "$RUN_DIR"
+  local k
+  for k in keepalive-gateway keepalive-nginx resumed-gateway resumed-nginx full-gateway full-nginx; do
+    export "R_${k//-/_}=${RESULTS[$k]}" "C_${k//-/_}=${COMMANDS[$k]}"
+  done
+  LOAD_BEFORE=$LOAD_BEFORE LOAD_AFTER=$(cut -d' ' -f1 /proc/loadavg) \
+    PINNING=$PINNING RESUMED_SHARE=$RESUMED_SHARE NGINX_VERSION=$("$NGINX" -v 2>&1) \
+    BENCH_DURATION=$BENCH_DURATION BENCH_ROUNDS=$BENCH_ROUNDS BENCH_WARMUP=$BENCH_WARMUP \
+    BENCH_THREADS=$BENCH_THREADS BENCH_ACCESS_LOG=$BENCH_ACCESS_LOG \
+    python3 - "$RUN_DIR/bench-gateway.json" <<'PY'
+import json, os, platform, statistics, sys, time
+
+def series(text):
+    runs = [r.split() for r in text.split(";") if r.strip()]
+    s = {"rps": [float(r[0]) for r in runs], "p99_ms": [float(r[1]) for r in runs],
+         "socket_errors": sum(int(r[2]) for r in runs), "non_2xx": sum(int(r[3]) for r in runs)}
+    s["rps_median"] = statistics.median(s["rps"])
+    s["p99_ms_median"] = statistics.median(s["p99_ms"])
+    return s
+
+kinds = ("keepalive", "resumed", "full")
+res = {k: {srv: series(os.environ["R_%s_%s" % (k, srv)]) for srv in ("gateway", "nginx")}
+       for k in kinds}
+cmds = {k: {srv: os.environ["C_%s_%s" % (k, srv)] for srv in ("gateway", "nginx")} for k in kinds}
+ratio = {k: round(res[k]["gateway"]["rps_median"] / res[k]["nginx"]["rps_median"], 4)
+         if res[k]["nginx"]["rps_median"] else 0.0 for k in kinds}
+cpu = ""
+for line in open("/proc/cpuinfo"):
+    if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+machine = {"nproc": os.cpu_count(), "kernel": platform.release(), "arch": platform.machine(),
+           "cpu": cpu}
+nginx_version = os.environ["NGINX_VERSION"].split("/")[-1].strip()
+threads = os.environ["BENCH_THREADS"]
+print("bench/gateway/compare.sh: authenticated GET /hello through a TLS 1.2 proxy,")
+print("ECDHE-ECDSA-AES128-GCM-SHA256, same P-256 certificate, same upstream (bench_httpd)")
+print("machine: %d CPUs, Linux %s %s%s" % (machine["nproc"], machine["kernel"], machine["arch"],
+      ", " + cpu if cpu else ""))
+print("runs:    %s per server and kind, alternating, %s each after a %s warm-up; medians"
+      % (os.environ["BENCH_ROUNDS"], os.environ["BENCH_DURATION"], os.environ["BENCH_WARMUP"]))
+print("threads: gateway %s loop thread(s), nginx %s worker(s); access log %s"
+      % (threads, threads, "on (files)" if os.environ["BENCH_ACCESS_LOG"] == "1" else "off"))
+print("pinning: " + os.environ["PINNING"])
+# Other work on the machine shows up here first: a load above the CPUs the
+# runs use means the figures are noisy, whatever the medians say.
+print("load:    1-minute load average %s before the runs, %s after"
+      % (os.environ["LOAD_BEFORE"], os.environ["LOAD_AFTER"]))
+print("resumed: %.0f%% of the gateway's handshakes in the resumed runs were resumptions"
+      % (100 * float(os.environ["RESUMED_SHARE"])))
+for k in kinds:
+    for srv in ("gateway", "nginx"):
+        print("%-8s %-8s %s" % (k, srv, cmds[k][srv]))
+print()
+print("%-34s %12s %10s %8s" % ("", "req/s", "p99", "errors"))
+labels = {"keepalive": "keep-alive", "resumed": "new conns, resumed", "full": "new conns, full handshake"}
+for k in kinds:
+    for srv, name in (("gateway", "gateway"), ("nginx", "nginx " + nginx_version)):
+        s = res[k][srv]
+        print("%-34s %12.0f %7.2f ms %8d" % ("%s: %s" % (labels[k], name), s["rps_median"],
+              s["p99_ms_median"], s["socket_errors"] + s["non_2xx"]))
+print()
+for k in kinds:
+    print("ratio gateway/nginx, %-26s %.2f" % (labels[k] + ":", ratio[k]))
+record = {"bench": "gateway", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+          "machine": machine, "duration": os.environ["BENCH_DURATION"],
+          "rounds": int(os.environ["BENCH_ROUNDS"]), "threads": int(threads),
+          "access_log": os.environ["BENCH_ACCESS_LOG"] == "1", "pinning": os.environ["PINNING"],
+          "suite": "ECDHE-ECDSA-AES128-GCM-SHA256", "nginx_version": nginx_version,
+          "resumed_share": float(os.environ["RESUMED_SHARE"]), "wrk": cmds, "results": res,
+          "load_before": float(os.environ["LOAD_BEFORE"]), "load_after": float(os.environ["LOAD_AFTER"]),
+          "ratio_rps": ratio}
+with open(sys.argv[1], "w") as f:
+    f.write(json.dumps(record, sort_keys=True) + "\n")
+PY
+  info "result written to $RUN_DIR/bench-gateway.json"
+}
+
+main() {
+  case ${1:-} in
+    -h | --help | help) usage; exit 0 ;;
+    "") ;;
+    *) usage >&2; exit 2 ;;
+  esac
+  [[ $BENCH_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive integer"
+  [[ $BENCH_THREADS =~ ^[1-9][0-9]*$ ]] || die "BENCH_THREADS must be a positive integer"
+  ensure_packages
+  if [[ ! -f $REPO_ROOT/$BUILD_DIR/meson-private/coredata.dat ]]; then
+    step "configuring $BUILD_DIR (--buildtype=release)"
+    meson setup "$REPO_ROOT/$BUILD_DIR" "$REPO_ROOT" --buildtype=release >&2
+  fi
+  step "building $BUILD_DIR: gateway, bench_httpd, gw_jwt_tool"
+  ninja -C "$REPO_ROOT/$BUILD_DIR" gateway/gateway bench/bench_httpd \
+    tests/integration/gateway/gw_jwt_tool >&2
+
+  TMP_DIR=$(mktemp -d /tmp/bench-gateway.XXXXXX)
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM
+  CERTS=$TMP_DIR/certs
+  bash "$REPO_ROOT/deploy/certs.sh" "$CERTS" 2>/dev/null
+  TOKEN=$("$REPO_ROOT/$BUILD_DIR/tests/integration/gateway/gw_jwt_tool" mint "$CERTS/jwt" dev-1 \
+    bench-user customer paycore paycore-api 86400)
+  export TOKEN
+  plan_cpus
+  LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
+  declare -gA RESULTS=() COMMANDS=()
+  RESUMED_SHARE=0
+  start_upstream
+  phase_cached
+  phase_full
+  report
+}
+
+main "$@"

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+#
+# certs.sh - development certificates and token keys for the gateway.
+#
+#   deploy/certs.sh [--rsa] [--kid KID]... DIR
+#
+# Creates in DIR (made if missing), with openssl:
+#   tls-ecdsa.crt, tls-ecdsa.key   self-signed ECDSA P-256 certificate for
+#                                  localhost, 127.0.0.1 and ::1 (always)
+#   tls-rsa.crt, tls-rsa.key       the same with an RSA 2048 key (--rsa)
+#   jwt/<kid>.pem, jwt/<kid>.pub.pem
+#                                  ES256 (P-256) token signing key pairs, one
+#                                  per --kid (default: one kid, "dev-1")
+#
+# Idempotent: a file that exists is kept, so running it again changes
+# nothing and tokens signed earlier stay valid. Delete a file to remake it.
+# Private keys are created mode 0600. Development only: these certificates
+# are self-signed and valid for 825 days.
+set -euo pipefail
+
+usage() {
+  sed -n '3,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+rsa=0
+kids=()
+dir=
+while (($#)); do
+  case $1 in
+    --rsa) rsa=1 ;;
+    --kid)
+      [[ $# -ge 2 && $2 =~ ^[A-Za-z0-9._-]{1,63}$ ]] || { echo "certs.sh: --kid needs [A-Za-z0-9._-]{1,63}" >&2; exit 2; }
+      kids+=("$2")
+      shift ;;
+    -h | --help) usage; exit 0 ;;
+    -*) usage >&2; exit 2 ;;
+    *) [[ -z $dir ]] || { usage >&2; exit 2; }; dir=$1 ;;
+  esac
+  shift
+done
+[[ -n $dir ]] || { usage >&2; exit 2; }
+((${#kids[@]})) || kids=(dev-1)
+command -v openssl >/dev/null || { echo "certs.sh: openssl not installed (Debian package openssl)" >&2; exit 1; }
+
+umask 077
+mkdir -p "$dir/jwt"
+
+# self_signed NAME KEYGEN_ARGS...: NAME.key and NAME.crt unless present.
+self_signed() {
+  local name=$1
+  shift
+  if [[ -s $dir/$name.key && -s $dir/$name.crt ]]; then
+    echo "kept    $dir/$name.crt" >&2
+    return 0
+  fi
+  openssl genpkey "$@" -out "$dir/$name.key" 2>/dev/null
+  openssl req -x509 -new -key "$dir/$name.key" -out "$dir/$name.crt" -days 825 \
+    -subj "/CN=localhost" \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1" \
+    -addext "basicConstraints=critical,CA:FALSE" \
+    -addext "keyUsage=critical,digitalSignature" \
+    -addext "extendedKeyUsage=serverAuth" 2>/dev/null
+  chmod 0644 "$dir/$name.crt"
+  echo "created $dir/$name.crt" >&2
+}
+
+# jwt_pair KID: jwt/KID.pem (private) and jwt/KID.pub.pem unless present.
+jwt_pair() {
+  local priv=$dir/jwt/$1.pem pub=$dir/jwt/$1.pub.pem
+  if [[ -s $priv && -s $pub ]]; then
+    echo "kept    $pub" >&2
+    return 0
+  fi
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$priv" 2>/dev/null
+  openssl pkey -in "$priv" -pubout -out "$pub" 2>/dev/null
+  chmod 0644 "$pub"
+  echo "created $pub" >&2
+}
+
+self_signed tls-ecdsa -algorithm EC -pkeyopt ec_paramgen_curve:P-256
+if ((rsa)); then
+  self_signed tls-rsa -algorithm RSA -pkeyopt rsa_keygen_bits:2048
+fi
+for kid in "${kids[@]}"; do
+  jwt_pair "$kid"
+done

@@ -1,0 +1,328 @@
+/*
+ * main.c - the gateway process: configuration, start-up, one HTTPS server
+ * per loop thread (SO_REUSEPORT) with the TLS filter, the admin server on
+ * thread 0, and an orderly drain on SIGTERM.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "app.h"
+
+#define DRAIN_DEADLINE_MS 15000
+#define DRAIN_POLL_MS 10
+#define DRAIN_SETTLE_TICKS 5 /* polls after the clients closed: their closes complete */
+
+static gw_app_t app;
+static _Thread_local gw_thread_t *self;
+
+gw_thread_t *gw_thread_self(void) { return self; }
+
+/* ------------------------------------------------------------------------ */
+/* Routes                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static int add_route(const gw_route_t *r) {
+  if (app.routes_count == GW_ROUTES_MAX) return GW_E_FULL;
+  http_exchange_fn fn = gw_proxy_handle;
+  if (r->service == GW_SVC_LOCAL) {
+    /* The only route the gateway answers itself. */
+    if (strcmp(r->method, "POST") != 0 || strcmp(r->pattern, "/v1/auth/token") != 0)
+      return GW_E_CONFIG;
+    fn = gw_token_handle;
+  }
+  app.routes[app.routes_count++] = r;
+  return http_router_add(&app.router, r->method, r->pattern, HTTP_HANDLER(fn), (void *)r);
+}
+
+static int build_routes(void) {
+  http_router_init(&app.router);
+  int rc = 0;
+  for (size_t i = 0; i < gw_routes_count && rc == 0; i++) rc = add_route(&gw_routes[i]);
+  for (size_t i = 0; i < app.cfg.extra_count && rc == 0; i++) rc = add_route(&app.cfg.extra[i]);
+  if (rc < 0) RT_ERROR("cannot build the route table", RT_LF_STR("error", rt_strerror(rc)));
+  return rc;
+}
+
+/* --routes: the table as JSON lines, for tests and operators. */
+static void print_routes(void) {
+  for (size_t i = 0; i < app.routes_count; i++) {
+    const gw_route_t *r = app.routes[i];
+    json_t *roles = json_array();
+    for (uint32_t b = 1; b <= GW_ROLE_ADMIN; b <<= 1)
+      if (r->roles & b) json_array_append_new(roles, json_string(gw_role_name(b)));
+    json_t *j = json_pack("{s:s, s:s, s:s, s:o, s:b}", "method", r->method, "pattern",
+                          r->pattern, "service", gw_service_name(r->service), "roles", roles,
+                          "anonymous", r->anonymous);
+    char *s = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+    if (s != NULL) printf("%s\n", s);
+    free(s);
+    json_decref(j);
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Shared state                                                             */
+/* ------------------------------------------------------------------------ */
+
+static int load_keys(void) {
+  gw_config_t *c = &app.cfg;
+  int rc = gw_jwt_keys_create(&app.keys);
+  if (rc == 0)
+    rc = c->jwt_keys_list != NULL ? gw_jwt_keys_load_list(app.keys, c->jwt_keys_list)
+                                  : gw_jwt_keys_load_dir(app.keys, c->jwt_keys_dir);
+  if (rc == 0) rc = GW_E_KEY; /* no key at all */
+  if (rc < 0) {
+    RT_ERROR("cannot load JWT keys",
+             RT_LF_STR("from", c->jwt_keys_list != NULL ? "GW_JWT_KEYS" : c->jwt_keys_dir),
+             RT_LF_STR("error", rt_strerror(rc)));
+    return rc;
+  }
+  if (gw_jwt_keys_set_signer(app.keys, c->jwt_sign_kid) < 0) {
+    /* Verifying without signing is a valid set-up (another instance
+     * issues tokens), but it must be a visible choice. */
+    RT_WARN("no signing key: POST /v1/auth/token will fail",
+            RT_LF_STR("GW_JWT_SIGN_KID", c->jwt_sign_kid != NULL ? c->jwt_sign_kid : "-"));
+  }
+  return 0;
+}
+
+static int create_shared(void) {
+  gw_config_t *c = &app.cfg;
+  int rc = gw_tls_create(&app.tls, &c->tls);
+  if (rc < 0) {
+    RT_ERROR("cannot load the TLS certificate and key", RT_LF_STR("cert", c->tls.cert_path),
+             RT_LF_STR("key", c->tls.key_path), RT_LF_STR("error", rt_strerror(rc)));
+    return rc;
+  }
+  rc = load_keys();
+  if (rc == 0) rc = gw_connlimit_create(&app.connlimit, c->conns_per_addr, c->rate_slots);
+  if (rc == 0) rc = gw_ratelimit_create(&app.rl_addr, &c->rate_addr, c->rate_slots);
+  if (rc == 0) rc = gw_ratelimit_create(&app.rl_subject, &c->rate_subject, c->rate_slots);
+  if (rc == 0) rc = gw_ratelimit_create(&app.rl_login, &c->rate_login, c->rate_slots);
+  return rc;
+}
+
+static void destroy_shared(void) {
+  gw_ratelimit_destroy(app.rl_login);
+  gw_ratelimit_destroy(app.rl_subject);
+  gw_ratelimit_destroy(app.rl_addr);
+  gw_connlimit_destroy(app.connlimit);
+  gw_jwt_keys_destroy(app.keys);
+  gw_tls_destroy(app.tls);
+}
+
+static void log_startup(void) {
+  gw_config_t *c = &app.cfg;
+  char kids[512], upstreams[GW_SVC_COUNT][256];
+  gw_jwt_keys_describe(app.keys, kids, sizeof kids);
+  for (int s = GW_SVC_PROFILE; s < GW_SVC_COUNT; s++) {
+    size_t n = 0;
+    upstreams[s][0] = '\0';
+    for (uint32_t i = 0; i < c->services[s].count && n < sizeof upstreams[s]; i++) {
+      int w = snprintf(upstreams[s] + n, sizeof upstreams[s] - n, "%s%s:%u", i ? "," : "",
+                       c->services[s].addrs[i].host, (unsigned)c->services[s].addrs[i].port);
+      if (w > 0) n += (size_t)w;
+    }
+  }
+  RT_INFO("gateway starting", RT_LF_STR("host", c->host), RT_LF_INT("port", c->port),
+          RT_LF_STR("admin_host", c->admin_host), RT_LF_INT("admin_port", c->admin_port),
+          RT_LF_INT("threads", c->threads), RT_LF_STR("cert", c->tls.cert_path),
+          RT_LF_STR("cert_key", gw_tls_key_desc(app.tls)),
+          RT_LF_STR("tls_ec", gw_tls_ec_desc(app.tls)),
+          RT_LF_STR("cert_sha256", gw_tls_cert_sha256(app.tls)), RT_LF_STR("jwt_keys", kids),
+          RT_LF_STR("jwt_signer", gw_jwt_keys_signer(app.keys) ? gw_jwt_keys_signer(app.keys)
+                                                                : "-"),
+          RT_LF_STR("profile", upstreams[GW_SVC_PROFILE]),
+          RT_LF_STR("account", upstreams[GW_SVC_ACCOUNT]),
+          RT_LF_STR("payment", upstreams[GW_SVC_PAYMENT]),
+          RT_LF_STR("event", upstreams[GW_SVC_EVENT]), RT_LF_INT("routes", app.routes_count));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Threads                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static int create_clients(gw_thread_t *th) {
+  gw_config_t *c = &app.cfg;
+  for (int s = GW_SVC_PROFILE; s < GW_SVC_COUNT; s++) {
+    for (uint32_t i = 0; i < c->services[s].count; i++) {
+      http_client_config_t cc = {
+          .host = c->services[s].addrs[i].host,
+          .port = c->services[s].addrs[i].port,
+          .conns_max = c->upstream_conns,
+          .queue_max = c->http.conns_max,
+          .connect_timeout_ms = c->upstream_connect_timeout_ms,
+          .request_timeout_ms = c->upstream_timeout_ms,
+      };
+      int rc = http_client_create(&th->clients[s][i], th->loop, &cc);
+      if (rc < 0) return rc;
+    }
+  }
+  return 0;
+}
+
+static void destroy_clients(gw_thread_t *th) {
+  for (int s = 0; s < GW_SVC_COUNT; s++) {
+    for (int i = 0; i < GW_UPSTREAM_ADDRS_MAX; i++) {
+      http_client_destroy(th->clients[s][i]);
+      th->clients[s][i] = NULL;
+    }
+  }
+}
+
+/* Draining: the servers close their listeners and finish what is in
+ * flight; once no connection and no upstream request is left, the
+ * upstream clients close, and a few polls later (their closes take a loop
+ * turn or two) the thread reports itself drained. */
+static void drain_poll(rt_timer_t *t) {
+  gw_thread_t *th = t->ctx;
+  const http_server_stats_t *st = http_server_stats(th->server);
+  if (th->drain_ticks == 0) {
+    if (atomic_load(&st->conns_active) > 0 || th->reqs.in_use > 0 || th->logins.in_use > 0)
+      return;
+    destroy_clients(th);
+  }
+  if (++th->drain_ticks < DRAIN_SETTLE_TICKS) return;
+  rt_timer_stop(th->loop, &th->drain_timer);
+  rt_loop_drained(th->loop);
+}
+
+static void drain(rt_loop_t *loop, void *arg) {
+  gw_thread_t *th = arg;
+  th->draining = true;
+  rt_timer_stop(loop, &th->probe_timer);
+  gw_tls_filter_stop(th->filter);
+  rt_timer_init(&th->drain_timer, drain_poll, th);
+  rt_timer_start(loop, &th->drain_timer, DRAIN_POLL_MS, DRAIN_POLL_MS);
+}
+
+static int start_server(gw_thread_t *th) {
+  gw_config_t *c = &app.cfg;
+  http_server_config_t sc = c->http;
+  sc.host = c->host;
+  sc.port = (uint16_t)c->port;
+  sc.filter = gw_tls_filter_http(th->filter);
+  int rc = http_server_create(&th->server, th->loop, &sc, &app.router);
+  if (rc == 0) rc = http_server_start(th->server);
+  if (rc < 0 || th->index != 0) return rc;
+  http_server_config_t ac = {.host = c->admin_host, .port = (uint16_t)c->admin_port,
+                             .conns_max = 256};
+  rc = http_server_create(&th->admin, th->loop, &ac, &app.admin_router);
+  if (rc == 0) rc = http_server_start(th->admin);
+  if (rc == 0) {
+    RT_INFO("listening", RT_LF_STR("host", c->host), RT_LF_INT("port", http_server_port(th->server)),
+            RT_LF_STR("admin_host", c->admin_host),
+            RT_LF_INT("admin_port", http_server_port(th->admin)), RT_LF_INT("threads", c->threads));
+  }
+  return rc;
+}
+
+static int thread_setup(rt_loop_t *loop, uint32_t index, void *arg) {
+  gw_thread_t *th = &app.threads[index];
+  gw_config_t *c = &app.cfg;
+  th->app = &app;
+  th->index = index;
+  th->loop = loop;
+  self = th;
+  /* Both are stopped at drain on every thread, started or not. */
+  rt_timer_init(&th->probe_timer, NULL, th);
+  rt_timer_init(&th->drain_timer, NULL, th);
+  int rc = gw_token_cache_create(&th->tokens, c->token_cache_entries);
+  if (rc == 0)
+    rc = gw_tls_filter_create(&th->filter, app.tls, loop, app.connlimit, c->http.conns_max);
+  /* One request in flight per connection: pools as large as the server's. */
+  if (rc == 0) rc = rt_pool_init(&th->reqs, "gw_reqs", gw_proxy_ctx_bytes(), c->http.conns_max);
+  if (rc == 0) rc = rt_pool_init(&th->logins, "gw_logins", gw_token_ctx_bytes(), c->http.conns_max);
+  if (rc == 0) rc = http_buf_init(&th->scratch, 4096, 256 * 1024);
+  if (rc == 0) rc = create_clients(th);
+  if (rc == 0) rc = start_server(th);
+  if (rc == 0) rc = rt_loop_on_drain(loop, drain, th);
+  if (rc < 0) {
+    RT_ERROR("thread start-up failed", RT_LF_INT("thread", index),
+             RT_LF_STR("host", c->host), RT_LF_INT("port", c->port),
+             RT_LF_STR("error", rt_strerror(rc)));
+    return rc;
+  }
+  if (index == 0) gw_health_start(th);
+  atomic_store(&app.servers[index], th->server);
+  return 0;
+}
+
+static void thread_teardown(gw_thread_t *th) {
+  /* Servers first: a connection still open at a drain deadline gives its
+   * TLS state back to the filter's pool. */
+  http_server_destroy(th->server);
+  http_server_destroy(th->admin);
+  gw_tls_filter_destroy(th->filter);
+  gw_token_cache_destroy(th->tokens);
+  /* At a drain deadline requests may still be in flight: their memory
+   * goes with the process rather than failing the pool's check. */
+  if (th->reqs.mem != NULL && th->reqs.in_use == 0) rt_pool_deinit(&th->reqs);
+  if (th->logins.mem != NULL && th->logins.in_use == 0) rt_pool_deinit(&th->logins);
+  http_buf_deinit(&th->scratch);
+}
+
+/* ------------------------------------------------------------------------ */
+/* main                                                                     */
+/* ------------------------------------------------------------------------ */
+
+static int parse_args(int argc, char **argv, bool *routes_only) {
+  static const struct option opts[] = {
+      {"help", no_argument, NULL, 'h'}, {"routes", no_argument, NULL, 'r'}, {NULL, 0, NULL, 0}};
+  int c;
+  while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    if (c == 'r') {
+      *routes_only = true;
+    } else {
+      return c == 'h' ? 1 : -1;
+    }
+  }
+  return optind == argc ? 0 : -1;
+}
+
+static void init_logging(void) {
+  int level = rt_log_level_parse(rt_env_str("LOG_LEVEL", "info"));
+  const char *key = rt_env_str("LOG_HASH_KEY", NULL);
+  rt_log_init("gateway", level < 0 ? RT_LOG_INFO : (rt_log_level_t)level, (const uint8_t *)key,
+              key != NULL ? strlen(key) : 0);
+  rt_strerror_register(HTTP_E_RANGE_LO, HTTP_E_RANGE_HI, http_strerror);
+  rt_strerror_register(HTTP_CLIENT_E_RANGE_LO, HTTP_CLIENT_E_RANGE_HI, http_client_strerror);
+  gw_register_errors();
+}
+
+int main(int argc, char **argv) {
+  init_logging();
+  bool routes_only = false;
+  int rc = parse_args(argc, argv, &routes_only);
+  if (rc != 0) {
+    gw_config_usage(rc > 0 ? stdout : stderr);
+    return rc > 0 ? 0 : 2;
+  }
+  if (routes_only) {
+    /* Only the extra routes' variable matters here. */
+    const char *spec = rt_env_str("GW_EXTRA_ROUTES", NULL);
+    int n = spec ? gw_routes_parse_extra(spec, app.cfg.extra, GW_EXTRA_ROUTES_MAX,
+                                         app.cfg.extra_storage, sizeof app.cfg.extra_storage)
+                 : 0;
+    app.cfg.extra_count = n > 0 ? (size_t)n : 0;
+    if (n < 0 || build_routes() < 0) return 2;
+    print_routes();
+    return 0;
+  }
+  if (gw_config_load(&app.cfg) < 0) return 2;
+  if (build_routes() < 0 || gw_admin_routes(&app) < 0) return 2;
+  if (create_shared() < 0) {
+    destroy_shared();
+    return 1;
+  }
+  log_startup();
+  rt_loop_config_t loop_cfg = {0};
+  rc = rt_run(app.cfg.threads, &loop_cfg, thread_setup, NULL, DRAIN_DEADLINE_MS);
+  for (uint32_t i = 0; i < app.cfg.threads; i++) thread_teardown(&app.threads[i]);
+  destroy_shared();
+  RT_INFO("stopped", RT_LF_INT("status", rc < 0 ? 1 : 0));
+  rt_log_flush();
+  return rc < 0 ? 1 : 0;
+}

@@ -1,0 +1,344 @@
+/*
+ * tls.c - the TLS profile: certificate chain and key from PEM files, the
+ * engine set-up of each connection, and the session cache all loop
+ * threads share.
+ *
+ * Profile: TLS 1.2 only; ECDHE key exchange signed by the certificate's
+ * key (ECDSA P-256 or RSA); AES-GCM or ChaCha20-Poly1305 records. No CBC
+ * (padding oracles), no static RSA (no forward secrecy), no TLS 1.0/1.1,
+ * no renegotiation. The server's order of suites wins: AES-128-GCM first
+ * (AES-NI makes it the cheapest), then ChaCha20 for clients without AES
+ * hardware, then AES-256-GCM.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "tls_internal.h"
+
+static const uint16_t suites[] = {
+    BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+};
+
+const char *gw__tls_suite_name(uint16_t suite) {
+  switch (suite) {
+  case BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256: return "ECDHE-ECDSA-AES128-GCM-SHA256";
+  case BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256: return "ECDHE-RSA-AES128-GCM-SHA256";
+  case BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256: return "ECDHE-ECDSA-CHACHA20-POLY1305";
+  case BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256: return "ECDHE-RSA-CHACHA20-POLY1305";
+  case BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384: return "ECDHE-ECDSA-AES256-GCM-SHA384";
+  case BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384: return "ECDHE-RSA-AES256-GCM-SHA384";
+  default: return "unknown";
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Session cache                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* Empties the older generation once the current one is half a lifetime
+ * old. Called with the lock held. */
+static void cache_rotate(gw__session_cache_t *c) {
+  uint64_t now = rt_now_ns();
+  if (now - c->rotated_ns < c->half_life_ns) return;
+  uint32_t old = c->cur ^ 1u;
+  br_ssl_session_cache_lru_init(&c->gen[old], c->store[old], c->store_bytes);
+  c->cur = old;
+  c->rotated_ns = now;
+}
+
+static void cache_save(const br_ssl_session_cache_class **ctx,
+                       br_ssl_server_context *sc, const br_ssl_session_parameters *params) {
+  gw__session_cache_t *c = (gw__session_cache_t *)ctx;
+  pthread_mutex_lock(&c->mu);
+  cache_rotate(c);
+  const br_ssl_session_cache_class **lru = &c->gen[c->cur].vtable;
+  (*lru)->save(lru, sc, params);
+  pthread_mutex_unlock(&c->mu);
+}
+
+static int cache_load(const br_ssl_session_cache_class **ctx, br_ssl_server_context *sc,
+                      br_ssl_session_parameters *params) {
+  gw__session_cache_t *c = (gw__session_cache_t *)ctx;
+  pthread_mutex_lock(&c->mu);
+  cache_rotate(c);
+  int found = 0;
+  for (uint32_t k = 0; k < 2 && !found; k++) {
+    const br_ssl_session_cache_class **lru = &c->gen[c->cur ^ k].vtable;
+    found = (*lru)->load(lru, sc, params);
+  }
+  pthread_mutex_unlock(&c->mu);
+  /* The server context is the first member of our connection. */
+  if (found) ((gw_tls_conn_t *)(void *)sc)->resumed = true;
+  atomic_fetch_add_explicit(found ? &c->stats->cache_hits : &c->stats->cache_misses, 1,
+                            memory_order_relaxed);
+  return found;
+}
+
+static const br_ssl_session_cache_class cache_class = {
+    .context_size = sizeof(gw__session_cache_t),
+    .save = cache_save,
+    .load = cache_load,
+};
+
+static int cache_init(gw__session_cache_t *c, uint32_t entries, uint32_t lifetime_s,
+                      gw_tls_stats_t *stats) {
+  /* BearSSL's LRU uses 100 bytes per entry; each generation holds half. */
+  c->store_bytes = (size_t)(entries / 2 + 1) * 100;
+  for (int k = 0; k < 2; k++) {
+    c->store[k] = malloc(c->store_bytes);
+    if (c->store[k] == NULL) return -ENOMEM;
+    br_ssl_session_cache_lru_init(&c->gen[k], c->store[k], c->store_bytes);
+  }
+  pthread_mutex_init(&c->mu, NULL);
+  c->vtable = &cache_class;
+  c->half_life_ns = (uint64_t)(lifetime_s > 0 ? lifetime_s : 1) * 500000000u;
+  c->rotated_ns = rt_now_ns();
+  c->stats = stats;
+  return 0;
+}
+
+static void cache_deinit(gw__session_cache_t *c) {
+  if (c->vtable == NULL) return;
+  pthread_mutex_destroy(&c->mu);
+  for (int k = 0; k < 2; k++) {
+    if (c->store[k] != NULL) explicit_bzero(c->store[k], c->store_bytes);
+    free(c->store[k]);
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Certificate chain and key                                                */
+/* ------------------------------------------------------------------------ */
+
+static int load_chain(gw_tls_t *t, const char *path) {
+  char *text = NULL;
+  size_t len = 0;
+  int rc = gw__read_file(path, &text, &len);
+  if (rc < 0) return rc;
+  rc = gw__pem_decode(text, len, t->cert_objs, GW__PEM_OBJS_MAX);
+  free(text);
+  if (rc < 0) return rc;
+  t->cert_objs_count = (size_t)rc;
+  for (size_t i = 0; i < t->cert_objs_count && t->chain_len < GW__TLS_CHAIN_MAX; i++) {
+    if (strcmp(t->cert_objs[i].name, "CERTIFICATE") != 0) continue;
+    t->chain[t->chain_len].data = t->cert_objs[i].der;
+    t->chain[t->chain_len].data_len = t->cert_objs[i].len;
+    t->chain_len++;
+  }
+  return t->chain_len > 0 ? 0 : GW_E_PEM;
+}
+
+static bool is_key_label(const char *name) {
+  return strcmp(name, "EC PRIVATE KEY") == 0 || strcmp(name, "RSA PRIVATE KEY") == 0 ||
+         strcmp(name, "PRIVATE KEY") == 0;
+}
+
+static int load_key(gw_tls_t *t, const char *path) {
+  char *text = NULL;
+  size_t len = 0;
+  int rc = gw__read_file(path, &text, &len);
+  if (rc < 0) return rc;
+  gw__pem_obj_t objs[GW__PEM_OBJS_MAX];
+  rc = gw__pem_decode(text, len, objs, GW__PEM_OBJS_MAX);
+  explicit_bzero(text, len);
+  free(text);
+  if (rc < 0) return rc;
+  size_t n = (size_t)rc;
+  rc = GW_E_PEM;
+  for (size_t i = 0; i < n; i++) {
+    if (!is_key_label(objs[i].name)) continue;
+    br_skey_decoder_init(&t->skey);
+    br_skey_decoder_push(&t->skey, objs[i].der, objs[i].len);
+    rc = br_skey_decoder_last_error(&t->skey) == 0 ? 0 : GW_E_PEM;
+    break;
+  }
+  gw__pem_free(objs, n);
+  if (rc == 0) t->key_type = br_skey_decoder_key_type(&t->skey);
+  return rc;
+}
+
+/* The leaf's public key must be the one of our private key, of a type and
+ * size we accept. */
+static int check_pair(gw_tls_t *t) {
+  br_x509_decoder_context dc;
+  br_x509_decoder_init(&dc, NULL, NULL);
+  br_x509_decoder_push(&dc, t->chain[0].data, t->chain[0].data_len);
+  const br_x509_pkey *pk = br_x509_decoder_get_pkey(&dc);
+  if (pk == NULL || pk->key_type != t->key_type) return GW_E_KEY;
+  if (t->key_type == BR_KEYTYPE_EC) {
+    const br_ec_private_key *sk = br_skey_decoder_get_ec(&t->skey);
+    unsigned char q[BR_EC_KBUF_PUB_MAX_SIZE];
+    if (sk->curve != BR_EC_secp256r1 || pk->key.ec.curve != BR_EC_secp256r1) return GW_E_KEY;
+    size_t qlen = br_ec_compute_pub(br_ec_get_default(), NULL, q, sk);
+    if (qlen == 0 || qlen != pk->key.ec.qlen || memcmp(q, pk->key.ec.q, qlen) != 0)
+      return GW_E_KEY;
+    snprintf(t->key_desc, sizeof t->key_desc, "ecdsa-p256");
+    return 0;
+  }
+  const br_rsa_private_key *sk = br_skey_decoder_get_rsa(&t->skey);
+  if (sk == NULL || sk->n_bitlen < 2048) return GW_E_KEY;
+  unsigned char n[512];
+  br_rsa_compute_modulus modulus = br_rsa_compute_modulus_get_default();
+  size_t nlen = modulus(NULL, sk);
+  if (nlen == 0 || nlen > sizeof n || modulus(n, sk) != nlen) return GW_E_KEY;
+  /* The certificate's modulus may carry a leading zero byte. */
+  const unsigned char *cn = pk->key.rsa.n;
+  size_t cnlen = pk->key.rsa.nlen;
+  while (cnlen > 0 && *cn == 0) {
+    cn++;
+    cnlen--;
+  }
+  if (cnlen != nlen || memcmp(cn, n, nlen) != 0) return GW_E_KEY;
+  snprintf(t->key_desc, sizeof t->key_desc, "rsa-%u", (unsigned)sk->n_bitlen);
+  return 0;
+}
+
+static void fingerprint(gw_tls_t *t) {
+  br_sha256_context h;
+  unsigned char d[32];
+  br_sha256_init(&h);
+  br_sha256_update(&h, t->chain[0].data, t->chain[0].data_len);
+  br_sha256_out(&h, d);
+  for (int i = 0; i < 32; i++) snprintf(t->cert_sha256 + 2 * i, 3, "%02x", d[i]);
+}
+
+/* "Strict-Transport-Security: <value>\r\n", refusing CR, LF and controls
+ * that would let the value split the head. */
+static int make_inject_lines(gw_tls_t *t, const char *hsts) {
+  if (hsts == NULL || hsts[0] == '\0') return 0;
+  for (const char *p = hsts; *p; p++)
+    if ((unsigned char)*p < 0x20 || *p == 0x7f) return GW_E_CONFIG;
+  size_t n = strlen(hsts) + sizeof "Strict-Transport-Security: \r\n";
+  t->inject_lines = malloc(n);
+  if (t->inject_lines == NULL) return -ENOMEM;
+  snprintf(t->inject_lines, n, "Strict-Transport-Security: %s\r\n", hsts);
+  return 0;
+}
+
+/* libcrypto's curve arithmetic when built in and not declined, else
+ * BearSSL's (see tls_ec_openssl.c for why). */
+static int choose_ec(gw_tls_t *t, bool bearssl) {
+  t->ec = br_ec_get_default();
+  t->ecdsa = br_ecdsa_sign_asn1_get_default();
+#ifdef GW_HAVE_LIBCRYPTO
+  if (!bearssl) {
+    const br_ec_private_key *sk =
+        t->key_type == BR_KEYTYPE_EC ? br_skey_decoder_get_ec(&t->skey) : NULL;
+    int rc = gw__tls_ec_libcrypto_init(sk);
+    if (rc < 0) return rc;
+    t->ec = gw__tls_ec_libcrypto();
+    t->ecdsa = gw__tls_ecdsa_libcrypto();
+    t->ec_libcrypto = true;
+  }
+#else
+  (void)bearssl;
+#endif
+  return 0;
+}
+
+/* The fastest constant-time record ciphers this CPU runs, as BearSSL's
+ * default setters would pick them, but once. */
+static void choose_records(gw_tls_t *t) {
+  t->aes_ctr = br_aes_x86ni_ctr_get_vtable();
+  if (t->aes_ctr == NULL) t->aes_ctr = &br_aes_ct64_ctr_vtable;
+  t->ghash = br_ghash_pclmul_get();
+  if (t->ghash == 0) t->ghash = br_ghash_ctmul64;
+  t->chacha20 = br_chacha20_sse2_get();
+  if (t->chacha20 == 0) t->chacha20 = br_chacha20_ct_run;
+  t->poly1305 = br_poly1305_ctmulq_get();
+  if (t->poly1305 == 0) t->poly1305 = br_poly1305_ctmul_run;
+}
+
+int gw_tls_create(gw_tls_t **out, const gw_tls_config_t *cfg) {
+  gw_tls_t *t = calloc(1, sizeof *t);
+  if (t == NULL) return -ENOMEM;
+  int rc = load_chain(t, cfg->cert_path);
+  if (rc == 0) rc = load_key(t, cfg->key_path);
+  if (rc == 0) rc = check_pair(t);
+  if (rc == 0) rc = choose_ec(t, cfg->ec_bearssl);
+  if (rc == 0) rc = make_inject_lines(t, cfg->hsts);
+  /* No entries: no resumption at all (every handshake is a full one). */
+  if (rc == 0 && cfg->session_cache_entries > 0)
+    rc = cache_init(&t->cache, cfg->session_cache_entries,
+                    cfg->session_lifetime_s ? cfg->session_lifetime_s : 3600, &t->stats);
+  if (rc < 0) {
+    gw_tls_destroy(t);
+    return rc;
+  }
+  t->handshake_timeout_ms = cfg->handshake_timeout_ms ? cfg->handshake_timeout_ms : 10000;
+  choose_records(t);
+  fingerprint(t);
+  *out = t;
+  return 0;
+}
+
+void gw_tls_destroy(gw_tls_t *t) {
+  if (t == NULL) return;
+#ifdef GW_HAVE_LIBCRYPTO
+  if (t->ec_libcrypto) gw__tls_ec_libcrypto_free();
+#endif
+  cache_deinit(&t->cache);
+  gw__pem_free(t->cert_objs, t->cert_objs_count);
+  explicit_bzero(&t->skey, sizeof t->skey);
+  free(t->inject_lines);
+  free(t);
+}
+
+const char *gw_tls_key_desc(const gw_tls_t *t) { return t->key_desc; }
+
+const char *gw_tls_cert_sha256(const gw_tls_t *t) { return t->cert_sha256; }
+
+const char *gw_tls_ec_desc(const gw_tls_t *t) { return t->ec_libcrypto ? "libcrypto" : "bearssl"; }
+
+gw_tls_stats_t *gw_tls_stats(gw_tls_t *t) { return &t->stats; }
+
+/* ------------------------------------------------------------------------ */
+/* Engine of one connection                                                 */
+/* ------------------------------------------------------------------------ */
+
+static void engine_crypto(const gw_tls_t *t, br_ssl_engine_context *eng) {
+  /* Hashes: the handshake transcript and PRFs of TLS 1.2 (SHA-256,
+   * SHA-384) and the signature hashes a client may ask for. No MD5, no
+   * SHA-1: they serve only TLS 1.0/1.1 and weak signatures. */
+  br_ssl_engine_set_hash(eng, br_sha256_ID, &br_sha256_vtable);
+  br_ssl_engine_set_hash(eng, br_sha384_ID, &br_sha384_vtable);
+  br_ssl_engine_set_hash(eng, br_sha512_ID, &br_sha512_vtable);
+  br_ssl_engine_set_prf_sha256(eng, &br_tls12_sha256_prf);
+  br_ssl_engine_set_prf_sha384(eng, &br_tls12_sha384_prf);
+  br_ssl_engine_set_gcm(eng, &br_sslrec_in_gcm_vtable, &br_sslrec_out_gcm_vtable);
+  br_ssl_engine_set_aes_ctr(eng, t->aes_ctr);
+  br_ssl_engine_set_ghash(eng, t->ghash);
+  br_ssl_engine_set_chapol(eng, &br_sslrec_in_chapol_vtable, &br_sslrec_out_chapol_vtable);
+  br_ssl_engine_set_chacha20(eng, t->chacha20);
+  br_ssl_engine_set_poly1305(eng, t->poly1305);
+  br_ssl_engine_set_ec(eng, t->ec);
+}
+
+int gw__tls_engine_init(gw_tls_t *t, gw_tls_conn_t *c) {
+  br_ssl_server_context *sc = &c->sc;
+  br_ssl_engine_context *eng = &sc->eng;
+  br_ssl_server_zero(sc);
+  br_ssl_engine_set_versions(eng, BR_TLS12, BR_TLS12);
+  br_ssl_engine_set_suites(eng, suites, sizeof suites / sizeof suites[0]);
+  engine_crypto(t, eng);
+  /* BR_KEYTYPE_SIGN only: the key signs ECDHE parameters and is never
+   * used for key exchange itself (that would be static RSA or ECDH). */
+  if (t->key_type == BR_KEYTYPE_EC) {
+    br_ssl_server_set_single_ec(sc, t->chain, t->chain_len, br_skey_decoder_get_ec(&t->skey),
+                                BR_KEYTYPE_SIGN, BR_KEYTYPE_EC, t->ec, t->ecdsa);
+  } else {
+    br_ssl_server_set_single_rsa(sc, t->chain, t->chain_len,
+                                 br_skey_decoder_get_rsa(&t->skey), BR_KEYTYPE_SIGN,
+                                 br_rsa_private_get_default(), br_rsa_pkcs1_sign_get_default());
+  }
+  br_ssl_engine_add_flags(eng, BR_OPT_ENFORCE_SERVER_PREFERENCES | BR_OPT_NO_RENEGOTIATION);
+  br_ssl_engine_set_buffers_bidi(eng, c->ibuf, sizeof c->ibuf, c->obuf, sizeof c->obuf);
+  if (t->cache.vtable != NULL) br_ssl_server_set_cache(sc, &t->cache.vtable);
+  return br_ssl_server_reset(sc) ? 0 : GW_E_TLS;
+}

@@ -1,0 +1,103 @@
+/*
+ * tls_internal.h - what tls.c (certificates, keys, session cache) and
+ * tls_filter.c (connections) share. Not part of the gateway's face.
+ */
+#ifndef GW_TLS_INTERNAL_H
+#define GW_TLS_INTERNAL_H
+
+#include <pthread.h>
+
+#include <bearssl.h>
+
+#include "gw.h"
+#include "internal.h"
+
+#define GW__TLS_CHAIN_MAX 6
+/* The output buffer may be smaller than a full record: the engine then
+ * sends smaller records. 4 KiB of plaintext per record costs ~0.7% in
+ * record overhead and saves 12 KiB per connection. The input buffer must
+ * hold the largest record a client may send. */
+#define GW__TLS_OBUF_BYTES (4096 + 85)
+#define GW__TLS_IBUF_BYTES BR_SSL_BUFSIZE_INPUT
+
+/* The session cache shared by every loop thread. Two BearSSL LRU caches
+ * used as generations: sessions are saved into the current one and found
+ * in either; every half lifetime the older is emptied and becomes the
+ * current one, so a session resumes for at most one lifetime (the LRU
+ * alone keeps entries forever). */
+typedef struct gw__session_cache {
+  const br_ssl_session_cache_class *vtable; /* first: BearSSL calls through it */
+  pthread_mutex_t mu;
+  br_ssl_session_cache_lru gen[2];
+  unsigned char *store[2];
+  size_t store_bytes;
+  uint32_t cur;
+  uint64_t rotated_ns;
+  uint64_t half_life_ns;
+  gw_tls_stats_t *stats;
+} gw__session_cache_t;
+
+struct gw_tls {
+  int key_type; /* BR_KEYTYPE_EC or BR_KEYTYPE_RSA */
+  const br_ec_impl *ec;   /* ECDHE (and ECDSA) arithmetic */
+  br_ecdsa_sign ecdsa;    /* signs with an EC certificate's key */
+  bool ec_libcrypto;      /* both from libcrypto (tls_ec_openssl.c) */
+  /* Record ciphers, chosen once: BearSSL's "default" setters ask the CPU
+   * (cpuid) on every call, which costs a VM exit per connection in a
+   * virtual machine. */
+  const br_block_ctr_class *aes_ctr;
+  br_ghash ghash;
+  br_chacha20_run chacha20;
+  br_poly1305_run poly1305;
+  br_x509_certificate chain[GW__TLS_CHAIN_MAX];
+  size_t chain_len;
+  gw__pem_obj_t cert_objs[GW__PEM_OBJS_MAX];
+  size_t cert_objs_count;
+  br_skey_decoder_context skey; /* holds the key bytes the key points into */
+  char key_desc[32];
+  char cert_sha256[65];
+  char *inject_lines;           /* "Strict-Transport-Security: ...\r\n" */
+  uint32_t handshake_timeout_ms;
+  gw__session_cache_t cache;
+  gw_tls_stats_t stats;
+};
+
+/* One connection: the engine and its buffers. The server context comes
+ * first so that the session cache, which is handed the server context,
+ * can find the connection and mark it resumed. */
+struct gw_tls_conn {
+  br_ssl_server_context sc;
+  gw_tls_filter_t *filter;
+  gw_tls_conn_t *next; /* the filter's live list, for the stall sweep */
+  gw_tls_conn_t *prev;
+  const rt_actor_t *bound_actor; /* see gw_tls_filter_conn_of() */
+  gw_addr_t peer;
+  int fd;
+  bool limited;        /* counted in the connection limit */
+  bool handshake_done;
+  bool resumed;
+  uint64_t stall_since_ns; /* bytes in that made no plaintext yet; 0: none */
+  gw_inject_t inject;
+  unsigned char ibuf[GW__TLS_IBUF_BYTES];
+  unsigned char obuf[GW__TLS_OBUF_BYTES];
+};
+
+/* Configures a fresh engine for one connection: TLS 1.2 only, ECDHE with
+ * AEAD suites only, our chain and key, the shared cache. Returns 0 or
+ * GW_E_TLS when the engine refuses to reset. */
+int gw__tls_engine_init(gw_tls_t *tls, gw_tls_conn_t *c);
+
+#ifdef GW_HAVE_LIBCRYPTO
+/* tls_ec_openssl.c: checks libcrypto's curve arithmetic against BearSSL's
+ * and prepares signing with sk (may be NULL: RSA certificate). Returns 0,
+ * GW_E_TLS or GW_E_KEY. */
+int gw__tls_ec_libcrypto_init(const br_ec_private_key *sk);
+void gw__tls_ec_libcrypto_free(void);
+const br_ec_impl *gw__tls_ec_libcrypto(void);
+br_ecdsa_sign gw__tls_ecdsa_libcrypto(void);
+#endif
+
+/* The OpenSSL-style name of a suite, or "unknown". */
+const char *gw__tls_suite_name(uint16_t suite);
+
+#endif /* GW_TLS_INTERNAL_H */

@@ -1,0 +1,414 @@
+"""gwtest.py - what the gateway's integration tests share.
+
+Processes started through start() are stopped on every way out: normal end,
+exception, SIGTERM/SIGINT (meson's timeout), and the watchdog that ends the
+whole test after a deadline. Everything lives in one temporary directory,
+removed at the end unless GW_TEST_KEEP=1. Checks are counted and the test
+ends with "N passed, N failed" (exit 77 means skipped).
+
+Standard library only: the tests run wherever python3, openssl and curl do.
+"""
+import atexit
+import hashlib
+import hmac
+import http.client
+import http.server
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+# ---------------------------------------------------------------------------
+# Results
+
+passed = 0
+failed = 0
+
+
+def check(name, cond, detail=""):
+    """Counts one check; cond may be a callable (exceptions count as failure)."""
+    global passed, failed
+    try:
+        ok = bool(cond() if callable(cond) else cond)
+    except Exception as e:  # a broken check is a failed check
+        ok, detail = False, "%s: %r" % (detail, e) if detail else repr(e)
+    if ok:
+        passed += 1
+        print("ok   " + name, file=sys.stderr)
+    else:
+        failed += 1
+        print("FAIL " + name + (" -- " + str(detail) if detail else ""), file=sys.stderr)
+    return ok
+
+
+def finish():
+    print("%d passed, %d failed" % (passed, failed))
+    sys.stdout.flush()
+    if failed:
+        for path in _logs:
+            tail(path)
+    stop_all()
+    sys.exit(0 if failed == 0 and passed > 0 else 1)
+
+
+def skip(why):
+    print("skipped: " + why)
+    stop_all()
+    sys.exit(77)
+
+
+def tail(path, lines=25):
+    try:
+        with open(path, errors="replace") as f:
+            content = f.readlines()[-lines:]
+        print("--- " + path, file=sys.stderr)
+        sys.stderr.writelines(content)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# Processes, temporary files, the watchdog
+
+TMP = tempfile.mkdtemp(prefix="gw-itest-")
+_procs = []
+_logs = []
+_lock = threading.Lock()
+
+
+def start(name, argv, env=None, stdout=None):
+    """Starts a process with stderr to TMP/<name>.log; returns (proc, log)."""
+    log = os.path.join(TMP, name + ".log")
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    with open(log, "ab") as err:
+        p = subprocess.Popen(argv, env=full_env, stdin=subprocess.DEVNULL,
+                             stdout=stdout if stdout is not None else err, stderr=err,
+                             start_new_session=True)
+    with _lock:
+        _procs.append(p)
+        _logs.append(log)
+    return p, log
+
+
+def stop(p, timeout=10):
+    """SIGTERM, then SIGKILL after timeout. Returns the exit status."""
+    if p.poll() is None:
+        try:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+    with _lock:
+        if p in _procs:
+            _procs.remove(p)
+    return p.returncode
+
+
+def stop_all():
+    with _lock:
+        procs = list(_procs)
+    for p in procs:
+        try:
+            stop(p, 5)
+        except Exception:
+            pass
+    if os.environ.get("GW_TEST_KEEP") != "1":
+        shutil.rmtree(TMP, ignore_errors=True)
+
+
+def _on_signal(signum, frame):
+    print("interrupted (signal %d)" % signum, file=sys.stderr)
+    stop_all()
+    os._exit(1)
+
+
+def watchdog(seconds):
+    """Ends the test, and everything it started, after `seconds`."""
+    def fire():
+        print("watchdog: test took more than %ds" % seconds, file=sys.stderr)
+        stop_all()
+        os._exit(1)
+    t = threading.Timer(seconds, fire)
+    t.daemon = True
+    t.start()
+
+
+atexit.register(stop_all)
+signal.signal(signal.SIGTERM, _on_signal)
+signal.signal(signal.SIGINT, _on_signal)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_for(cond, seconds, step=0.05):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return True
+        except Exception:
+            pass
+        time.sleep(step)
+    return False
+
+
+def need(*programs):
+    for prog in programs:
+        if shutil.which(prog) is None:
+            skip(prog + " not installed")
+
+
+# ---------------------------------------------------------------------------
+# Certificates, keys, tokens
+
+HMAC_KEY = "itest-identity-key-0123456789abcdef0123"
+ISS, AUD = "paycore", "paycore-api"
+
+
+def make_certs(certs_sh, rsa=True, kids=("k1", "k2")):
+    d = os.path.join(TMP, "certs")
+    argv = ["bash", certs_sh] + (["--rsa"] if rsa else [])
+    for k in kids:
+        argv += ["--kid", k]
+    subprocess.run(argv + [d], check=True, stderr=subprocess.DEVNULL, timeout=60)
+    return d
+
+
+def mint(tool, certs, kid, sub, roles, ttl=600):
+    out = subprocess.run([tool, "mint", os.path.join(certs, "jwt"), kid, sub, ",".join(roles),
+                          ISS, AUD, str(ttl)], check=True, capture_output=True, text=True,
+                         timeout=10)
+    return out.stdout.strip()
+
+
+# ---------------------------------------------------------------------------
+# The gateway
+
+class Gateway:
+    def __init__(self, binary, certs, upstream_url, name="gateway", env=None, rsa=False):
+        self.port = free_port()
+        self.admin_port = free_port()
+        cert = "tls-rsa" if rsa else "tls-ecdsa"
+        self.ca = os.path.join(certs, cert + ".crt")
+        base = {
+            "GW_HOST": "127.0.0.1", "GW_PORT": str(self.port),
+            "GW_ADMIN_HOST": "127.0.0.1", "GW_ADMIN_PORT": str(self.admin_port),
+            "GW_THREADS": "2",
+            "GW_TLS_CERT": self.ca, "GW_TLS_KEY": os.path.join(certs, cert + ".key"),
+            "GW_JWT_KEYS_DIR": os.path.join(certs, "jwt"),
+            "AUTH_HMAC_KEY": HMAC_KEY, "LOG_LEVEL": "info",
+            "PROFILE_URL": upstream_url, "ACCOUNT_URL": upstream_url,
+            "PAYMENT_URL": upstream_url, "EVENT_URL": upstream_url,
+            "GW_RATE_ADDR_RPS": "0", "GW_RATE_SUBJECT_RPS": "0", "GW_RATE_LOGIN_RPS": "0",
+            "GW_HEALTH_INTERVAL": "200ms",
+        }
+        base.update(env or {})
+        self.proc, self.log = start(name, [binary], base)
+        self.ok = wait_for(lambda: self.admin("/healthz")[0] == 200, 20) and \
+            wait_for(self._tls_up, 10)
+
+    def _tls_up(self):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            return True
+
+    def admin(self, path):
+        c = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
+        try:
+            c.request("GET", path)
+            r = c.getresponse()
+            return r.status, r.read().decode()
+        finally:
+            c.close()
+
+    def metric(self, name):
+        _, text = self.admin("/metrics")
+        m = re.search(r"^%s (\d+)$" % re.escape(name), text, re.M)
+        return int(m.group(1)) if m else None
+
+    def context(self):
+        ctx = ssl.create_default_context(cafile=self.ca)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
+
+    def connection(self, timeout=10):
+        return http.client.HTTPSConnection("localhost", self.port, timeout=timeout,
+                                           context=self.context())
+
+    def request(self, method, path, headers=None, body=None, conn=None, timeout=10):
+        """(status, headers dict lower-cased, body bytes) over HTTPS."""
+        c = conn or self.connection(timeout)
+        try:
+            c.request(method, path, body=body, headers=headers or {})
+            r = c.getresponse()
+            data = r.read()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+        finally:
+            if conn is None:
+                c.close()
+
+    def stop(self):
+        return stop(self.proc, 15)
+
+
+# ---------------------------------------------------------------------------
+# A stand-in service: answers every path, checks the identity headers, and
+# records what it was sent. Its own log goes to TMP/inspector.log, so the
+# final scan covers what a service would have logged as well.
+
+CREDENTIALS = {"alice@example.com": ("correct horse battery", "0190c0de-0000-7000-8000-00000000a11c",
+                                     ["customer"])}
+
+
+def identity_valid(method, path, headers):
+    sub, roles = headers.get("x-auth-subject"), headers.get("x-auth-roles")
+    ts, sig = headers.get("x-auth-timestamp"), headers.get("x-auth-signature")
+    if not all((sub, roles, ts, sig)):
+        return False
+    text = "|".join((sub, roles, method, path.split("?", 1)[0], ts)).encode()
+    want = hmac.new(HMAC_KEY.encode(), text, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(want, sig) and abs(int(ts) - time.time()) < 60
+
+
+class Inspector:
+    def __init__(self, slow_s=3.0):
+        self.seen = []
+        self.slow_s = slow_s
+        inspector = self
+        self.log_path = os.path.join(TMP, "inspector.log")
+        _logs.append(self.log_path)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, fmt, *args):
+                with open(inspector.log_path, "a") as f:
+                    f.write("%s %s\n" % (self.command, self.path))
+
+            def _reply(self, status, obj):
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("X-Service", "inspector")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                hdrs = [(k.lower(), v) for k, v in self.headers.items()]
+                one = {k: v for k, v in hdrs}
+                rec = {"method": self.command, "path": self.path, "headers": hdrs,
+                       "identity_valid": identity_valid(self.command, self.path, one),
+                       "body_len": len(body)}
+                inspector.seen.append(rec)
+                if self.path == "/healthz":
+                    return self._reply(200, {"ok": True})
+                if self.path == "/internal/credentials/verify":
+                    return self._verify(one, body)
+                if "slow" in self.path:
+                    time.sleep(inspector.slow_s)
+                self._reply(200, {"path": self.path, "method": self.command,
+                                  "identity_valid": rec["identity_valid"],
+                                  "subject": one.get("x-auth-subject"),
+                                  "roles": one.get("x-auth-roles")})
+
+            def _verify(self, one, body):
+                ok_caller = identity_valid("POST", self.path, one) and \
+                    one.get("x-auth-roles") == "service"
+                try:
+                    req = json.loads(body)
+                    pw, cid, roles = CREDENTIALS[req["email"]]
+                    good = hmac.compare_digest(pw, req["password"])
+                except (ValueError, KeyError, TypeError):
+                    good = False
+                if not ok_caller:
+                    return self._reply(401, {"error": {"code": "unauthenticated"}})
+                if not good:
+                    return self._reply(401, {"error": {"code": "invalid_credentials"}})
+                self._reply(200, {"customer_id": cid, "roles": roles})
+
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = "http://127.0.0.1:%d" % self.port
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+# ---------------------------------------------------------------------------
+# The log scan
+
+TOKEN_RE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}")
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+\.[A-Za-z0-9.-]+")
+DIGITS_RE = re.compile(r"(?<![0-9])(?:[0-9][ -]?){12,18}[0-9](?![0-9])")
+
+
+def luhn(digits):
+    total, alt = 0, False
+    for ch in reversed(digits):
+        d = int(ch)
+        if alt:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+        alt = not alt
+    return total % 10 == 0
+
+
+def scan_logs(secrets=()):
+    """Every finding of a token, e-mail, card-like number or given secret
+    in any log this test produced, as (file, what, excerpt)."""
+    findings = []
+    for path in list(_logs):
+        try:
+            text = open(path, errors="replace").read()
+        except OSError:
+            continue
+        for m in TOKEN_RE.finditer(text):
+            findings.append((path, "token", m.group(0)[:24]))
+        for m in EMAIL_RE.finditer(text):
+            findings.append((path, "email", m.group(0)))
+        for m in DIGITS_RE.finditer(text):
+            digits = re.sub(r"[ -]", "", m.group(0))
+            if 13 <= len(digits) <= 19 and luhn(digits):
+                findings.append((path, "card-like number", m.group(0)))
+        for s in secrets:
+            if s and s in text:
+                findings.append((path, "secret", s[:6] + "..."))
+    return findings
+
+
+SANITIZER_RE = re.compile(r"runtime error:|AddressSanitizer|LeakSanitizer|ThreadSanitizer")
+
+
+def check_logs_clean(secrets=()):
+    reports = []
+    for path in list(_logs):
+        try:
+            reports += ["%s: %s" % (os.path.basename(path), m.group(0))
+                        for m in SANITIZER_RE.finditer(open(path, errors="replace").read())]
+        except OSError:
+            pass
+    check("no sanitizer report in any log", not reports, "; ".join(reports[:5]))
+    findings = scan_logs(secrets)
+    check("logs hold no token, e-mail, password or card-like number (%d files)" % len(_logs),
+          not findings, "; ".join("%s: %s %s" % (os.path.basename(f), w, e)
+                                  for f, w, e in findings[:10]))
