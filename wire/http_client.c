@@ -103,6 +103,8 @@ const char *http_client_strerror(int err) {
 static void req_free(client_req_t *r) {
   http_client_t *c = r->client;
   rt_timer_stop(c->loop, &r->deadline);
+  /* The serialised request may hold a password (a login): wipe it. */
+  if (r->bytes.data != NULL) explicit_bzero(r->bytes.data, r->bytes.len);
   http_buf_deinit(&r->bytes);
   rt_pool_put(&c->reqs, r);
 }

@@ -27,6 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -417,18 +419,21 @@ static void make_request_id(http_conn_t *c) {
       return;
     }
   }
-  /* Generated: 16 hex digits of a per-thread sequence mixed with the
-   * thread's start time, formatted by hand (this runs per request). */
+  /* Generated: a per-thread sequence mixed with the thread's start time,
+   * 5 bits per letter from an alphabet without digits, formatted by hand
+   * (this runs per request). No digits, so a request id can never look
+   * like a card number to a log scanner. */
   static _Thread_local uint64_t seq;
   static _Thread_local uint64_t base;
   if (base == 0) base = rt_now_ns() << 20 ^ (uint64_t)(uintptr_t)&seq;
   uint64_t v = base + ++seq;
-  static const char hex[] = "0123456789abcdef";
-  for (int i = 15; i >= 0; i--) {
-    c->ex.request_id[i] = hex[v & 15u];
-    v >>= 4;
+  static const char letters[] = "abcdefghijklmnopqrstuvwxyzABCDEF";
+  _Static_assert(sizeof letters - 1 == 32, "5 bits per letter");
+  for (int i = 12; i >= 0; i--) {
+    c->ex.request_id[i] = letters[v & 31u];
+    v >>= 5;
   }
-  c->ex.request_id[16] = '\0';
+  c->ex.request_id[13] = '\0';
 }
 
 static void dispatch(http_conn_t *c, const http_msg_t *req) {
@@ -567,6 +572,13 @@ static void conn_on_bytes(http_conn_t *c, const char *data, size_t len) {
   c->plain.len = 0;
   if (f->input(c->filter_state, data, len, &c->plain, &c->wire) < 0) {
     STAT_ADD(&c->server->stats, parse_errors, 1);
+    /* What the filter still has to say (a TLS alert) goes out first. */
+    if (c->wire.len > 0 && !c->ex.pending) {
+      c->keep_alive = false;
+      c->state = CONN_FLUSHING;
+      conn_send(c);
+      return;
+    }
     conn_close(c);
     return;
   }
@@ -674,6 +686,10 @@ static void conn_actor_stopped(rt_actor_t *self, int reason) {
 }
 
 static void conn_start(http_server_t *s, int fd) {
+  /* Responses are written whole; Nagle would only hold back the next one
+   * while the previous is unacknowledged. */
+  int one = 1;
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   http_conn_t *c = rt_pool_get(&s->conns);
   if (c == NULL) {
     /* Over the connection limit: say so and close, without a pool slot. */
@@ -709,7 +725,13 @@ static void conn_start(http_server_t *s, int fd) {
     if (c->filter_state == NULL) rc = RT_E_LIMIT;
   }
   if (rc < 0) {
-    RT_WARN("connection set-up failed", RT_LF_STR("error", rt_strerror(rc)));
+    /* Refusals come in floods (a filter's per-address limit): counted
+     * always, logged at 1, 2, 4, 8, ... */
+    uint64_t n = atomic_load_explicit(&s->stats.conns_rejected, memory_order_relaxed) + 1;
+    if ((n & (n - 1)) == 0) {
+      RT_WARN("connection refused at set-up", RT_LF_STR("error", rt_strerror(rc)),
+              RT_LF_INT("refused_total", n));
+    }
     conn_release(c);
     rt_pool_put(&s->conns, c);
     close(fd);
