@@ -60,26 +60,11 @@ int gw_identity_headers(http_buf_t *out, const char *subject, const char *roles,
                         const char *method, const char *target, const gw_hmac_key_t *key,
                         int64_t now_s) {
   if (!gw__subject_ok(subject) || roles[0] == '\0' || !roles_ok(roles)) return -EINVAL;
-  size_t path_len = strcspn(target, "?");
   char ts[24];
   snprintf(ts, sizeof ts, "%lld", (long long)now_s);
-  br_hmac_key_context kc;
-  br_hmac_context hc;
-  uint8_t mac[32];
-  br_hmac_key_init(&kc, &br_sha256_vtable, key->bytes, key->len);
-  br_hmac_init(&hc, &kc, 0);
-  br_hmac_update(&hc, subject, strlen(subject));
-  br_hmac_update(&hc, "|", 1);
-  br_hmac_update(&hc, roles, strlen(roles));
-  br_hmac_update(&hc, "|", 1);
-  br_hmac_update(&hc, method, strlen(method));
-  br_hmac_update(&hc, "|", 1);
-  br_hmac_update(&hc, target, path_len);
-  br_hmac_update(&hc, "|", 1);
-  br_hmac_update(&hc, ts, strlen(ts));
-  br_hmac_out(&hc, mac);
   char hex[65];
-  for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", mac[i]);
+  http_identity_sign(key->bytes, key->len, subject, roles, method, target,
+                     strcspn(target, "?"), ts, hex);
   return http_buf_appendf(out,
                           "X-Auth-Subject: %s\r\nX-Auth-Roles: %s\r\nX-Auth-Timestamp: %s\r\n"
                           "X-Auth-Signature: %s\r\n",

@@ -505,6 +505,22 @@ void http_respond_error(http_exchange_t *ex, int status, const char *code,
 int http_server_metrics(http_buf_t *out, const char *prefix,
                         http_server_t *const *servers, uint32_t servers_count);
 
+/* -- identity headers (gateway -> services) ------------------------------- */
+
+/* The gateway passes a verified caller to a service as X-Auth-Subject,
+ * X-Auth-Roles (comma-separated), X-Auth-Timestamp (Unix seconds) and
+ * X-Auth-Signature: hex HMAC-SHA256 over subject|roles|METHOD|path|ts with
+ * a key the two share (path without the query). */
+#define HTTP_IDENTITY_SUBJECT_BYTES_MAX 63
+
+/* True for a subject both sides accept: 1..63 of [A-Za-z0-9._:@-]. */
+bool http_identity_subject_ok(const char *subject);
+
+/* The signature (64 hex digits and a NUL) of one identity. */
+void http_identity_sign(const uint8_t *key, size_t key_bytes, const char *subject,
+                        const char *roles, const char *method, const char *path,
+                        size_t path_len, const char *ts, char out[65]);
+
 /* -- client -------------------------------------------------------------- */
 
 /* Client errors, in the wire range after the codec's. */

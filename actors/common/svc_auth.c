@@ -48,45 +48,6 @@ int svc_roles_parse(const char *csv, uint32_t *out) {
   return -EINVAL;
 }
 
-static bool subject_ok(const char *s) {
-  size_t n = strlen(s);
-  if (n == 0 || n >= SVC_SUBJECT_BYTES_MAX) return false;
-  for (size_t i = 0; i < n; i++) {
-    char c = s[i];
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == ':' || c == '@' || c == '-';
-    if (!ok) return false;
-  }
-  return true;
-}
-
-/* hex(HMAC-SHA256(key, subject|roles|method|path|timestamp)) */
-static void signature(const uint8_t *key, size_t key_bytes, const char *subject,
-                      const char *roles, const char *method, const char *path,
-                      size_t path_len, const char *ts, char out[65]) {
-  br_hmac_key_context kc;
-  br_hmac_context hc;
-  br_hmac_key_init(&kc, &br_sha256_vtable, key, key_bytes);
-  br_hmac_init(&hc, &kc, 0);
-  br_hmac_update(&hc, subject, strlen(subject));
-  br_hmac_update(&hc, "|", 1);
-  br_hmac_update(&hc, roles, strlen(roles));
-  br_hmac_update(&hc, "|", 1);
-  br_hmac_update(&hc, method, strlen(method));
-  br_hmac_update(&hc, "|", 1);
-  br_hmac_update(&hc, path, path_len);
-  br_hmac_update(&hc, "|", 1);
-  br_hmac_update(&hc, ts, strlen(ts));
-  uint8_t mac[32];
-  br_hmac_out(&hc, mac);
-  static const char hex[] = "0123456789abcdef";
-  for (int i = 0; i < 32; i++) {
-    out[2 * i] = hex[mac[i] >> 4];
-    out[2 * i + 1] = hex[mac[i] & 15];
-  }
-  out[64] = '\0';
-}
-
 /* Compares without an early exit, so timing says nothing about where the
  * strings differ. */
 static bool equal_ct(const char *a, const char *b, size_t n) {
@@ -115,15 +76,15 @@ int svc_auth_verify(const http_msg_t *msg, const uint8_t *key, size_t key_bytes,
   const char *sig = http_msg_header(msg, "x-auth-signature");
   if (!subject && !roles && !ts && !sig) return SVC_E_AUTH_MISSING;
   if (!subject || !roles || !ts || !sig) return SVC_E_AUTH_BAD;
-  if (!subject_ok(subject) || strlen(sig) != 64) return SVC_E_AUTH_BAD;
+  if (!http_identity_subject_ok(subject) || strlen(sig) != 64) return SVC_E_AUTH_BAD;
   uint32_t bits = 0;
   if (svc_roles_parse(roles, &bits) < 0) return SVC_E_AUTH_BAD;
   int64_t t = 0;
   if (!timestamp_parse(ts, &t)) return SVC_E_AUTH_BAD;
   if (t > now_s + (int64_t)max_skew_s || t < now_s - (int64_t)max_skew_s) return SVC_E_AUTH_BAD;
   char want[65];
-  signature(key, key_bytes, subject, roles, msg->method_name, msg->path, strlen(msg->path), ts,
-            want);
+  http_identity_sign(key, key_bytes, subject, roles, msg->method_name, msg->path,
+                     strlen(msg->path), ts, want);
   if (!equal_ct(want, sig, 64)) return SVC_E_AUTH_BAD;
   out->present = true;
   snprintf(out->subject, sizeof out->subject, "%s", subject);
@@ -135,11 +96,11 @@ int svc_auth_sign(char *out, size_t out_bytes, const uint8_t *key, size_t key_by
                   const char *subject, const char *roles, const char *method,
                   const char *path, int64_t now_s) {
   uint32_t bits;
-  if (!subject_ok(subject) || svc_roles_parse(roles, &bits) < 0) return -EINVAL;
+  if (!http_identity_subject_ok(subject) || svc_roles_parse(roles, &bits) < 0) return -EINVAL;
   char ts[24];
   snprintf(ts, sizeof ts, "%lld", (long long)now_s);
   char sig[65];
-  signature(key, key_bytes, subject, roles, method, path, strcspn(path, "?"), ts, sig);
+  http_identity_sign(key, key_bytes, subject, roles, method, path, strcspn(path, "?"), ts, sig);
   int n = snprintf(out, out_bytes,
                    "X-Auth-Subject: %s\r\nX-Auth-Roles: %s\r\nX-Auth-Timestamp: %s\r\n"
                    "X-Auth-Signature: %s\r\n",
