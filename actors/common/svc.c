@@ -45,6 +45,7 @@ typedef struct svc_th {
   rt_actor_t actor;       /* receives worker completions */
   rt_timer_t grace_timer;
   rt_timer_t prune_timer;
+  svc_relay_t *relay;     /* thread 0 with BUS_ADDR on */
   _Atomic uint64_t requests;
   _Atomic uint64_t auth_rejected;
   _Atomic uint64_t overloaded;
@@ -71,6 +72,7 @@ static _Thread_local svc_th_t *tls_th;
 
 /* Statements of the skeleton itself, registered before the service's. */
 int svc_stmt_idem_claim, svc_stmt_idem_finish, svc_stmt_outbox;
+int svc_stmt_relay_scan, svc_stmt_relay_mark, svc_stmt_relay_count;
 static int stmt_ready, stmt_prune;
 
 static const svc_stmt_t own_stmts[] = {
@@ -98,6 +100,17 @@ static const svc_stmt_t own_stmts[] = {
     {&stmt_prune,
      "DELETE FROM idempotency_keys WHERE ctid IN (SELECT ctid FROM idempotency_keys"
      " WHERE created_at < now() - make_interval(hours => $1::int) LIMIT 1000)",
+     1},
+    /* The relay's round (svc_relay.c): the oldest unpublished rows. */
+    {&svc_stmt_relay_scan,
+     "SELECT id::text, topic, key, payload::text"
+     " FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1::int",
+     1},
+    /* The backlog for /metrics, now and then (it reads the whole backlog). */
+    {&svc_stmt_relay_count, "SELECT count(*) FROM outbox WHERE published_at IS NULL", 0},
+    {&svc_stmt_relay_mark,
+     "UPDATE outbox SET published_at = now()"
+     " WHERE id = ANY($1::uuid[]) AND published_at IS NULL",
      1},
 };
 
@@ -567,6 +580,24 @@ static int metrics_render(http_buf_t *out) {
       {"pg_connections_up", "gauge", "Connections ready.", NULL, (double)s.up},
       {"pg_queued", "gauge", "Batches waiting for a pipeline.", NULL, (double)s.queued},
       {"pg_in_flight", "gauge", "Batches in pipelines.", NULL, (double)s.in_flight},
+      {"outbox_published_total", "counter", "Outbox rows published and marked.", NULL,
+       (double)LOAD(svc_bus_stats.relay_published)},
+      {"outbox_sent_total", "counter", "Outbox rows handed to the bus client (re-sends included).",
+       NULL, (double)LOAD(svc_bus_stats.relay_sent)},
+      {"outbox_pending", "gauge", "Unpublished outbox rows at the relay's last scan.", NULL,
+       (double)LOAD(svc_bus_stats.relay_pending)},
+      {"outbox_errors_total", "counter", "Relay scans, marks or publishes that failed.", NULL,
+       (double)LOAD(svc_bus_stats.relay_errors)},
+      {"outbox_last_error_timestamp_seconds", "gauge", "When the relay last failed (0: never).",
+       NULL, (double)LOAD(svc_bus_stats.relay_last_error_s)},
+      {"outbox_notifies_total", "counter", "Outbox NOTIFYs received by the relay.", NULL,
+       (double)LOAD(svc_bus_stats.relay_notifies)},
+      {"inbox_events_total", "counter", "Delivered events, by outcome.", "{outcome=\"applied\"}",
+       (double)LOAD(svc_bus_stats.inbox_applied)},
+      {"inbox_events_total", NULL, NULL, "{outcome=\"duplicate\"}",
+       (double)LOAD(svc_bus_stats.inbox_duplicates)},
+      {"inbox_events_total", NULL, NULL, "{outcome=\"failed\"}",
+       (double)LOAD(svc_bus_stats.inbox_failed)},
   };
   for (size_t i = 0; i < sizeof m / sizeof m[0] && rc == 0; i++)
     rc = metric(out, m[i].name, m[i].type, m[i].help, m[i].labels, m[i].v);
@@ -634,6 +665,7 @@ static void pool_closed(void *arg) {
   svc_th_t *th = arg;
   th->drain_stage = 2;
   if (g.def->thread_drain != NULL) g.def->thread_drain(&th->pub);
+  svc_relay_close(th->relay);
   rt_timer_start(th->pub.loop, &th->grace_timer, DRAIN_GRACE_MS, 0);
 }
 
@@ -647,6 +679,7 @@ static void on_drain(rt_loop_t *loop, void *arg) {
   svc_th_t *th = arg;
   th->draining = true;
   rt_timer_stop(loop, &th->prune_timer);
+  svc_relay_stop(th->relay);
   drain_step(th);
 }
 
@@ -664,6 +697,26 @@ static int pool_setup(svc_th_t *th) {
     if (rc >= 0) *g.def->stmts[i].id = rc, rc = 0;
   }
   if (rc == 0) rc = rt_pg_pool_start(th->pub.pool);
+  return rc;
+}
+
+/* Thread 0: the bus client, the outbox relay on it, the service's
+ * subscriptions; then connect. */
+static int bus_setup(svc_th_t *th) {
+  bus_client_config_t bc = {
+      .host = g.cfg.bus_host,
+      .port = g.cfg.bus_port,
+      .name = g.def->name,
+  };
+  int rc = svc_relay_create(&th->relay, &th->pub, &bc, g.cfg.db_url);
+  if (rc == 0 && g.def->bus_init != NULL) rc = g.def->bus_init(&th->pub, th->pub.bus);
+  if (rc == 0) rc = bus_client_start(th->pub.bus);
+  if (rc < 0) {
+    RT_ERROR("bus set-up failed", RT_LF_STR("error", rt_strerror(rc)));
+  } else {
+    RT_INFO("outbox relay started", RT_LF_STR("bus_host", g.cfg.bus_host),
+            RT_LF_INT("bus_port", g.cfg.bus_port));
+  }
   return rc;
 }
 
@@ -697,6 +750,7 @@ static int thread_setup(rt_loop_t *loop, uint32_t index, void *arg) {
   /* After the server's own hook: it stops accepting first. */
   rc = rt_loop_on_drain(loop, on_drain, th);
   if (rc == 0 && g.def->thread_init != NULL) rc = g.def->thread_init(&th->pub);
+  if (rc == 0 && index == 0 && g.cfg.bus_on) rc = bus_setup(th);
   if (rc < 0) return rc;
   if (index == 0) rt_timer_start(loop, &th->prune_timer, 60000, PRUNE_PERIOD_MS);
   atomic_store(&g.ready[index], th);
@@ -714,6 +768,7 @@ static void threads_free(void) {
     if (th == NULL) continue;
     atomic_store(&g.ready[i], NULL);
     http_server_destroy(th->pub.server);
+    svc_relay_free(th->relay);
     rt_pg_pool_destroy(th->pub.pool);
     if (th->reqs.mem != NULL) {
       /* A drain that hit its deadline leaves requests behind. */
@@ -758,6 +813,7 @@ static void usage(FILE *f, const svc_def_t *def) {
           "  DB_WAIT               wait for the database at start-up (30s)\n"
           "  SVC_REQUESTS_MAX      requests in flight per thread, 503 above (4096)\n"
           "  SVC_WORKERS           worker threads for CPU-heavy work (2)\n"
+          "  BUS_ADDR              busd, host:port, or off     (127.0.0.1:7400)\n"
           "  LOG_LEVEL             debug|info|warn|error       (info)\n"
           "  LOG_HASH_KEY          key of hashed log fields    (random per run)\n"
           "  HTTP_*                server limits, as bench_httpd --help lists\n"
@@ -772,6 +828,28 @@ static const char *env_name(const char *suffix) {
   static char name[96];
   snprintf(name, sizeof name, "%s_%s", g.def->env_prefix, suffix);
   return name;
+}
+
+/* BUS_ADDR: "off", or host:port with a numeric host (no blocking name
+ * look-up on the loop) or localhost. */
+static int bus_config(void) {
+  const char *addr = rt_env_str("BUS_ADDR", "127.0.0.1:7400");
+  if (strcmp(addr, "off") == 0) {
+    g.cfg.bus_on = false;
+    return 0;
+  }
+  const char *colon = strrchr(addr, ':');
+  char *end = NULL;
+  unsigned long port = colon ? strtoul(colon + 1, &end, 10) : 0;
+  if (colon == NULL || colon == addr || (size_t)(colon - addr) >= sizeof g.cfg.bus_host ||
+      *end != '\0' || port == 0 || port > 65535) {
+    RT_ERROR("BUS_ADDR must be host:port or off", RT_LF_STR("value", addr));
+    return RT_E_CONFIG;
+  }
+  snprintf(g.cfg.bus_host, sizeof g.cfg.bus_host, "%.*s", (int)(colon - addr), addr);
+  g.cfg.bus_port = (uint16_t)port;
+  g.cfg.bus_on = true;
+  return 0;
 }
 
 static int load_config(void) {
@@ -799,6 +877,7 @@ static int load_config(void) {
   if (rc == 0) rc = rt_env_u32("SVC_WORKERS", 2, 1, WORKERS_MAX, &g.workers);
   if (rc == 0) rc = rt_env_u32("SVC_WORK_QUEUE_MAX", 256, 1, 1u << 16, &g.work_queue_max);
   if (rc == 0) rc = rt_env_ms("DB_WAIT", 30000, &g.db_wait_ms);
+  if (rc == 0) rc = bus_config();
   if (rc == 0) rc = rt_pg_config_from_env(&g.pg, "DB");
   if (rc == 0) rc = http_server_config_from_env(&g.http);
   return rc;

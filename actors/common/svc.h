@@ -38,6 +38,7 @@
 #include <jansson.h>
 #include <libpq-fe.h>
 
+#include "bus.h"
 #include "http.h"
 #include "pg.h"
 #include "rt.h"
@@ -382,6 +383,50 @@ int svc_outbox_add(rt_pg_batch_t *b, const char *topic, const char *key,
                    const char *payload_json);
 
 /* ------------------------------------------------------------------------ */
+/* Bus: outbox relay and inbox                                              */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * BUS_ADDR (host:port, default 127.0.0.1:7400; "off": no bus at all) names
+ * busd. When it is on, loop thread 0 owns one bus client (svc_thread_t.bus)
+ * and runs the outbox relay on it: woken by NOTIFY svc_outbox (a trigger on
+ * outbox inserts, common migration 0003) over its own LISTEN connection,
+ * and by a timer as a fallback, it reads unpublished rows in id order,
+ * publishes each (topic, key, event id = the row's id, payload = the JSON)
+ * and sets published_at only after every row of the batch was PUB_ACKed.
+ * A crash anywhere loses nothing; it only makes the relay send a row again,
+ * which consumers absorb with the inbox below.
+ */
+
+/*
+ * The inbox: table inbox(event_id uuid primary key, topic, received_at),
+ * created by the common migrations. A consumer applies an event with ONE
+ * statement that starts with SVC_INBOX_CTE, changes its state only FROM
+ * inbox_new (a row there means the id was not seen before), and returns at
+ * least one row exactly when it did so, e.g.
+ *
+ *   SVC_INBOX_CTE " INSERT INTO audit_log (...) SELECT $1::uuid, $2, $3, ...
+ *   FROM inbox_new RETURNING seq"
+ *
+ * $1 is the event id and $2 the topic (filled by svc_inbox_apply()); the
+ * service's own parameters start at $3.
+ */
+#define SVC_INBOX_CTE                                                          \
+  "WITH inbox_new AS (INSERT INTO inbox (event_id, topic, received_at)"        \
+  " VALUES ($1::uuid, $2, now()) ON CONFLICT (event_id) DO NOTHING"           \
+  " RETURNING event_id)"
+
+/* Applies delivery d in one transaction on the thread's pool: statement
+ * `stmt` (built on SVC_INBOX_CTE) with the event id and topic as $1, $2 and
+ * `values` as $3... Once it committed, the delivery is ACKed (a duplicate,
+ * whose statement returned no row, is counted and only ACKed again); when
+ * it failed, it is NACKed so busd delivers it again later. Call it from the
+ * subscription's bus_deliver_fn on thread 0. Returns 0, or a negative error
+ * after NACKing. */
+int svc_inbox_apply(svc_thread_t *th, const bus_delivery_t *d, int stmt,
+                    int nparams, const char *const *values);
+
+/* ------------------------------------------------------------------------ */
 /* Worker threads                                                           */
 /* ------------------------------------------------------------------------ */
 
@@ -438,6 +483,9 @@ typedef struct svc_def {
    * NULL): close the service's own clients. */
   void (*thread_drain)(svc_thread_t *th);
   const char *usage_env;   /* extra lines for --help (may be NULL) */
+  /* On loop thread 0, when BUS_ADDR is not "off", before the bus client
+   * connects: subscribe to the service's topics (may be NULL). */
+  int (*bus_init)(svc_thread_t *th, bus_client_t *bus);
 } svc_def_t;
 
 /* The loop thread's state. */
@@ -447,6 +495,7 @@ struct svc_thread {
   http_server_t *server;
   rt_pg_pool_t *pool;
   void *user;              /* the service's own, set by thread_init */
+  bus_client_t *bus;       /* thread 0 with BUS_ADDR on; NULL otherwise */
 };
 
 /* The service's configuration, read once at start-up. */
@@ -458,6 +507,9 @@ typedef struct svc_config {
   const uint8_t *auth_key;
   size_t auth_key_bytes;
   uint32_t auth_max_skew_s;
+  bool bus_on;             /* BUS_ADDR is not "off" */
+  char bus_host[64];
+  uint16_t bus_port;
 } svc_config_t;
 
 const svc_config_t *svc_config(void);
