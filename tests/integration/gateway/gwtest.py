@@ -88,6 +88,8 @@ def start(name, argv, env=None, stdout=None):
     """Starts a process with stderr to TMP/<name>.log; returns (proc, log)."""
     log = os.path.join(TMP, name + ".log")
     full_env = dict(os.environ)
+    # Services started here run without the bus (no busd in these tests).
+    full_env["BUS_ADDR"] = "off"
     full_env.update(env or {})
     with open(log, "ab") as err:
         p = subprocess.Popen(argv, env=full_env, stdin=subprocess.DEVNULL,
