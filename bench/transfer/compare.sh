@@ -126,9 +126,11 @@ SQL
 start_service() {
   local port=$1 bin=$BUILD_DIR/actors/account/account
   step "starting the account service ($BENCH_THREADS thread(s), $BENCH_DB_CONNS db connections each) on 127.0.0.1:$port"
+  # No bus: publishing the outbox is work pgbench does not do. Both sides
+  # still insert the same outbox rows (and fire the same NOTIFY trigger).
   (exec env ACCOUNT_HOST=127.0.0.1 ACCOUNT_PORT="$port" ACCOUNT_THREADS="$BENCH_THREADS" \
     DB_CONNS="$BENCH_DB_CONNS" AUTH_HMAC_KEY="$AUTH_KEY" AUTH_MAX_SKEW=60m LOG_LEVEL=warn \
-    PROFILE_ADDR=127.0.0.1:1 "$bin") </dev/null >"$TMP_DIR/account.log" 2>&1 &
+    PROFILE_ADDR=127.0.0.1:1 BUS_ADDR=off "$bin") </dev/null >"$TMP_DIR/account.log" 2>&1 &
   SERVICE_PID=$!
   if ! wait_http "http://127.0.0.1:$port/readyz" 30 "$SERVICE_PID"; then
     tail -n 20 "$TMP_DIR/account.log" >&2 || true
