@@ -163,17 +163,6 @@ static bool id_param(svc_req_t *req, const char **id) {
   return true;
 }
 
-static json_t *page_json(const rt_pg_batch_t *b, int stmt, int limit) {
-  int rows = rt_pg_rows(b, stmt);
-  json_t *items = json_array();
-  for (int i = 0; i < rows && i < limit; i++) {
-    json_t *item = json_loads(rt_pg_value(b, stmt, i, 1), 0, NULL);
-    if (item != NULL) json_array_append_new(items, item);
-  }
-  const char *next = rows > limit ? rt_pg_value(b, stmt, limit - 1, 0) : NULL;
-  return json_pack("{s:o, s:s?}", "items", items, "next_cursor", next);
-}
-
 /* ------------------------------------------------------------------------ */
 /* POST /v1/accounts                                                        */
 /* ------------------------------------------------------------------------ */
@@ -322,7 +311,7 @@ static void list_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
     svc_reply_db_error(req, err, b);
     return;
   }
-  svc_reply_json(req, 200, page_json(b, 0, *SVC_STATE(req, int)));
+  svc_reply_json(req, 200, svc_page_json(b, 0, *SVC_STATE(req, int)));
 }
 
 static void on_list(svc_req_t *req) {
@@ -364,7 +353,7 @@ static void ledger_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
     svc_reply_error(req, 404, "account_not_found", "no such account");
     return;
   }
-  svc_reply_json(req, 200, page_json(b, 1, *SVC_STATE(req, int)));
+  svc_reply_json(req, 200, svc_page_json(b, 1, *SVC_STATE(req, int)));
 }
 
 static void on_ledger(svc_req_t *req) {

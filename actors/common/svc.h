@@ -270,6 +270,11 @@ bool svc_uuid_valid(const char *s);
 #define SVC_PAGE_LIMIT_MAX 100
 int svc_page(svc_req_t *req, int *limit, char cursor[37]);
 
+/* The page body from statement `stmt` of a batch whose rows are (id, json),
+ * fetched with LIMIT limit + 1: the first `limit` items, and the last one's
+ * id as next_cursor when a further row shows there is more. */
+json_t *svc_page_json(const rt_pg_batch_t *b, int stmt, int limit);
+
 /* ------------------------------------------------------------------------ */
 /* UUID v7                                                                  */
 /* ------------------------------------------------------------------------ */

@@ -205,3 +205,14 @@ int svc_page(svc_req_t *req, int *limit, char cursor[37]) {
   if (n >= 0) snprintf(cursor, 37, "%.36s", buf);
   return 0;
 }
+
+json_t *svc_page_json(const rt_pg_batch_t *b, int stmt, int limit) {
+  int rows = rt_pg_rows(b, stmt);
+  json_t *items = json_array();
+  for (int i = 0; i < rows && i < limit; i++) {
+    json_t *item = json_loads(rt_pg_value(b, stmt, i, 1), 0, NULL);
+    if (item != NULL) json_array_append_new(items, item);
+  }
+  const char *next = rows > limit ? rt_pg_value(b, stmt, limit - 1, 0) : NULL;
+  return json_pack("{s:o, s:s?}", "items", items, "next_cursor", next);
+}

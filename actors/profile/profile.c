@@ -363,15 +363,7 @@ static void list_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
     svc_reply_db_error(req, err, b);
     return;
   }
-  int limit = *SVC_STATE(req, int);
-  int rows = rt_pg_rows(b, 0);
-  json_t *items = json_array();
-  for (int i = 0; i < rows && i < limit; i++) {
-    json_t *item = json_loads(rt_pg_value(b, 0, i, 1), 0, NULL);
-    if (item != NULL) json_array_append_new(items, item);
-  }
-  const char *next = rows > limit ? rt_pg_value(b, 0, limit - 1, 0) : NULL;
-  svc_reply_json(req, 200, json_pack("{s:o, s:s?}", "items", items, "next_cursor", next));
+  svc_reply_json(req, 200, svc_page_json(b, 0, *SVC_STATE(req, int)));
 }
 
 static void on_list(svc_req_t *req) {
