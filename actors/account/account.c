@@ -306,14 +306,6 @@ static void on_get(svc_req_t *req) {
   svc_db(req, b, get_done);
 }
 
-static void list_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
-  if (err != 0) {
-    svc_reply_db_error(req, err, b);
-    return;
-  }
-  svc_reply_json(req, 200, svc_page_json(b, 0, *SVC_STATE(req, int)));
-}
-
 static void on_list(svc_req_t *req) {
   int limit;
   char cursor[37], customer[40];
@@ -336,7 +328,7 @@ static void on_list(svc_req_t *req) {
   if (b == NULL) return;
   const char *vals[] = {who, cursor[0] ? cursor : NULL, lim};
   rt_pg_add(b, s_list, 3, vals);
-  svc_db(req, b, list_done);
+  svc_db(req, b, svc_page_done);
 }
 
 /* ------------------------------------------------------------------------ */

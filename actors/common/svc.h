@@ -275,6 +275,11 @@ int svc_page(svc_req_t *req, int *limit, char cursor[37]);
  * id as next_cursor when a further row shows there is more. */
 json_t *svc_page_json(const rt_pg_batch_t *b, int stmt, int limit);
 
+/* A svc_db() callback for a list whose batch is just the page query
+ * (statement 0) and whose request state is the int limit from svc_page():
+ * answers the page, or the database error. */
+void svc_page_done(svc_req_t *req, rt_pg_batch_t *b, int err);
+
 /* ------------------------------------------------------------------------ */
 /* UUID v7                                                                  */
 /* ------------------------------------------------------------------------ */

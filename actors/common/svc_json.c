@@ -216,3 +216,11 @@ json_t *svc_page_json(const rt_pg_batch_t *b, int stmt, int limit) {
   const char *next = rows > limit ? rt_pg_value(b, stmt, limit - 1, 0) : NULL;
   return json_pack("{s:o, s:s?}", "items", items, "next_cursor", next);
 }
+
+void svc_page_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
+  if (err != 0) {
+    svc_reply_db_error(req, err, b);
+    return;
+  }
+  svc_reply_json(req, 200, svc_page_json(b, 0, *SVC_STATE(req, int)));
+}

@@ -131,11 +131,7 @@ static void list_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
     svc_reply_error(req, 422, "invalid_time", "since and until must be RFC 3339 times");
     return;
   }
-  if (err != 0) {
-    svc_reply_db_error(req, err, b);
-    return;
-  }
-  svc_reply_json(req, 200, svc_page_json(b, 0, *SVC_STATE(req, int)));
+  svc_page_done(req, b, err);
 }
 
 static void on_list(svc_req_t *req) {

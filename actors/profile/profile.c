@@ -358,14 +358,6 @@ static void on_patch(svc_req_t *req) {
 /* GET /v1/customers                                                        */
 /* ------------------------------------------------------------------------ */
 
-static void list_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
-  if (err != 0) {
-    svc_reply_db_error(req, err, b);
-    return;
-  }
-  svc_reply_json(req, 200, svc_page_json(b, 0, *SVC_STATE(req, int)));
-}
-
 static void on_list(svc_req_t *req) {
   int limit;
   char cursor[37];
@@ -377,7 +369,7 @@ static void on_list(svc_req_t *req) {
   if (b == NULL) return;
   const char *vals[] = {cursor[0] ? cursor : NULL, lim};
   rt_pg_add(b, s_list, 2, vals);
-  svc_db(req, b, list_done);
+  svc_db(req, b, svc_page_done);
 }
 
 /* ------------------------------------------------------------------------ */
