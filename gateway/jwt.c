@@ -10,10 +10,12 @@
  * signature check of that algorithm, and the claims are checked here too
  * (libjwt 1.10 does not look at exp, nbf, iss or aud at all).
  */
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <strings.h>
 #include <sys/random.h>
 #include <unistd.h>
@@ -107,6 +109,81 @@ int gw_b64url_decode(const char *in, size_t in_len, uint8_t *out, size_t out_byt
   }
   if (bits > 0 && (acc & ((1u << bits) - 1)) != 0) return -EINVAL;
   return (int)n;
+}
+
+/* Encodes without padding; out must hold 4 * ceil(len / 3) + 1 bytes. */
+static size_t b64url_encode(const uint8_t *in, size_t len, char *out) {
+  static const char alphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  size_t n = 0;
+  uint32_t acc = 0;
+  int bits = 0;
+  for (size_t i = 0; i < len; i++) {
+    acc = (acc << 8) | in[i];
+    bits += 8;
+    while (bits >= 6) {
+      bits -= 6;
+      out[n++] = alphabet[(acc >> bits) & 63];
+    }
+  }
+  if (bits > 0) out[n++] = alphabet[(acc << (6 - bits)) & 63];
+  out[n] = '\0';
+  return n;
+}
+
+/* ------------------------------------------------------------------------ */
+/* ECDSA signatures: one accepted encoding                                  */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * An ECDSA signature (r, s) is also valid as (r, n - s): anyone holding a
+ * token can make a second, different token string that verifies. We sign
+ * with the low s (s <= n / 2, as Bitcoin's BIP 62 and libsecp256k1 do)
+ * and refuse the high one, so each token has exactly one signature; with
+ * the strict base64url of every segment, one token string, which is what
+ * the verified-token cache is keyed on.
+ */
+#define ES256_PART_BYTES 32
+
+/* The order n of P-256 and n / 2 (rounded down), big-endian. */
+static const uint8_t p256_n[ES256_PART_BYTES] = {
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51};
+static const uint8_t p256_half_n[ES256_PART_BYTES] = {
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8};
+
+static bool es256_high_s(const uint8_t sig[2 * ES256_PART_BYTES]) {
+  return memcmp(sig + ES256_PART_BYTES, p256_half_n, ES256_PART_BYTES) > 0;
+}
+
+/* s = n - s, for 0 < s < n. */
+static void es256_negate_s(uint8_t sig[2 * ES256_PART_BYTES]) {
+  uint8_t *sp = sig + ES256_PART_BYTES;
+  int borrow = 0;
+  for (int i = ES256_PART_BYTES - 1; i >= 0; i--) {
+    int d = (int)p256_n[i] - (int)sp[i] - borrow;
+    borrow = d < 0;
+    sp[i] = (uint8_t)(d + (borrow ? 256 : 0));
+  }
+  assert(borrow == 0);
+}
+
+/* Rewrites a freshly signed ES256 token in place with the low s. */
+static int es256_make_low_s(char *token) {
+  char *dot = strrchr(token, '.');
+  if (dot == NULL) return -EINVAL;
+  uint8_t sig[2 * ES256_PART_BYTES];
+  size_t len = strlen(dot + 1);
+  if (gw_b64url_decode(dot + 1, len, sig, sizeof sig) != (int)sizeof sig) return -EINVAL;
+  if (!es256_high_s(sig)) return 0;
+  es256_negate_s(sig);
+  assert(!es256_high_s(sig));
+  char enc[4 * (sizeof sig + 2) / 3 + 1];
+  size_t n = b64url_encode(sig, sizeof sig, enc);
+  if (n != len) return -EINVAL; /* same length by construction */
+  memcpy(dot + 1, enc, n + 1);
+  return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -385,6 +462,11 @@ int gw_jwt_sign(const gw_jwt_keys_t *ks, const gw_jwt_policy_t *p, const char *s
   char *token = rc == 0 ? jwt_encode_str(j) : NULL;
   jwt_free(j);
   if (rc == 0 && token == NULL) rc = -ENOMEM;
+  if (rc == 0 && k->alg == GW_JWT_ES256 && es256_make_low_s(token) < 0) {
+    free(token);
+    token = NULL;
+    rc = GW_E_KEY;
+  }
   if (rc == 0) *token_out = token;
   return rc;
 }
@@ -426,6 +508,19 @@ static int check_header(const gw_jwt_keys_t *ks, json_t *h, const jwt_key_t **ke
   if (k == NULL) return GW_E_TOKEN_KID;
   if (strcmp(alg, alg_name(k->alg)) != 0) return GW_E_TOKEN_ALG;
   *key = k;
+  return 0;
+}
+
+/* The signature segment decoded strictly (OpenSSL's decoder, under
+ * libjwt, would ignore non-zero unused bits), of the right size, and for
+ * ES256 with the low s. */
+static int check_signature_encoding(const jwt_key_t *k, const char *sig, size_t len) {
+  uint8_t buf[1024];
+  int n = gw_b64url_decode(sig, len, buf, sizeof buf);
+  if (n <= 0) return GW_E_TOKEN_SIGNATURE;
+  if (k->alg == GW_JWT_ES256) {
+    if (n != 2 * ES256_PART_BYTES || es256_high_s(buf)) return GW_E_TOKEN_SIGNATURE;
+  }
   return 0;
 }
 
@@ -527,7 +622,8 @@ int gw_jwt_verify(const gw_jwt_keys_t *ks, const gw_jwt_policy_t *p, const char 
   rc = check_header(ks, h, &key);
   json_decref(h);
   if (rc < 0) return rc;
-  rc = check_signature(key, token, len);
+  rc = check_signature_encoding(key, token + dots[1] + 1, len - dots[1] - 1);
+  if (rc == 0) rc = check_signature(key, token, len);
   if (rc < 0) return rc;
   json_t *c = decode_part(token + dots[0] + 1, dots[1] - dots[0] - 1, PAYLOAD_BYTES_MAX);
   if (c == NULL) return GW_E_TOKEN_MALFORMED;

@@ -165,6 +165,14 @@ bool gw_admit(gw_thread_t *th, http_exchange_t *ex, const gw_route_t *route,
     if (!rate_ok(th, ex, route, NULL, app->rl_addr, peer->bytes, sizeof peer->bytes))
       return false;
   }
+  /* Two credentials are one too many: which one would a proxy or a
+   * service behind us pick? Refuse instead of guessing. */
+  if (http_msg_header_count(http_request(ex), "authorization") > 1) {
+    CTR_ADD(th, auth_failed);
+    gw_reply_error(th, ex, route, NULL, 400, "ambiguous_credentials",
+                   "more than one Authorization header", NULL);
+    return false;
+  }
   const char *tok = NULL;
   size_t len = 0;
   int rc = bearer(http_request(ex), &tok, &len);

@@ -13,6 +13,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "rt.h"
@@ -93,3 +94,31 @@ const char *rt_strerror(int err) {
   const char *s = strerrordesc_np(-err);
   return s != NULL ? s : "unknown error";
 }
+
+/* ------------------------------------------------------------------------ */
+/* NEVER / ALWAYS                                                           */
+/* ------------------------------------------------------------------------ */
+
+static _Atomic uint64_t never_hits;
+
+/* Sanitizer builds are the test builds: there the impossible aborts. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define NEVER_ABORTS 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define NEVER_ABORTS 1
+#endif
+#endif
+
+bool rt__never(const char *expr, const char *file, int line) {
+  atomic_fetch_add_explicit(&never_hits, 1, memory_order_relaxed);
+  RT_ERROR("impossible condition", RT_LF_STR("expr", expr), RT_LF_STR("file", file),
+           RT_LF_INT("line", line));
+#ifdef NEVER_ABORTS
+  rt_log_flush();
+  abort();
+#endif
+  return true;
+}
+
+uint64_t rt_never_count(void) { return atomic_load_explicit(&never_hits, memory_order_relaxed); }

@@ -49,6 +49,26 @@ const char *rt_strerror(int err);
 /* Registers the strerror of another module's range [lo, hi] (lo <= hi < 0). */
 void rt_strerror_register(int lo, int hi, const char *(*fn)(int err));
 
+/*
+ * Conditions that cannot happen, handled anyway (SQLite's idiom):
+ *
+ *   if (NEVER(p == NULL)) return -EINVAL;
+ *   if (ALWAYS(index < count)) ...
+ *
+ * Each evaluates to its condition, so the code after it stays the fallback
+ * a release build runs. When the impossible happens, it is logged (with
+ * file and line) and counted; builds with sanitizers, which are what the
+ * tests run, abort there instead, so a test cannot pass over it.
+ */
+#define NEVER(x) ((x) ? rt__never(#x, __FILE__, __LINE__) : false)
+#define ALWAYS(x) ((x) ? true : !rt__never("!(" #x ")", __FILE__, __LINE__))
+
+/* Logs and counts (or aborts, see above); returns true. */
+bool rt__never(const char *expr, const char *file, int line);
+
+/* How many NEVER/ALWAYS conditions have fired in this process. */
+uint64_t rt_never_count(void);
+
 /* ------------------------------------------------------------------------ */
 /* Pools                                                                    */
 /* ------------------------------------------------------------------------ */

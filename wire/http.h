@@ -216,6 +216,10 @@ const char *http_parser_error_reason(const http_parser_t *p);
 /* The value of the first header called `name` (case-insensitive), or NULL. */
 const char *http_msg_header(const http_msg_t *msg, const char *name);
 
+/* How many header fields are called `name` (case-insensitive): a field
+ * that must appear once (credentials) is refused when this is above 1. */
+uint32_t http_msg_header_count(const http_msg_t *msg, const char *name);
+
 /* ------------------------------------------------------------------------ */
 /* Router                                                                   */
 /* ------------------------------------------------------------------------ */

@@ -772,14 +772,24 @@ const char *http_parser_error_reason(const http_parser_t *p) {
   return p->err_reason ? p->err_reason : "";
 }
 
+static bool header_is(const http_header_t *h, const char *name, size_t n) {
+  if (h->name_len != n) return false;
+  uint32_t j = 0;
+  while (j < n && ascii_lower(h->name[j]) == ascii_lower(name[j])) j++;
+  return j == n;
+}
+
 const char *http_msg_header(const http_msg_t *msg, const char *name) {
   size_t n = strlen(name);
-  for (uint32_t i = 0; i < msg->headers_count; i++) {
-    const http_header_t *h = &msg->headers[i];
-    if (h->name_len != n) continue;
-    uint32_t j = 0;
-    while (j < n && ascii_lower(h->name[j]) == ascii_lower(name[j])) j++;
-    if (j == n) return h->value;
-  }
+  for (uint32_t i = 0; i < msg->headers_count; i++)
+    if (header_is(&msg->headers[i], name, n)) return msg->headers[i].value;
   return NULL;
+}
+
+uint32_t http_msg_header_count(const http_msg_t *msg, const char *name) {
+  size_t n = strlen(name);
+  uint32_t count = 0;
+  for (uint32_t i = 0; i < msg->headers_count; i++)
+    if (header_is(&msg->headers[i], name, n)) count++;
+  return count;
 }

@@ -31,6 +31,7 @@
  * Top-ups and withdrawals are the same movement against the system
  * account of the currency.
  */
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -73,15 +74,17 @@ static const svc_stmt_t stmts[] = {
      " AND ($2::uuid IS NULL OR id > $2::uuid) ORDER BY id LIMIT $3::int",
      3},
     {&s_owner, "SELECT customer_id FROM accounts WHERE id = $1::uuid AND kind = 'customer'", 1},
+    /* $1 account, $2 cursor (the seq of the last line shown), $3 limit + 1. */
     {&s_ledger,
-     "SELECT e.id, json_build_object('id', e.id, 'transaction_id', e.transaction_id,"
+     "SELECT e.seq::text, json_build_object('id', e.id, 'seq', e.seq,"
+     " 'transaction_id', e.transaction_id,"
      " 'kind', t.kind, 'amount', e.amount, 'currency', e.currency,"
      " 'balance_after', e.balance_after, 'counterparty_account_id',"
      " CASE WHEN e.amount < 0 THEN t.credit_account_id ELSE t.debit_account_id END,"
      " 'created_at', " TS_JSON("e.created_at") ")::text"
      " FROM ledger_entries e JOIN transactions t ON t.id = e.transaction_id"
-     " WHERE e.account_id = $1::uuid AND ($2::uuid IS NULL OR e.id > $2::uuid)"
-     " ORDER BY e.id LIMIT $3::int",
+     " WHERE e.account_id = $1::uuid AND ($2::bigint IS NULL OR e.seq > $2::bigint)"
+     " ORDER BY e.seq LIMIT $3::int",
      3},
     {&s_precheck,
      "SELECT id, customer_id, currency, status, kind FROM accounts"
@@ -92,35 +95,49 @@ static const svc_stmt_t stmts[] = {
      " AND " SVC_IDEM_CLAIMED("3", "4") " ORDER BY id FOR UPDATE",
      4},
     /* $1 transaction id, $2 kind, $3 debit account, $4 credit account,
-     * $5 amount, $6 currency, $7 created_at, $8 key scope, $9 key,
-     * $10/$11 ledger line ids, $12 event id, $13 topic, $14 event key,
-     * $15 event payload, $16 status and $17 body of the success answer. */
+     * $5 amount, $6 currency, $7 key scope, $8 key, $9/$10 ledger line
+     * ids, $11 event id, $12 topic, $13 event key, $14 event payload, $15
+     * status of the success answer, $16 the account the answer names.
+     *
+     * Each guarded UPDATE takes its account's next entry number and time
+     * under the row lock (migration 0002), and the answer is rendered here
+     * from what was written, so it names the time the ledger shows. */
     {&s_move,
-     "WITH g AS (SELECT 1 WHERE " SVC_IDEM_CLAIMED("8", "9") "),"
-     " d AS (UPDATE accounts SET balance = balance - $5::bigint, updated_at = $7::timestamptz"
+     "WITH g AS (SELECT 1 WHERE " SVC_IDEM_CLAIMED("7", "8") "),"
+     " d AS (UPDATE accounts SET balance = balance - $5::bigint,"
+     "  entries_count = entries_count + 1, updated_at = GREATEST(updated_at, clock_timestamp())"
      "  WHERE id = $3::uuid AND currency = $6 AND status = 'open'"
      "  AND balance >= $5::bigint - overdraft_limit AND EXISTS (SELECT 1 FROM g)"
-     "  RETURNING id, balance),"
-     " c AS (UPDATE accounts SET balance = balance + $5::bigint, updated_at = $7::timestamptz"
+     "  RETURNING id, balance, entries_count, updated_at),"
+     " c AS (UPDATE accounts SET balance = balance + $5::bigint,"
+     "  entries_count = entries_count + 1, updated_at = GREATEST(updated_at, clock_timestamp())"
      "  WHERE id = $4::uuid AND currency = $6 AND status = 'open' AND EXISTS (SELECT 1 FROM d)"
-     "  RETURNING id, balance),"
+     "  RETURNING id, balance, entries_count, updated_at),"
      " t AS (INSERT INTO transactions (id, kind, debit_account_id, credit_account_id, amount,"
      "  currency, created_at)"
-     "  SELECT $1::uuid, $2, $3::uuid, $4::uuid, $5::bigint, $6, $7::timestamptz FROM c"
-     "  RETURNING id),"
-     " e AS (INSERT INTO ledger_entries (id, transaction_id, account_id, amount, currency,"
+     "  SELECT $1::uuid, $2, $3::uuid, $4::uuid, $5::bigint, $6, d.updated_at FROM d, c"
+     "  RETURNING id, created_at),"
+     " e AS (INSERT INTO ledger_entries (id, transaction_id, account_id, seq, amount, currency,"
      "  balance_after, created_at)"
-     "  SELECT $10::uuid, t.id, d.id, -$5::bigint, $6, d.balance, $7::timestamptz FROM t, d"
+     "  SELECT $9::uuid, t.id, d.id, d.entries_count, -$5::bigint, $6, d.balance, d.updated_at"
+     "  FROM t, d"
      "  UNION ALL"
-     "  SELECT $11::uuid, t.id, c.id, $5::bigint, $6, c.balance, $7::timestamptz FROM t, c"
+     "  SELECT $10::uuid, t.id, c.id, c.entries_count, $5::bigint, $6, c.balance, c.updated_at"
+     "  FROM t, c"
      "  RETURNING 1),"
      " o AS (INSERT INTO outbox (id, topic, key, payload, created_at)"
-     "  SELECT $12::uuid, $13, $14, $15::jsonb, now() FROM t RETURNING 1),"
-     " k AS (" SVC_IDEM_STORE_OK("8", "9", "16", "17") " AND EXISTS (SELECT 1 FROM t)"
-     "  RETURNING 1)"
-     " SELECT (SELECT count(*) FROM e), (SELECT count(*) FROM o), (SELECT count(*) FROM k)"
-     " FROM t",
-     17},
+     "  SELECT $11::uuid, $12, $13, $14::jsonb, now() FROM t RETURNING 1),"
+     " r AS (SELECT CASE WHEN $2 = 'transfer' THEN json_build_object('id', t.id, 'kind', $2,"
+     "  'from_account_id', $3::uuid, 'to_account_id', $4::uuid, 'amount', $5::bigint,"
+     "  'currency', $6, 'created_at', " TS_JSON("t.created_at") ")"
+     "  ELSE json_build_object('id', t.id, 'kind', $2, 'account_id', $16::uuid,"
+     "  'amount', $5::bigint, 'currency', $6, 'created_at', " TS_JSON("t.created_at") ")"
+     "  END::text AS body FROM t),"
+     " k AS (" SVC_IDEM_STORE_OK_SQL("7", "8", "15", "(SELECT body FROM r)")
+     "  AND EXISTS (SELECT 1 FROM t) RETURNING 1)"
+     " SELECT (SELECT count(*) FROM e), (SELECT count(*) FROM o), (SELECT count(*) FROM k),"
+     " r.body FROM r",
+     16},
 };
 
 /* ------------------------------------------------------------------------ */
@@ -131,15 +148,6 @@ static const svc_stmt_t stmts[] = {
 static void system_account(const char *currency, char out[37]) {
   snprintf(out, 37, "00000000-0000-7000-8000-000000%02x%02x%02x", (unsigned char)currency[0],
            (unsigned char)currency[1], (unsigned char)currency[2]);
-}
-
-static void now_iso(char out[48]) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  struct tm tm;
-  gmtime_r(&ts.tv_sec, &tm);
-  size_t n = strftime(out, 48, "%Y-%m-%dT%H:%M:%S", &tm);
-  snprintf(out + n, 48 - n, ".%03dZ", (int)(ts.tv_nsec / 1000000L) % 1000);
 }
 
 static bool is_staff(const svc_req_t *req) { return svc_has_role(req, SVC_ROLE_OPERATOR); }
@@ -155,8 +163,8 @@ static void reply_text_json(svc_req_t *req, int status, const char *json) {
 }
 
 static bool id_param(svc_req_t *req, const char **id) {
-  *id = svc_param(req, "id");
-  if (*id == NULL || !svc_uuid_valid(*id)) {
+  *id = svc_param_id(req, "id");
+  if (*id == NULL) {
     svc_reply_error(req, 404, "account_not_found", "no such account");
     return false;
   }
@@ -308,10 +316,10 @@ static void on_get(svc_req_t *req) {
 
 static void on_list(svc_req_t *req) {
   int limit;
-  char cursor[37], customer[40];
-  if (svc_page(req, &limit, cursor) < 0) return;
+  char cursor[SVC_CURSOR_BYTES], customer[40];
+  if (svc_page(req, SVC_CURSOR_UUID, &limit, cursor) < 0) return;
   int n = svc_query(req, "customer_id", customer, sizeof customer);
-  if (n == -EINVAL || (n >= 0 && !svc_uuid_valid(customer))) {
+  if (n == -EINVAL || (n >= 0 && !svc_uuid_canon(customer, customer))) {
     svc_reply_error(req, 422, "invalid_field", "customer_id is not a UUID");
     return;
   }
@@ -351,9 +359,9 @@ static void ledger_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
 static void on_ledger(svc_req_t *req) {
   const char *id;
   int limit;
-  char cursor[37];
+  char cursor[SVC_CURSOR_BYTES];
   if (!id_param(req, &id)) return;
-  if (svc_page(req, &limit, cursor) < 0) return;
+  if (svc_page(req, SVC_CURSOR_SEQ, &limit, cursor) < 0) return;
   *SVC_STATE(req, int) = limit;
   char lim[16];
   snprintf(lim, sizeof lim, "%d", limit + 1);
@@ -390,7 +398,6 @@ typedef struct move_state {
   char currency[4];
   int64_t amount;
   int move_index;
-  char ok_body[512];
 } move_state_t;
 
 static const char insufficient_body[] =
@@ -417,7 +424,7 @@ static void move_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
   if (r == SVC_IDEM_UNKEYED) {
     bool moved = rt_pg_rows(b, st->move_index) == 1;
     status = moved ? 201 : 422;
-    body = moved ? st->ok_body : insufficient_body;
+    body = moved ? rt_pg_value(b, st->move_index, 0, 3) : insufficient_body;
     r = SVC_IDEM_NEW;
   }
   if (r == SVC_IDEM_NEW && status == 201) {
@@ -427,28 +434,23 @@ static void move_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
   svc_idem_reply(req, r, status, body);
 }
 
-static void move_render(move_state_t *st, const char *txid, const char *created_at,
-                        char *payload, size_t payload_bytes) {
+/* The event's payload: ids and amounts, never personal data. */
+static void move_payload(const move_state_t *st, const char *txid, char *payload,
+                         size_t payload_bytes) {
+  int n;
   if (st->kind == MOVE_TRANSFER) {
-    snprintf(st->ok_body, sizeof st->ok_body,
-             "{\"id\":\"%s\",\"kind\":\"transfer\",\"from_account_id\":\"%s\","
-             "\"to_account_id\":\"%s\",\"amount\":%" PRId64 ",\"currency\":\"%s\","
-             "\"created_at\":\"%s\"}",
-             txid, st->account, st->other, st->amount, st->currency, created_at);
-    snprintf(payload, payload_bytes,
-             "{\"transaction_id\":\"%s\",\"from_account_id\":\"%s\",\"to_account_id\":\"%s\","
-             "\"amount\":%" PRId64 ",\"currency\":\"%s\"}",
-             txid, st->account, st->other, st->amount, st->currency);
-    return;
+    n = snprintf(payload, payload_bytes,
+                 "{\"transaction_id\":\"%s\",\"from_account_id\":\"%s\",\"to_account_id\":\"%s\","
+                 "\"amount\":%" PRId64 ",\"currency\":\"%s\"}",
+                 txid, st->account, st->other, st->amount, st->currency);
+  } else {
+    n = snprintf(payload, payload_bytes,
+                 "{\"transaction_id\":\"%s\",\"account_id\":\"%s\",\"amount\":%" PRId64
+                 ",\"currency\":\"%s\"}",
+                 txid, st->account, st->amount, st->currency);
   }
-  snprintf(st->ok_body, sizeof st->ok_body,
-           "{\"id\":\"%s\",\"kind\":\"%s\",\"account_id\":\"%s\",\"amount\":%" PRId64
-           ",\"currency\":\"%s\",\"created_at\":\"%s\"}",
-           txid, move_names[st->kind].kind, st->account, st->amount, st->currency, created_at);
-  snprintf(payload, payload_bytes,
-           "{\"transaction_id\":\"%s\",\"account_id\":\"%s\",\"amount\":%" PRId64
-           ",\"currency\":\"%s\"}",
-           txid, st->account, st->amount, st->currency);
+  assert(n > 0);
+  assert((size_t)n < payload_bytes);
 }
 
 /* The write: one batch, one transaction. */
@@ -456,14 +458,13 @@ static void move_write(svc_req_t *req) {
   move_state_t *st = SVC_STATE(req, move_state_t);
   const char *debit = st->kind == MOVE_TOPUP ? st->other : st->account;
   const char *credit = st->kind == MOVE_TOPUP ? st->account : st->other;
-  char txid[37], e1[37], e2[37], evid[37], created_at[48], amount[24], payload[400];
+  char txid[37], e1[37], e2[37], evid[37], amount[24], payload[400];
   svc_uuid7(txid);
   svc_uuid7(e1);
   svc_uuid7(e2);
   svc_uuid7(evid);
-  now_iso(created_at);
   snprintf(amount, sizeof amount, "%" PRId64, st->amount);
-  move_render(st, txid, created_at, payload, sizeof payload);
+  move_payload(st, txid, payload, sizeof payload);
   rt_pg_batch_t *b = svc_batch(req);
   if (b == NULL) return;
   const char *scope = svc_idem_scope(&st->idem), *key = svc_idem_key(&st->idem);
@@ -471,9 +472,9 @@ static void move_write(svc_req_t *req) {
   const char *lock[] = {debit, credit, scope, key};
   rt_pg_add(b, s_lock, 4, lock);
   const char *move[] = {txid, move_names[st->kind].kind, debit, credit, amount, st->currency,
-                        created_at, scope, key, e1, e2, evid, move_names[st->kind].topic,
-                        st->account, payload, "201", st->ok_body};
-  st->move_index = rt_pg_add(b, s_move, 17, move);
+                        scope, key, e1, e2, evid, move_names[st->kind].topic,
+                        st->account, payload, "201", st->account};
+  st->move_index = rt_pg_add(b, s_move, 16, move);
   svc_idem_add_finish(b, &st->idem, 422, insufficient_body);
   svc_db(req, b, move_done);
 }
@@ -537,7 +538,9 @@ static void move_start(svc_req_t *req, move_kind_t kind, const char *account, co
   } else {
     system_account(st->currency, st->other);
   }
-  if (strcasecmp(st->account, st->other) == 0) {
+  /* A top-up or withdrawal naming a system account is answered by the
+   * read below like any account the caller does not own: 404. */
+  if (kind == MOVE_TRANSFER && strcmp(st->account, st->other) == 0) {
     svc_reply_error(req, 422, "same_account", "source and destination are the same account");
     return;
   }

@@ -131,6 +131,7 @@ typedef struct svc_req {
   const struct svc_route *route;
   svc_identity_t who;
   json_t *body;             /* the parsed body of routes with json_body */
+  char param_id[37];        /* svc_param_id()'s canonical id */
   uint64_t started_ns;
   void (*db_fn)(struct svc_req *req, rt_pg_batch_t *b, int err);
   void (*work_done)(struct svc_req *req, void *arg);
@@ -208,7 +209,9 @@ typedef enum svc_type {
   SVC_T_INT64,      /* JSON integer, any int64 */
   SVC_T_AMOUNT,     /* JSON integer, 1..INT64_MAX minor units */
   SVC_T_CURRENCY,   /* ISO 4217 code from svc_currency_valid() */
-  SVC_T_UUID,       /* canonical lowercase or uppercase 8-4-4-4-12 */
+  SVC_T_UUID,       /* 8-4-4-4-12 hex in either case; svc_json_check()
+                     * rewrites it in lowercase, the one form the
+                     * services store and compare */
   SVC_T_BOOL,
 } svc_type_t;
 
@@ -241,9 +244,10 @@ typedef struct svc_json_error {
 int svc_json_parse(const char *body, size_t len, json_t **out,
                    svc_json_error_t *err);
 
-/* Checks obj against the fields: unknown keys, types, required, values.
- * Returns 0 or -1 with err filled (the first problem, fields in order). */
-int svc_json_check(const json_t *obj, const svc_field_t *fields,
+/* Checks obj against the fields: unknown keys, types, required, values;
+ * UUID fields are rewritten in canonical lowercase. Returns 0 or -1 with
+ * err filled (the first problem, fields in order). */
+int svc_json_check(json_t *obj, const svc_field_t *fields,
                    size_t fields_count, svc_json_error_t *err);
 
 /* Answers err (and frees the request). */
@@ -260,19 +264,49 @@ bool svc_currency_valid(const char *code);
 /* The fixed list of currencies svc_currency_valid() accepts. */
 const char *const *svc_currencies(size_t *count);
 
-/* True for a canonical UUID text (36 chars, hex and dashes). */
+/* True for a UUID text (36 chars, hex in either case and dashes). */
 bool svc_uuid_valid(const char *s);
 
-/* Cursor pagination: reads ?limit= (1..SVC_PAGE_LIMIT_MAX, default 50) and
- * ?cursor= (the id of the last item of the previous page, "" when absent).
- * Returns 0, or -1 after answering 422. Lists answer
- * {"items":[...],"next_cursor":id-or-null}. */
-#define SVC_PAGE_LIMIT_MAX 100
-int svc_page(svc_req_t *req, int *limit, char cursor[37]);
+/* Writes the canonical (lowercase) form of a UUID text into out and
+ * returns true; false when s is not a UUID. RFC 9562 makes UUIDs case-
+ * insensitive on input; every id leaves a service in lowercase, and every
+ * id that enters one goes through here (or through svc_json_check()), so
+ * an id never compares unequal to itself in another case. */
+bool svc_uuid_canon(const char *s, char out[37]);
 
-/* The page body from statement `stmt` of a batch whose rows are (id, json),
+/* The path parameter `name` as a canonical UUID, in storage owned by the
+ * request; NULL when absent or not a UUID (the caller answers 404). */
+const char *svc_param_id(svc_req_t *req, const char *name);
+
+/*
+ * Cursor pagination. A list is ordered by a key that never changes and a
+ * cursor is the key of the last item shown, so pages neither repeat nor
+ * skip the rows that are there. Lists that clients follow while rows are
+ * added (a ledger, the audit log) are ordered by a key assigned in commit
+ * order under a lock (a per-account sequence, the audit chain), so a row
+ * that becomes visible later always sorts after every cursor already
+ * handed out. Lists ordered by id (accounts, customers, payments) show
+ * each row that was committed before the first page exactly once; a row
+ * created while a client pages may or may not appear.
+ */
+typedef enum svc_cursor_kind {
+  SVC_CURSOR_UUID = 1, /* an id, canonicalised */
+  SVC_CURSOR_SEQ,      /* a decimal sequence number, 0..INT64_MAX */
+} svc_cursor_kind_t;
+
+#define SVC_CURSOR_BYTES 40
+
+/* Reads ?limit= (1..SVC_PAGE_LIMIT_MAX, default 50) and ?cursor= (the key
+ * of the last item of the previous page, "" when absent) of the given
+ * kind. Returns 0, or -1 after answering 422. Lists answer
+ * {"items":[...],"next_cursor":key-or-null}. */
+#define SVC_PAGE_LIMIT_MAX 100
+int svc_page(svc_req_t *req, svc_cursor_kind_t kind, int *limit,
+             char cursor[SVC_CURSOR_BYTES]);
+
+/* The page body from statement `stmt` of a batch whose rows are (key, json),
  * fetched with LIMIT limit + 1: the first `limit` items, and the last one's
- * id as next_cursor when a further row shows there is more. */
+ * key as next_cursor when a further row shows there is more. */
 json_t *svc_page_json(const rt_pg_batch_t *b, int stmt, int limit);
 
 /* A svc_db() callback for a list whose batch is just the page query
@@ -330,7 +364,11 @@ void svc_uuid7(char out[37]);
 /* An UPDATE that stores the success response; use inside a CTE that runs
  * only when the change happened. ST and BODY are parameter numbers. */
 #define SVC_IDEM_STORE_OK(S, K, ST, BODY)                                      \
-  "UPDATE idempotency_keys SET status = $" ST "::int, response_body = $" BODY \
+  SVC_IDEM_STORE_OK_SQL(S, K, ST, "$" BODY)
+/* The same with the body given as an SQL expression, e.g. a scalar
+ * subquery on a CTE that renders the response in the database. */
+#define SVC_IDEM_STORE_OK_SQL(S, K, ST, EXPR)                                  \
+  "UPDATE idempotency_keys SET status = $" ST "::int, response_body = " EXPR  \
   " WHERE scope = $" S " AND key = $" K " AND status = 0"
 
 typedef struct svc_idem {

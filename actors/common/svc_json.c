@@ -60,6 +60,17 @@ bool svc_uuid_valid(const char *s) {
   return true;
 }
 
+bool svc_uuid_canon(const char *s, char out[37]) {
+  if (!svc_uuid_valid(s)) return false;
+  for (int i = 0; i < 36; i++) out[i] = (s[i] >= 'A' && s[i] <= 'F') ? (char)(s[i] - 'A' + 'a') : s[i];
+  out[36] = '\0';
+  return true;
+}
+
+const char *svc_param_id(svc_req_t *req, const char *name) {
+  return svc_uuid_canon(svc_param(req, name), req->param_id) ? req->param_id : NULL;
+}
+
 __attribute__((format(printf, 4, 5)))
 static int fail(svc_json_error_t *err, int status, const char *code, const char *fmt, ...) {
   err->status = status;
@@ -105,7 +116,7 @@ static bool utf8_string_ok(const json_t *v, size_t max) {
   return len > 0 && len <= max;
 }
 
-static int check_value(const svc_field_t *f, const json_t *v, svc_json_error_t *err) {
+static int check_value(const svc_field_t *f, json_t *v, svc_json_error_t *err) {
   switch (f->type) {
   case SVC_T_STRING:
   case SVC_T_CURRENCY:
@@ -129,10 +140,14 @@ static int check_value(const svc_field_t *f, const json_t *v, svc_json_error_t *
     if (!svc_currency_valid(json_string_value(v)))
       return fail(err, 422, "invalid_currency", "field '%s' is not a supported ISO 4217 code", f->name);
     break;
-  case SVC_T_UUID:
-    if (!svc_uuid_valid(json_string_value(v)))
+  case SVC_T_UUID: {
+    char canon[37];
+    if (!svc_uuid_canon(json_string_value(v), canon))
       return fail(err, 422, "invalid_field", "field '%s' is not a UUID", f->name);
+    if (json_string_set(v, canon) != 0)
+      return fail(err, 400, "invalid_field", "field '%s' cannot be read", f->name);
     break;
+  }
   case SVC_T_AMOUNT:
     if (json_integer_value(v) <= 0)
       return fail(err, 422, "invalid_amount", "field '%s' must be a positive number of minor units", f->name);
@@ -143,11 +158,11 @@ static int check_value(const svc_field_t *f, const json_t *v, svc_json_error_t *
   return 0;
 }
 
-int svc_json_check(const json_t *obj, const svc_field_t *fields, size_t n,
+int svc_json_check(json_t *obj, const svc_field_t *fields, size_t n,
                    svc_json_error_t *err) {
   const char *key;
   json_t *v;
-  json_object_foreach((json_t *)obj, key, v) {
+  json_object_foreach(obj, key, v) {
     if (field_find(fields, n, key) == NULL) {
       /* The name is the client's own text: cut, and quoted by jansson when
        * the error is rendered. */
@@ -182,8 +197,25 @@ int64_t svc_json_int(const json_t *obj, const char *name) {
   return (int64_t)json_integer_value(json_object_get(obj, name));
 }
 
-int svc_page(svc_req_t *req, int *limit, char cursor[37]) {
-  char buf[40];
+/* A cursor of the list's kind, canonicalised into out; false when bad. */
+static bool cursor_ok(svc_cursor_kind_t kind, const char *in, size_t len,
+                      char out[SVC_CURSOR_BYTES]) {
+  if (kind == SVC_CURSOR_UUID) return svc_uuid_canon(in, out);
+  if (NEVER(kind != SVC_CURSOR_SEQ)) return false;
+  if (len == 0 || len > 19) return false;
+  for (size_t i = 0; i < len; i++)
+    if (in[i] < '0' || in[i] > '9') return false;
+  errno = 0;
+  char *end = NULL;
+  long long v = strtoll(in, &end, 10);
+  if (errno != 0 || *end != '\0' || v < 0) return false;
+  snprintf(out, SVC_CURSOR_BYTES, "%lld", v);
+  return true;
+}
+
+int svc_page(svc_req_t *req, svc_cursor_kind_t kind, int *limit,
+             char cursor[SVC_CURSOR_BYTES]) {
+  char buf[SVC_CURSOR_BYTES + 8];
   *limit = 50;
   cursor[0] = '\0';
   int n = svc_query(req, "limit", buf, sizeof buf);
@@ -198,11 +230,11 @@ int svc_page(svc_req_t *req, int *limit, char cursor[37]) {
     return -1;
   }
   n = svc_query(req, "cursor", buf, sizeof buf);
-  if (n == -EINVAL || (n >= 0 && !svc_uuid_valid(buf))) {
+  if (n == -EINVAL || (n >= 0 && !cursor_ok(kind, buf, (size_t)n, cursor))) {
+    cursor[0] = '\0';
     svc_reply_error(req, 422, "invalid_cursor", "cursor is not valid");
     return -1;
   }
-  if (n >= 0) snprintf(cursor, 37, "%.36s", buf);
   return 0;
 }
 

@@ -136,9 +136,9 @@ static void list_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
 
 static void on_list(svc_req_t *req) {
   int limit;
-  char cursor[37];
+  char cursor[SVC_CURSOR_BYTES];
   char topic[BUS_NAME_BYTES_MAX + 1], since[EVENT_TIME_BYTES_MAX], until[EVENT_TIME_BYTES_MAX];
-  if (svc_page(req, &limit, cursor) < 0) return;
+  if (svc_page(req, SVC_CURSOR_UUID, &limit, cursor) < 0) return;
   int tn = svc_query(req, "topic", topic, sizeof topic);
   if (tn == -EINVAL || (tn >= 0 && !bus_name_valid((const uint8_t *)topic, (size_t)tn))) {
     svc_reply_error(req, 422, "invalid_topic", "topic is not a valid topic name");

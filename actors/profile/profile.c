@@ -224,8 +224,8 @@ static void get_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
 }
 
 static bool id_param(svc_req_t *req, const char **id) {
-  *id = svc_param(req, "id");
-  if (*id == NULL || !svc_uuid_valid(*id)) {
+  *id = svc_param_id(req, "id");
+  if (*id == NULL) {
     svc_reply_error(req, 404, "not_found", "no such customer");
     return false;
   }
@@ -255,7 +255,7 @@ static void status_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
     svc_reply_error(req, 404, "not_found", "no such customer");
     return;
   }
-  svc_reply_json(req, 200, json_pack("{s:s, s:s}", "id", svc_param(req, "id"), "status",
+  svc_reply_json(req, 200, json_pack("{s:s, s:s}", "id", req->param_id, "status",
                                      rt_pg_value(b, 0, 0, 0)));
 }
 
@@ -360,8 +360,8 @@ static void on_patch(svc_req_t *req) {
 
 static void on_list(svc_req_t *req) {
   int limit;
-  char cursor[37];
-  if (svc_page(req, &limit, cursor) < 0) return;
+  char cursor[SVC_CURSOR_BYTES];
+  if (svc_page(req, SVC_CURSOR_UUID, &limit, cursor) < 0) return;
   *SVC_STATE(req, int) = limit;
   char lim[16];
   snprintf(lim, sizeof lim, "%d", limit + 1);

@@ -148,6 +148,24 @@ def check_headers(gw, tool, certs, inspector):
     t.check("a client's safe X-Request-Id is kept", rid == ["client-rid-42"])
     t.check("answers from the service keep their own headers (X-Service)", h.get("x-service") == "inspector")
     t.check("HSTS on every answer", "max-age" in h.get("strict-transport-security", ""))
+    # Two Authorization headers, even two valid ones: ambiguous, refused.
+    other = t.mint(tool, certs, "k2", "cust-8", ["customer"])
+    before = len(inspector.seen)
+    c = gw.connection()
+    try:
+        c.putrequest("GET", "/v1/accounts?dup=1")
+        c.putheader("Authorization", "Bearer " + token)
+        c.putheader("Authorization", "Bearer " + other)
+        c.endheaders()
+        r = c.getresponse()
+        body = json.loads(r.read() or b"{}")
+        t.check("two Authorization headers: 400 ambiguous_credentials",
+                r.status == 400 and body.get("error", {}).get("code") == "ambiguous_credentials",
+                (r.status, body))
+    finally:
+        c.close()
+    t.check("the ambiguous request never reached the service",
+            not any(rec["path"].startswith("/v1/accounts?dup") for rec in inspector.seen[before:]))
 
 
 def check_routing(gw):

@@ -18,7 +18,7 @@
 
 #include "gw.h"
 
-#define CORPUS_MAX 40
+#define CORPUS_MAX 48
 #define CORPUS_TOKEN_BYTES 2048
 
 /* A signing key: the private scalar and its public key as PEM. */
@@ -141,9 +141,39 @@ static size_t corpus_signing_input(char *out, const char *header, const char *pa
   return n;
 }
 
-/* An ES256 token: raw r||s over SHA-256 of the signing input. */
-static void corpus_es256(char *out, const char *header, const char *payload,
-                         const corpus_key_t *k) {
+/* The order of P-256, big-endian: s and n - s both verify. */
+static const unsigned char corpus_p256_n[32] = {
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51};
+
+/* s := n - s */
+static void corpus_negate_s(unsigned char *s) {
+  int borrow = 0;
+  for (int i = 31; i >= 0; i--) {
+    int d = (int)corpus_p256_n[i] - (int)s[i] - borrow;
+    borrow = d < 0;
+    s[i] = (unsigned char)(d + (borrow ? 256 : 0));
+  }
+}
+
+/* True when s > n / 2, comparing 2s with n. */
+static int corpus_s_is_high(const unsigned char *s) {
+  unsigned char twice[33];
+  int carry = 0;
+  for (int i = 31; i >= 0; i--) {
+    int v = 2 * s[i] + carry;
+    twice[i + 1] = (unsigned char)v;
+    carry = v >> 8;
+  }
+  twice[0] = (unsigned char)carry;
+  if (twice[0] != 0) return 1;
+  return memcmp(twice + 1, corpus_p256_n, 32) > 0;
+}
+
+/* An ES256 token: raw r||s over SHA-256 of the signing input, with the
+ * low s (what the gateway issues and accepts) or the high one. */
+static void corpus_es256_s(char *out, const char *header, const char *payload,
+                           const corpus_key_t *k, int want_high) {
   size_t n = corpus_signing_input(out, header, payload);
   unsigned char h[32], sig[132];
   br_sha256_context c;
@@ -151,8 +181,14 @@ static void corpus_es256(char *out, const char *header, const char *payload,
   br_sha256_update(&c, out, n);
   br_sha256_out(&c, h);
   size_t slen = br_ecdsa_i31_sign_raw(br_ec_get_default(), &br_sha256_vtable, h, &k->sk, sig);
+  if (slen == 64 && corpus_s_is_high(sig + 32) != want_high) corpus_negate_s(sig + 32);
   out[n++] = '.';
   corpus_b64url(out + n, sig, slen);
+}
+
+static void corpus_es256(char *out, const char *header, const char *payload,
+                         const corpus_key_t *k) {
+  corpus_es256_s(out, header, payload, k, 0);
 }
 
 /* An HS256 token keyed with `secret` (the public key text, in the attack). */
@@ -262,6 +298,19 @@ static void corpus_signature(corpus_item_t *items, size_t *n, const gw_jwt_polic
   char rest[256];
   snprintf(rest, sizeof rest, "%s", strrchr(t->token, '.'));
   snprintf(t->token, CORPUS_TOKEN_BYTES, "%s%s", in, rest);
+  /* The same signature as (r, n - s): valid ECDSA, refused as a second
+   * encoding of one token. */
+  corpus_es256_s(corpus_add(items, n, "high_s_signature", GW_E_TOKEN_SIGNATURE)->token, h, c,
+                 k1, 1);
+  /* The last character of a 64-byte signature carries 2 bits and 4
+   * unused ones: setting one of those decodes to the same bytes in a
+   * lenient decoder. */
+  corpus_item_t *lb = corpus_add(items, n, "signature_unused_bits_set", GW_E_TOKEN_SIGNATURE);
+  corpus_es256(lb->token, h, c, k1);
+  char *last = lb->token + strlen(lb->token) - 1;
+  static const char alphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  *last = alphabet[(strchr(alphabet, *last) - alphabet) | 1];
 }
 
 /* Claims: times, issuer, audience, typ, kid, roles, header extensions. */

@@ -87,6 +87,32 @@ static void test_sign_roundtrip_two_kids(void) {
   }
 }
 
+/* Every token the gateway signs carries the low s, and verifies; the same
+ * token with the high s does not. Random nonces make s high about half
+ * the time, so 64 tokens exercise both branches of the signer. */
+static void test_sign_low_s(void) {
+  int64_t now = (int64_t)time(NULL);
+  T_REQUIRE(gw_jwt_keys_set_signer(keys, k1.kid) == 0);
+  for (int i = 0; i < 64; i++) {
+    char *tok = NULL;
+    T_REQUIRE(gw_jwt_sign(keys, &policy, "cust-low-s", GW_ROLE_CUSTOMER, now, &tok) == 0);
+    char *dot = strrchr(tok, '.');
+    uint8_t sig[64];
+    T_REQUIRE(gw_b64url_decode(dot + 1, strlen(dot + 1), sig, sizeof sig) == 64);
+    T_CHECK(!corpus_s_is_high(sig + 32));
+    gw_identity_t id;
+    T_CHECK_EQ_INT(gw_jwt_verify(keys, &policy, tok, strlen(tok), now, &id), 0);
+    corpus_negate_s(sig + 32);
+    char high[CORPUS_TOKEN_BYTES];
+    size_t head = (size_t)(dot + 1 - tok);
+    memcpy(high, tok, head);
+    corpus_b64url(high + head, sig, sizeof sig);
+    T_CHECK_EQ_INT(gw_jwt_verify(keys, &policy, high, strlen(high), now, &id),
+                   GW_E_TOKEN_SIGNATURE);
+    free(tok);
+  }
+}
+
 static void test_key_rules(void) {
   gw_jwt_keys_t *ks = NULL;
   T_REQUIRE(gw_jwt_keys_create(&ks) == 0);
@@ -152,6 +178,7 @@ int main(void) {
   T_RUN(test_corpus);
   T_RUN(test_valid_identity);
   T_RUN(test_sign_roundtrip_two_kids);
+  T_RUN(test_sign_low_s);
   T_RUN(test_key_rules);
   T_RUN(test_b64url);
   T_RUN(test_roles);

@@ -1,0 +1,433 @@
+"""The shared harness of the Python integration tests.
+
+Real processes on free loopback ports, real PostgreSQL (the URLs come from
+`deploy/pg env`), plain HTTP with the identity headers the gateway would
+sign. A test imports this module, starts what it needs with Proc or
+Platform, checks with check(), and ends with finish(), which prints
+"N passed, N failed" and the exit status. Everything started here is
+stopped at exit, whatever happened to the test.
+"""
+import atexit
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+
+KEY = "integration-test-key-%s" % uuid.uuid4().hex
+WORK_DIR = tempfile.mkdtemp(prefix="paytest-")
+PROCS = []
+_counts = {"passed": 0, "failed": 0}
+
+
+def check(cond, what):
+    """Counts one check; prints where a failed one was made."""
+    if cond:
+        _counts["passed"] += 1
+    else:
+        _counts["failed"] += 1
+        frame = traceback.extract_stack(limit=2)[0]
+        print("%s:%d: check failed: %s" % (os.path.basename(frame.filename), frame.lineno, what),
+              file=sys.stderr, flush=True)
+    return cond
+
+
+def failed():
+    return _counts["failed"]
+
+
+def finish(keep_logs_on_failure=True):
+    """Stops everything, prints the counts, returns the exit status."""
+    stop_all()
+    print("%d passed, %d failed" % (_counts["passed"], _counts["failed"]), flush=True)
+    if _counts["failed"] and keep_logs_on_failure:
+        print("logs kept in " + WORK_DIR, file=sys.stderr)
+    else:
+        shutil.rmtree(WORK_DIR, ignore_errors=True)
+    return 1 if _counts["failed"] or _counts["passed"] == 0 else 0
+
+
+def say(*args):
+    print(*args, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_for(pred, seconds, step=0.05):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+# ---------------------------------------------------------------------------
+# Processes
+
+
+class Proc:
+    """One child process; GET health_path on health_port answers 200 when
+    it is ready. Its output goes to WORK_DIR/<name>.log (appended across
+    restarts)."""
+
+    def __init__(self, name, argv, env, health_port, health_path="/healthz"):
+        self.name, self.argv, self.env = name, list(argv), dict(env)
+        self.health_port, self.health_path = health_port, health_path
+        self.proc = None
+        self.log_path = os.path.join(WORK_DIR, name + ".log")
+        PROCS.append(self)
+
+    def start(self, timeout=60):
+        env = dict(os.environ)
+        env.update(self.env)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, env=env, stdout=log, stderr=log,
+                                         stdin=subprocess.DEVNULL)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("%s exited with %s:\n%s" % (self.name, self.proc.returncode,
+                                                              self.log_tail()))
+            try:
+                if call(self.health_port, "GET", self.health_path, timeout=1)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("%s not ready in %ds:\n%s" % (self.name, timeout, self.log_tail()))
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self):
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, wait_s=20):
+        """SIGTERM, wait_s to drain, then SIGKILL. Returns the exit status
+        (None when it had to be killed)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            return None
+
+    def log_tail(self, n=20):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+    def log_text(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def log_records(self):
+        """The JSON log lines of the process, parsed."""
+        out = []
+        for line in self.log_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+
+def stop_all():
+    for p in reversed(PROCS):
+        try:
+            p.stop()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
+atexit.register(stop_all)
+
+
+# ---------------------------------------------------------------------------
+# HTTP with the identity headers the gateway signs
+
+
+def auth_headers(method, path, subject, roles, ts=None, key=None):
+    ts = str(int(time.time()) if ts is None else ts)
+    msg = "%s|%s|%s|%s|%s" % (subject, roles, method, path.split("?")[0], ts)
+    sig = hmac.new((key or KEY).encode(), msg.encode(), hashlib.sha256).hexdigest()
+    return {"X-Auth-Subject": subject, "X-Auth-Roles": roles, "X-Auth-Timestamp": ts,
+            "X-Auth-Signature": sig}
+
+
+def call(port, method, path, body=None, who=None, headers=None, timeout=10, conn=None):
+    """One request: (status, text, headers lower-cased). who = (subject,
+    roles); body: dict (JSON), str or bytes."""
+    h = {"Content-Type": "application/json"}
+    if who is not None:
+        h.update(auth_headers(method, path, who[0], who[1]))
+    if headers:
+        h.update(headers)
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body)
+    own = conn is None
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=h)
+        r = c.getresponse()
+        data = r.read()
+        return r.status, data.decode(errors="replace"), {k.lower(): v for k, v in r.getheaders()}
+    finally:
+        if own:
+            c.close()
+
+
+def jcall(*args, **kw):
+    """As call(), with the body parsed: (status, doc or None, text, headers)."""
+    status, text, headers = call(*args, **kw)
+    try:
+        doc = json.loads(text) if text else None
+    except ValueError:
+        doc = None
+    return status, doc, text, headers
+
+
+def error_code(doc):
+    try:
+        return doc["error"]["code"]
+    except (TypeError, KeyError):
+        return None
+
+
+def metric(port, name):
+    """The sum of the samples of one metric on a /metrics page, or None."""
+    try:
+        status, text, _ = call(port, "GET", "/metrics")
+    except OSError:
+        return None
+    if status != 200:
+        return None
+    total, seen = 0.0, False
+    for line in text.splitlines():
+        m = re.match(r"^%s(\{[^}]*\})? (\S+)$" % re.escape(name), line)
+        if m:
+            total += float(m.group(2))
+            seen = True
+    return total if seen else None
+
+
+def metric_label(port, name, label):
+    """One sample, name{label}, or None."""
+    status, text, _ = call(port, "GET", "/metrics")
+    for line in text.splitlines() if status == 200 else []:
+        if line.startswith("%s{%s} " % (name, label)):
+            return float(line.split()[-1])
+    return None
+
+
+# ---------------------------------------------------------------------------
+# SQL, through psql
+
+
+def sql(url, query):
+    out = subprocess.run(["psql", url, "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", query],
+                         capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError("psql: " + out.stderr)
+    return out.stdout.strip()
+
+
+def sql_int(url, query):
+    return int(sql(url, query) or 0)
+
+
+def sql_set(url, query):
+    return set(x for x in sql(url, query).split("\n") if x)
+
+
+def sql_rows(url, query, sep="|"):
+    return [line.split(sep) for line in sql(url, query).split("\n") if line]
+
+
+def db_url(service):
+    name = service.upper() + "_DB_URL"
+    url = os.environ.get(name)
+    if not url:
+        print("%s is not set: run deploy/pg start && eval \"$(deploy/pg env)\"" % name,
+              file=sys.stderr)
+        sys.exit(1)
+    return url
+
+
+# ---------------------------------------------------------------------------
+# The platform: busd and the services, each on free ports
+
+
+class Platform:
+    """Starts the processes a test asks for, wired to each other.
+
+    binaries: {"busd": path, "profile": path, ...}; only those given can be
+    started. bus: True to run busd (and BUS_ADDR on in the services), else
+    the services run with BUS_ADDR=off. extra_env: added to every service
+    (per-service dicts in env_for)."""
+
+    SERVICES = ("profile", "account", "payment", "event")
+
+    def __init__(self, binaries, bus=True, extra_env=None, env_for=None):
+        self.bin = dict(binaries)
+        self.bus = bus and "busd" in self.bin
+        self.ports = {name: free_port() for name in self.SERVICES}
+        self.busd_port, self.busd_http = free_port(), free_port()
+        self.busd_dir = os.path.join(WORK_DIR, "busd-data")
+        self.extra_env = dict(extra_env or {})
+        self.env_for = dict(env_for or {})
+        self.procs = {}
+
+    def env(self, name):
+        e = {"AUTH_HMAC_KEY": KEY, "LOG_LEVEL": "info", "DB_CONNS": "2", "ARGON2_M_KIB": "1024",
+             "ARGON2_T_COST": "1",
+             "BUS_ADDR": "127.0.0.1:%d" % self.busd_port if self.bus else "off",
+             "PROFILE_ADDR": "127.0.0.1:%d" % self.ports["profile"],
+             "ACCOUNT_ADDR": "127.0.0.1:%d" % self.ports["account"]}
+        e["%s_PORT" % name.upper()] = str(self.ports[name])
+        e["%s_DB_URL" % name.upper()] = db_url(name)
+        e.update(self.extra_env)
+        e.update(self.env_for.get(name, {}))
+        return e
+
+    def proc(self, name):
+        if name not in self.procs:
+            if name == "busd":
+                env = {"BUSD_PORT": str(self.busd_port), "BUSD_HTTP_PORT": str(self.busd_http),
+                       "BUSD_DATA_DIR": self.busd_dir, "LOG_LEVEL": "info"}
+                env.update(self.env_for.get("busd", {}))
+                self.procs[name] = Proc("busd", [self.bin["busd"]], env, self.busd_http)
+            else:
+                self.procs[name] = Proc(name, [self.bin[name]], self.env(name), self.ports[name])
+        return self.procs[name]
+
+    def start(self, *names):
+        for name in names:
+            self.proc(name).start()
+        return self
+
+    def port(self, name):
+        return self.busd_http if name == "busd" else self.ports[name]
+
+
+# ---------------------------------------------------------------------------
+# Customers, accounts and money through the services
+
+
+class Bank:
+    """Helpers over a running profile and account service."""
+
+    def __init__(self, profile_port, account_port):
+        self.pp, self.ap = profile_port, account_port
+        self.operator = ("op-1", "operator")
+
+    def new_customer(self):
+        email = "T-%s@Example.com" % uuid.uuid4().hex[:12]
+        status, doc, text, _ = jcall(self.pp, "POST", "/v1/customers",
+                                     {"name": "Test Person", "email": email,
+                                      "phone": "+4915100000000", "password": "s3cret-pass"})
+        if status != 201:
+            raise RuntimeError("create customer: %d %s" % (status, text))
+        return doc["id"]
+
+    def new_account(self, customer, currency="EUR", funded=0):
+        status, doc, text, _ = jcall(self.ap, "POST", "/v1/accounts", {"currency": currency},
+                                     who=(customer, "customer"))
+        if status != 201:
+            raise RuntimeError("open account: %d %s" % (status, text))
+        if funded:
+            self.topup(customer, doc["id"], funded, currency)
+        return doc["id"]
+
+    def topup(self, customer, account, amount, currency="EUR"):
+        s, d, t, _ = jcall(self.ap, "POST", "/v1/accounts/%s/topups" % account,
+                           {"amount": amount, "currency": currency}, who=(customer, "customer"),
+                           headers={"Idempotency-Key": "topup-" + uuid.uuid4().hex})
+        if s != 201:
+            raise RuntimeError("topup: %d %s" % (s, t))
+        return d
+
+    def account(self, customer, account):
+        status, doc, _, _ = jcall(self.ap, "GET", "/v1/accounts/" + account,
+                                  who=(customer, "customer"))
+        return doc if status == 200 else None
+
+    def balance(self, customer, account):
+        doc = self.account(customer, account)
+        return doc["balance"] if doc else None
+
+    def statement(self, who, account, limit=100):
+        """Every ledger line of an account, following the cursor."""
+        items, cursor = [], None
+        for _ in range(100000):
+            path = "/v1/accounts/%s/transactions?limit=%d" % (account, limit)
+            if cursor:
+                path += "&cursor=" + cursor
+            s, d, t, _ = jcall(self.ap, "GET", path, who=who)
+            if s != 200:
+                raise RuntimeError("statement: %d %s" % (s, t))
+            items += d["items"]
+            cursor = d["next_cursor"]
+            if not cursor:
+                return items
+        raise RuntimeError("statement: too many pages")
+
+
+def ledger_invariants(url, label):
+    """The double-entry invariants over the whole account database."""
+    neg = sql_int(url, "SELECT count(*) FROM accounts WHERE kind = 'customer'"
+                       " AND balance < -overdraft_limit")
+    check(neg == 0, "%s: no account below its overdraft limit (found %d)" % (label, neg))
+    nonzero = sql(url, "SELECT coalesce(string_agg(currency || '=' || s, ','), '') FROM"
+                       " (SELECT currency, sum(balance) s FROM accounts GROUP BY currency) x"
+                       " WHERE s <> 0")
+    check(nonzero == "", "%s: balances sum to zero per currency (off: %s)" % (label, nonzero))
+    bad_tx = sql_int(url, "SELECT count(*) FROM (SELECT t.id FROM transactions t"
+                          " LEFT JOIN ledger_entries e ON e.transaction_id = t.id"
+                          " GROUP BY t.id HAVING count(e.id) <> 2"
+                          " OR coalesce(sum(e.amount), 0) <> 0) x")
+    check(bad_tx == 0, "%s: every transaction has two lines summing to zero (%d bad)" % (label, bad_tx))
+    drift = sql_int(url, "SELECT count(*) FROM accounts a LEFT JOIN (SELECT account_id,"
+                         " sum(amount) s FROM ledger_entries GROUP BY account_id) l"
+                         " ON l.account_id = a.id WHERE a.balance <> coalesce(l.s, 0)")
+    check(drift == 0, "%s: every balance equals the sum of its ledger lines (%d off)" % (label, drift))
+    chain = sql_int(url, "SELECT count(*) FROM (SELECT balance_after, amount,"
+                         " lag(balance_after) OVER (PARTITION BY account_id ORDER BY seq) prev,"
+                         " seq, lag(seq) OVER (PARTITION BY account_id ORDER BY seq) prev_seq"
+                         " FROM ledger_entries) x WHERE (prev IS NOT NULL AND"
+                         " prev + amount <> balance_after) OR (prev_seq IS NOT NULL AND"
+                         " prev_seq + 1 <> seq) OR (prev_seq IS NULL AND seq <> 1)")
+    check(chain == 0, "%s: every statement chains: seq 1, 2, ... and balance_after adds up"
+          " (%d breaks)" % (label, chain))
+    last = sql_int(url, "SELECT count(*) FROM accounts a WHERE a.entries_count <> (SELECT"
+                        " count(*) FROM ledger_entries e WHERE e.account_id = a.id) OR"
+                        " a.balance <> coalesce((SELECT balance_after FROM ledger_entries e"
+                        " WHERE e.account_id = a.id ORDER BY seq DESC LIMIT 1), 0)")
+    check(last == 0, "%s: each account's last line is its balance (%d off)" % (label, last))
