@@ -123,6 +123,7 @@ typedef struct pg_conn {
   rt_op_t cancel_out;
   rt_timer_t connect_timer;
   rt_timer_t stall_timer;
+  bool listener;       /* the pool's LISTEN connection: never given batches */
   uint64_t stall_seq;  /* the watchdog's head batch when armed */
   rt_pg_batch_t *head; /* batches in flight, oldest first */
   rt_pg_batch_t *tail;
@@ -164,8 +165,18 @@ struct rt_pg_pool {
   bool down;           /* no connection up and the last attempt failed */
   void (*close_done)(void *arg);
   void *close_arg;
+  /* rt_pg_listen(): the channel, and whom to tell. The listener is
+   * conns[config.conns_count], started only when a channel is set. */
+  char listen_channel[64];
+  rt_pg_notify_fn listen_fn;
+  void *listen_arg;
   rt_pg_stats_t stats;
 };
+
+/* Data connections plus the listener, when there is one. */
+static uint32_t conns_total(const rt_pg_pool_t *p) {
+  return p->config.conns_count + (p->listen_fn != NULL ? 1u : 0u);
+}
 
 #define STAT_ADD(p, field, n) \
   atomic_fetch_add_explicit(&(p)->stats.field, (n), memory_order_relaxed)
@@ -180,6 +191,10 @@ static void batch_release(rt_pg_batch_t *b);
 static void conn_continue_close(pg_conn_t *c);
 static void conn_watch(pg_conn_t *c);
 static void pool_closed_timer(rt_timer_t *t);
+static void conn_dispatch(pg_conn_t *c, rt_pg_batch_t *b);
+static void listen_send(pg_conn_t *c);
+static void listen_deliver(pg_conn_t *c);
+static void batch_deadline(rt_timer_t *t);
 
 /* ------------------------------------------------------------------------ */
 /* Errors                                                                   */
@@ -698,7 +713,7 @@ static void pool_flush(rt_timer_t *t) {
   rt_pg_pool_t *p = t->ctx;
   p->in_flush = true;
   pool_pump(p);
-  for (uint32_t i = 0; i < p->config.conns_count; i++) {
+  for (uint32_t i = 0; i < conns_total(p); i++) {
     if (p->conns[i].needs_flush) conn_flush(&p->conns[i]);
   }
   p->in_flush = false;
@@ -824,6 +839,7 @@ static void conn_in_ready(rt_op_t *op, int res, uint32_t flags) {
   }
   conn_read_results(c);
   if (c->state != CONN_READY) return;
+  if (c->listener) listen_deliver(c);
   if (PQstatus(c->pg) == CONNECTION_BAD) {
     conn_fail(c, RT_PG_E_CONN_LOST, RT_PG_E_CONN_LOST);
     return;
@@ -894,7 +910,7 @@ static void conn_fail(pg_conn_t *c, int reason, int batch_err) {
   rt_pg_pool_t *p = c->pool;
   if (c->state == CONN_DOWN) return;
   if (c->state != CONN_CLOSING) {
-    bool was_ready = c->state == CONN_READY;
+    bool was_ready = c->state == CONN_READY && !c->listener;
     c->state = CONN_CLOSING;
     c->close_reason = reason;
     c->needs_flush = false;
@@ -957,6 +973,83 @@ static void conn_connect_failed(pg_conn_t *c, const char *why) {
   pool_update_down(p, true);
 }
 
+/* ------------------------------------------------------------------------ */
+/* The listener                                                             */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Life of the listener: a connection like the others (same connect, same
+ * supervision and back-off), never picked for batches. Each time it is
+ * ready it runs one batch of its own, LISTEN <channel>; when that commits
+ * the pool's listen_fn hears RT_PG_LISTENING, since notifications sent
+ * while it was down are lost and the caller must look for what it missed.
+ * Then each notification that arrives is handed over as RT_PG_NOTIFIED.
+ */
+static void listen_done(rt_pg_batch_t *b, int err, void *ctx) {
+  pg_conn_t *c = ctx;
+  rt_pg_pool_t *p = c->pool;
+  if (err != 0) {
+    RT_WARN("database LISTEN failed", RT_LF_STR("pool", p->name),
+            RT_LF_STR("channel", p->listen_channel), RT_LF_STR("error", rt_strerror(err)));
+    if (c->state == CONN_READY) conn_fail(c, err, err);
+    return;
+  }
+  if (c->state == CONN_READY && !p->closing) p->listen_fn(p->listen_arg, RT_PG_LISTENING);
+}
+
+static void listen_send(pg_conn_t *c) {
+  rt_pg_pool_t *p = c->pool;
+  char sql[96];
+  snprintf(sql, sizeof sql, "LISTEN \"%s\"", p->listen_channel);
+  rt_pg_batch_t *b = rt_pg_batch_new(p);
+  if (b == NULL) {
+    conn_fail(c, -ENOMEM, RT_PG_E_CLOSED);
+    return;
+  }
+  if (rt_pg_add_sql(b, sql, 0, NULL) < 0) {
+    rt_pg_batch_free(b);
+    conn_fail(c, -EINVAL, RT_PG_E_CLOSED);
+    return;
+  }
+  b->cb = listen_done;
+  b->ctx = c;
+  b->seq = ++p->seq;
+  b->submitted_ns = rt_loop_now_ns(p->loop);
+  b->deadline.cb = batch_deadline;
+  if (rt_timer_start(p->loop, &b->deadline, p->config.deadline_ms, 0) < 0) {
+    batch_release(b);
+    conn_fail(c, RT_E_LIMIT, RT_PG_E_CLOSED);
+    return;
+  }
+  conn_dispatch(c, b);
+}
+
+/* Hands over the notifications libpq has parsed; bounded by what one read
+ * brought in. */
+static void listen_deliver(pg_conn_t *c) {
+  rt_pg_pool_t *p = c->pool;
+  PGnotify *n;
+  while (c->state == CONN_READY && (n = PQnotifies(c->pg)) != NULL) {
+    PQfreemem(n);
+    STAT_ADD(p, notifies, 1);
+    if (!p->closing) p->listen_fn(p->listen_arg, RT_PG_NOTIFIED);
+  }
+}
+
+int rt_pg_listen(rt_pg_pool_t *p, const char *channel, rt_pg_notify_fn fn, void *arg) {
+  if (p->started || p->listen_fn != NULL) return -EALREADY;
+  if (fn == NULL || channel == NULL || channel[0] == '\0' ||
+      strlen(channel) >= sizeof p->listen_channel)
+    return -EINVAL;
+  for (const char *ch = channel; *ch != '\0'; ch++)
+    if (!isalnum((unsigned char)*ch) && *ch != '_') return -EINVAL;
+  if (p->config.conns_count + 1u > RT_SUP_CHILDREN_MAX) return RT_E_CONFIG;
+  snprintf(p->listen_channel, sizeof p->listen_channel, "%s", channel);
+  p->listen_fn = fn;
+  p->listen_arg = arg;
+  return 0;
+}
+
 static void conn_ready(pg_conn_t *c) {
   rt_pg_pool_t *p = c->pool;
   rt_timer_stop(p->loop, &c->connect_timer);
@@ -968,6 +1061,13 @@ static void conn_ready(pg_conn_t *c) {
   memset(c->prepared, 0, sizeof c->prepared);
   c->state = CONN_READY;
   STAT_ADD(p, connects, 1);
+  if (c->listener) {
+    RT_DEBUG("database listener connected", RT_LF_STR("pool", p->name),
+             RT_LF_STR("channel", p->listen_channel));
+    conn_arm_in(c);
+    listen_send(c);
+    return;
+  }
   STAT_ADD(p, conns_up, 1);
   RT_DEBUG("database connected", RT_LF_STR("pool", p->name), RT_LF_INT("conn", c->index));
   pool_update_down(p, false);
@@ -1051,7 +1151,7 @@ int rt_pg_pool_create(rt_pg_pool_t **out, rt_loop_t *loop,
   }
   if (rc == 0) rc = pool_conninfo(p);
   if (rc == 0) {
-    p->conns = calloc(p->config.conns_count, sizeof *p->conns);
+    p->conns = calloc(p->config.conns_count + 1u, sizeof *p->conns);
     if (p->conns == NULL) rc = -ENOMEM;
   }
   if (rc == 0) {
@@ -1068,10 +1168,11 @@ int rt_pg_pool_create(rt_pg_pool_t **out, rt_loop_t *loop,
   }
   rt_timer_init(&p->flush_timer, pool_flush, p);
   rt_timer_init(&p->close_timer, pool_closed_timer, p);
-  for (uint32_t i = 0; i < p->config.conns_count; i++) {
+  for (uint32_t i = 0; i <= p->config.conns_count; i++) {
     pg_conn_t *c = &p->conns[i];
     c->pool = p;
     c->index = i;
+    c->listener = i == p->config.conns_count;
     c->fd = -1;
     rt_timer_init(&c->connect_timer, conn_connect_timeout, c);
     rt_timer_init(&c->stall_timer, conn_stalled, c);
@@ -1096,7 +1197,7 @@ int rt_pg_pool_start(rt_pg_pool_t *p) {
   if (p->started) return -EALREADY;
   p->started = true;
   rt_sup_init(&p->sup, p->loop, "pg_sup");
-  for (uint32_t i = 0; i < p->config.conns_count; i++) {
+  for (uint32_t i = 0; i < conns_total(p); i++) {
     pg_conn_t *c = &p->conns[i];
     rt_actor_init(&c->actor, p->loop, "pg_conn", conn_actor, c);
     rt_child_spec_t spec = {
@@ -1212,7 +1313,7 @@ static bool actor_idle(rt_actor_t *a) {
 static void pool_closed_timer(rt_timer_t *t) {
   rt_pg_pool_t *p = t->ctx;
   bool idle = !p->started || actor_idle(&p->sup.actor);
-  for (uint32_t i = 0; p->started && i < p->config.conns_count; i++)
+  for (uint32_t i = 0; p->started && i < conns_total(p); i++)
     idle = idle && actor_idle(&p->conns[i].actor);
   if (!idle) {
     rt_timer_start(p->loop, &p->close_timer, 1, 0);
@@ -1229,13 +1330,13 @@ static void pool_closed_timer(rt_timer_t *t) {
 static void pool_maybe_closed(rt_pg_pool_t *p) {
   if (!p->closing || p->close_done == NULL || p->in_maybe_closed) return;
   if (p->queue_head != NULL) return;
-  for (uint32_t i = 0; i < p->config.conns_count; i++) {
+  for (uint32_t i = 0; i < conns_total(p); i++) {
     if (p->conns[i].in_flight > 0) return;
   }
   p->in_maybe_closed = true;
   if (p->started && !p->sup.actor.stopped) rt_actor_stop(&p->sup.actor, 0);
   bool all_down = true;
-  for (uint32_t i = 0; i < p->config.conns_count; i++) {
+  for (uint32_t i = 0; i < conns_total(p); i++) {
     pg_conn_t *c = &p->conns[i];
     if (c->state == CONN_READY || c->state == CONN_CONNECTING) conn_fail(c, 0, RT_PG_E_CLOSED);
     if (c->state != CONN_DOWN) all_down = false;
@@ -1272,7 +1373,7 @@ static void batch_drop(rt_pg_batch_t *b) {
 
 void rt_pg_pool_destroy(rt_pg_pool_t *p) {
   if (p == NULL) return;
-  for (uint32_t i = 0; p->conns != NULL && i < p->config.conns_count; i++) {
+  for (uint32_t i = 0; p->conns != NULL && i < conns_total(p); i++) {
     pg_conn_t *c = &p->conns[i];
     rt_pg_batch_t *b = c->head;
     while (b != NULL) {

@@ -143,6 +143,7 @@ typedef struct rt_pg_stats {
   _Atomic uint64_t connect_failures; /* attempts that failed */
   _Atomic uint64_t flushes;          /* writes of pipelined batches */
   _Atomic uint64_t latency_us_sum;   /* submit to callback, answered batches */
+  _Atomic uint64_t notifies;         /* notifications heard by the listener */
   _Atomic uint32_t conns_up;
   _Atomic uint32_t queued;
   _Atomic uint32_t in_flight;
@@ -160,6 +161,27 @@ int rt_pg_pool_create(rt_pg_pool_t **out, rt_loop_t *loop,
  * of $n placeholders. Returns RT_PG_E_BATCH_FULL past RT_PG_STMTS_MAX,
  * -EINVAL for transaction control or nparams > RT_PG_PARAMS_MAX. */
 int rt_pg_prepare(rt_pg_pool_t *pool, const char *sql, int nparams);
+
+/* What a listener tells its caller. */
+typedef enum rt_pg_notify {
+  RT_PG_LISTENING = 1, /* LISTEN took effect (again): anything notified
+                        * while the listener was down was lost */
+  RT_PG_NOTIFIED,      /* a notification on the channel arrived */
+} rt_pg_notify_t;
+
+typedef void (*rt_pg_notify_fn)(void *arg, rt_pg_notify_t what);
+
+/* Makes the pool keep one more connection that LISTENs on `channel`
+ * ([A-Za-z0-9_], < 64 bytes) and is never given batches; it connects,
+ * fails and is restarted with back-off like the others. fn runs on the
+ * loop thread: RT_PG_LISTENING each time the LISTEN has taken effect (at
+ * start and after every reconnect), RT_PG_NOTIFIED per notification.
+ * Payloads are not passed on: a notification is a wake-up, what changed
+ * is read from the tables. Call before rt_pg_pool_start(); at most
+ * RT_PG_CONNS_MAX - 1 data connections then. Returns 0, -EALREADY,
+ * -EINVAL or RT_E_CONFIG. */
+int rt_pg_listen(rt_pg_pool_t *pool, const char *channel, rt_pg_notify_fn fn,
+                 void *arg);
 
 /* Starts the supervisor and opens the connections. */
 int rt_pg_pool_start(rt_pg_pool_t *pool);

@@ -168,7 +168,7 @@ typedef struct bus_frame {
   uint32_t max_in_flight;   /* SUB: 1..BUS_MAX_IN_FLIGHT_MAX */
   uint64_t seq;             /* PING PONG: echoed back */
   int32_t code;             /* ERR: a BUS_E_* code */
-  bus_bytes_t message;      /* ERR: for humans */
+  bus_bytes_t message;      /* ERR: for humans; NACK: why (optional) */
 } bus_frame_t;
 
 /* The name of a frame type ("PUB"), or "?" when unknown. */
@@ -387,6 +387,12 @@ int bus_ack(bus_client_t *client, uint32_t sub, uint32_t partition,
  * event goes to "<topic>.dead"). Returns as bus_ack(). */
 int bus_nack(bus_client_t *client, uint32_t sub, uint32_t partition,
              uint64_t offset);
+
+/* The same, saying why (cut to BUS_NACK_WHY_BYTES_MAX): busd keeps the
+ * last reason and puts it in the dead letter's "x-dead-error" header. */
+#define BUS_NACK_WHY_BYTES_MAX 256
+int bus_nack_why(bus_client_t *client, uint32_t sub, uint32_t partition,
+                 uint64_t offset, const char *why);
 
 /* True between the HELLO answer and the loss of the connection. */
 bool bus_client_connected(const bus_client_t *client);

@@ -33,7 +33,7 @@
 
 #include "bus.h"
 
-#define SUBS_MAX 16
+#define SUBS_MAX 64 /* the event service: every topic and its dead letters */
 #define PEND_INLINE_BYTES 512
 #define RETRY_REFUSED_MS 100
 #define NONE UINT32_MAX
@@ -727,7 +727,7 @@ int bus_subscribe(bus_client_t *c, const char *topic, const char *group, uint32_
 }
 
 static int ack_frame(bus_client_t *c, bus_frame_type_t type, uint32_t sub, uint32_t partition,
-                     uint64_t offset) {
+                     uint64_t offset, const char *why) {
   if (sub >= c->subs_count) return -EINVAL;
   if (c->state != ST_UP) return BUS_E_CLOSED;
   const sub_t *s = &c->subs[sub];
@@ -738,17 +738,27 @@ static int ack_frame(bus_client_t *c, bus_frame_type_t type, uint32_t sub, uint3
   f.group = (bus_bytes_t){.ptr = (const uint8_t *)s->group, .len = s->group_len};
   f.partition = partition;
   f.offset = offset;
+  if (why != NULL) {
+    size_t n = strlen(why);
+    f.message = (bus_bytes_t){.ptr = (const uint8_t *)why,
+                              .len = (uint32_t)(n < BUS_NACK_WHY_BYTES_MAX ? n : BUS_NACK_WHY_BYTES_MAX)};
+  }
   int rc = write_frame(c, &f);
   if (rc == 0) conn_send(c);
   return rc;
 }
 
 int bus_ack(bus_client_t *c, uint32_t sub, uint32_t partition, uint64_t offset) {
-  return ack_frame(c, BUS_ACK, sub, partition, offset);
+  return ack_frame(c, BUS_ACK, sub, partition, offset, NULL);
 }
 
 int bus_nack(bus_client_t *c, uint32_t sub, uint32_t partition, uint64_t offset) {
-  return ack_frame(c, BUS_NACK, sub, partition, offset);
+  return ack_frame(c, BUS_NACK, sub, partition, offset, NULL);
+}
+
+int bus_nack_why(bus_client_t *c, uint32_t sub, uint32_t partition, uint64_t offset,
+                 const char *why) {
+  return ack_frame(c, BUS_NACK, sub, partition, offset, why);
 }
 
 bool bus_client_connected(const bus_client_t *c) { return c->state == ST_UP; }

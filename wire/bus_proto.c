@@ -450,6 +450,7 @@ static uint32_t fields_to_encode(const bus_frame_t *f) {
   if ((f->type == BUS_PUB || f->type == BUS_DELIVER) && f->key.len > 0) mask |= B(F_KEY);
   if ((f->type == BUS_PUB || f->type == BUS_DELIVER) && f->headers.len > 0) mask |= B(F_HDR);
   if (f->type == BUS_ERR && f->has_id) mask |= B(F_ID);
+  if (f->type == BUS_NACK && f->message.len > 0) mask |= B(F_MSG); /* why it failed */
   return mask;
 }
 

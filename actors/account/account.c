@@ -53,7 +53,11 @@ static struct {
 
 static int s_open, s_get, s_list, s_owner, s_ledger, s_precheck, s_lock, s_move;
 
-#define TS_JSON(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+/* RFC 3339 in UTC, milliseconds. The colons are written \x3a so that no
+ * ':' stands in a literal: tools that run these statements as they are
+ * (pgbench, in bench/transfer) would take one for a variable. */
+#define TS_JSON(col)                                                           \
+  "to_char(" col " AT TIME ZONE 'UTC', E'YYYY-MM-DD\"T\"HH24\\x3aMI\\x3aSS.MS\"Z\"')"
 
 #define ACCOUNT_JSON                                                            \
   "json_build_object('id', id, 'customer_id', customer_id, 'currency', currency," \
@@ -91,23 +95,22 @@ static const svc_stmt_t stmts[] = {
      " WHERE id = $1::uuid OR id = $2::uuid",
      2},
     {&s_lock,
-     "SELECT id FROM accounts WHERE (id = $1::uuid OR id = $2::uuid)"
-     " AND " SVC_IDEM_CLAIMED("3", "4") " ORDER BY id FOR UPDATE",
-     4},
+     "SELECT id FROM accounts WHERE id = $1::uuid OR id = $2::uuid ORDER BY id FOR UPDATE", 2},
     /* $1 transaction id, $2 kind, $3 debit account, $4 credit account,
      * $5 amount, $6 currency, $7 key scope, $8 key, $9/$10 ledger line
      * ids, $11 event id, $12 topic, $13 event key, $14 event payload, $15
-     * status of the success answer, $16 the account the answer names.
+     * status of the success answer, $16 the account the answer names, $17
+     * the event's headers. The batch's claim of the Idempotency-Key (when
+     * there is one) came first: a duplicate never gets here.
      *
      * Each guarded UPDATE takes its account's next entry number and time
      * under the row lock (migration 0002), and the answer is rendered here
      * from what was written, so it names the time the ledger shows. */
     {&s_move,
-     "WITH g AS (SELECT 1 WHERE " SVC_IDEM_CLAIMED("7", "8") "),"
-     " d AS (UPDATE accounts SET balance = balance - $5::bigint,"
+     "WITH d AS (UPDATE accounts SET balance = balance - $5::bigint,"
      "  entries_count = entries_count + 1, updated_at = GREATEST(updated_at, clock_timestamp())"
      "  WHERE id = $3::uuid AND currency = $6 AND status = 'open'"
-     "  AND balance >= $5::bigint - overdraft_limit AND EXISTS (SELECT 1 FROM g)"
+     "  AND balance >= $5::bigint - overdraft_limit"
      "  RETURNING id, balance, entries_count, updated_at),"
      " c AS (UPDATE accounts SET balance = balance + $5::bigint,"
      "  entries_count = entries_count + 1, updated_at = GREATEST(updated_at, clock_timestamp())"
@@ -125,8 +128,7 @@ static const svc_stmt_t stmts[] = {
      "  SELECT $10::uuid, t.id, c.id, c.entries_count, $5::bigint, $6, c.balance, c.updated_at"
      "  FROM t, c"
      "  RETURNING 1),"
-     " o AS (INSERT INTO outbox (id, topic, key, payload, created_at)"
-     "  SELECT $11::uuid, $12, $13, $14::jsonb, now() FROM t RETURNING 1),"
+     " o AS (" SVC_OUTBOX_INSERT("t", "11", "12", "$13", "$14::jsonb", "17") " RETURNING 1),"
      " r AS (SELECT CASE WHEN $2 = 'transfer' THEN json_build_object('id', t.id, 'kind', $2,"
      "  'from_account_id', $3::uuid, 'to_account_id', $4::uuid, 'amount', $5::bigint,"
      "  'currency', $6, 'created_at', " TS_JSON("t.created_at") ")"
@@ -137,7 +139,7 @@ static const svc_stmt_t stmts[] = {
      "  AND EXISTS (SELECT 1 FROM t) RETURNING 1)"
      " SELECT (SELECT count(*) FROM e), (SELECT count(*) FROM o), (SELECT count(*) FROM k),"
      " r.body FROM r",
-     16},
+     17},
 };
 
 /* ------------------------------------------------------------------------ */
@@ -209,7 +211,9 @@ static void open_insert(svc_req_t *req) {
   snprintf(payload, sizeof payload,
            "{\"account_id\":\"%.36s\",\"customer_id\":\"%.36s\",\"currency\":\"%.3s\"}",
            st->id, st->customer_id, st->currency);
-  svc_outbox_add(b, "account.opened", st->id, payload);
+  svc_trace_t trace;
+  svc_trace_of_request(req, &trace);
+  svc_emit(b, SVC_EV_ACCOUNT_OPENED, st->id, payload, &trace);
   svc_db(req, b, open_done);
 }
 
@@ -383,11 +387,11 @@ typedef enum move_kind { MOVE_TOPUP, MOVE_WITHDRAWAL, MOVE_TRANSFER } move_kind_
 
 static const struct {
   const char *kind;
-  const char *topic;
+  svc_event_type_t event;
 } move_names[] = {
-    [MOVE_TOPUP] = {"topup", "account.topped_up"},
-    [MOVE_WITHDRAWAL] = {"withdrawal", "account.withdrawn"},
-    [MOVE_TRANSFER] = {"transfer", "account.transferred"},
+    [MOVE_TOPUP] = {"topup", SVC_EV_ACCOUNT_TOPPED_UP},
+    [MOVE_WITHDRAWAL] = {"withdrawal", SVC_EV_ACCOUNT_WITHDRAWN},
+    [MOVE_TRANSFER] = {"transfer", SVC_EV_ACCOUNT_TRANSFERRED},
 };
 
 typedef struct move_state {
@@ -458,23 +462,26 @@ static void move_write(svc_req_t *req) {
   move_state_t *st = SVC_STATE(req, move_state_t);
   const char *debit = st->kind == MOVE_TOPUP ? st->other : st->account;
   const char *credit = st->kind == MOVE_TOPUP ? st->account : st->other;
-  char txid[37], e1[37], e2[37], evid[37], amount[24], payload[400];
+  char txid[37], e1[37], e2[37], amount[24], payload[400];
   svc_uuid7(txid);
   svc_uuid7(e1);
   svc_uuid7(e2);
-  svc_uuid7(evid);
+  svc_trace_t trace;
+  svc_trace_of_request(req, &trace);
+  svc_emit_t ev;
+  svc_emit_prepare(&ev, move_names[st->kind].event, &trace);
   snprintf(amount, sizeof amount, "%" PRId64, st->amount);
   move_payload(st, txid, payload, sizeof payload);
   rt_pg_batch_t *b = svc_batch(req);
   if (b == NULL) return;
   const char *scope = svc_idem_scope(&st->idem), *key = svc_idem_key(&st->idem);
   svc_idem_add_claim(b, &st->idem);
-  const char *lock[] = {debit, credit, scope, key};
-  rt_pg_add(b, s_lock, 4, lock);
-  const char *move[] = {txid, move_names[st->kind].kind, debit, credit, amount, st->currency,
-                        scope, key, e1, e2, evid, move_names[st->kind].topic,
-                        st->account, payload, "201", st->account};
-  st->move_index = rt_pg_add(b, s_move, 16, move);
+  const char *lock[] = {debit, credit};
+  rt_pg_add(b, s_lock, 2, lock);
+  const char *move[] = {txid,  move_names[st->kind].kind, debit, credit, amount, st->currency,
+                        scope, key, e1, e2, ev.id, ev.topic, st->account, payload, "201",
+                        st->account, ev.headers};
+  st->move_index = rt_pg_add(b, s_move, 17, move);
   svc_idem_add_finish(b, &st->idem, 422, insufficient_body);
   svc_db(req, b, move_done);
 }
@@ -544,7 +551,7 @@ static void move_start(svc_req_t *req, move_kind_t kind, const char *account, co
     svc_reply_error(req, 422, "same_account", "source and destination are the same account");
     return;
   }
-  if (svc_idem_begin(req, &st->idem) < 0) return;
+  if (svc_idem_begin(req, &st->idem, false) < 0) return;
   rt_pg_batch_t *b = svc_batch(req);
   if (b == NULL) return;
   const char *vals[] = {st->account, st->other};
@@ -658,6 +665,11 @@ static int load_config(void) {
   return rt_env_ms("PROFILE_TIMEOUT", 2000, &cfg.profile_timeout_ms);
 }
 
+static const svc_event_type_t produces[] = {
+    SVC_EV_ACCOUNT_OPENED, SVC_EV_ACCOUNT_TOPPED_UP, SVC_EV_ACCOUNT_WITHDRAWN,
+    SVC_EV_ACCOUNT_TRANSFERRED,
+};
+
 int main(int argc, char **argv) {
   if (load_config() < 0) return 2;
   svc_def_t def = {
@@ -675,6 +687,8 @@ int main(int argc, char **argv) {
       .thread_drain = thread_drain,
       .usage_env = "  PROFILE_ADDR          the profile service, host:port (127.0.0.1:7001)\n"
                    "  PROFILE_TIMEOUT       its answer, at most          (2s)\n",
+      .produces = produces,
+      .produces_count = sizeof produces / sizeof produces[0],
   };
   return svc_main(argc, argv, &def);
 }

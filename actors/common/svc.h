@@ -54,6 +54,8 @@ enum {
   SVC_E_MIGRATION = -4002,    /* a migration failed or was changed */
   SVC_E_DB_WAIT = -4003,      /* the database did not come up at start-up */
   SVC_E_BUSY = -4004,         /* the worker queue is full: 503 */
+  SVC_E_EVENT = -4005,        /* an event's payload lacks what its schema
+                               * says: NACKed, dead-lettered in the end */
 };
 
 #define SVC_E_RANGE_LO (-4099)
@@ -132,6 +134,16 @@ typedef struct svc_req {
   svc_identity_t who;
   json_t *body;             /* the parsed body of routes with json_body */
   char param_id[37];        /* svc_param_id()'s canonical id */
+  struct svc_idem *idem;    /* set by svc_idem_begin(): replays by svc_db() */
+  struct svc_park *park;    /* while parked (svc_park()) */
+  struct {                  /* svc_poll_start()'s long-poll */
+    void (*read)(struct svc_req *req);
+    uint64_t deadline_ns;
+    bool reading;           /* a read is in flight */
+    bool woken;             /* woken during it: read again */
+    bool over;              /* the deadline passed */
+    char key[40];
+  } poll;
   uint64_t started_ns;
   void (*db_fn)(struct svc_req *req, rt_pg_batch_t *b, int err);
   void (*work_done)(struct svc_req *req, void *arg);
@@ -324,51 +336,54 @@ void svc_page_done(svc_req_t *req, rt_pg_batch_t *b, int err);
 void svc_uuid7(char out[37]);
 
 /* ------------------------------------------------------------------------ */
-/* Idempotency-Key                                                          */
+/* Claims: Idempotency-Key and the inbox                                    */
 /* ------------------------------------------------------------------------ */
 
 /*
- * Table idempotency_keys(scope, key, request_hash, status, response_body,
- * created_at), primary key (scope, key); created by the common migrations.
- * The scope is the caller's subject, so keys never collide between callers;
- * request_hash is SHA-256 of method, path and body, so reusing a key for a
- * different request (or another endpoint) is refused with 422.
+ * One mechanism makes both an HTTP write with an Idempotency-Key and the
+ * application of a delivered event happen once: a *claim*, a row of table
+ * claims(scope, key, request_hash, status, response_body, created_at,
+ * expires_at, lock_token, locked_until) with primary key (scope, key),
+ * inserted by the first statement of the very transaction that makes the
+ * change. A second claim of the same (scope, key) violates the key: the
+ * whole transaction rolls back, so a duplicate can change nothing, and the
+ * caller learns it was a duplicate from where the batch failed
+ * (RT_PG_E_UNIQUE at the claim's statement). A concurrent duplicate waits
+ * on the key until the first commits (then fails) or rolls back (then
+ * runs).
  *
- * Protocol, all in the one batch (one transaction) that makes the change:
- *   1. claim:  INSERT (scope, key, hash, status 0) ON CONFLICT DO NOTHING.
- *              A concurrent request with the same key blocks here on the
- *              unique index until the first one commits (then it inserts
- *              nothing) or rolls back (then it inserts and runs): the same
- *              key executes once, and the loser waits, then replays.
- *   2. the service's own statements, each guarded by SVC_IDEM_CLAIMED (the
- *      row is ours and still open: status 0 is only ever visible to the
- *      transaction that inserted it), and on success setting the row's
- *      final status and response body itself (SVC_IDEM_STORE_OK).
- *   3. finish: if the row is still open (the change did not happen, e.g.
- *      insufficient funds) store the failure response; return the row.
- * Then svc_idem_outcome() says: new (answer the stored response), replay
- * (answer the stored response byte for byte, with Idempotent-Replayed:
- * true), or mismatch (422). Without an Idempotency-Key header, claim and
- * finish are left out and the guards pass.
+ *   HTTP   scope = the caller's subject, key = the Idempotency-Key,
+ *          request_hash = SHA-256 of method, path and body; the answer is
+ *          stored with the claim (status, response_body) and replayed byte
+ *          for byte; the same key with another request is refused (422).
+ *          Kept SVC_IDEM_KEEP_HOURS.
+ *   inbox  scope = SVC_INBOX_SCOPE, key = the event id, request_hash = the
+ *          topic. Kept INBOX_KEEP (default 30 days), longer than the bus
+ *          keeps anything it could deliver again.
  *
- * Keys are kept at least SVC_IDEM_KEEP_HOURS; thread 0 prunes older ones.
+ * status: 0 while the claiming transaction runs (nobody else can see that
+ * row: it commits with its final status or not at all); an HTTP status
+ * once answered; -1 for a two-phase claim whose work is under way (below).
+ * Thread 0 deletes expired claims.
  */
 #define SVC_IDEM_KEEP_HOURS 48
 #define SVC_IDEM_KEY_BYTES_MAX 128
+#define SVC_INBOX_SCOPE "#inbox" /* '#' is no subject's character */
 
-/* SQL fragments for a service's statements; S and K are the parameter
- * numbers (as text, e.g. "1", "2") of scope and key. */
+/* SQL fragment for a service statement that must change nothing unless
+ * the request's claim is open in this transaction (two-phase claims, whose
+ * batch does not start with a failing INSERT): S and K are the parameter
+ * numbers of scope and key, as text. True for unkeyed requests. */
 #define SVC_IDEM_CLAIMED(S, K)                                                 \
-  "($" K "::text IS NULL OR EXISTS (SELECT 1 FROM idempotency_keys"            \
+  "($" K "::text IS NULL OR EXISTS (SELECT 1 FROM claims"                      \
   " WHERE scope = $" S " AND key = $" K " AND status = 0))"
-/* An UPDATE that stores the success response; use inside a CTE that runs
- * only when the change happened. ST and BODY are parameter numbers. */
+/* An UPDATE that stores the success answer of a claim; use inside a CTE
+ * that runs only when the change happened. ST and BODY are parameter
+ * numbers; _SQL takes the body as an SQL expression instead. */
 #define SVC_IDEM_STORE_OK(S, K, ST, BODY)                                      \
   SVC_IDEM_STORE_OK_SQL(S, K, ST, "$" BODY)
-/* The same with the body given as an SQL expression, e.g. a scalar
- * subquery on a CTE that renders the response in the database. */
 #define SVC_IDEM_STORE_OK_SQL(S, K, ST, EXPR)                                  \
-  "UPDATE idempotency_keys SET status = $" ST "::int, response_body = " EXPR  \
+  "UPDATE claims SET status = $" ST "::int, response_body = " EXPR            \
   " WHERE scope = $" S " AND key = $" K " AND status = 0"
 
 typedef struct svc_idem {
@@ -376,30 +391,65 @@ typedef struct svc_idem {
   char scope[SVC_SUBJECT_BYTES_MAX];
   char key[SVC_IDEM_KEY_BYTES_MAX + 1];
   char hash[65];
+  char token[37];                          /* two-phase: our lock */
   int claim_index;                         /* statement indexes, -1: none */
   int finish_index;
+  bool reserved;                           /* two-phase claim committed */
+  bool reopened;                           /* ... and reopened in the write */
+  bool settled;                            /* ... and given up */
+  void (*next)(struct svc_req *req);       /* two-phase: the work */
 } svc_idem_t;
 
+/*
+ * One-phase (the change is one transaction): svc_idem_begin(), then in the
+ * write batch svc_idem_add_claim() first and svc_idem_add_finish() last.
+ * When the claim fails as a duplicate, svc_db() does not call the
+ * handler's callback: it reads the stored claim and answers the replay
+ * (Idempotent-Replayed: true), 422 for another request, or 409 while a
+ * two-phase claim is under way. Otherwise svc_idem_outcome() gives the
+ * answer to send.
+ *
+ * Two-phase (the work needs a round trip elsewhere first, e.g. asking
+ * another service): svc_idem_reserve() commits a claim with status -1 and
+ * a lock (30 s) before the work; a second request with the same key gets
+ * 409 meanwhile (or takes the claim over once the lock has lapsed, when
+ * it is the same request). The write batch then starts with
+ * svc_idem_add_reopen() (status back to 0, only if the lock is still
+ * ours), guards its statements with SVC_IDEM_CLAIMED, and ends with
+ * svc_idem_add_finish(). If the lock was lost meanwhile, nothing was
+ * written and the outcome is the other request's.
+ */
+
 /* Reads and checks the Idempotency-Key header (1..128 of [A-Za-z0-9._:-])
- * and hashes the request. Returns 0; or -1 after answering 400 (the
- * request is gone). */
-int svc_idem_begin(svc_req_t *req, svc_idem_t *idem);
+ * and hashes the request. required: a missing key is answered 400
+ * (idempotency_key_required). Returns 0; or -1 after answering 400. */
+int svc_idem_begin(svc_req_t *req, svc_idem_t *idem, bool required);
 
 /* Parameters for the service's own statements: scope and key, or NULLs. */
 const char *svc_idem_scope(const svc_idem_t *idem);
 const char *svc_idem_key(const svc_idem_t *idem);
 
 /* Adds the claim (first in the batch) / the finish (last). No-ops without
- * a key. fail_body is stored when the change did not happen. */
+ * a key. fail_body is stored when the change did not happen (the claim is
+ * still open at the finish). */
 void svc_idem_add_claim(rt_pg_batch_t *b, svc_idem_t *idem);
 void svc_idem_add_finish(rt_pg_batch_t *b, svc_idem_t *idem, int fail_status,
                          const char *fail_body);
+
+/* Two-phase: commits the claim in progress, then calls next(req) when it
+ * is ours; otherwise answers (replay, 409, 422) itself. Without a key,
+ * calls next at once. */
+void svc_idem_reserve(svc_req_t *req, svc_idem_t *idem, void (*next)(svc_req_t *req));
+
+/* Two-phase: the write batch's first statement. */
+void svc_idem_add_reopen(rt_pg_batch_t *b, svc_idem_t *idem);
 
 typedef enum svc_idem_result {
   SVC_IDEM_UNKEYED = 0, /* no key: the service decides from its results */
   SVC_IDEM_NEW,         /* ran now: answer *status / *body */
   SVC_IDEM_REPLAY,      /* ran before: answer *status / *body as stored */
   SVC_IDEM_MISMATCH,    /* same key, different request: 422 */
+  SVC_IDEM_BUSY,        /* the same key's first request is under way: 409 */
 } svc_idem_result_t;
 
 /* Reads the outcome of a committed batch. *body points into the batch's
@@ -408,71 +458,241 @@ svc_idem_result_t svc_idem_outcome(const rt_pg_batch_t *b, const svc_idem_t *ide
                                    int *status, const char **body);
 
 /* Answers a NEW or REPLAY outcome (the latter with Idempotent-Replayed),
- * or the 422 of a MISMATCH. */
+ * the 422 of a MISMATCH, the 409 of BUSY. */
 void svc_idem_reply(svc_req_t *req, svc_idem_result_t r, int status,
                     const char *body);
 
 /* ------------------------------------------------------------------------ */
-/* Outbox                                                                   */
+/* Events: the registry                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef enum svc_event_type {
+#define SVC_EVENT(NAME, topic, key, version, producer) SVC_EV_##NAME,
+#include "events.def"
+#undef SVC_EVENT
+  SVC_EV_COUNT
+} svc_event_type_t;
+
+typedef struct svc_event_def {
+  svc_event_type_t type;
+  const char *topic;      /* also the event's type name */
+  const char *key_field;  /* the payload field that is the bus key */
+  int version;            /* payload schema version */
+  const char *producer;   /* the service that emits it */
+} svc_event_def_t;
+
+/* The definition of a type (never NULL for a valid type). */
+const svc_event_def_t *svc_event_def(svc_event_type_t type);
+
+/* The definition of a topic, or NULL when no event type has it. */
+const svc_event_def_t *svc_event_by_topic(const char *topic, size_t len);
+
+/* ------------------------------------------------------------------------ */
+/* Events: producing (the transactional outbox)                             */
 /* ------------------------------------------------------------------------ */
 
 /*
- * Table outbox(id uuid, topic text, key text, payload jsonb, created_at,
- * published_at NULL); created by the common migrations. A row written in
- * the same transaction as the state change is the event; a relay publishes
- * rows with published_at NULL and sets it after the bus acknowledged them.
- * Payloads carry ids and amounts, never personal data.
- */
-
-/* Adds the event's INSERT to the batch (a new UUID v7 as its id). For a
- * conditional event, write INSERT INTO outbox ... SELECT ... WHERE ... in
- * the service's own statement instead. Returns the statement index. */
-int svc_outbox_add(rt_pg_batch_t *b, const char *topic, const char *key,
-                   const char *payload_json);
-
-/* ------------------------------------------------------------------------ */
-/* Bus: outbox relay and inbox                                              */
-/* ------------------------------------------------------------------------ */
-
-/*
- * BUS_ADDR (host:port, default 127.0.0.1:7400; "off": no bus at all) names
- * busd. When it is on, loop thread 0 owns one bus client (svc_thread_t.bus)
- * and runs the outbox relay on it: woken by NOTIFY svc_outbox (a trigger on
- * outbox inserts, common migration 0003) over its own LISTEN connection,
- * and by a timer as a fallback, it reads unpublished rows in id order,
- * publishes each (topic, key, event id = the row's id, payload = the JSON)
- * and sets published_at only after every row of the batch was PUB_ACKed.
- * A crash anywhere loses nothing; it only makes the relay send a row again,
- * which consumers absorb with the inbox below.
- */
-
-/*
- * The inbox: table inbox(event_id uuid primary key, topic, received_at),
- * created by the common migrations. A consumer applies an event with ONE
- * statement that starts with SVC_INBOX_CTE, changes its state only FROM
- * inbox_new (a row there means the id was not seen before), and returns at
- * least one row exactly when it did so, e.g.
+ * Table outbox(id uuid, topic, key, payload jsonb, headers jsonb,
+ * created_at, published_at NULL), from the common migrations. A row
+ * written in the same transaction as the state change is the event; the
+ * relay publishes rows with published_at NULL and sets it once busd has
+ * made them durable. Payloads carry ids and amounts, never personal data.
  *
- *   SVC_INBOX_CTE " INSERT INTO audit_log (...) SELECT $1::uuid, $2, $3, ...
- *   FROM inbox_new RETURNING seq"
- *
- * $1 is the event id and $2 the topic (filled by svc_inbox_apply()); the
- * service's own parameters start at $3.
+ * Every event carries headers, published on the bus as they are:
+ *   event-id        the event's id (UUID v7, also the outbox row's id)
+ *   type            its topic
+ *   schema-version  the registry's version
+ *   occurred-at     RFC 3339, when the producer wrote it
+ *   correlation-id  the X-Request-Id of the HTTP request that started the
+ *                   work, or the correlation id of the event that caused
+ *                   this one: one id follows a payment through every
+ *                   service, log line and event
+ *   causation-id    the id of the event this one answers ("" when a
+ *                   request caused it)
  */
-#define SVC_INBOX_CTE                                                          \
-  "WITH inbox_new AS (INSERT INTO inbox (event_id, topic, received_at)"        \
-  " VALUES ($1::uuid, $2, now()) ON CONFLICT (event_id) DO NOTHING"           \
-  " RETURNING event_id)"
+#define SVC_TRACE_ID_BYTES 48
 
-/* Applies delivery d in one transaction on the thread's pool: statement
- * `stmt` (built on SVC_INBOX_CTE) with the event id and topic as $1, $2 and
- * `values` as $3... Once it committed, the delivery is ACKed (a duplicate,
- * whose statement returned no row, is counted and only ACKed again); when
- * it failed, it is NACKed so busd delivers it again later. Call it from the
- * subscription's bus_deliver_fn on thread 0. Returns 0, or a negative error
- * after NACKing. */
-int svc_inbox_apply(svc_thread_t *th, const bus_delivery_t *d, int stmt,
-                    int nparams, const char *const *values);
+typedef struct svc_trace {
+  char correlation_id[SVC_TRACE_ID_BYTES];
+  char causation_id[37];
+} svc_trace_t;
+
+/* The trace of a request: correlation = its X-Request-Id. */
+void svc_trace_of_request(const svc_req_t *req, svc_trace_t *out);
+
+/* An event about to be written: its id, topic and headers, rendered once,
+ * ready to be passed as statement parameters. */
+#define SVC_HEADERS_BYTES 512
+typedef struct svc_emit {
+  char id[37];
+  const char *topic;
+  char headers[SVC_HEADERS_BYTES]; /* JSON object of the headers above */
+} svc_emit_t;
+
+/* Fills e for an event of `type` caused by `trace` (a new id, now). */
+void svc_emit_prepare(svc_emit_t *e, svc_event_type_t type, const svc_trace_t *trace);
+
+/* Adds an unconditional event to the batch: INSERT INTO outbox. Returns
+ * the statement index. */
+int svc_emit(rt_pg_batch_t *b, svc_event_type_t type, const char *key,
+             const char *payload_json, const svc_trace_t *trace);
+
+/* For an event written only when a guard matched: the service's statement
+ * inserts the row from its own CTE, with this fragment (ID, TOPIC and
+ * HEADERS are parameter numbers as text, given e->id, e->topic and
+ * e->headers; KEY and PAYLOAD are SQL expressions, e.g. "s.id::text" and
+ * "json_build_object(...)"). */
+#define SVC_OUTBOX_INSERT(FROM, ID, TOPIC, KEY, PAYLOAD, HEADERS)              \
+  "INSERT INTO outbox (id, topic, key, payload, headers, created_at)"          \
+  " SELECT $" ID "::uuid, $" TOPIC ", " KEY ", " PAYLOAD ", $" HEADERS         \
+  "::jsonb, now() FROM " FROM
+
+/* ------------------------------------------------------------------------ */
+/* Events: consuming                                                        */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A service consumes with a table of event type -> handler; the skeleton
+ * does the rest. Life of a delivery (loop thread 0, which owns the bus
+ * client):
+ *
+ *   DELIVER -> a context from a fixed pool (sized by the subscriptions'
+ *   windows); the payload parsed once into the context's own arena, the
+ *   headers read into ev->trace -> a batch: the inbox claim of the event
+ *   id, then the handler's statements (apply) -> commit -> done(ev, b)
+ *   looks at the results (a transition matched, or the event was
+ *   absorbed) -> ACK.
+ *
+ *   A duplicate fails at its claim: nothing of it commits; it is counted
+ *   and ACKed again. A failure (the handler refused, the database failed)
+ *   is NACKed: busd redelivers after a back-off, and after
+ *   BUSD_MAX_ATTEMPTS it moves the event to "<topic>.dead" with the last
+ *   error; the attempt count survives a busd restart.
+ *
+ * Handlers write transitions as guarded statements (see svc_consumer_t);
+ * an event that finds no allowed transition changes nothing, and done()
+ * says SVC_ABSORBED: counted per type in /metrics and logged.
+ */
+#define SVC_EVENT_STATE_BYTES 512
+#define SVC_EVENT_KEY_BYTES 257
+
+typedef struct svc_event {
+  svc_thread_t *th;
+  const svc_event_def_t *def;
+  char id[37];                   /* the event id */
+  char key[SVC_EVENT_KEY_BYTES];
+  const json_t *payload;         /* an object; valid until done() returns */
+  svc_trace_t trace;             /* correlation of the cause; causation:
+                                  * this event's id, ready for the events
+                                  * the handler emits */
+  uint32_t attempt;              /* 1 on the first delivery */
+  uint64_t stored_ms;            /* when busd made it durable */
+  uint32_t partition;            /* where busd keeps it */
+  uint64_t offset;
+  bus_bytes_t headers;           /* all its headers, during apply() only
+                                  * (bus_header_iter_init()) */
+  _Alignas(16) unsigned char state[SVC_EVENT_STATE_BYTES]; /* the handler's */
+} svc_event_t;
+
+/* What done() says of a committed event. */
+enum { SVC_APPLIED = 0, SVC_ABSORBED = 1 };
+
+/*
+ * apply(ev, b): adds the handler's statements to b, after the claim.
+ *   Read the payload with svc_event_str()/svc_event_int(); emit follow-up
+ *   events with svc_emit() or SVC_OUTBOX_INSERT, tracing with &ev->trace.
+ *   A transition is one guarded statement, in the style of:
+ *
+ *     WITH s AS (UPDATE payments SET state = 'authorized', ...
+ *                WHERE id = $1 AND state IN ('pending', 'reserved')
+ *                RETURNING ...),
+ *          o AS (SVC_OUTBOX_INSERT("s", ...))
+ *     SELECT count(*) FROM s
+ *
+ *   Returns 0, or a negative error: the event is NACKed without a
+ *   transaction (a payload that lacks a field, say).
+ * done(ev, b): after the commit, from the results (may be NULL: applied).
+ *   Returns SVC_APPLIED or SVC_ABSORBED.
+ */
+typedef int (*svc_apply_fn)(svc_event_t *ev, rt_pg_batch_t *b);
+typedef int (*svc_done_fn)(svc_event_t *ev, const rt_pg_batch_t *b);
+
+typedef struct svc_consumer {
+  svc_event_type_t type;
+  svc_apply_fn apply;
+  svc_done_fn done;
+} svc_consumer_t;
+
+/* A payload field, or NULL / 0 (then the handler returns an error). */
+const char *svc_event_str(const svc_event_t *ev, const char *name);
+int svc_event_int(const svc_event_t *ev, const char *name, int64_t *out);
+
+/* Counters of the consumer side, for /metrics and tests. */
+typedef struct svc_consume_stats {
+  uint64_t applied[SVC_EV_COUNT];
+  uint64_t absorbed[SVC_EV_COUNT];
+  uint64_t duplicates;
+  uint64_t failed;
+} svc_consume_stats_t;
+
+/* ------------------------------------------------------------------------ */
+/* Cross-thread notify: long-polls                                          */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A request may park on a key (a payment id) until something happens to
+ * it or its deadline passes, holding no thread: svc_park() keeps it in
+ * its loop thread's table; svc_notify(key), from any thread, wakes every
+ * request parked on that key on every loop thread (one actor message per
+ * thread, through the mailboxes). The woken request looks at the
+ * database again.
+ *
+ * No lost wake-up: park first, then read; a notify sent after the park is
+ * delivered, one sent before it was sent after a commit the read sees.
+ */
+#define SVC_PARK_KEY_BYTES 40
+
+/* Parks req on key for at most timeout_ms; woken(req, timed_out) runs on
+ * the request's thread exactly once (the request stays the handler's).
+ * Returns 0, or -ENOSPC when the thread's table is full (answer without
+ * waiting). */
+int svc_park(svc_req_t *req, const char *key, uint32_t timeout_ms,
+             void (*woken)(svc_req_t *req, bool timed_out));
+
+/* Wakes everything parked on key, on every loop thread. Any thread. */
+void svc_notify(const char *key);
+
+/*
+ * Long-poll, the whole protocol on top of svc_park(): svc_poll_start()
+ * parks the request on key for wait_ms (0: no waiting), then calls
+ * read(req). read() does its round trip; its callback answers when the
+ * result is final, and otherwise asks svc_poll_again(): true means the
+ * request waits (read() runs again after the next wake-up, or once more
+ * at the deadline), false means the wait is over: answer what was read.
+ * A wake-up that comes while a read is in flight is not lost: the read
+ * runs again.
+ */
+typedef void (*svc_poll_read_fn)(svc_req_t *req);
+void svc_poll_start(svc_req_t *req, const char *key, uint32_t wait_ms, svc_poll_read_fn read);
+bool svc_poll_again(svc_req_t *req);
+
+/* ------------------------------------------------------------------------ */
+/* Fault injection                                                          */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * FAULT_POINT=name[:n] makes the process exit at once (status 86: no
+ * drain, no ACK, no flush but the log's) the n-th time (default the 1st)
+ * it reaches svc_fault("name"), so that tests can crash it at every step
+ * boundary and check that nothing is lost or doubled. The skeleton's
+ * points:
+ *   relay_before_publish   outbox rows committed, not yet published
+ *   relay_before_mark      published and PUB_ACKed, not yet marked sent
+ *   consume_before_ack     an event applied and committed, not yet ACKed
+ * Services add their own (the account service: sweeper_after_commit).
+ * Unset, a check is one load and one branch.
+ */
+void svc_fault(const char *point);
 
 /* ------------------------------------------------------------------------ */
 /* Worker threads                                                           */
@@ -531,9 +751,21 @@ typedef struct svc_def {
    * NULL): close the service's own clients. */
   void (*thread_drain)(svc_thread_t *th);
   const char *usage_env;   /* extra lines for --help (may be NULL) */
+  /* The events the service writes to its outbox (for --events and the
+   * check that it writes no other). */
+  const svc_event_type_t *produces;
+  size_t produces_count;
+  /* The events it consumes, one handler each (see svc_consumer_t); the
+   * skeleton subscribes to their topics as consumer group `name`. */
+  const svc_consumer_t *consumers;
+  size_t consumers_count;
   /* On loop thread 0, when BUS_ADDR is not "off", before the bus client
-   * connects: subscribe to the service's topics (may be NULL). */
+   * connects: subscriptions beyond the consumer table, e.g. dead-letter
+   * topics (may be NULL). */
   int (*bus_init)(svc_thread_t *th, bus_client_t *bus);
+  /* Appends the service's own metrics to /metrics (may be NULL). Any
+   * thread: read only what is safe to read there. */
+  int (*metrics)(http_buf_t *out);
 } svc_def_t;
 
 /* The loop thread's state. */

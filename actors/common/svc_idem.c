@@ -1,11 +1,13 @@
 /*
- * svc_idem.c - Idempotency-Key, the transactional outbox, UUID v7.
+ * svc_idem.c - claims (the Idempotency-Key side), SHA-256, UUID v7.
  *
- * The three share one idea: whatever a write produces (its effect, its
- * event, its answer) is decided inside the one database transaction that
- * makes it, so a crash or a retry at any point can neither lose nor double
- * anything. See svc.h for the idempotency protocol.
+ * Whatever a write produces (its effect, its event, its answer) is decided
+ * inside the one database transaction that makes it, and that transaction
+ * starts by claiming its key: a crash or a retry at any point can neither
+ * lose nor double anything. See svc.h for the protocol; svc_consume.c
+ * claims event ids the same way.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -42,6 +44,55 @@ void svc_sha256_hex(const void *data, size_t len, char out[65]) {
 /* Idempotency-Key                                                          */
 /* ------------------------------------------------------------------------ */
 
+int svc_stmt_idem_claim, svc_stmt_idem_finish, svc_stmt_idem_read, svc_stmt_idem_reserve,
+    svc_stmt_idem_reopen, svc_stmt_idem_abandon;
+
+static const svc_stmt_t stmts[] = {
+    /* A second claim of one key violates the primary key: its whole
+     * transaction rolls back (svc.h). */
+    {&svc_stmt_idem_claim,
+     "INSERT INTO claims (scope, key, request_hash, status, response_body, created_at, expires_at)"
+     " VALUES ($1, $2, $3, 0, '', now(), now() + make_interval(hours => $4::int))",
+     4},
+    /* The UPDATE's rows are visible only through its RETURNING (a CTE's
+     * changes are not seen by the rest of its statement), hence the union. */
+    {&svc_stmt_idem_finish,
+     "WITH u AS (UPDATE claims SET status = $3::int, response_body = $4"
+     "  WHERE scope = $1 AND key = $2 AND status = 0"
+     "  RETURNING status, response_body, request_hash)"
+     " SELECT status, response_body, request_hash FROM u"
+     " UNION ALL"
+     " SELECT k.status, k.response_body, k.request_hash FROM claims k"
+     "  WHERE k.scope = $1 AND k.key = $2 AND NOT EXISTS (SELECT 1 FROM u)",
+     4},
+    {&svc_stmt_idem_read,
+     "SELECT status, response_body, request_hash FROM claims WHERE scope = $1 AND key = $2", 2},
+    /* Two-phase: in progress (-1) with a lock; taken over only by the same
+     * request once the lock has lapsed. A row comes back when it is ours. */
+    {&svc_stmt_idem_reserve,
+     "INSERT INTO claims (scope, key, request_hash, status, response_body, created_at,"
+     " expires_at, lock_token, locked_until)"
+     " VALUES ($1, $2, $3, -1, '', now(), now() + make_interval(hours => $4::int), $5::uuid,"
+     " now() + make_interval(secs => $6::int))"
+     " ON CONFLICT (scope, key) DO UPDATE SET lock_token = EXCLUDED.lock_token,"
+     " locked_until = EXCLUDED.locked_until"
+     " WHERE claims.status = -1 AND claims.locked_until < now()"
+     " AND claims.request_hash = EXCLUDED.request_hash"
+     " RETURNING 1",
+     6},
+    {&svc_stmt_idem_reopen,
+     "UPDATE claims SET status = 0, lock_token = NULL, locked_until = NULL"
+     " WHERE scope = $1 AND key = $2 AND status = -1 AND lock_token = $3::uuid",
+     3},
+    {&svc_stmt_idem_abandon,
+     "DELETE FROM claims WHERE scope = $1 AND key = $2 AND status = -1 AND lock_token = $3::uuid",
+     3},
+};
+
+const svc_stmt_table_t svc_idem_stmts = {stmts, sizeof stmts / sizeof stmts[0]};
+
+#define IDEM_LOCK_S 30 /* a two-phase claim's work must end within this */
+
 static bool key_ok(const char *k) {
   size_t n = strlen(k);
   if (n == 0 || n > SVC_IDEM_KEY_BYTES_MAX) return false;
@@ -54,15 +105,21 @@ static bool key_ok(const char *k) {
   return true;
 }
 
-int svc_idem_begin(svc_req_t *req, svc_idem_t *idem) {
+int svc_idem_begin(svc_req_t *req, svc_idem_t *idem, bool required) {
   memset(idem, 0, sizeof *idem);
   idem->claim_index = -1;
   idem->finish_index = -1;
   const char *key = svc_header(req, "idempotency-key");
-  if (key == NULL) return 0;
-  if (!key_ok(key)) {
+  if (key == NULL) {
+    if (!required) return 0;
+    svc_reply_error(req, 400, "idempotency_key_required",
+                    "this request needs an Idempotency-Key header");
+    return -1;
+  }
+  if (!key_ok(key) || http_msg_header_count(req->msg, "idempotency-key") != 1) {
     svc_reply_error(req, 400, "invalid_idempotency_key",
-                    "Idempotency-Key must be 1 to 128 characters of A-Z a-z 0-9 . _ : -");
+                    "Idempotency-Key must be one header of 1 to 128 characters of"
+                    " A-Z a-z 0-9 . _ : -");
     return -1;
   }
   idem->keyed = true;
@@ -79,6 +136,7 @@ int svc_idem_begin(svc_req_t *req, svc_idem_t *idem) {
   br_sha256_update(&ctx, req->msg->body, req->msg->body_len);
   br_sha256_out(&ctx, sum);
   hex(sum, sizeof sum, idem->hash);
+  req->idem = idem;
   return 0;
 }
 
@@ -86,10 +144,14 @@ const char *svc_idem_scope(const svc_idem_t *idem) { return idem->keyed ? idem->
 
 const char *svc_idem_key(const svc_idem_t *idem) { return idem->keyed ? idem->key : NULL; }
 
+static void keep_hours(char out[16]) { snprintf(out, 16, "%d", SVC_IDEM_KEEP_HOURS); }
+
 void svc_idem_add_claim(rt_pg_batch_t *b, svc_idem_t *idem) {
   if (!idem->keyed) return;
-  const char *vals[] = {idem->scope, idem->key, idem->hash};
-  idem->claim_index = rt_pg_add(b, svc_stmt_idem_claim, 3, vals);
+  char hours[16];
+  keep_hours(hours);
+  const char *vals[] = {idem->scope, idem->key, idem->hash, hours};
+  idem->claim_index = rt_pg_add(b, svc_stmt_idem_claim, 4, vals);
 }
 
 void svc_idem_add_finish(rt_pg_batch_t *b, svc_idem_t *idem, int fail_status,
@@ -101,27 +163,64 @@ void svc_idem_add_finish(rt_pg_batch_t *b, svc_idem_t *idem, int fail_status,
   idem->finish_index = rt_pg_add(b, svc_stmt_idem_finish, 4, vals);
 }
 
+void svc_idem_add_reopen(rt_pg_batch_t *b, svc_idem_t *idem) {
+  if (!idem->keyed) return;
+  assert(idem->reserved);
+  const char *vals[] = {idem->scope, idem->key, idem->token};
+  /* The claim is ours again for this transaction, or nothing happens and
+   * the guards of the service's statements keep them from writing. */
+  idem->claim_index = rt_pg_add(b, svc_stmt_idem_reopen, 3, vals);
+  idem->reopened = true;
+}
+
+/* The stored claim of a finished (or busy) key: replay, 422 or 409. */
+static svc_idem_result_t stored_outcome(const rt_pg_batch_t *b, int stmt, const svc_idem_t *idem,
+                                        int *status, const char **body) {
+  int64_t st = 0;
+  const char *stored = rt_pg_value(b, stmt, 0, 1);
+  const char *hash = rt_pg_value(b, stmt, 0, 2);
+  *status = 500;
+  *body = NULL;
+  if (rt_pg_int64(b, stmt, 0, 0, &st) != 0 || stored == NULL || hash == NULL) {
+    /* The claim is gone: it lapsed and was pruned, or a two-phase claim
+     * was given up. The client may simply try again. */
+    return SVC_IDEM_BUSY;
+  }
+  if (strcmp(hash, idem->hash) != 0) return SVC_IDEM_MISMATCH;
+  if (st <= 0) return SVC_IDEM_BUSY;
+  *status = (int)st;
+  *body = stored;
+  return SVC_IDEM_REPLAY;
+}
+
 svc_idem_result_t svc_idem_outcome(const rt_pg_batch_t *b, const svc_idem_t *idem,
                                    int *status, const char **body) {
-  if (!idem->keyed || idem->claim_index < 0 || idem->finish_index < 0) return SVC_IDEM_UNKEYED;
+  if (!idem->keyed || idem->finish_index < 0) return SVC_IDEM_UNKEYED;
+  if (idem->reopened && rt_pg_affected(b, idem->claim_index) != 1) {
+    /* We lost the two-phase lock: the other request's outcome stands. */
+    return stored_outcome(b, idem->finish_index, idem, status, body);
+  }
   int64_t st = 0;
   const char *stored = rt_pg_value(b, idem->finish_index, 0, 1);
-  const char *hash = rt_pg_value(b, idem->finish_index, 0, 2);
-  if (rt_pg_int64(b, idem->finish_index, 0, 0, &st) != 0 || stored == NULL || hash == NULL) {
+  if (NEVER(rt_pg_int64(b, idem->finish_index, 0, 0, &st) != 0 || stored == NULL)) {
     *status = 500;
     *body = NULL;
-    return SVC_IDEM_NEW; /* NEVER: the row is ours or committed before */
+    return SVC_IDEM_NEW;
   }
   *status = (int)st;
   *body = stored;
-  if (rt_pg_affected(b, idem->claim_index) == 1) return SVC_IDEM_NEW;
-  return strcmp(hash, idem->hash) == 0 ? SVC_IDEM_REPLAY : SVC_IDEM_MISMATCH;
+  return SVC_IDEM_NEW;
 }
 
 void svc_idem_reply(svc_req_t *req, svc_idem_result_t r, int status, const char *body) {
   if (r == SVC_IDEM_MISMATCH) {
     svc_reply_error(req, 422, "idempotency_key_reused",
                     "this Idempotency-Key was used with a different request");
+    return;
+  }
+  if (r == SVC_IDEM_BUSY) {
+    svc_reply_error(req, 409, "idempotency_key_in_use",
+                    "a request with this Idempotency-Key is still being processed; retry later");
     return;
   }
   if (body == NULL || status < 200 || status > 599) {
@@ -132,16 +231,87 @@ void svc_idem_reply(svc_req_t *req, svc_idem_result_t r, int status, const char 
                 r == SVC_IDEM_REPLAY ? "Idempotent-Replayed: true\r\n" : NULL);
 }
 
-/* ------------------------------------------------------------------------ */
-/* Outbox                                                                   */
-/* ------------------------------------------------------------------------ */
+/* A duplicate claim: read what is stored and answer from it. */
+static void replay_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
+  if (err != 0) {
+    svc_reply_db_error(req, err, b);
+    return;
+  }
+  int status = 0;
+  const char *body = NULL;
+  svc_idem_result_t r = stored_outcome(b, 0, req->idem, &status, &body);
+  svc_idem_reply(req, r, status, body);
+}
 
-int svc_outbox_add(rt_pg_batch_t *b, const char *topic, const char *key,
-                   const char *payload_json) {
-  char id[37];
-  svc_uuid7(id);
-  const char *vals[] = {id, topic, key, payload_json};
-  return rt_pg_add(b, svc_stmt_outbox, 4, vals);
+void svc_idem__replay(svc_req_t *req) {
+  svc_idem_t *idem = req->idem;
+  rt_pg_batch_t *b = svc_batch(req);
+  if (b == NULL) return;
+  const char *vals[] = {idem->scope, idem->key};
+  rt_pg_add(b, svc_stmt_idem_read, 2, vals);
+  svc_db(req, b, replay_done);
+}
+
+bool svc_idem__is_duplicate(const svc_req_t *req, const rt_pg_batch_t *b, int err) {
+  const svc_idem_t *idem = req->idem;
+  return err == RT_PG_E_UNIQUE && idem != NULL && idem->keyed && !idem->reopened &&
+         idem->claim_index >= 0 && rt_pg_error(b)->stmt_index == idem->claim_index;
+}
+
+/* Two-phase: the claim in progress is committed first. */
+static void reserve_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
+  svc_idem_t *idem = req->idem;
+  if (err != 0) {
+    svc_reply_db_error(req, err, b);
+    return;
+  }
+  if (rt_pg_rows(b, 0) == 1) {
+    idem->reserved = true;
+    idem->next(req);
+    return;
+  }
+  int status = 0;
+  const char *body = NULL;
+  svc_idem_result_t r = stored_outcome(b, 1, idem, &status, &body);
+  svc_idem_reply(req, r, status, body);
+}
+
+void svc_idem_reserve(svc_req_t *req, svc_idem_t *idem, void (*next)(svc_req_t *req)) {
+  if (!idem->keyed) {
+    next(req);
+    return;
+  }
+  idem->next = next;
+  svc_uuid7(idem->token);
+  char hours[16], lock[16];
+  keep_hours(hours);
+  snprintf(lock, sizeof lock, "%d", IDEM_LOCK_S);
+  rt_pg_batch_t *b = svc_batch(req);
+  if (b == NULL) return;
+  const char *vals[] = {idem->scope, idem->key, idem->hash, hours, idem->token, lock};
+  rt_pg_add(b, svc_stmt_idem_reserve, 6, vals);
+  const char *read[] = {idem->scope, idem->key};
+  rt_pg_add(b, svc_stmt_idem_read, 2, read);
+  svc_db(req, b, reserve_done);
+}
+
+static void abandon_done(rt_pg_batch_t *b, int err, void *ctx) {
+  (void)ctx;
+  if (err != 0) RT_WARN("idempotency claim not given up", RT_LF_STR("error", rt_strerror(err)));
+}
+
+void svc_idem__abandon(svc_req_t *req) {
+  svc_idem_t *idem = req->idem;
+  if (idem == NULL || !idem->reserved || idem->settled) return;
+  idem->settled = true;
+  /* The work did not start (refused input, another service down): per
+   * Stripe's rule nothing is kept, so the same key may run again. */
+  rt_pg_batch_t *b = rt_pg_batch_new(req->th->pool);
+  if (b == NULL) return; /* the lock lapses by itself */
+  const char *vals[] = {idem->scope, idem->key, idem->token};
+  rt_pg_add(b, svc_stmt_idem_abandon, 3, vals);
+  if (rt_pg_submit(b, 0, abandon_done, NULL) < 0)
+    RT_WARN("idempotency claim not given up: it lapses", RT_LF_INT("after_s", IDEM_LOCK_S));
 }
 
 /* ------------------------------------------------------------------------ */

@@ -20,14 +20,16 @@
  * consumers' inbox. A failed scan or mark ends the round; the next tick
  * starts a new one, with a back-off that doubles while failures last.
  *
- * Wake-ups: a dedicated libpq connection LISTENs on channel svc_outbox
- * (common migration 0003 notifies at every commit that inserted outbox
- * rows). It connects with PQconnectStart()/PQconnectPoll() and is watched
- * with one-shot polls on the loop, so nothing here blocks. When it is down
- * the periodic tick still finds every row, only later.
+ * Wake-ups: the thread's database pool keeps a listener connection on
+ * channel svc_outbox (rt_pg_listen; common migration 0003 notifies at
+ * every commit that inserted outbox rows); each notification, and each
+ * time the LISTEN takes effect again after a reconnect, starts a round.
+ * When it is down the periodic tick still finds every row, only later.
+ *
+ * Each row is published with the event's headers (svc.h), read from the
+ * row's headers column as fixed columns, so no JSON is parsed here.
  */
 #include <errno.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,8 +41,6 @@
 #define RELAY_BATCH_ROWS 256       /* publishes in flight, at most */
 #define RELAY_TICK_MS 1000         /* fallback scan period */
 #define RELAY_BACKOFF_MAX_MS 10000 /* after repeated failures */
-#define RELAY_LISTEN_RETRY_MIN_MS 200
-#define RELAY_LISTEN_RETRY_MAX_MS 5000
 #define RELAY_DEADLINE_MS 30000    /* per scan or mark transaction */
 #define RELAY_CHANNEL "svc_outbox"
 #define RELAY_COUNT_TICKS 5        /* backlog count every 5 ticks */
@@ -48,6 +48,36 @@
 _Static_assert(RELAY_BATCH_ROWS <= 1024, "the bus client keeps 1024 unconfirmed publishes");
 
 svc_bus_stats_t svc_bus_stats;
+
+static int stmt_scan, stmt_mark, stmt_count;
+
+/* The headers the outbox keeps (svc.h), in the order of the scan's
+ * columns 4.. */
+static const char *const header_names[] = {"event-id",    "type",           "schema-version",
+                                           "occurred-at", "correlation-id", "causation-id"};
+#define HEADERS_COUNT (sizeof header_names / sizeof header_names[0])
+
+static const svc_stmt_t stmts[] = {
+    /* A round: the oldest unpublished rows (UUID v7 ids: time order). */
+    {&stmt_scan,
+     "SELECT id::text, topic, key, payload::text, headers->>'event-id', headers->>'type',"
+     " headers->>'schema-version', headers->>'occurred-at', headers->>'correlation-id',"
+     " headers->>'causation-id'"
+     " FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1::int",
+     1},
+    {&stmt_mark,
+     "UPDATE outbox SET published_at = now()"
+     " WHERE id = ANY($1::uuid[]) AND published_at IS NULL",
+     1},
+    /* The backlog and its age for /metrics, now and then (it reads the
+     * whole backlog). */
+    {&stmt_count,
+     "SELECT count(*), coalesce((extract(epoch FROM now() - min(created_at)) * 1000)::bigint, 0)"
+     " FROM outbox WHERE published_at IS NULL",
+     0},
+};
+
+const svc_stmt_table_t svc_relay_stmts = {stmts, sizeof stmts / sizeof stmts[0]};
 
 typedef enum relay_state {
   RELAY_IDLE = 0,
@@ -57,12 +87,6 @@ typedef enum relay_state {
   RELAY_STOPPED,
 } relay_state_t;
 
-typedef enum listen_phase {
-  LISTEN_DOWN = 0,
-  LISTEN_CONNECTING,
-  LISTEN_UP,
-} listen_phase_t;
-
 typedef struct relay_row {
   uint8_t id[BUS_ID_BYTES];
   bool confirmed;
@@ -71,7 +95,6 @@ typedef struct relay_row {
 struct svc_relay {
   svc_thread_t *th;
   bus_client_t *bus;
-  const char *db_url;
   relay_state_t state;
   bool again;              /* a wake-up came during a round */
   bool failing;            /* the last round failed: logged once */
@@ -84,14 +107,6 @@ struct svc_relay {
   rt_timer_t tick;
   uint64_t ticks;
   bool counting;           /* a backlog count is in flight */
-  /* The LISTEN connection. */
-  PGconn *lconn;
-  listen_phase_t lphase;
-  bool closing;
-  rt_op_t lpoll;
-  rt_op_t lcancel;
-  rt_timer_t lretry;
-  uint32_t lretry_ms;
 };
 
 static void relay_round(svc_relay_t *r);
@@ -193,7 +208,7 @@ static void round_mark(svc_relay_t *r) {
     return;
   }
   const char *vals[] = {ids};
-  rt_pg_add(b, svc_stmt_relay_mark, 1, vals);
+  rt_pg_add(b, stmt_mark, 1, vals);
   int rc = rt_pg_submit(b, RELAY_DEADLINE_MS, mark_done, r);
   if (rc < 0) {
     relay_failed(r, "mark", rc);
@@ -201,7 +216,7 @@ static void round_mark(svc_relay_t *r) {
   }
 }
 
-void svc_relay_on_confirm(void *arg, const uint8_t id[BUS_ID_BYTES], int err, void *ctx) {
+static void svc_relay_on_confirm(void *arg, const uint8_t id[BUS_ID_BYTES], int err, void *ctx) {
   svc_relay_t *r = arg;
   uintptr_t index = (uintptr_t)ctx;
   /* BUS_E_CLOSED: the client is being destroyed at drain; the row stays
@@ -214,7 +229,10 @@ void svc_relay_on_confirm(void *arg, const uint8_t id[BUS_ID_BYTES], int err, vo
   if (r->rows[index].confirmed) return;
   r->rows[index].confirmed = true;
   r->confirmed_count++;
-  if (r->confirmed_count == r->rows_count) round_mark(r);
+  if (r->confirmed_count == r->rows_count) {
+    svc_fault("relay_before_mark");
+    round_mark(r);
+  }
 }
 
 /* Publishes row i of the scan as publish number r->rows_count. Returns 0,
@@ -224,10 +242,20 @@ static int publish_row(svc_relay_t *r, rt_pg_batch_t *b, int i) {
   const char *topic = rt_pg_value(b, 0, i, 1);
   const char *key = rt_pg_value(b, 0, i, 2);
   const char *payload = rt_pg_value(b, 0, i, 3);
+  bus_header_t hdr[HEADERS_COUNT];
+  uint32_t nh = 0;
+  for (uint32_t k = 0; k < HEADERS_COUNT; k++) {
+    const char *v = rt_pg_value(b, 0, i, 4 + (int)k);
+    if (v == NULL) continue; /* rows written before headers existed */
+    hdr[nh++] = (bus_header_t){.name = header_names[k], .name_len = (uint32_t)strlen(header_names[k]),
+                               .value = v, .value_len = (uint32_t)strlen(v)};
+  }
   bus_pub_t pub = {
       .topic = topic,
       .key = key,
       .key_len = key ? (uint32_t)strlen(key) : 0,
+      .headers = hdr,
+      .headers_count = nh,
       .payload = payload,
       .payload_len = payload ? (uint32_t)strlen(payload) : 0,
   };
@@ -260,6 +288,7 @@ static void scan_done(rt_pg_batch_t *b, int err, void *ctx) {
     return;
   }
   int n = rt_pg_rows(b, 0);
+  if (n > 0) svc_fault("relay_before_publish");
   r->round_full = n >= RELAY_BATCH_ROWS;
   r->state = RELAY_PUBLISHING;
   r->rows_count = 0;
@@ -301,7 +330,7 @@ static void relay_round(svc_relay_t *r) {
   char limit[16];
   snprintf(limit, sizeof limit, "%d", RELAY_BATCH_ROWS);
   const char *vals[] = {limit};
-  rt_pg_add(b, svc_stmt_relay_scan, 1, vals);
+  rt_pg_add(b, stmt_scan, 1, vals);
   r->state = RELAY_SCANNING;
   int rc = rt_pg_submit(b, RELAY_DEADLINE_MS, scan_done, r);
   if (rc < 0) {
@@ -312,9 +341,12 @@ static void relay_round(svc_relay_t *r) {
 
 static void count_done(rt_pg_batch_t *b, int err, void *ctx) {
   svc_relay_t *r = ctx;
-  int64_t n = 0;
-  if (err == 0 && rt_pg_int64(b, 0, 0, 0, &n) == 0)
+  int64_t n = 0, age_ms = 0;
+  if (err == 0 && rt_pg_int64(b, 0, 0, 0, &n) == 0 && rt_pg_int64(b, 0, 0, 1, &age_ms) == 0) {
     atomic_store_explicit(&svc_bus_stats.relay_pending, (uint64_t)n, memory_order_relaxed);
+    atomic_store_explicit(&svc_bus_stats.relay_oldest_ms, (uint64_t)(age_ms > 0 ? age_ms : 0),
+                          memory_order_relaxed);
+  }
   r->counting = false;
 }
 
@@ -324,7 +356,7 @@ static void relay_count(svc_relay_t *r) {
   if (r->counting || ++r->ticks % RELAY_COUNT_TICKS != 0) return;
   rt_pg_batch_t *b = rt_pg_batch_new(r->th->pool);
   if (b == NULL) return;
-  rt_pg_add(b, svc_stmt_relay_count, 0, NULL);
+  rt_pg_add(b, stmt_count, 0, NULL);
   if (rt_pg_submit(b, RELAY_DEADLINE_MS, count_done, r) == 0) r->counting = true;
 }
 
@@ -334,142 +366,29 @@ static void relay_tick(rt_timer_t *t) {
   relay_round(r);
 }
 
-/* ------------------------------------------------------------------------ */
-/* LISTEN connection                                                        */
-/* ------------------------------------------------------------------------ */
-
-static void listen_connect(svc_relay_t *r);
-static void on_lpoll(rt_op_t *op, int res, uint32_t flags);
-
-static void listen_wait(svc_relay_t *r, uint32_t events) {
-  int fd = PQsocket(r->lconn);
-  int rc = fd < 0 ? -EBADF : rt_poll(r->th->loop, &r->lpoll, fd, events, on_lpoll, r);
-  if (rc < 0) {
-    RT_WARN("outbox relay: cannot watch its LISTEN connection", RT_LF_STR("error", rt_strerror(rc)));
-    PQfinish(r->lconn);
-    r->lconn = NULL;
-    r->lphase = LISTEN_DOWN;
-    rt_timer_start(r->th->loop, &r->lretry, r->lretry_ms, 0);
-  }
-}
-
-/* The connection failed: drop it, retry later, and scan meanwhile in case
- * a notification was lost with it. */
-static void listen_fail(svc_relay_t *r, const char *what) {
-  if (r->lphase == LISTEN_UP || r->lretry_ms >= RELAY_LISTEN_RETRY_MAX_MS) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "%s", r->lconn ? PQerrorMessage(r->lconn) : "out of memory");
-    msg[strcspn(msg, "\n")] = '\0';
-    RT_WARN("outbox relay: LISTEN connection down", RT_LF_STR("step", what),
-            RT_LF_STR("error", msg));
-  }
-  PQfinish(r->lconn);
-  r->lconn = NULL;
-  r->lphase = LISTEN_DOWN;
-  if (r->closing) return;
-  rt_timer_start(r->th->loop, &r->lretry, r->lretry_ms, 0);
-  r->lretry_ms *= 2;
-  if (r->lretry_ms > RELAY_LISTEN_RETRY_MAX_MS) r->lretry_ms = RELAY_LISTEN_RETRY_MAX_MS;
-  relay_round(r);
-}
-
-static void listen_connecting(svc_relay_t *r) {
-  switch (PQconnectPoll(r->lconn)) {
-  case PGRES_POLLING_READING: listen_wait(r, POLLIN); return;
-  case PGRES_POLLING_WRITING: listen_wait(r, POLLOUT); return;
-  case PGRES_POLLING_OK: break;
-  default: listen_fail(r, "connect"); return;
-  }
-  if (PQsetnonblocking(r->lconn, 1) != 0 || PQsendQuery(r->lconn, "LISTEN " RELAY_CHANNEL) != 1) {
-    listen_fail(r, "listen");
-    return;
-  }
-  r->lphase = LISTEN_UP;
-  r->lretry_ms = RELAY_LISTEN_RETRY_MIN_MS;
-  /* Rows committed before LISTEN took effect were not notified. */
-  relay_round(r);
-  int f = PQflush(r->lconn);
-  if (f < 0) listen_fail(r, "listen");
-  else listen_wait(r, f == 1 ? POLLIN | POLLOUT : POLLIN);
-}
-
-/* Reads what the server sent: the LISTEN's own result, notifications. */
-static void listen_readable(svc_relay_t *r) {
-  int f = PQflush(r->lconn);
-  if (f < 0 || PQconsumeInput(r->lconn) != 1) {
-    listen_fail(r, "read");
-    return;
-  }
-  /* Bounded: libpq holds only what this read brought in. */
-  while (!PQisBusy(r->lconn)) {
-    PGresult *res = PQgetResult(r->lconn);
-    if (res == NULL) break;
-    bool bad = PQresultStatus(res) == PGRES_FATAL_ERROR;
-    PQclear(res);
-    if (bad) {
-      listen_fail(r, "listen");
-      return;
-    }
-  }
-  bool woken = false;
-  PGnotify *n;
-  while ((n = PQnotifies(r->lconn)) != NULL) {
-    PQfreemem(n);
-    woken = true;
+/* The pool's listener: a notification, or LISTEN (again) in effect, after
+ * which rows committed while it was down are looked for. */
+static void relay_notified(void *arg, rt_pg_notify_t what) {
+  svc_relay_t *r = arg;
+  if (what == RT_PG_NOTIFIED)
     atomic_fetch_add_explicit(&svc_bus_stats.relay_notifies, 1, memory_order_relaxed);
-  }
-  if (woken) relay_round(r);
-  listen_wait(r, f == 1 ? POLLIN | POLLOUT : POLLIN);
+  relay_round(r);
 }
-
-static void on_lpoll(rt_op_t *op, int res, uint32_t flags) {
-  (void)flags;
-  svc_relay_t *r = op->ctx;
-  if (r->closing) {
-    PQfinish(r->lconn);
-    r->lconn = NULL;
-    r->lphase = LISTEN_DOWN;
-    return;
-  }
-  if (res < 0) {
-    listen_fail(r, "poll");
-  } else if (r->lphase == LISTEN_CONNECTING) {
-    listen_connecting(r);
-  } else {
-    listen_readable(r);
-  }
-}
-
-static void listen_connect(svc_relay_t *r) {
-  if (r->closing || r->lconn != NULL) return;
-  r->lconn = PQconnectStart(r->db_url);
-  if (r->lconn == NULL || PQstatus(r->lconn) == CONNECTION_BAD) {
-    listen_fail(r, "connect");
-    return;
-  }
-  r->lphase = LISTEN_CONNECTING;
-  listen_wait(r, POLLOUT);
-}
-
-static void lretry_fire(rt_timer_t *t) { listen_connect(t->ctx); }
 
 /* ------------------------------------------------------------------------ */
 /* Life cycle                                                               */
 /* ------------------------------------------------------------------------ */
 
-int svc_relay_create(svc_relay_t **out, svc_thread_t *th, const bus_client_config_t *bus_cfg,
-                     const char *db_url) {
+int svc_relay_create(svc_relay_t **out, svc_thread_t *th, const bus_client_config_t *bus_cfg) {
   svc_relay_t *r = calloc(1, sizeof *r);
   if (r == NULL) return -ENOMEM;
   r->th = th;
-  r->db_url = db_url;
-  r->lretry_ms = RELAY_LISTEN_RETRY_MIN_MS;
   rt_timer_init(&r->tick, relay_tick, r);
-  rt_timer_init(&r->lretry, lretry_fire, r);
   bus_client_config_t cfg = *bus_cfg;
   cfg.on_confirm = svc_relay_on_confirm;
   cfg.confirm_arg = r;
-  int rc = bus_client_create(&r->bus, th->loop, &cfg);
+  int rc = rt_pg_listen(th->pool, RELAY_CHANNEL, relay_notified, r);
+  if (rc == 0) rc = bus_client_create(&r->bus, th->loop, &cfg);
   if (rc < 0) {
     free(r);
     return rc;
@@ -482,7 +401,6 @@ int svc_relay_create(svc_relay_t **out, svc_thread_t *th, const bus_client_confi
     free(r);
     return rc;
   }
-  listen_connect(r);
   *out = r;
   return 0;
 }
@@ -491,29 +409,14 @@ void svc_relay_stop(svc_relay_t *r) {
   if (r == NULL) return;
   r->state = RELAY_STOPPED;
   rt_timer_stop(r->th->loop, &r->tick);
-  rt_timer_stop(r->th->loop, &r->lretry);
 }
 
 void svc_relay_close(svc_relay_t *r) {
-  if (r == NULL || r->closing) return;
+  if (r == NULL || r->bus == NULL) return;
   svc_relay_stop(r);
-  r->closing = true;
-  if (r->bus != NULL) {
-    bus_client_destroy(r->bus);
-    r->bus = NULL;
-    r->th->bus = NULL;
-  }
-  if (r->lpoll.in_flight) {
-    /* on_lpoll finishes the connection once the poll is cancelled. */
-    rt_cancel(r->th->loop, &r->lcancel, &r->lpoll, NULL, r);
-  } else {
-    PQfinish(r->lconn);
-    r->lconn = NULL;
-  }
+  bus_client_destroy(r->bus);
+  r->bus = NULL;
+  r->th->bus = NULL;
 }
 
-void svc_relay_free(svc_relay_t *r) {
-  if (r == NULL) return;
-  PQfinish(r->lconn);
-  free(r);
-}
+void svc_relay_free(svc_relay_t *r) { free(r); }

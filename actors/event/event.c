@@ -1,18 +1,17 @@
 /*
  * event.c - the event service: the audit log of every event on the bus.
  *
- * On loop thread 0 it subscribes, as consumer group "event", to every
- * topic the services publish (EVENT_TOPICS), and appends each delivery to
- * audit_log through the inbox (svc_inbox_apply()): the row and the event
- * id commit together, then the delivery is ACKed, so a redelivered event
- * is recognised and only ACKed again. Exactly one row per event id.
+ * It consumes every event type of the registry (actors/common/events.def)
+ * as consumer group "event", through the skeleton's consumer table: each
+ * delivery is claimed in the inbox and appended to audit_log in one
+ * transaction, then ACKed, so a redelivered event changes nothing. Exactly
+ * one row per event id, with the event's headers.
  *
- *   GET /v1/events   auditor, admin; filters topic, since, until (busd's
- *                    store time, RFC 3339, since inclusive, until
- *                    exclusive); cursor pagination in arrival order
+ *   GET /v1/events   auditor, admin; filters topic, correlation_id, since,
+ *                    until (busd's store time, RFC 3339, since inclusive,
+ *                    until exclusive); cursor pagination in log order
  *
- * plus /healthz, /readyz and /metrics from the skeleton (the inbox
- * counters there say how many duplicates were absorbed).
+ * plus /healthz, /readyz and /metrics from the skeleton.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -25,86 +24,83 @@
 extern const svc_migration_t event_migrations[];
 extern const size_t event_migrations_count;
 
-#define EVENT_TOPICS_DEFAULT                                                   \
-  "customer.created,customer.updated,account.opened,account.topped_up,"        \
-  "account.withdrawn,account.transferred"
-#define EVENT_GROUP "event"
-#define EVENT_TOPICS_MAX 32
-#define EVENT_IN_FLIGHT 64 /* unacked deliveries per topic */
 #define EVENT_TIME_BYTES_MAX 40
-
-static struct {
-  char topics_buf[EVENT_TOPICS_MAX * (BUS_NAME_BYTES_MAX + 1)];
-  const char *topics[EVENT_TOPICS_MAX];
-  uint32_t topics_count;
-} cfg;
+#define HEADERS_JSON_BYTES_MAX 4096
 
 static int s_append, s_list;
 
 static const svc_stmt_t stmts[] = {
-    /* $1 event id, $2 topic (the inbox's), $3 key, $4 payload, $5 partition,
-     * $6 offset, $7 busd's store time in Unix ms. A row only when the id
-     * is new. */
+    /* $1 event id, $2 topic, $3 key, $4 payload, $5 partition, $6 offset,
+     * $7 busd's store time in Unix ms, $8 headers. After the inbox claim
+     * of the id. */
     {&s_append,
-     SVC_INBOX_CTE
-     " INSERT INTO audit_log (event_id, topic, key, payload, bus_partition, bus_offset, stored_at)"
-     " SELECT event_id, $2, $3, $4::jsonb, $5::int, $6::bigint,"
-     " to_timestamp($7::bigint / 1000.0) FROM inbox_new RETURNING seq",
-     7},
-    /* $1 topic, $2 since, $3 until, $4 cursor (event id of the last item
-     * shown; unknown: nothing), $5 limit + 1. */
+     "INSERT INTO audit_log (event_id, topic, key, payload, bus_partition, bus_offset, stored_at,"
+     " headers)"
+     " VALUES ($1::uuid, $2, $3, $4::jsonb, $5::int, $6::bigint, to_timestamp($7::bigint / 1000.0),"
+     " $8::jsonb)",
+     8},
+    /* $1 topic, $2 since, $3 until, $4 cursor (the seq of the last item
+     * shown), $5 limit + 1, $6 correlation id. */
     {&s_list,
-     "SELECT event_id::text, json_build_object('event_id', event_id, 'topic', topic,"
-     " 'key', key, 'payload', payload, 'partition', bus_partition, 'offset', bus_offset,"
-     " 'stored_at', stored_at, 'received_at', received_at)::text"
+     "SELECT seq::text, json_build_object('seq', seq, 'event_id', event_id, 'topic', topic,"
+     " 'key', key, 'headers', headers, 'payload', payload, 'partition', bus_partition,"
+     " 'offset', bus_offset, 'stored_at', stored_at, 'received_at', received_at)::text"
      " FROM audit_log WHERE ($1::text IS NULL OR topic = $1)"
      " AND ($2::timestamptz IS NULL OR stored_at >= $2::timestamptz)"
      " AND ($3::timestamptz IS NULL OR stored_at < $3::timestamptz)"
-     " AND ($4::uuid IS NULL OR seq > (SELECT a.seq FROM audit_log a WHERE a.event_id = $4::uuid))"
+     " AND ($4::bigint IS NULL OR seq > $4::bigint)"
+     " AND ($6::text IS NULL OR correlation_id = $6)"
      " ORDER BY seq LIMIT $5::int",
-     5},
+     6},
 };
 
 /* ------------------------------------------------------------------------ */
-/* Consuming                                                                */
+/* Consuming: every event type, one handler                                 */
 /* ------------------------------------------------------------------------ */
 
-static void on_deliver(void *arg, bus_client_t *client, const bus_delivery_t *d) {
-  (void)client;
-  svc_thread_t *th = arg;
-  /* The slices are not NUL-terminated: copy key and payload. */
-  char *key = malloc((size_t)d->key.len + 1);
-  char *payload = malloc((size_t)d->payload.len + 1);
-  char partition[16], offset[24], stored[24];
-  const char *vals[5] = {key, payload, partition, offset, stored};
-  if (key != NULL && payload != NULL) {
-    if (d->key.len > 0) memcpy(key, d->key.ptr, d->key.len);
-    key[d->key.len] = '\0';
-    if (d->payload.len > 0) memcpy(payload, d->payload.ptr, d->payload.len);
-    payload[d->payload.len] = '\0';
-    snprintf(partition, sizeof partition, "%" PRIu32, d->partition);
-    snprintf(offset, sizeof offset, "%" PRIu64, d->offset);
-    snprintf(stored, sizeof stored, "%" PRIu64, d->stored_ms);
-    svc_inbox_apply(th, d, s_append, 5, vals);
-  } else {
-    RT_WARN("event: out of memory for a delivery", RT_LF_INT("offset", d->offset));
-    bus_nack(th->bus, d->sub, d->partition, d->offset);
+/* The event's headers as one JSON object (names and values as strings). */
+static char *headers_json(const svc_event_t *ev) {
+  json_t *obj = json_object();
+  bus_header_iter_t it;
+  bus_header_iter_init(&it, ev->headers);
+  bus_bytes_t name, value;
+  for (uint32_t n = 0; obj != NULL && n < BUS_HEADERS_MAX && bus_header_next(&it, &name, &value);
+       n++) {
+    char key[BUS_HEADER_NAME_BYTES_MAX + 1];
+    memcpy(key, name.ptr, name.len);
+    key[name.len] = '\0';
+    json_t *v = json_stringn((const char *)value.ptr, value.len); /* NULL when not UTF-8 */
+    if (v != NULL) json_object_set_new(obj, key, v);
   }
-  free(key);
-  free(payload);
+  char *text = obj != NULL ? json_dumps(obj, JSON_COMPACT) : NULL;
+  json_decref(obj);
+  return text;
 }
 
-static int bus_init(svc_thread_t *th, bus_client_t *bus) {
-  for (uint32_t i = 0; i < cfg.topics_count; i++) {
-    int rc = bus_subscribe(bus, cfg.topics[i], EVENT_GROUP, EVENT_IN_FLIGHT, on_deliver, th);
-    if (rc < 0) {
-      RT_ERROR("cannot subscribe", RT_LF_STR("topic", cfg.topics[i]),
-               RT_LF_STR("error", rt_strerror(rc)));
-      return rc;
-    }
+static int audit_apply(svc_event_t *ev, rt_pg_batch_t *b) {
+  char partition[16], offset[24], stored[24];
+  snprintf(partition, sizeof partition, "%" PRIu32, ev->partition);
+  snprintf(offset, sizeof offset, "%" PRIu64, ev->offset);
+  snprintf(stored, sizeof stored, "%" PRIu64, ev->stored_ms);
+  char *payload = json_dumps(ev->payload, JSON_COMPACT);
+  char *headers = headers_json(ev);
+  int rc = payload != NULL && headers != NULL ? 0 : -ENOMEM;
+  if (rc == 0) {
+    const char *vals[] = {ev->id, ev->def->topic, ev->key, payload, partition, offset, stored,
+                          headers};
+    rc = rt_pg_add(b, s_append, 8, vals);
   }
-  RT_INFO("subscribed", RT_LF_INT("topics", cfg.topics_count), RT_LF_STR("group", EVENT_GROUP));
-  return 0;
+  free(payload);
+  free(headers);
+  return rc < 0 ? rc : 0;
+}
+
+/* Every type of the registry, filled in main(). */
+static svc_consumer_t consumers[SVC_EV_COUNT];
+
+static void consumers_fill(void) {
+  for (int t = 0; t < SVC_EV_COUNT; t++)
+    consumers[t] = (svc_consumer_t){.type = (svc_event_type_t)t, .apply = audit_apply};
 }
 
 /* ------------------------------------------------------------------------ */
@@ -138,10 +134,16 @@ static void on_list(svc_req_t *req) {
   int limit;
   char cursor[SVC_CURSOR_BYTES];
   char topic[BUS_NAME_BYTES_MAX + 1], since[EVENT_TIME_BYTES_MAX], until[EVENT_TIME_BYTES_MAX];
-  if (svc_page(req, SVC_CURSOR_UUID, &limit, cursor) < 0) return;
+  char corr[SVC_TRACE_ID_BYTES];
+  if (svc_page(req, SVC_CURSOR_SEQ, &limit, cursor) < 0) return;
   int tn = svc_query(req, "topic", topic, sizeof topic);
   if (tn == -EINVAL || (tn >= 0 && !bus_name_valid((const uint8_t *)topic, (size_t)tn))) {
     svc_reply_error(req, 422, "invalid_topic", "topic is not a valid topic name");
+    return;
+  }
+  int cn = svc_query(req, "correlation_id", corr, sizeof corr);
+  if (cn == -EINVAL || cn == 0) {
+    svc_reply_error(req, 422, "invalid_correlation_id", "correlation_id is too long or empty");
     return;
   }
   int sn = time_query(req, "since", since), un = time_query(req, "until", until);
@@ -155,8 +157,8 @@ static void on_list(svc_req_t *req) {
   rt_pg_batch_t *b = svc_batch(req);
   if (b == NULL) return;
   const char *vals[] = {tn > 0 ? topic : NULL, sn > 0 ? since : NULL, un > 0 ? until : NULL,
-                        cursor[0] ? cursor : NULL, lim};
-  rt_pg_add(b, s_list, 5, vals);
+                        cursor[0] ? cursor : NULL, lim, cn > 0 ? corr : NULL};
+  rt_pg_add(b, s_list, 6, vals);
   svc_db(req, b, list_done);
 }
 
@@ -165,29 +167,13 @@ static const svc_route_t routes[] = {
 };
 
 /* ------------------------------------------------------------------------ */
-/* Configuration and main                                                   */
+/* Main                                                                     */
 /* ------------------------------------------------------------------------ */
 
-static int load_topics(void) {
-  const char *list = rt_env_str("EVENT_TOPICS", EVENT_TOPICS_DEFAULT);
-  if (strlen(list) >= sizeof cfg.topics_buf) {
-    fprintf(stderr, "EVENT_TOPICS is too long\n");
-    return RT_E_CONFIG;
-  }
-  memcpy(cfg.topics_buf, list, strlen(list) + 1);
-  char *save = NULL;
-  for (char *t = strtok_r(cfg.topics_buf, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
-    if (cfg.topics_count == EVENT_TOPICS_MAX || !bus_name_valid((const uint8_t *)t, strlen(t))) {
-      fprintf(stderr, "EVENT_TOPICS: bad or too many topics at '%s'\n", t);
-      return RT_E_CONFIG;
-    }
-    cfg.topics[cfg.topics_count++] = t;
-  }
-  return 0;
-}
+static const svc_event_type_t produces[] = {SVC_EV_DEAD_LETTER_REDRIVEN};
 
 int main(int argc, char **argv) {
-  if (load_topics() < 0) return 2;
+  consumers_fill();
   svc_def_t def = {
       .name = "event",
       .env_prefix = "EVENT",
@@ -198,9 +184,10 @@ int main(int argc, char **argv) {
       .stmts_count = sizeof stmts / sizeof stmts[0],
       .migrations = event_migrations,
       .migrations_count = event_migrations_count,
-      .bus_init = bus_init,
-      .usage_env = "  EVENT_TOPICS          topics to audit, comma-separated\n"
-                   "                        (" EVENT_TOPICS_DEFAULT ")\n",
+      .produces = produces,
+      .produces_count = sizeof produces / sizeof produces[0],
+      .consumers = consumers,
+      .consumers_count = SVC_EV_COUNT,
   };
   return svc_main(argc, argv, &def);
 }

@@ -68,11 +68,12 @@ static const svc_stmt_t stmts[] = {
      "SELECT id, password_hash, status, array_to_json(roles)::text FROM customers WHERE email = $1",
      1},
     /* The event of a PATCH, written only when the customer exists. */
+    /* $1 event id, $2 topic, $3 customer id, $4 payload, $5 headers: only
+     * when the customer exists (the update found it). */
     {&s_updated_event,
-     "INSERT INTO outbox (id, topic, key, payload, created_at)"
-     " SELECT $1::uuid, 'customer.updated', $2::text, $3::jsonb, now()"
-     " WHERE EXISTS (SELECT 1 FROM customers WHERE id = $2::text::uuid)",
-     3},
+     SVC_OUTBOX_INSERT("customers c", "1", "2", "$3::text", "$4::jsonb", "5")
+     " WHERE c.id = $3::text::uuid",
+     5},
 };
 
 /* ------------------------------------------------------------------------ */
@@ -177,7 +178,9 @@ static void create_hashed(svc_req_t *req, void *arg) {
   rt_pg_batch_t *b = svc_batch(req);
   if (b == NULL) return;
   rt_pg_add(b, s_insert, 5, vals);
-  svc_outbox_add(b, "customer.created", st->id, payload);
+  svc_trace_t trace;
+  svc_trace_of_request(req, &trace);
+  svc_emit(b, SVC_EV_CUSTOMER_CREATED, st->id, payload, &trace);
   svc_db(req, b, create_done);
 }
 
@@ -346,10 +349,12 @@ static void on_patch(svc_req_t *req) {
   json_t *payload = json_pack("{s:s, s:o}", "customer_id", id, "changed", changed);
   char *text = json_dumps(payload, JSON_COMPACT);
   json_decref(payload);
-  char event_id[37];
-  svc_uuid7(event_id);
-  const char *ev[] = {event_id, id, text};
-  rt_pg_add(b, s_updated_event, 3, ev); /* a NULL text fails the batch: 500 */
+  svc_trace_t trace;
+  svc_trace_of_request(req, &trace);
+  svc_emit_t emit;
+  svc_emit_prepare(&emit, SVC_EV_CUSTOMER_UPDATED, &trace);
+  const char *ev[] = {emit.id, emit.topic, id, text, emit.headers};
+  rt_pg_add(b, s_updated_event, 5, ev); /* a NULL text fails the batch: 500 */
   free(text);
   svc_db(req, b, patch_done);
 }
@@ -473,6 +478,8 @@ static int setup(PGconn *conn) {
   return 0;
 }
 
+static const svc_event_type_t produces[] = {SVC_EV_CUSTOMER_CREATED, SVC_EV_CUSTOMER_UPDATED};
+
 int main(int argc, char **argv) {
   if (rt_env_u32("ARGON2_T_COST", 2, 1, 16, &cfg.t_cost) < 0) return 2;
   if (rt_env_u32("ARGON2_M_KIB", 19456, 64, 1u << 20, &cfg.m_kib) < 0) return 2;
@@ -488,6 +495,8 @@ int main(int argc, char **argv) {
       .setup = setup,
       .usage_env = "  ARGON2_T_COST         Argon2id passes             (2)\n"
                    "  ARGON2_M_KIB          Argon2id memory in KiB      (19456)\n",
+      .produces = produces,
+      .produces_count = sizeof produces / sizeof produces[0],
   };
   svc_def_t d = def;
   d.migrations_count = profile_migrations_count;

@@ -177,14 +177,14 @@ PY
 }
 
 run_pgbench() {
-  local seconds=$1 prefix=$2 hash ok_body payload fail_body
+  local seconds=$1 prefix=$2 hash payload fail_body
   hash=$(printf 'bench' | sha256sum | cut -c1-64)
-  ok_body='{"id":"01a20aa1-e139-72b8-aeef-5360cb42038b","kind":"transfer","from_account_id":"00000000-0000-7000-8001-000000000001","to_account_id":"00000000-0000-7000-8001-000000000002","amount":50,"currency":"EUR","created_at":"2026-01-01T00:00:00.000Z"}'
   payload='{"transaction_id":"01a20aa1-e139-72b8-aeef-5360cb42038b","from_account_id":"00000000-0000-7000-8001-000000000001","to_account_id":"00000000-0000-7000-8001-000000000002","amount":50,"currency":"EUR"}'
   fail_body='{"error":{"code":"insufficient_funds","message":"the balance (with its overdraft limit) does not cover the amount"}}'
   pgbench -n -M prepared -c "$BENCH_PG_CLIENTS" -j 2 -T "$seconds" -f "$TMP_DIR/transfer.pgbench" \
     -D scope="pgbench-$(date +%s%N)" -D hash="$hash" -D kind=transfer -D cur=EUR \
-    -D topic=account.transferred -D st_ok=201 -D st_fail=422 -D ok_body="$ok_body" \
+    -D topic=account.transferred -D st_ok=201 -D st_fail=422 -D hours=48 \
+    -D headers='{"type":"account.transferred","schema-version":"1"}' \
     -D payload="$payload" -D fail_body="$fail_body" \
     ${prefix:+-l --log-prefix="$prefix"} "$ACCOUNT_DB_URL"
 }

@@ -20,14 +20,15 @@ import sys
 STATEMENTS = [
     ("precheck", lambda s: s.startswith("SELECT id, customer_id, currency, status, kind FROM accounts"),
      ["src", "dst"]),
-    ("claim", lambda s: s.startswith("INSERT INTO idempotency_keys"),
-     ["scope", "key", "hash"]),
+    ("claim", lambda s: s.startswith("INSERT INTO claims (scope, key, request_hash, status,"
+                                     " response_body, created_at, expires_at) VALUES ($1, $2, $3, 0"),
+     ["scope", "key", "hash", "hours"]),
     ("lock", lambda s: "FOR UPDATE" in s and s.startswith("SELECT id FROM accounts"),
-     ["src", "dst", "scope", "key"]),
-    ("move", lambda s: s.startswith("WITH g AS"),
-     ["tx", "kind", "src", "dst", "amount", "cur", "ts", "scope", "key", "e1", "e2", "ev",
-      "topic", "src", "payload", "st_ok", "ok_body"]),
-    ("finish", lambda s: s.startswith("WITH u AS (UPDATE idempotency_keys"),
+     ["src", "dst"]),
+    ("move", lambda s: s.startswith("WITH d AS (UPDATE accounts"),
+     ["tx", "kind", "src", "dst", "amount", "cur", "scope", "key", "e1", "e2", "ev",
+      "topic", "src", "payload", "st_ok", "src", "headers"]),
+    ("finish", lambda s: s.startswith("WITH u AS (UPDATE claims"),
      ["scope", "key", "st_fail", "fail_body"]),
 ]
 
@@ -65,7 +66,7 @@ def main():
     print("\\set amount random(1, 100)")
     print("\\set key random(1, 1000000000000000)")
     print("SELECT a.id AS src, b.id AS dst, gen_random_uuid() AS tx, gen_random_uuid() AS e1,"
-          " gen_random_uuid() AS e2, gen_random_uuid() AS ev, now()::text AS ts"
+          " gen_random_uuid() AS e2, gen_random_uuid() AS ev"
           " FROM bench_accounts a, bench_accounts b WHERE a.n = :a AND b.n = :b \\gset")
     print("\\startpipeline")
     print(found["precheck"] + ";")

@@ -2,7 +2,8 @@
  * busctl.c - publish to and consume from busd by hand.
  *
  *   busctl pub --topic T [--key K] [--data TEXT | --size N] [--count N]
- *   busctl sub --topic T --group G [--count N] [--max N] [--nack]
+ *              [--id UUID] [--header NAME=VALUE ...]
+ *   busctl sub --topic T --group G [--count N] [--max N] [--nack] [--headers]
  *
  * Both run the bus client on a loop of their own on the main thread. pub
  * publishes with confirms (at most --window unconfirmed) and exits when
@@ -32,6 +33,11 @@ typedef struct opts {
   bool nack;
   bool no_ack;
   bool quiet;
+  bool show_headers;
+  bool id_set;
+  uint8_t id[BUS_ID_BYTES];       /* --id: the same id for every publish */
+  bus_header_t headers[BUS_HEADERS_MAX];
+  uint32_t headers_count;
 } opts_t;
 
 typedef struct state {
@@ -52,16 +58,39 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: busctl [--host ADDR] [--port N] pub --topic T [--key K]\n"
           "              [--data TEXT | --size BYTES] [--count N] [--window N]\n"
+          "              [--id UUID] [--header NAME=VALUE]...\n"
           "       busctl [--host ADDR] [--port N] sub --topic T --group G\n"
-          "              [--count N] [--max N] [--nack | --no-ack] [--quiet]\n"
+          "              [--count N] [--max N] [--nack | --no-ack] [--quiet] [--headers]\n"
           "\n"
           "pub publishes --count events (default 1) with fresh UUID v7 ids and waits\n"
           "until busd has confirmed each one (PUB_ACK: fsynced). sub joins the group,\n"
           "prints one line per delivery (topic partition offset attempt id payload)\n"
           "and acks it (--nack: nacks it; --no-ack: neither, as a consumer that\n"
           "crashes would); it stops after --count deliveries\n"
-          "(default 0: never). Host and port default to $BUSD_HOST and $BUSD_PORT,\n"
-          "else 127.0.0.1:7400.\n");
+          "(default 0: never); --headers prints each delivery's headers after it, one\n"
+          "tab-indented NAME=VALUE line each. --id publishes with that event id (every\n"
+          "publish: duplicates on purpose), --header adds a header. Host and port\n"
+          "default to $BUSD_HOST and $BUSD_PORT, else 127.0.0.1:7400.\n");
+}
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Canonical UUID text to 16 bytes. */
+static int parse_id(const char *s, uint8_t out[BUS_ID_BYTES]) {
+  if (strlen(s) != 36) return -1;
+  size_t n = 0;
+  for (size_t i = 0; i < 36; i += 2) {
+    if (s[i] == '-') i++;
+    int hi = hexval(s[i]), lo = hexval(s[i + 1]);
+    if (hi < 0 || lo < 0 || n == BUS_ID_BYTES) return -1;
+    out[n++] = (uint8_t)(hi << 4 | lo);
+  }
+  return n == BUS_ID_BYTES ? 0 : -1;
 }
 
 static int parse(int argc, char **argv, opts_t *o) {
@@ -72,7 +101,8 @@ static int parse(int argc, char **argv, opts_t *o) {
       {"size", required_argument, NULL, 's'},  {"count", required_argument, NULL, 'n'},
       {"window", required_argument, NULL, 'w'}, {"max", required_argument, NULL, 'm'},
       {"nack", no_argument, NULL, 'N'},        {"no-ack", no_argument, NULL, 'A'},
-      {"quiet", no_argument, NULL, 'q'},
+      {"quiet", no_argument, NULL, 'q'},      {"headers", no_argument, NULL, 'X'},
+      {"id", required_argument, NULL, 'i'},    {"header", required_argument, NULL, 'e'},
       {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
   };
   int c;
@@ -99,6 +129,19 @@ static int parse(int argc, char **argv, opts_t *o) {
     case 'N': o->nack = true; break;
     case 'A': o->no_ack = true; break;
     case 'q': o->quiet = true; break;
+    case 'X': o->show_headers = true; break;
+    case 'i':
+      if (parse_id(optarg, o->id) < 0) return -1;
+      o->id_set = true;
+      break;
+    case 'e': {
+      const char *eq = strchr(optarg, '=');
+      if (eq == NULL || eq == optarg || o->headers_count == BUS_HEADERS_MAX) return -1;
+      o->headers[o->headers_count++] = (bus_header_t){
+          .name = optarg, .name_len = (uint32_t)(eq - optarg),
+          .value = eq + 1, .value_len = (uint32_t)strlen(eq + 1)};
+      break;
+    }
     case 'h': return 1;
     default: return -1;
     }
@@ -138,7 +181,13 @@ static void pub_fill(state_t *s) {
     p.topic = s->o.topic;
     p.key = s->o.key;
     p.key_len = s->o.key ? (uint32_t)strlen(s->o.key) : 0;
-    bus_uuid_v7(p.id);
+    if (s->o.id_set) {
+      memcpy(p.id, s->o.id, BUS_ID_BYTES);
+    } else {
+      bus_uuid_v7(p.id);
+    }
+    p.headers = s->o.headers;
+    p.headers_count = s->o.headers_count;
     p.payload = s->payload;
     p.payload_len = s->payload_len;
     int rc = bus_publish(s->client, &p, NULL);
@@ -174,11 +223,30 @@ static void print_delivery(const bus_delivery_t *d) {
   putchar('\n');
 }
 
+static void print_headers(const bus_delivery_t *d) {
+  bus_header_iter_t it;
+  bus_header_iter_init(&it, d->headers);
+  bus_bytes_t name, value;
+  for (uint32_t n = 0; n < BUS_HEADERS_MAX && bus_header_next(&it, &name, &value); n++) {
+    printf("\t%.*s=", (int)name.len, (const char *)name.ptr);
+    for (uint32_t i = 0; i < value.len && i < 300; i++) {
+      uint8_t ch = value.ptr[i];
+      if (ch >= 0x20 && ch < 0x7f && ch != '\\') {
+        putchar(ch);
+      } else {
+        printf("\\x%02x", ch);
+      }
+    }
+    putchar('\n');
+  }
+}
+
 static void stop_loop(rt_timer_t *t) { rt_loop_stop(t->ctx); }
 
 static void on_deliver(void *arg, bus_client_t *client, const bus_delivery_t *d) {
   state_t *s = arg;
   if (!s->o.quiet) print_delivery(d);
+  if (!s->o.quiet && s->o.show_headers) print_headers(d);
   fflush(stdout);
   if (s->o.no_ack) {
     /* neither: busd redelivers after its ack timeout */

@@ -209,6 +209,7 @@ struct busd_job {
   uint8_t *buf;         /* READ */
   bool roll;            /* WRITE: create `path` first and write there */
   uint32_t partitions;  /* MKTOPIC */
+  uint32_t gen;         /* SNAPSHOT: its number (the topic's snap_gen_next) */
   char path[PATH_MAX];  /* new segment, file to unlink or replace, topic dir */
   /* out */
   int result;           /* 0 / bytes read, or -errno */
@@ -399,7 +400,13 @@ struct busd_topic {
   busd_job_t snap_job;
   bus_buf_t snap_buf;
   bool snap_dirty;
+  bool snap_again;         /* a failure wants a snapshot after this one */
   uint64_t snap_last_ms;
+  /* Snapshots are numbered: the next one built gets snap_gen_next; the
+   * last one on disk is snap_gen_done. A failed delivery waits for the
+   * snapshot that records its failure count before it is retried. */
+  uint32_t snap_gen_next;
+  uint32_t snap_gen_done;
   uint64_t dead_letters;   /* records this topic sent to its .dead topic */
 };
 
@@ -450,9 +457,27 @@ typedef enum busd_slot_state {
 typedef struct busd_slot {
   uint8_t state;
   uint16_t attempt;        /* deliveries so far */
+  uint16_t failures;       /* of those, failed (NACK, timeout, member gone);
+                            * stored in the offsets snapshot */
+  uint32_t persist_gen;    /* RETRY: not before snapshot this is done */
   busd_member_t *member;   /* INFLIGHT: to whom */
   uint64_t due_ms;         /* INFLIGHT: ack deadline; RETRY: not before */
 } busd_slot_t;
+
+/* A failure count loaded from the offsets snapshot at start-up. */
+typedef struct busd_restored {
+  uint64_t offset;
+  uint16_t failures;
+} busd_restored_t;
+
+/* The last reasons given with NACKs, per group and partition: a few, for
+ * the dead letter's x-dead-error (older ones are forgotten). */
+#define BUSD_WHY_SLOTS 8
+typedef struct busd_why {
+  uint64_t offset;
+  bool used;
+  char text[BUS_NACK_WHY_BYTES_MAX + 1];
+} busd_why_t;
 
 /* A group's view of one partition: offsets below `committed` are done,
  * [committed, next) are in the window (slot = offset & mask). */
@@ -485,6 +510,13 @@ struct busd_gp {
   /* An offset whose record failed its checksum on read: skipped. */
   uint64_t skip_offset;
   bool skip_valid;
+  /* Failure counts of offsets in the window when busd last stopped,
+   * sorted; consumed as the window passes them. */
+  busd_restored_t *restored;
+  uint32_t restored_count;
+  uint32_t restored_pos;
+  busd_why_t why[BUSD_WHY_SLOTS];
+  uint32_t why_next;
 };
 
 struct busd_group {
@@ -526,6 +558,19 @@ busd_group_t *busd_group_get(busd_t *b, busd_topic_t *topic, const uint8_t *name
 /* Sets a partition's committed offset (start-up load only). */
 void busd_group_set_committed(busd_group_t *g, uint32_t partition, uint64_t committed);
 
+/* Gives a partition the failure counts stored with its offsets (start-up
+ * load only); takes the array (sorted by offset, malloc'd). */
+void busd_group_set_restored(busd_group_t *g, uint32_t partition, busd_restored_t *restored,
+                             uint32_t count);
+
+/* A snapshot with the failure counts it records is on disk: retries that
+ * waited for it may go. */
+void busd_groups_persisted(busd_topic_t *t);
+
+/* Starts a snapshot of the topic's offsets and failure counts now, or
+ * right after the one in flight. */
+void busd_store_snapshot_soon(busd_topic_t *t);
+
 /* A connection's SUB. Returns 0, RT_E_POOL_EMPTY (subs_max) or -ENOMEM. */
 int busd_group_join(busd_t *b, busd_conn_t *conn, busd_group_t *g,
                     uint32_t max_in_flight);
@@ -536,7 +581,8 @@ void busd_group_conn_gone(busd_t *b, busd_conn_t *conn);
 
 /* ACK and NACK from any member of the group; stale ones are ignored. */
 void busd_group_ack(busd_group_t *g, uint32_t partition, uint64_t offset);
-void busd_group_nack(busd_group_t *g, uint32_t partition, uint64_t offset);
+void busd_group_nack(busd_group_t *g, uint32_t partition, uint64_t offset,
+                     bus_bytes_t why);
 
 /* A dead-letter copy is durable: its source offset is done. */
 void busd_group_dead_done(busd_gp_t *gp, uint64_t source_offset, int err);

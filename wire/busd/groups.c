@@ -23,6 +23,7 @@
  * only through ACK or a durable dead letter (or when retention or
  * corruption made the record unreadable, which is logged and counted).
  */
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -66,6 +67,7 @@ static int gp_init(busd_gp_t *gp, busd_group_t *g, busd_part_t *part, uint32_t s
 void busd_group_free(busd_group_t *g) {
   if (g == NULL) return;
   for (uint32_t p = 0; g->gps != NULL && p < g->topic->parts_count; p++) {
+    free(g->gps[p].restored);
     free(g->gps[p].slots);
     free(g->gps[p].rbuf);
     free(g->gps[p].rpos);
@@ -116,6 +118,31 @@ void busd_group_set_committed(busd_group_t *g, uint32_t partition, uint64_t comm
   gp->next = committed;
 }
 
+void busd_group_set_restored(busd_group_t *g, uint32_t partition, busd_restored_t *restored,
+                             uint32_t count) {
+  busd_gp_t *gp = &g->gps[partition];
+  free(gp->restored);
+  gp->restored = restored;
+  gp->restored_count = count;
+  gp->restored_pos = 0;
+}
+
+/* The failure count stored for `offset` before the last stop, consumed as
+ * the window reaches it (offsets come in order). */
+static uint16_t gp_take_restored(busd_gp_t *gp, uint64_t offset) {
+  while (gp->restored_pos < gp->restored_count &&
+         gp->restored[gp->restored_pos].offset < offset)
+    gp->restored_pos++;
+  if (gp->restored_pos < gp->restored_count && gp->restored[gp->restored_pos].offset == offset)
+    return gp->restored[gp->restored_pos++].failures;
+  if (gp->restored != NULL && gp->restored_pos == gp->restored_count) {
+    free(gp->restored); /* all passed */
+    gp->restored = NULL;
+    gp->restored_count = gp->restored_pos = 0;
+  }
+  return 0;
+}
+
 uint64_t busd_groups_min_committed(busd_topic_t *t, uint32_t partition) {
   uint64_t min = UINT64_MAX;
   for (busd_group_t *g = t->groups; g != NULL; g = g->next) {
@@ -148,15 +175,57 @@ static void gp_advance(busd_gp_t *gp) {
 
 /* A delivery failed (NACK, timeout, member gone): retry after `delay_ms`,
  * or dead-letter when it has had all its attempts. */
+/*
+ * Failure counts survive a restart: each failure is written to the topic's
+ * offsets snapshot, and the retry waits until a snapshot that holds it is
+ * on disk (a few ms, within the back-off). So a delivery is retried only
+ * once its failure is durable, and after a crash the count goes on from
+ * there: an event that keeps failing is dead-lettered after exactly
+ * max_attempts deliveries that failed, restarts or not. (A delivery still
+ * in flight when busd dies had no outcome; it is made again, as the same
+ * attempt.)
+ */
 static void gp_fail(busd_gp_t *gp, busd_slot_t *s, uint32_t delay_ms) {
   busd_t *b = gp_broker(gp);
-  if (s->attempt >= b->cfg.max_attempts && !is_dead_topic(gp->group->topic)) {
+  busd_topic_t *t = gp->group->topic;
+  assert(s->attempt >= 1);
+  s->failures = s->attempt;
+  if (s->failures >= b->cfg.max_attempts && !is_dead_topic(t)) {
     s->state = BUSD_SLOT_DEAD;
   } else {
     s->state = BUSD_SLOT_RETRY;
     s->due_ms = busd_now_ms(b) + delay_ms;
+    s->persist_gen = t->snap_gen_next;
+    busd_store_snapshot_soon(t);
   }
   gp->pending++;
+}
+
+/* Remembers why a delivery failed, for its dead letter. */
+static void gp_why_set(busd_gp_t *gp, uint64_t offset, bus_bytes_t why) {
+  if (why.len == 0) return;
+  busd_why_t *w = NULL;
+  for (uint32_t i = 0; i < BUSD_WHY_SLOTS && w == NULL; i++)
+    if (gp->why[i].used && gp->why[i].offset == offset) w = &gp->why[i];
+  if (w == NULL) w = &gp->why[gp->why_next++ % BUSD_WHY_SLOTS];
+  uint32_t n = why.len < BUS_NACK_WHY_BYTES_MAX ? why.len : BUS_NACK_WHY_BYTES_MAX;
+  memcpy(w->text, why.ptr, n);
+  w->text[n] = '\0';
+  w->offset = offset;
+  w->used = true;
+}
+
+static const char *gp_why_get(const busd_gp_t *gp, uint64_t offset) {
+  for (uint32_t i = 0; i < BUSD_WHY_SLOTS; i++)
+    if (gp->why[i].used && gp->why[i].offset == offset) return gp->why[i].text;
+  return NULL;
+}
+
+void busd_groups_persisted(busd_topic_t *t) {
+  for (busd_group_t *g = t->groups; g != NULL; g = g->next) {
+    for (uint32_t p = 0; p < t->parts_count; p++)
+      if (g->gps[p].pending > 0) gp_pump(&g->gps[p]);
+  }
 }
 
 static uint32_t nack_backoff_ms(const busd_t *b, uint32_t attempt) {
@@ -329,6 +398,7 @@ static void gp_deliver(busd_gp_t *gp, busd_member_t *m, uint64_t offset,
   busd_slot_t *s = slot_of(gp, offset);
   if (offset == gp->next) {
     memset(s, 0, sizeof *s);
+    s->attempt = s->failures = gp_take_restored(gp, offset);
     gp->next++;
   } else {
     gp->pending--; /* was RETRY */
@@ -371,7 +441,7 @@ static void gp_deliver(busd_gp_t *gp, busd_member_t *m, uint64_t offset,
  * under BUS_HEADERS_MAX) plus where it came from and why. */
 static int dead_headers(busd_gp_t *gp, uint64_t offset, const busd_rec_t *rec,
                         uint32_t attempts) {
-  enum { OURS = 5 };
+  enum { OURS = 6 };
   busd_t *b = gp_broker(gp);
   bus_header_t h[BUS_HEADERS_MAX];
   uint32_t n = 0;
@@ -386,9 +456,11 @@ static int dead_headers(busd_gp_t *gp, uint64_t offset, const busd_rec_t *rec,
   snprintf(off, sizeof off, "%" PRIu64, offset);
   snprintf(att, sizeof att, "%u", attempts);
   const busd_group_t *g = gp->group;
+  const char *why = gp_why_get(gp, offset);
   const char *names[OURS] = {"x-dead-topic", "x-dead-group", "x-dead-partition",
-                             "x-dead-offset", "x-dead-attempts"};
-  const char *values[OURS] = {g->topic->name, g->name, part, off, att};
+                             "x-dead-offset", "x-dead-attempts", "x-dead-error"};
+  const char *values[OURS] = {g->topic->name, g->name, part, off, att,
+                              why != NULL ? why : "no reason given"};
   for (int i = 0; i < OURS; i++)
     h[n++] = (bus_header_t){.name = names[i], .name_len = (uint32_t)strlen(names[i]),
                             .value = values[i], .value_len = (uint32_t)strlen(values[i])};
@@ -462,6 +534,7 @@ static bool gp_pump_pending(busd_gp_t *gp) {
       continue;
     }
     if (s->state != BUSD_SLOT_RETRY || s->due_ms > now || !member_has_room(gp->owner)) continue;
+    if (s->persist_gen > gp->group->topic->snap_gen_done) continue; /* not durable yet */
     busd_rec_t rec;
     int rc = gp_fetch(gp, off, &rec);
     if (rc == FETCH_PENDING) {
@@ -477,6 +550,25 @@ static bool gp_pump_pending(busd_gp_t *gp) {
   return ok;
 }
 
+/* An offset that had used up its attempts when busd stopped goes to its
+ * dead letter without another delivery. */
+static bool gp_restored_dead(busd_gp_t *gp) {
+  busd_t *b = gp_broker(gp);
+  if (gp->restored == NULL || is_dead_topic(gp->group->topic)) return false;
+  uint32_t pos = gp->restored_pos;
+  while (pos < gp->restored_count && gp->restored[pos].offset < gp->next) pos++;
+  if (pos >= gp->restored_count || gp->restored[pos].offset != gp->next ||
+      gp->restored[pos].failures < b->cfg.max_attempts)
+    return false;
+  busd_slot_t *s = slot_of(gp, gp->next);
+  memset(s, 0, sizeof *s);
+  s->attempt = s->failures = gp_take_restored(gp, gp->next);
+  s->state = BUSD_SLOT_DEAD;
+  gp->pending++;
+  gp->next++;
+  return true;
+}
+
 static void gp_pump(busd_gp_t *gp) {
   if (gp->committed < gp->part->start) gp_skip_to_start(gp);
   if (gp->pending > 0 && !gp_pump_pending(gp)) return;
@@ -484,6 +576,7 @@ static void gp_pump(busd_gp_t *gp) {
   /* Bounded by the window: each turn delivers or skips one new offset. */
   for (uint32_t turn = 0; turn <= gp->mask && member_has_room(m); turn++) {
     if (gp->next >= gp->part->durable || gp->next - gp->committed > gp->mask) break;
+    if (gp_restored_dead(gp)) continue;
     busd_rec_t rec;
     int rc = gp_fetch(gp, gp->next, &rec);
     if (rc == FETCH_PENDING) break;
@@ -630,12 +723,13 @@ void busd_group_ack(busd_group_t *g, uint32_t partition, uint64_t offset) {
   gp_pump(gp);
 }
 
-void busd_group_nack(busd_group_t *g, uint32_t partition, uint64_t offset) {
+void busd_group_nack(busd_group_t *g, uint32_t partition, uint64_t offset, bus_bytes_t why) {
   if (partition >= g->topic->parts_count) return;
   busd_gp_t *gp = &g->gps[partition];
   if (offset < gp->committed || offset >= gp->next) return;
   busd_slot_t *s = slot_of(gp, offset);
   if (s->state != BUSD_SLOT_INFLIGHT) return;
+  gp_why_set(gp, offset, why);
   busd_member_t *m = s->member;
   member_release(gp, s);
   g->nacked++;

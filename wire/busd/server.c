@@ -239,7 +239,7 @@ static void on_ack(busd_conn_t *c, const bus_frame_t *f) {
     if (f->type == BUS_ACK) {
       busd_group_ack(g, f->partition, f->offset);
     } else {
-      busd_group_nack(g, f->partition, f->offset);
+      busd_group_nack(g, f->partition, f->offset, f->message);
     }
     return;
   }

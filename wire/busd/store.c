@@ -12,8 +12,13 @@
  * are created and offsets stored through I/O jobs.
  *
  * The offsets file, little-endian, replaced atomically (tmp, fsync, rename):
- *   "BUSOFFS1" | u32 count | count x (u16 name length, name, u32 partition,
- *   u64 committed) | u32 crc32c of everything before it
+ *   "BUSOFFS2" | u32 count | count x (u16 name length, name, u32 partition,
+ *   u64 committed, u32 failed, failed x (u64 offset, u16 failures)) |
+ *   u32 crc32c of everything before it
+ * where the failed entries are the offsets of the window whose deliveries
+ * have failed so far (busd_slot_t.failures), so that the attempt count of
+ * an event survives a restart. "BUSOFFS1" files (no failure counts) are
+ * still read.
  */
 #include <dirent.h>
 #include <endian.h>
@@ -27,7 +32,8 @@
 
 #include "busd.h"
 
-#define OFFSETS_MAGIC "BUSOFFS1"
+#define OFFSETS_MAGIC_V1 "BUSOFFS1"
+#define OFFSETS_MAGIC "BUSOFFS2"
 #define OFFSETS_BYTES_MAX (64u << 20)
 #define SEGMENTS_PER_PARTITION_MAX 1000000u
 
@@ -96,6 +102,7 @@ static busd_topic_t *topic_add(busd_t *b, const uint8_t *name, uint32_t len,
   if (t->parts == NULL) return NULL;
   t->parts_count = parts_count;
   bus_buf_init(&t->snap_buf, OFFSETS_BYTES_MAX);
+  t->snap_gen_next = 1; /* 0 is "none yet": nothing waits for it */
   for (uint32_t p = 0; p < parts_count; p++) {
     char dir[PATH_MAX + 16];
     snprintf(dir, sizeof dir, "%s/%u", t->dir, p);
@@ -280,16 +287,46 @@ static int read_file(const char *path, uint8_t **out, size_t *len) {
   return 0;
 }
 
+static uint16_t rd16(const uint8_t *p) {
+  uint16_t v;
+  memcpy(&v, p, 2);
+  return le16toh(v);
+}
+
+/* Reads the failure counts of one entry (v2) into a new sorted array. */
+static int failures_read(const uint8_t *p, size_t *pos, size_t end, busd_restored_t **out,
+                         uint32_t *count) {
+  *out = NULL;
+  *count = 0;
+  if (end - *pos < 4) return BUS_E_CORRUPT;
+  uint32_t n = rd32(p + *pos);
+  *pos += 4;
+  if (n == 0) return 0;
+  if ((end - *pos) / 10u < n) return BUS_E_CORRUPT;
+  busd_restored_t *r = malloc((size_t)n * sizeof *r);
+  if (r == NULL) return -ENOMEM;
+  for (uint32_t i = 0; i < n; i++) {
+    r[i].offset = rd64(p + *pos);
+    r[i].failures = rd16(p + *pos + 8);
+    *pos += 10;
+    if (i > 0 && r[i].offset <= r[i - 1].offset) {
+      free(r);
+      return BUS_E_CORRUPT;
+    }
+  }
+  *out = r;
+  *count = n;
+  return 0;
+}
+
 /* Applies the entries of a checked offsets file. Every length is checked
  * against what is left before it is used. */
-static int offsets_apply(busd_topic_t *t, const uint8_t *p, size_t len) {
+static int offsets_apply(busd_topic_t *t, const uint8_t *p, size_t len, bool v2) {
   uint32_t count = rd32(p + 8);
   size_t pos = 12, end = len - 4;
   for (uint32_t i = 0; i < count; i++) {
     if (end - pos < 2) return BUS_E_CORRUPT;
-    uint16_t n;
-    memcpy(&n, p + pos, 2);
-    n = le16toh(n);
+    uint16_t n = rd16(p + pos);
     if (end - pos < 2u + n + 12u || !bus_name_valid(p + pos + 2, n)) return BUS_E_CORRUPT;
     busd_group_t *g = busd_group_get(t->b, t, p + pos + 2, n);
     if (g == NULL) {
@@ -301,6 +338,16 @@ static int offsets_apply(busd_topic_t *t, const uint8_t *p, size_t len) {
     uint64_t committed = rd64(p + pos + 6 + n);
     if (partition < t->parts_count) busd_group_set_committed(g, partition, committed);
     pos += 2u + n + 12u;
+    if (!v2) continue;
+    busd_restored_t *r = NULL;
+    uint32_t rn = 0;
+    int rc = failures_read(p, &pos, end, &r, &rn);
+    if (rc < 0) return rc;
+    if (partition < t->parts_count) {
+      busd_group_set_restored(g, partition, r, rn);
+    } else {
+      free(r);
+    }
   }
   return 0;
 }
@@ -312,9 +359,10 @@ static int load_offsets(busd_topic_t *t) {
   size_t len;
   int rc = read_file(path, &buf, &len);
   if (rc < 0 || buf == NULL) return rc;
-  bool ok = len >= 16 && memcmp(buf, OFFSETS_MAGIC, 8) == 0 &&
-            busd_crc32c(0, buf, len - 4) == rd32(buf + len - 4);
-  rc = ok ? offsets_apply(t, buf, len) : BUS_E_CORRUPT;
+  bool v2 = len >= 16 && memcmp(buf, OFFSETS_MAGIC, 8) == 0;
+  bool v1 = len >= 16 && memcmp(buf, OFFSETS_MAGIC_V1, 8) == 0;
+  bool ok = (v1 || v2) && busd_crc32c(0, buf, len - 4) == rd32(buf + len - 4);
+  rc = ok ? offsets_apply(t, buf, len, v2) : BUS_E_CORRUPT;
   free(buf);
   if (rc == BUS_E_CORRUPT) {
     /* Groups then start again from the oldest record: duplicates, no loss. */
@@ -429,6 +477,27 @@ int busd_store_open(busd_t *b) {
 
 static int put(bus_buf_t *buf, const void *p, size_t n) { return bus_buf_append(buf, p, n); }
 
+/* The failure counts of one group's partition: the offsets of its window
+ * that have failed at least once, in order. */
+static int snapshot_failures(bus_buf_t *buf, const busd_gp_t *gp) {
+  uint32_t n = 0;
+  for (uint64_t off = gp->committed; off < gp->next; off++) {
+    const busd_slot_t *s = &gp->slots[off & gp->mask];
+    if (s->failures > 0 && s->state != BUSD_SLOT_ACKED) n++;
+  }
+  uint32_t c = htole32(n);
+  int rc = put(buf, &c, 4);
+  for (uint64_t off = gp->committed; off < gp->next && rc == 0; off++) {
+    const busd_slot_t *s = &gp->slots[off & gp->mask];
+    if (s->failures == 0 || s->state == BUSD_SLOT_ACKED) continue;
+    uint64_t o = htole64(off);
+    uint16_t f = htole16(s->failures);
+    rc = put(buf, &o, 8);
+    if (rc == 0) rc = put(buf, &f, 2);
+  }
+  return rc;
+}
+
 static int snapshot_build(busd_topic_t *t) {
   bus_buf_t *buf = &t->snap_buf;
   buf->len = 0;
@@ -446,6 +515,7 @@ static int snapshot_build(busd_topic_t *t) {
       if (rc == 0) rc = put(buf, g->name, g->name_len);
       if (rc == 0) rc = put(buf, &part, 4);
       if (rc == 0) rc = put(buf, &off, 8);
+      if (rc == 0) rc = snapshot_failures(buf, &g->gps[p]);
     }
   }
   uint32_t crc = htole32(busd_crc32c(0, buf->data, buf->len));
@@ -453,18 +523,28 @@ static int snapshot_build(busd_topic_t *t) {
   return rc;
 }
 
+static void snapshot_start(busd_topic_t *t);
+
 static void snapshot_done(busd_job_t *job) {
   busd_topic_t *t = job->ctx;
   if (job->result < 0) {
     RT_ERROR("cannot store committed offsets", RT_LF_STR("topic", t->name),
              RT_LF_STR("error", rt_strerror(job->result)));
     t->snap_dirty = true; /* try again at the next interval */
+    return;
   }
+  t->snap_gen_done = job->gen;
+  if (t->snap_again) {
+    t->snap_again = false;
+    snapshot_start(t);
+  }
+  busd_groups_persisted(t);
 }
 
 static void snapshot_start(busd_topic_t *t) {
   if (snapshot_build(t) < 0) return;
   busd_job_t *job = &t->snap_job;
+  job->gen = t->snap_gen_next;
   job->kind = BUSD_JOB_SNAPSHOT;
   job->done = snapshot_done;
   job->ctx = t;
@@ -472,7 +552,20 @@ static void snapshot_start(busd_topic_t *t) {
   job->len = (uint32_t)t->snap_buf.len;
   int n = snprintf(job->path, sizeof job->path, "%s/offsets", t->dir);
   if (n < 0 || (size_t)n >= sizeof job->path) return;
-  if (busd_io_submit(&t->b->io, job) == 0) t->snap_dirty = false;
+  if (busd_io_submit(&t->b->io, job) == 0) {
+    t->snap_dirty = false;
+    t->snap_gen_next++;
+  }
+}
+
+void busd_store_snapshot_soon(busd_topic_t *t) {
+  t->snap_dirty = true;
+  if (t->state != BUSD_TOPIC_READY) return; /* the periodic commit will */
+  if (t->snap_job.in_flight) {
+    t->snap_again = true;
+    return;
+  }
+  snapshot_start(t);
 }
 
 void busd_store_commit(busd_t *b, bool force) {

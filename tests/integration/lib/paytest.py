@@ -293,12 +293,11 @@ class Platform:
     the services run with BUS_ADDR=off. extra_env: added to every service
     (per-service dicts in env_for)."""
 
-    SERVICES = ("profile", "account", "payment", "event")
-
     def __init__(self, binaries, bus=True, extra_env=None, env_for=None):
         self.bin = dict(binaries)
         self.bus = bus and "busd" in self.bin
-        self.ports = {name: free_port() for name in self.SERVICES}
+        names = set(self.bin) | {"profile", "account", "payment", "event"}
+        self.ports = {name: free_port() for name in names if name != "busd"}
         self.busd_port, self.busd_http = free_port(), free_port()
         self.busd_dir = os.path.join(WORK_DIR, "busd-data")
         self.extra_env = dict(extra_env or {})
@@ -310,7 +309,8 @@ class Platform:
              "ARGON2_T_COST": "1",
              "BUS_ADDR": "127.0.0.1:%d" % self.busd_port if self.bus else "off",
              "PROFILE_ADDR": "127.0.0.1:%d" % self.ports["profile"],
-             "ACCOUNT_ADDR": "127.0.0.1:%d" % self.ports["account"]}
+             "ACCOUNT_ADDR": "127.0.0.1:%d" % self.ports["account"],
+             "PAYMENT_ADDR": "127.0.0.1:%d" % self.ports["payment"]}
         e["%s_PORT" % name.upper()] = str(self.ports[name])
         e["%s_DB_URL" % name.upper()] = db_url(name)
         e.update(self.extra_env)
@@ -335,6 +335,46 @@ class Platform:
 
     def port(self, name):
         return self.busd_http if name == "busd" else self.ports[name]
+
+    def busctl(self, busctl_bin, *args, timeout=30):
+        """Runs busctl against this platform's busd: (exit status, stdout)."""
+        proc = subprocess.Popen([busctl_bin, "--port", str(self.busd_port)] + list(args),
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            return None, out  # what arrived before the deadline
+        return proc.returncode, out
+
+    def publish(self, busctl_bin, topic, key, payload, event_id=None, headers=None):
+        """Publishes one event as a producer would (busd confirms it)."""
+        args = ["pub", "--topic", topic, "--key", key, "--data", json.dumps(payload)]
+        if event_id:
+            args += ["--id", event_id]
+        for k, v in (headers or {}).items():
+            args += ["--header", "%s=%s" % (k, v)]
+        rc, _ = self.busctl(busctl_bin, *args)
+        if rc != 0:
+            raise RuntimeError("busctl pub %s failed" % topic)
+
+    def read_topic(self, busctl_bin, topic, group, count, timeout=30):
+        """The first `count` deliveries of a topic to a new group, each as
+        (attempt, id, payload text, headers dict)."""
+        rc, out = self.busctl(busctl_bin, "sub", "--topic", topic, "--group", group,
+                              "--count", str(count), "--headers", timeout=timeout)
+        items = []
+        for line in out.splitlines():
+            if line.startswith("\t"):
+                k, _, v = line[1:].partition("=")
+                if items:
+                    items[-1][3][k] = v
+                continue
+            parts = line.split(" ", 5)
+            if len(parts) == 6:
+                items.append((int(parts[3]), parts[4], parts[5], {}))
+        return items
 
 
 # ---------------------------------------------------------------------------

@@ -15,140 +15,9 @@
 #include <string.h>
 #include <sys/wait.h>
 
-#include "pg.h"
-#include "t.h"
+#include "pgtest.h"
 
-static rt_loop_t *loop;
-static const char *db_url;
 static const char *deploy_pg;
-
-/* ---- helpers ----------------------------------------------------------- */
-
-typedef bool (*cond_fn)(void *arg);
-
-typedef struct waiter {
-  cond_fn cond;
-  void *arg;
-  uint64_t deadline_ns;
-  bool met;
-} waiter_t;
-
-static void waiter_tick(rt_timer_t *t) {
-  waiter_t *w = t->ctx;
-  if (w->cond(w->arg)) {
-    w->met = true;
-    rt_loop_stop(loop);
-  } else if (rt_now_ns() > w->deadline_ns) {
-    rt_loop_stop(loop);
-  }
-}
-
-/* Runs the loop until cond holds (checked every 2 ms) or timeout_ms. */
-static bool run_until(cond_fn cond, void *arg, uint32_t timeout_ms) {
-  waiter_t w = {.cond = cond, .arg = arg,
-                .deadline_ns = rt_now_ns() + (uint64_t)timeout_ms * 1000000u};
-  if (cond(arg)) return true;
-  rt_timer_t t;
-  rt_timer_init(&t, waiter_tick, &w);
-  rt_timer_start(loop, &t, 2, 2);
-  rt_loop_run(loop);
-  rt_timer_stop(loop, &t);
-  return w.met;
-}
-
-static bool pool_is_up(void *arg) { return rt_pg_pool_up(arg); }
-
-static bool counter_reaches(void *arg) {
-  int *pair = arg; /* [0] done, [1] wanted */
-  return pair[0] >= pair[1];
-}
-
-static rt_pg_pool_t *pool_new(uint32_t conns, uint32_t depth, uint32_t queue_max,
-                              uint32_t statement_timeout_ms) {
-  rt_pg_config_t cfg = {
-      .url = db_url,
-      .name = "test",
-      .conns_count = conns,
-      .pipeline_depth = depth,
-      .queue_max = queue_max,
-      .statement_timeout_ms = statement_timeout_ms,
-      .backoff_min_ms = 20,
-      .backoff_max_ms = 200,
-  };
-  rt_pg_pool_t *p = NULL;
-  if (rt_pg_pool_create(&p, loop, &cfg) != 0) return NULL;
-  if (rt_pg_pool_start(p) != 0) return NULL;
-  if (!run_until(pool_is_up, p, 10000)) {
-    fprintf(stderr, "pool did not come up\n");
-  }
-  return p;
-}
-
-static bool closed_flag;
-static void on_closed(void *arg) { closed_flag = true; }
-static bool is_closed(void *arg) { return closed_flag; }
-
-static void pool_free(rt_pg_pool_t *p) {
-  closed_flag = false;
-  rt_pg_pool_close(p, on_closed, NULL);
-  T_CHECK(run_until(is_closed, NULL, 10000));
-  rt_pg_pool_destroy(p);
-}
-
-/* One batch, waited for: the outcome copied out. */
-typedef struct outcome {
-  bool done;
-  int err;
-  int stmt_index;
-  char sqlstate[6];
-  char constraint[64];
-  int rows[RT_PG_BATCH_STMTS_MAX];
-  char first[RT_PG_BATCH_STMTS_MAX][128]; /* row 0, column 0 */
-  uint64_t took_ms;
-  uint64_t started_ns;
-} outcome_t;
-
-static void outcome_cb(rt_pg_batch_t *b, int err, void *ctx) {
-  outcome_t *o = ctx;
-  o->done = true;
-  o->err = err;
-  o->took_ms = (rt_now_ns() - o->started_ns) / 1000000u;
-  if (err != 0) {
-    const rt_pg_error_t *e = rt_pg_error(b);
-    o->stmt_index = e->stmt_index;
-    snprintf(o->sqlstate, sizeof o->sqlstate, "%s", e->sqlstate);
-    snprintf(o->constraint, sizeof o->constraint, "%s", e->constraint);
-  }
-  for (int i = 0; i < rt_pg_count(b); i++) {
-    o->rows[i] = rt_pg_rows(b, i);
-    const char *v = rt_pg_value(b, i, 0, 0);
-    snprintf(o->first[i], sizeof o->first[i], "%s", v ? v : "");
-  }
-}
-
-static bool outcome_done(void *arg) { return ((outcome_t *)arg)->done; }
-
-static int submit(rt_pg_batch_t *b, uint32_t deadline_ms, outcome_t *o) {
-  memset(o, 0, sizeof *o);
-  o->started_ns = rt_now_ns();
-  return rt_pg_submit(b, deadline_ms, outcome_cb, o);
-}
-
-/* Runs ad hoc statements (no parameters) as one batch and waits. */
-static int run_sql(rt_pg_pool_t *p, outcome_t *o, const char *const *sqls, int n) {
-  rt_pg_batch_t *b = rt_pg_batch_new(p);
-  if (b == NULL) return -ENOMEM;
-  for (int i = 0; i < n; i++) rt_pg_add_sql(b, sqls[i], 0, NULL);
-  int rc = submit(b, 10000, o);
-  if (rc < 0) return rc;
-  if (!run_until(outcome_done, o, 15000)) return RT_E_TIMEOUT;
-  return o->err;
-}
-
-static int exec1(rt_pg_pool_t *p, const char *sql, outcome_t *o) {
-  const char *sqls[] = {sql};
-  return run_sql(p, o, sqls, 1);
-}
 
 /* ---- tests ------------------------------------------------------------- */
 
@@ -541,6 +410,56 @@ static void test_reconnect(void) {
   T_CHECK_EQ_INT(c.in_flight, 0);
 }
 
+/* The pool's listener: notifications arrive, and after its connection is
+ * killed it comes back by itself and says so (RT_PG_LISTENING again). */
+typedef struct heard {
+  int listening;
+  int notified;
+} heard_t;
+
+static void on_heard(void *arg, rt_pg_notify_t what) {
+  heard_t *h = arg;
+  if (what == RT_PG_LISTENING) h->listening++;
+  if (what == RT_PG_NOTIFIED) h->notified++;
+}
+
+static bool heard_listening(void *arg) { return ((heard_t *)arg)->listening >= 1; }
+static bool heard_notified(void *arg) { return ((heard_t *)arg)->notified >= 1; }
+static bool heard_relistening(void *arg) { return ((heard_t *)arg)->listening >= 2; }
+static bool heard_notified_again(void *arg) { return ((heard_t *)arg)->notified >= 2; }
+
+static void test_listen(void) {
+  rt_pg_config_t cfg = {.url = db_url, .name = "listen", .conns_count = 1, .backoff_min_ms = 20,
+                        .backoff_max_ms = 200};
+  rt_pg_pool_t *p = NULL;
+  heard_t h = {0};
+  T_REQUIRE(rt_pg_pool_create(&p, loop, &cfg) == 0);
+  T_CHECK_EQ_INT(rt_pg_listen(p, "bad-channel", on_heard, &h), -EINVAL);
+  T_REQUIRE(rt_pg_listen(p, "rtpg_test_chan", on_heard, &h) == 0);
+  T_CHECK_EQ_INT(rt_pg_listen(p, "rtpg_test_chan", on_heard, &h), -EALREADY);
+  T_REQUIRE(rt_pg_pool_start(p) == 0);
+  T_REQUIRE(run_until(heard_listening, &h, 10000));
+  T_CHECK_EQ_INT(h.notified, 0);
+  rt_pg_pool_t *other = pool_new(1, 4, 16, 3000);
+  T_REQUIRE(other != NULL);
+  outcome_t o;
+  T_CHECK_EQ_INT(exec1(other, "NOTIFY rtpg_test_chan", &o), 0);
+  T_CHECK(run_until(heard_notified, &h, 10000));
+  /* The listener is not a data connection: it never gets batches. */
+  T_CHECK_EQ_INT(atomic_load(&rt_pg_pool_stats(p)->conns_up), 1);
+  T_CHECK_EQ_INT(exec1(other,
+                       "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                       " WHERE query = 'LISTEN \"rtpg_test_chan\"' AND pid <> pg_backend_pid()",
+                       &o),
+                 0);
+  T_CHECK_STR(o.first[0], "1");
+  T_CHECK(run_until(heard_relistening, &h, 15000));
+  T_CHECK_EQ_INT(exec1(other, "NOTIFY rtpg_test_chan", &o), 0);
+  T_CHECK(run_until(heard_notified_again, &h, 10000));
+  pool_free(other);
+  pool_free(p);
+}
+
 int main(int argc, char **argv) {
   rt_log_init("test_pg", RT_LOG_WARN, NULL, 0);
   db_url = getenv("PAYMENT_DB_URL");
@@ -559,6 +478,7 @@ int main(int argc, char **argv) {
   T_RUN(test_pipelining);
   T_RUN(test_queue_limit);
   T_RUN(test_deadlines);
+  T_RUN(test_listen);
   T_RUN(test_reconnect);
   rt_loop_destroy(loop);
   return t_done();

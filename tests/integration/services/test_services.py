@@ -294,7 +294,7 @@ def test_bad_input(w):
     url = os.environ["ACCOUNT_DB_URL"]
     tx_before = sql_int(url, "SELECT count(*) FROM transactions")
     accounts_before = sql_int(url, "SELECT count(*) FROM accounts")
-    keys_before = sql_int(url, "SELECT count(*) FROM idempotency_keys")
+    keys_before = sql_int(url, "SELECT count(*) FROM claims")
 
     def expect(status, code, method, path, body, who=me, headers=None, what=""):
         s, d, text, _ = jcall(w.ap, method, path, body, who=who, headers=headers)
@@ -363,7 +363,7 @@ def test_bad_input(w):
     # Nothing of the above changed any state.
     check(sql_int(url, "SELECT count(*) FROM transactions") == tx_before, "no transaction written")
     check(sql_int(url, "SELECT count(*) FROM accounts") == accounts_before, "no account written")
-    check(sql_int(url, "SELECT count(*) FROM idempotency_keys") == keys_before,
+    check(sql_int(url, "SELECT count(*) FROM claims") == keys_before,
           "no idempotency key kept")
     check(w.balance(cust, a) == 5000 and w.balance(cust, b) == 5000, "balances unchanged")
     check(w.balance(other, theirs) == 5000, "the other customer's balance unchanged")

@@ -1,0 +1,348 @@
+/*
+ * svc_consume.c - the consumer table: each delivered event applied once,
+ * in one transaction, then ACKed.
+ *
+ * Life of a delivery (loop thread 0, which owns the bus client):
+ *   1. DELIVER: a context from the fixed pool (its size is the sum of the
+ *      subscriptions' windows, so a delivery always finds one); the event
+ *      id, key, attempt and trace headers copied in; the payload parsed
+ *      once by jansson into the context's own arena (no heap allocation
+ *      unless a payload is larger than the arena: counted).
+ *   2. A batch: the inbox claim of the event id (claims, scope '#inbox'),
+ *      then whatever the handler's apply() adds; submitted.
+ *   3. The commit: done() reads the results (applied, or absorbed when no
+ *      transition was allowed); the delivery is ACKed.
+ *      A duplicate fails at its claim (statement 0, unique violation):
+ *      nothing of it committed; it is only ACKed. Any other failure is
+ *      NACKed with its reason, for busd's retry and, in the end, the
+ *      dead letter's x-dead-error.
+ *   4. The context goes back to the pool; its arena with it.
+ *
+ * Every log line written on the way carries the event's correlation id.
+ * A crash anywhere before the ACK only makes busd deliver it again, and
+ * the claim absorbs it.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "svc_internal.h"
+
+#define ARENA_BYTES (16u * 1024u) /* a payload's parse; events are ~0.5 KiB */
+
+typedef struct consume_sub {
+  svc_consume_t *c;
+  const svc_consumer_t *consumer;
+} consume_sub_t;
+
+typedef struct consume_ctx {
+  svc_event_t ev;                 /* the handler's view */
+  svc_consume_t *c;
+  const svc_consumer_t *consumer;
+  uint32_t sub;                   /* the bus subscription, for ACK/NACK */
+  uint32_t partition;
+  uint64_t offset;
+  json_t *payload;
+  size_t arena_used;
+  _Alignas(16) unsigned char arena[ARENA_BYTES];
+} consume_ctx_t;
+
+struct svc_consume {
+  svc_th_t *th;
+  rt_pool_t ctxs;
+  consume_sub_t subs[SVC_EV_COUNT];
+  uint32_t subs_count;
+  uint32_t busy;                  /* deliveries being applied */
+  bool stopped;
+};
+
+static int stmt_inbox_claim;
+
+static const svc_stmt_t stmts[] = {
+    /* $1 event id, $2 topic, $3 seconds to keep it. A second claim of the
+     * id violates the key and rolls its transaction back. */
+    {&stmt_inbox_claim,
+     "INSERT INTO claims (scope, key, request_hash, status, response_body, created_at, expires_at)"
+     " VALUES ('" SVC_INBOX_SCOPE "', $1, $2, 1, '', now(),"
+     " now() + make_interval(secs => $3::double precision))",
+     3},
+};
+
+const svc_stmt_table_t svc_consume_stmts = {stmts, sizeof stmts / sizeof stmts[0]};
+
+/* ------------------------------------------------------------------------ */
+/* jansson in the delivery's arena                                          */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * jansson takes one allocator for the whole process. Ours hands out the
+ * current delivery's arena while its payload is parsed (tls_arena set on
+ * the parsing thread only) and the heap otherwise; free() ignores arena
+ * addresses, which lie in the context pool's one allocation, and the
+ * arena is reset when its context goes back to the pool. The range is
+ * published once; a thread that reads it before that never holds an
+ * arena address anyway.
+ */
+static _Thread_local consume_ctx_t *tls_arena;
+static _Atomic uintptr_t arena_lo, arena_hi;
+
+static void *json_alloc(size_t n) {
+  consume_ctx_t *x = tls_arena;
+  if (x != NULL) {
+    size_t at = (x->arena_used + 15u) & ~(size_t)15u;
+    if (at <= ARENA_BYTES && n <= ARENA_BYTES - at) {
+      x->arena_used = at + n;
+      return x->arena + at;
+    }
+    atomic_fetch_add_explicit(&svc_bus_stats.inbox_arena_spills, 1, memory_order_relaxed);
+  }
+  return malloc(n);
+}
+
+static void json_free(void *p) {
+  uintptr_t a = (uintptr_t)p;
+  if (a >= atomic_load_explicit(&arena_lo, memory_order_relaxed) &&
+      a < atomic_load_explicit(&arena_hi, memory_order_relaxed))
+    return;
+  free(p);
+}
+
+void svc_consume_init_json(void) { json_set_alloc_funcs(json_alloc, json_free); }
+
+/* ------------------------------------------------------------------------ */
+/* Payload and headers                                                      */
+/* ------------------------------------------------------------------------ */
+
+const char *svc_event_str(const svc_event_t *ev, const char *name) {
+  return json_string_value(json_object_get(ev->payload, name));
+}
+
+int svc_event_int(const svc_event_t *ev, const char *name, int64_t *out) {
+  json_t *v = json_object_get(ev->payload, name);
+  if (!json_is_integer(v)) return SVC_E_EVENT;
+  *out = (int64_t)json_integer_value(v);
+  return 0;
+}
+
+/* The correlation id of the cause, when it is one of ours (request ids
+ * and uuids: letters, digits, - _ .). */
+static void read_trace(consume_ctx_t *x, const bus_delivery_t *d) {
+  svc_trace_t *tr = &x->ev.trace;
+  tr->correlation_id[0] = '\0';
+  bus_bytes_t v;
+  if (bus_header_get(d->headers, "correlation-id", &v) && v.len < sizeof tr->correlation_id) {
+    bool ok = true;
+    for (uint32_t i = 0; i < v.len && ok; i++) {
+      uint8_t ch = v.ptr[i];
+      ok = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+           ch == '-' || ch == '_' || ch == '.';
+    }
+    if (ok) {
+      memcpy(tr->correlation_id, v.ptr, v.len);
+      tr->correlation_id[v.len] = '\0';
+    }
+  }
+  /* Events this one causes name it as their cause. */
+  snprintf(tr->causation_id, sizeof tr->causation_id, "%s", x->ev.id);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Deliveries                                                               */
+/* ------------------------------------------------------------------------ */
+
+static void ctx_release(consume_ctx_t *x) {
+  svc_consume_t *c = x->c;
+  if (x->payload != NULL) json_decref(x->payload); /* arena: nothing to free */
+  rt_pool_put(&c->ctxs, x);
+  assert(c->busy > 0);
+  c->busy--;
+  if (c->th->draining) svc_drain_step(c->th);
+}
+
+static void answer(consume_ctx_t *x, bool ok, const char *why) {
+  bus_client_t *bus = x->c->th->pub.bus;
+  if (bus == NULL) return; /* closed: busd delivers it again */
+  int rc = ok ? bus_ack(bus, x->sub, x->partition, x->offset)
+              : bus_nack_why(bus, x->sub, x->partition, x->offset, why);
+  if (rc < 0 && rc != BUS_E_CLOSED) {
+    RT_WARN("cannot answer a delivery", RT_LF_BOOL("ack", ok), RT_LF_STR("error", rt_strerror(rc)));
+  }
+}
+
+/* Not applied: NACKed, so busd tries again later. */
+static void fail(consume_ctx_t *x, const char *why) {
+  atomic_fetch_add_explicit(&svc_bus_stats.inbox_failed, 1, memory_order_relaxed);
+  RT_WARN("event not applied, NACKed", RT_LF_STR("type", x->ev.def->topic),
+          RT_LF_STR("event", x->ev.id), RT_LF_INT("attempt", x->ev.attempt),
+          RT_LF_STR("why", why));
+  answer(x, false, why);
+}
+
+static void consume_done(rt_pg_batch_t *b, int err, void *ctx) {
+  consume_ctx_t *x = ctx;
+  rt_log_set_request_id(x->ev.trace.correlation_id);
+  if (err == RT_PG_E_UNIQUE && rt_pg_error(b)->stmt_index == 0) {
+    atomic_fetch_add_explicit(&svc_bus_stats.inbox_duplicates, 1, memory_order_relaxed);
+    RT_DEBUG("duplicate event absorbed", RT_LF_STR("type", x->ev.def->topic),
+             RT_LF_STR("event", x->ev.id));
+    answer(x, true, NULL);
+  } else if (err != 0) {
+    const rt_pg_error_t *e = rt_pg_error(b);
+    char why[160];
+    snprintf(why, sizeof why, "%s (sqlstate %s, statement %d)", rt_strerror(err), e->sqlstate,
+             e->stmt_index);
+    fail(x, why);
+  } else {
+    int r = x->consumer->done != NULL ? x->consumer->done(&x->ev, b) : SVC_APPLIED;
+    svc_event_type_t t = x->ev.def->type;
+    if (r == SVC_ABSORBED) {
+      atomic_fetch_add_explicit(&svc_bus_stats.inbox_absorbed[t], 1, memory_order_relaxed);
+      RT_INFO("event absorbed: no transition allowed", RT_LF_STR("type", x->ev.def->topic),
+              RT_LF_STR("event", x->ev.id), RT_LF_STR("key", x->ev.key));
+    } else {
+      atomic_fetch_add_explicit(&svc_bus_stats.inbox_applied[t], 1, memory_order_relaxed);
+      RT_DEBUG("event applied", RT_LF_STR("type", x->ev.def->topic), RT_LF_STR("event", x->ev.id),
+               RT_LF_INT("attempt", x->ev.attempt));
+    }
+    svc_fault("consume_before_ack");
+    answer(x, true, NULL);
+  }
+  rt_log_set_request_id(NULL);
+  ctx_release(x);
+}
+
+/* Fills the handler's view of the delivery. False when its payload is
+ * not a JSON object. */
+static bool ctx_fill(consume_ctx_t *x, const bus_delivery_t *d) {
+  x->ev.th = &x->c->th->pub;
+  x->ev.def = svc_event_def(x->consumer->type);
+  bus_uuid_format(d->id, x->ev.id);
+  uint32_t klen = d->key.len < SVC_EVENT_KEY_BYTES - 1 ? d->key.len : SVC_EVENT_KEY_BYTES - 1;
+  if (klen > 0) memcpy(x->ev.key, d->key.ptr, klen);
+  x->ev.key[klen] = '\0';
+  x->ev.attempt = d->attempt;
+  x->ev.stored_ms = d->stored_ms;
+  x->sub = d->sub;
+  x->partition = d->partition;
+  x->offset = d->offset;
+  x->ev.partition = d->partition;
+  x->ev.offset = d->offset;
+  x->ev.headers = d->headers; /* the delivery's bytes: apply() runs now */
+  read_trace(x, d);
+  tls_arena = x;
+  x->payload = json_loadb((const char *)d->payload.ptr, d->payload.len, JSON_REJECT_DUPLICATES,
+                          NULL);
+  tls_arena = NULL;
+  x->ev.payload = x->payload;
+  return json_is_object(x->payload);
+}
+
+static void on_deliver(void *arg, bus_client_t *client, const bus_delivery_t *d) {
+  (void)client;
+  consume_sub_t *s = arg;
+  svc_consume_t *c = s->c;
+  if (c->stopped) {
+    bus_nack_why(c->th->pub.bus, d->sub, d->partition, d->offset, "consumer draining");
+    return;
+  }
+  consume_ctx_t *x = rt_pool_get(&c->ctxs); /* zeroed */
+  if (NEVER(x == NULL)) { /* the pool holds every subscription's window */
+    bus_nack_why(c->th->pub.bus, d->sub, d->partition, d->offset, "consumer busy");
+    return;
+  }
+  c->busy++;
+  x->c = c;
+  x->consumer = s->consumer;
+  bool ok = ctx_fill(x, d);
+  rt_log_set_request_id(x->ev.trace.correlation_id);
+  if (!ok) {
+    fail(x, "payload is not a JSON object");
+    rt_log_set_request_id(NULL);
+    ctx_release(x);
+    return;
+  }
+  rt_pg_batch_t *b = rt_pg_batch_new(c->th->pub.pool);
+  int rc = b == NULL ? RT_PG_E_POOL_FULL : 0;
+  if (rc == 0) {
+    char keep[16];
+    snprintf(keep, sizeof keep, "%u", svc_g.inbox_keep_s);
+    const char *vals[] = {x->ev.id, x->ev.def->topic, keep};
+    rt_pg_add(b, stmt_inbox_claim, 3, vals);
+    rc = x->consumer->apply(&x->ev, b);
+    x->ev.headers = (bus_bytes_t){0};
+    if (rc < 0) rt_pg_batch_free(b);
+  }
+  if (rc == 0) rc = rt_pg_submit(b, 0, consume_done, x); /* frees b on error */
+  if (rc < 0) {
+    fail(x, rt_strerror(rc));
+    ctx_release(x);
+  }
+  rt_log_set_request_id(NULL);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Life cycle                                                               */
+/* ------------------------------------------------------------------------ */
+
+int svc_consume_create(svc_consume_t **out, svc_th_t *th) {
+  const svc_def_t *def = svc_g.def;
+  assert(th->pub.bus != NULL);
+  assert(def->consumers_count <= SVC_EV_COUNT);
+  svc_consume_t *c = calloc(1, sizeof *c);
+  if (c == NULL) return -ENOMEM;
+  c->th = th;
+  /* One context per delivery busd may have outstanding:
+   *   consumers_count subscriptions x CONSUME_IN_FLIGHT each. */
+  uint64_t cap = (uint64_t)def->consumers_count * svc_g.consume_in_flight;
+  int rc = cap > UINT32_MAX ? RT_E_CONFIG
+                            : rt_pool_init(&c->ctxs, "svc_deliveries", sizeof(consume_ctx_t),
+                                           (uint32_t)cap);
+  if (rc < 0) {
+    free(c);
+    return rc;
+  }
+  atomic_store_explicit(&arena_lo, (uintptr_t)c->ctxs.mem, memory_order_relaxed);
+  atomic_store_explicit(&arena_hi, (uintptr_t)c->ctxs.mem + (uintptr_t)(cap * c->ctxs.obj_bytes),
+                        memory_order_relaxed);
+  for (size_t i = 0; i < def->consumers_count && rc >= 0; i++) {
+    const svc_consumer_t *con = &def->consumers[i];
+    c->subs[i] = (consume_sub_t){.c = c, .consumer = con};
+    rc = bus_subscribe(th->pub.bus, svc_event_def(con->type)->topic, def->name,
+                       svc_g.consume_in_flight, on_deliver, &c->subs[i]);
+    if (rc < 0) {
+      RT_ERROR("cannot subscribe", RT_LF_STR("topic", svc_event_def(con->type)->topic),
+               RT_LF_STR("error", rt_strerror(rc)));
+    }
+    c->subs_count++;
+  }
+  if (rc < 0) {
+    svc_consume_free(c);
+    return rc;
+  }
+  RT_INFO("consuming", RT_LF_INT("topics", c->subs_count), RT_LF_STR("group", def->name),
+          RT_LF_INT("in_flight", svc_g.consume_in_flight));
+  *out = c;
+  return 0;
+}
+
+void svc_consume_stop(svc_consume_t *c) {
+  if (c != NULL) c->stopped = true;
+}
+
+bool svc_consume_idle(const svc_consume_t *c) { return c == NULL || c->busy == 0; }
+
+void svc_consume_free(svc_consume_t *c) {
+  if (c == NULL) return;
+  if (c->ctxs.mem != NULL) {
+    if (c->ctxs.in_use == 0) {
+      rt_pool_deinit(&c->ctxs);
+    } else {
+      RT_WARN("deliveries still being applied at exit", RT_LF_INT("count", c->ctxs.in_use));
+      free(c->ctxs.mem);
+    }
+  }
+  atomic_store_explicit(&arena_lo, 0, memory_order_relaxed);
+  atomic_store_explicit(&arena_hi, 0, memory_order_relaxed);
+  free(c);
+}

@@ -1,0 +1,585 @@
+/*
+ * svc_main.c - the service's process: arguments, configuration,
+ * migrations, loop threads and their set-up, drain.
+ *
+ * Set-up of loop thread i (rt_run calls thread_setup on each):
+ *   request pool, actor (worker completions, notifies), parking table
+ *   -> database pool with every statement prepared (the skeleton's tables
+ *   first, then the service's)
+ *   -> thread 0 with BUS_ADDR on: the outbox relay and its bus client (the
+ *   pool's listener wakes it on NOTIFY)
+ *   -> pool started -> HTTP server listening (SO_REUSEPORT) -> drain hook
+ *   -> the service's thread_init -> thread 0: the consumer table's
+ *   subscriptions, the service's extra ones, then the bus client connects.
+ *
+ * Drain, per loop thread: the HTTP server stops accepting (its own hook);
+ * ours wakes parked requests, stops the relay and the consumers, waits
+ * until no request and no delivery is in flight, closes the database
+ * pool, lets the service close its clients, closes the bus client, and
+ * reports after a short grace period in which their close operations
+ * complete.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "svc_internal.h"
+
+#define DRAIN_DEADLINE_MS 15000
+#define DRAIN_GRACE_MS 50   /* for close ops of the service's own clients */
+#define PRUNE_PERIOD_MS (10u * 60u * 1000u)
+
+svc_global_t svc_g;
+
+static _Thread_local svc_th_t *tls_th;
+
+svc_th_t *svc_th_current(void) { return tls_th; }
+
+int svc_stmt_ready, svc_stmt_prune;
+
+static const svc_stmt_t own_stmts[] = {
+    {&svc_stmt_ready, "SELECT 1", 0},
+    /* Claims past their keeping time, a thousand at a time. */
+    {&svc_stmt_prune,
+     "DELETE FROM claims WHERE ctid IN (SELECT ctid FROM claims WHERE expires_at < now()"
+     " LIMIT 1000)",
+     0},
+};
+
+const svc_stmt_table_t svc_main_stmts = {own_stmts, sizeof own_stmts / sizeof own_stmts[0]};
+
+/* Registered on every pool in this order, so that ids agree across
+ * threads; then the service's own statements. */
+static const svc_stmt_table_t *const stmt_tables[] = {
+    &svc_main_stmts, &svc_idem_stmts, &svc_events_stmts, &svc_relay_stmts, &svc_consume_stmts,
+};
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                   */
+/* ------------------------------------------------------------------------ */
+
+const char *svc_strerror(int err) {
+  switch (err) {
+  case SVC_E_AUTH_MISSING: return "identity missing";
+  case SVC_E_AUTH_BAD: return "identity invalid";
+  case SVC_E_MIGRATION: return "migration failed";
+  case SVC_E_DB_WAIT: return "database not reachable at start-up";
+  case SVC_E_BUSY: return "worker queue full";
+  case SVC_E_EVENT: return "event payload not as its schema says";
+  default: return "unknown service error";
+  }
+}
+
+const svc_config_t *svc_config(void) { return &svc_g.cfg; }
+
+/* ------------------------------------------------------------------------ */
+/* Fault injection                                                          */
+/* ------------------------------------------------------------------------ */
+
+static struct {
+  char point[64];
+  uint32_t nth;
+  _Atomic uint32_t seen;
+} fault;
+
+void svc_fault_init(void) {
+  const char *v = rt_env_str("FAULT_POINT", NULL);
+  if (v == NULL) return;
+  const char *colon = strchr(v, ':');
+  size_t n = colon ? (size_t)(colon - v) : strlen(v);
+  if (n == 0 || n >= sizeof fault.point) return;
+  memcpy(fault.point, v, n);
+  fault.point[n] = '\0';
+  fault.nth = colon ? (uint32_t)strtoul(colon + 1, NULL, 10) : 1;
+  if (fault.nth == 0) fault.nth = 1;
+  RT_WARN("fault injection armed", RT_LF_STR("point", fault.point), RT_LF_INT("nth", fault.nth));
+}
+
+void svc_fault(const char *point) {
+  if (fault.point[0] == '\0' || strcmp(point, fault.point) != 0) return;
+  if (atomic_fetch_add(&fault.seen, 1) + 1 != fault.nth) return;
+  RT_WARN("fault injected: exiting now", RT_LF_STR("point", point));
+  rt_log_flush();
+  _exit(86);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The loop thread's actor                                                  */
+/* ------------------------------------------------------------------------ */
+
+static int th_actor(rt_actor_t *self, rt_msg_t *msg) {
+  svc_th_t *th = self->state;
+  switch (msg->type) {
+  case SVC_MSG_WORK_DONE: svc_work_done(msg); break;
+  case SVC_MSG_NOTIFY: svc_parking_on_notify(th, msg); break;
+  default: (void)NEVER(true); break;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Claims: pruning                                                          */
+/* ------------------------------------------------------------------------ */
+
+static void prune_done(rt_pg_batch_t *b, int err, void *ctx) {
+  (void)ctx;
+  if (err != 0) {
+    RT_WARN("claim pruning failed", RT_LF_STR("error", rt_strerror(err)));
+  } else if (rt_pg_affected(b, 0) > 0) {
+    RT_INFO("expired claims pruned", RT_LF_INT("rows", rt_pg_affected(b, 0)));
+  }
+}
+
+static void prune_tick(rt_timer_t *t) {
+  svc_th_t *th = t->ctx;
+  if (th->draining || !rt_pg_pool_up(th->pub.pool)) return;
+  rt_pg_batch_t *b = rt_pg_batch_new(th->pub.pool);
+  if (b == NULL) return;
+  rt_pg_add(b, svc_stmt_prune, 0, NULL);
+  rt_pg_submit(b, 30000, prune_done, th);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Threads and drain                                                        */
+/* ------------------------------------------------------------------------ */
+
+static void drain_grace(rt_timer_t *t) {
+  svc_th_t *th = t->ctx;
+  rt_loop_drained(th->pub.loop);
+}
+
+static void pool_closed(void *arg) {
+  svc_th_t *th = arg;
+  th->drain_stage = 2;
+  if (svc_g.def->thread_drain != NULL) svc_g.def->thread_drain(&th->pub);
+  svc_relay_close(th->relay);
+  if (rt_timer_start(th->pub.loop, &th->grace_timer, DRAIN_GRACE_MS, 0) < 0)
+    rt_loop_drained(th->pub.loop);
+}
+
+void svc_drain_step(svc_th_t *th) {
+  if (!th->draining || th->inflight > 0 || th->drain_stage != 0) return;
+  if (th->consume != NULL && !svc_consume_idle(th->consume)) return;
+  th->drain_stage = 1;
+  rt_pg_pool_close(th->pub.pool, pool_closed, th);
+}
+
+static void on_drain(rt_loop_t *loop, void *arg) {
+  svc_th_t *th = arg;
+  th->draining = true;
+  rt_timer_stop(loop, &th->prune_timer);
+  svc_relay_stop(th->relay);
+  svc_consume_stop(th->consume);
+  svc_parking_wake_all(th->parking);
+  svc_drain_step(th);
+}
+
+static int pool_setup(svc_th_t *th) {
+  rt_pg_config_t cfg = svc_g.pg;
+  cfg.url = svc_g.cfg.db_url;
+  cfg.name = svc_g.def->name;
+  int rc = rt_pg_pool_create(&th->pub.pool, th->pub.loop, &cfg);
+  for (size_t t = 0; rc == 0 && t < sizeof stmt_tables / sizeof stmt_tables[0]; t++) {
+    for (size_t i = 0; rc == 0 && i < stmt_tables[t]->count; i++) {
+      const svc_stmt_t *s = &stmt_tables[t]->stmts[i];
+      rc = rt_pg_prepare(th->pub.pool, s->sql, s->nparams);
+      if (rc >= 0) *s->id = rc, rc = 0;
+    }
+  }
+  for (size_t i = 0; rc == 0 && i < svc_g.def->stmts_count; i++) {
+    rc = rt_pg_prepare(th->pub.pool, svc_g.def->stmts[i].sql, svc_g.def->stmts[i].nparams);
+    if (rc >= 0) *svc_g.def->stmts[i].id = rc, rc = 0;
+  }
+  return rc;
+}
+
+/* Thread 0, before the pool starts: the relay and its bus client. */
+static int relay_setup(svc_th_t *th) {
+  bus_client_config_t bc = {
+      .host = svc_g.cfg.bus_host,
+      .port = svc_g.cfg.bus_port,
+      .name = svc_g.def->name,
+  };
+  int rc = svc_relay_create(&th->relay, &th->pub, &bc);
+  if (rc < 0) RT_ERROR("outbox relay set-up failed", RT_LF_STR("error", rt_strerror(rc)));
+  return rc;
+}
+
+/* Thread 0, last: subscriptions, then connect. */
+static int bus_setup(svc_th_t *th) {
+  int rc = 0;
+  if (svc_g.def->consumers_count > 0) rc = svc_consume_create(&th->consume, th);
+  if (rc == 0 && svc_g.def->bus_init != NULL) rc = svc_g.def->bus_init(&th->pub, th->pub.bus);
+  if (rc == 0) rc = bus_client_start(th->pub.bus);
+  if (rc < 0) {
+    RT_ERROR("bus set-up failed", RT_LF_STR("error", rt_strerror(rc)));
+  } else {
+    RT_INFO("bus client started", RT_LF_STR("bus_host", svc_g.cfg.bus_host),
+            RT_LF_INT("bus_port", svc_g.cfg.bus_port),
+            RT_LF_INT("consumes", svc_g.def->consumers_count),
+            RT_LF_INT("produces", svc_g.def->produces_count));
+  }
+  return rc;
+}
+
+static int http_setup(svc_th_t *th) {
+  http_server_config_t hc = svc_g.http;
+  hc.host = svc_g.cfg.host;
+  hc.port = (uint16_t)svc_g.cfg.port;
+  int rc = http_server_create(&th->pub.server, th->pub.loop, &hc, &svc_g.router);
+  if (rc == 0) rc = http_server_start(th->pub.server);
+  if (rc < 0) {
+    RT_ERROR("cannot listen", RT_LF_STR("host", svc_g.cfg.host), RT_LF_INT("port", svc_g.cfg.port),
+             RT_LF_STR("error", rt_strerror(rc)));
+  }
+  return rc;
+}
+
+static int thread_setup(rt_loop_t *loop, uint32_t index, void *arg) {
+  (void)arg;
+  svc_th_t *th = calloc(1, sizeof *th);
+  if (th == NULL) return -ENOMEM;
+  th->pub.index = index;
+  th->pub.loop = loop;
+  svc_g.threads[index] = th; /* freed by svc_main after rt_run */
+  tls_th = th;
+  bool bus0 = index == 0 && svc_g.cfg.bus_on;
+  int rc = rt_pool_init(&th->reqs, "svc_reqs", sizeof(svc_req_t), svc_g.reqs_max);
+  if (rc == 0) rc = svc_parking_create(&th->parking, th, svc_g.parked_max);
+  if (rc < 0) return rc;
+  rt_actor_init(&th->actor, loop, "svc", th_actor, th);
+  rt_timer_init(&th->grace_timer, drain_grace, th);
+  rt_timer_init(&th->prune_timer, prune_tick, th);
+  rc = pool_setup(th);
+  if (rc == 0 && bus0) rc = relay_setup(th);
+  if (rc == 0) rc = rt_pg_pool_start(th->pub.pool);
+  if (rc < 0) {
+    RT_ERROR("database pool set-up failed", RT_LF_STR("error", rt_strerror(rc)));
+    return rc;
+  }
+  rc = http_setup(th);
+  /* After the server's own hook: it stops accepting first. */
+  if (rc == 0) rc = rt_loop_on_drain(loop, on_drain, th);
+  if (rc == 0 && svc_g.def->thread_init != NULL) rc = svc_g.def->thread_init(&th->pub);
+  if (rc == 0 && bus0) rc = bus_setup(th);
+  if (rc == 0 && index == 0) rc = rt_timer_start(loop, &th->prune_timer, 60000, PRUNE_PERIOD_MS);
+  if (rc < 0) return rc;
+  atomic_store(&svc_g.ready[index], th);
+  if (index == 0) {
+    RT_INFO("listening", RT_LF_STR("host", svc_g.cfg.host),
+            RT_LF_INT("port", http_server_port(th->pub.server)),
+            RT_LF_INT("threads", svc_g.cfg.threads));
+  }
+  return 0;
+}
+
+static void threads_free(void) {
+  for (uint32_t i = 0; i < SVC_THREADS_MAX; i++) {
+    svc_th_t *th = svc_g.threads[i];
+    if (th == NULL) continue;
+    atomic_store(&svc_g.ready[i], NULL);
+    http_server_destroy(th->pub.server);
+    svc_consume_free(th->consume);
+    svc_relay_free(th->relay);
+    rt_pg_pool_destroy(th->pub.pool);
+    svc_parking_free(th->parking);
+    if (th->reqs.mem != NULL) {
+      /* A drain that hit its deadline leaves requests behind. */
+      if (th->reqs.in_use == 0) {
+        rt_pool_deinit(&th->reqs);
+      } else {
+        RT_WARN("requests still in flight at exit", RT_LF_INT("count", th->reqs.in_use));
+        free(th->reqs.mem);
+      }
+    }
+    free(th);
+    svc_g.threads[i] = NULL;
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Configuration and main                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* --events: what this binary writes and what it consumes. */
+static void print_events(const svc_def_t *def) {
+  printf("%s produces:\n", def->name);
+  for (size_t i = 0; i < def->produces_count; i++) {
+    const svc_event_def_t *e = svc_event_def(def->produces[i]);
+    printf("  %-28s key %-16s schema v%d\n", e->topic, e->key_field, e->version);
+  }
+  if (def->produces_count == 0) printf("  (nothing)\n");
+  printf("%s consumes (consumer group \"%s\"):\n", def->name, def->name);
+  for (size_t i = 0; i < def->consumers_count; i++) {
+    const svc_event_def_t *e = svc_event_def(def->consumers[i].type);
+    printf("  %-28s from %s\n", e->topic, e->producer);
+  }
+  if (def->consumers_count == 0) printf("  (nothing)\n");
+}
+
+static void usage(FILE *f, const svc_def_t *def) {
+  const char *P = def->env_prefix;
+  fprintf(f,
+          "usage: %s [--migrate] [--statements] [--events] [--help]\n"
+          "\n"
+          "The %s service. Applies its database migrations, then serves HTTP.\n"
+          "  --migrate      apply the migrations and exit\n"
+          "  --statements   print the prepared statements (id, parameters, SQL) and exit\n"
+          "  --events       print the events it produces and consumes, and exit\n"
+          "\n"
+          "Environment:\n"
+          "  %s_HOST               listen address              (127.0.0.1)\n"
+          "  %s_PORT               listen port                 (%u)\n"
+          "  %s_THREADS            loop threads                (1)\n"
+          "  %s_DB_URL             PostgreSQL URL              (required)\n"
+          "  AUTH_HMAC_KEY         key of the identity headers (required, >= 32 bytes)\n"
+          "  AUTH_MAX_SKEW         identity timestamp window   (60s)\n"
+          "  DB_CONNS              connections per thread      (4)\n"
+          "  DB_PIPELINE_DEPTH     transactions in flight per connection (64)\n"
+          "  DB_QUEUE_MAX          waiting transactions per thread, 503 above (1024)\n"
+          "  DB_STATEMENT_TIMEOUT  server-side, per statement  (5s)\n"
+          "  DB_DEADLINE           per transaction, client side (10s)\n"
+          "  DB_CONNECT_TIMEOUT    (5s)\n"
+          "  DB_WAIT               wait for the database at start-up (30s)\n"
+          "  SVC_REQUESTS_MAX      requests in flight per thread, 503 above (4096)\n"
+          "  SVC_WORKERS           worker threads for CPU-heavy work (2)\n"
+          "  BUS_ADDR              busd, host:port, or off     (127.0.0.1:7400)\n"
+          "  CONSUME_IN_FLIGHT     deliveries applied at once per topic (64)\n"
+          "  INBOX_KEEP            how long event ids are kept (30d; > busd retention)\n"
+          "  SVC_PARKED_MAX        long-polls parked per thread, 503 above (4096)\n"
+          "  FAULT_POINT           tests only: exit at this step (name[:n])\n"
+          "  LOG_LEVEL             debug|info|warn|error       (info)\n"
+          "  LOG_HASH_KEY          key of hashed log fields    (random per run)\n"
+          "  HTTP_*                server limits, as bench_httpd --help lists\n"
+          "%s"
+          "\n"
+          "Routes: GET /healthz (up), GET /readyz (database reachable), GET /metrics.\n"
+          "SIGTERM or SIGINT: stop accepting, finish requests in flight, exit 0.\n",
+          def->name, def->name, P, P, def->default_port, P, P, def->usage_env ? def->usage_env : "");
+}
+
+static const char *env_name(const char *suffix) {
+  static char name[96];
+  snprintf(name, sizeof name, "%s_%s", svc_g.def->env_prefix, suffix);
+  return name;
+}
+
+/* BUS_ADDR: "off", or host:port with a numeric host (no blocking name
+ * look-up on the loop) or localhost. */
+static int bus_config(void) {
+  const char *addr = rt_env_str("BUS_ADDR", "127.0.0.1:7400");
+  if (strcmp(addr, "off") == 0) {
+    svc_g.cfg.bus_on = false;
+    return 0;
+  }
+  const char *colon = strrchr(addr, ':');
+  char *end = NULL;
+  unsigned long port = colon ? strtoul(colon + 1, &end, 10) : 0;
+  if (colon == NULL || colon == addr || (size_t)(colon - addr) >= sizeof svc_g.cfg.bus_host ||
+      *end != '\0' || port == 0 || port > 65535) {
+    RT_ERROR("BUS_ADDR must be host:port or off", RT_LF_STR("value", addr));
+    return RT_E_CONFIG;
+  }
+  snprintf(svc_g.cfg.bus_host, sizeof svc_g.cfg.bus_host, "%.*s", (int)(colon - addr), addr);
+  svc_g.cfg.bus_port = (uint16_t)port;
+  svc_g.cfg.bus_on = true;
+  return 0;
+}
+
+static int load_config(void) {
+  svc_g.cfg.host = rt_env_str(env_name("HOST"), "127.0.0.1");
+  int rc = rt_env_u32(env_name("PORT"), svc_g.def->default_port, 0, 65535, &svc_g.cfg.port);
+  if (rc == 0) rc = rt_env_u32(env_name("THREADS"), 1, 1, SVC_THREADS_MAX, &svc_g.cfg.threads);
+  svc_g.cfg.db_url = rt_env_str(env_name("DB_URL"), NULL);
+  if (rc == 0 && svc_g.cfg.db_url == NULL) {
+    RT_ERROR("database URL not set", RT_LF_STR("variable", env_name("DB_URL")));
+    rc = RT_E_CONFIG;
+  }
+  const char *key = rt_env_str("AUTH_HMAC_KEY", NULL);
+  if (rc == 0 && (key == NULL || strlen(key) < 32)) {
+    RT_ERROR("AUTH_HMAC_KEY must be set to at least 32 bytes", RT_LF_BOOL("set", key != NULL));
+    rc = RT_E_CONFIG;
+  }
+  if (rc == 0) {
+    svc_g.cfg.auth_key = (const uint8_t *)key;
+    svc_g.cfg.auth_key_bytes = strlen(key);
+  }
+  uint32_t skew_ms = 0;
+  if (rc == 0) rc = rt_env_ms("AUTH_MAX_SKEW", 60000, &skew_ms);
+  svc_g.cfg.auth_max_skew_s = skew_ms / 1000u;
+  if (rc == 0) rc = rt_env_u32("SVC_REQUESTS_MAX", 4096, 16, 1u << 20, &svc_g.reqs_max);
+  if (rc == 0) rc = rt_env_u32("SVC_WORKERS", 2, 1, 16, &svc_g.workers);
+  if (rc == 0) rc = rt_env_u32("SVC_WORK_QUEUE_MAX", 256, 1, 1u << 16, &svc_g.work_queue_max);
+  if (rc == 0) rc = rt_env_ms("DB_WAIT", 30000, &svc_g.db_wait_ms);
+  uint32_t keep_ms = 0;
+  if (rc == 0) rc = rt_env_ms("INBOX_KEEP", 30u * 24u * 3600u * 1000u, &keep_ms);
+  svc_g.inbox_keep_s = keep_ms / 1000u;
+  if (rc == 0 && svc_g.inbox_keep_s < 3600u) {
+    RT_ERROR("INBOX_KEEP must be at least 1h, and longer than busd keeps events",
+             RT_LF_INT("seconds", svc_g.inbox_keep_s));
+    rc = RT_E_CONFIG;
+  }
+  if (rc == 0) rc = rt_env_u32("CONSUME_IN_FLIGHT", 64, 1, 4096, &svc_g.consume_in_flight);
+  if (rc == 0) rc = rt_env_u32("SVC_PARKED_MAX", 4096, 1, 1u << 20, &svc_g.parked_max);
+  if (rc == 0) rc = bus_config();
+  if (rc == 0) rc = rt_pg_config_from_env(&svc_g.pg, "DB");
+  if (rc == 0) rc = http_server_config_from_env(&svc_g.http);
+  return rc;
+}
+
+static int build_router(void) {
+  http_router_init(&svc_g.router);
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && i < svc_health_routes_count; i++)
+    rc = http_router_add(&svc_g.router, svc_health_routes[i].method, svc_health_routes[i].pattern,
+                         HTTP_HANDLER(svc_http_dispatch), (void *)(uintptr_t)&svc_health_routes[i]);
+  for (size_t i = 0; rc == 0 && i < svc_g.def->routes_count; i++) {
+    const svc_route_t *r = &svc_g.def->routes[i];
+    rc = http_router_add(&svc_g.router, r->method, r->pattern, HTTP_HANDLER(svc_http_dispatch),
+                         (void *)(uintptr_t)r);
+    if (rc < 0) {
+      RT_ERROR("bad route", RT_LF_STR("method", r->method), RT_LF_STR("pattern", r->pattern),
+               RT_LF_STR("error", rt_strerror(rc)));
+    }
+  }
+  return rc;
+}
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+  }
+}
+
+/* Notices ("already exists, skipping") are not errors; libpq would print
+ * them on stderr, outside the log format. */
+static void notice_ignore(void *arg, const char *message) {}
+
+/* A blocking connection for start-up work, retried until DB_WAIT. */
+static PGconn *connect_blocking(void) {
+  uint64_t deadline = rt_now_ns() + (uint64_t)svc_g.db_wait_ms * 1000000u;
+  bool warned = false;
+  for (;;) {
+    PGconn *conn = PQconnectdb(svc_g.cfg.db_url);
+    if (conn != NULL && PQstatus(conn) == CONNECTION_OK) {
+      PQsetNoticeProcessor(conn, notice_ignore, NULL);
+      return conn;
+    }
+    char msg[200];
+    snprintf(msg, sizeof msg, "%s", conn ? PQerrorMessage(conn) : "out of memory");
+    msg[strcspn(msg, "\n")] = '\0';
+    PQfinish(conn);
+    if (rt_now_ns() > deadline) {
+      RT_ERROR("database not reachable", RT_LF_STR("error", msg),
+               RT_LF_INT("waited_ms", svc_g.db_wait_ms));
+      return NULL;
+    }
+    if (!warned) {
+      RT_WARN("waiting for the database", RT_LF_STR("error", msg),
+              RT_LF_INT("up_to_ms", svc_g.db_wait_ms));
+      warned = true;
+    }
+    sleep_ms(200);
+  }
+}
+
+static int start_up_db(void) {
+  PGconn *conn = connect_blocking();
+  if (conn == NULL) return SVC_E_DB_WAIT;
+  int rc = svc_migrate(conn, "common", svc_common_migrations, svc_common_migrations_count);
+  if (rc == 0) rc = svc_migrate(conn, svc_g.def->name, svc_g.def->migrations, svc_g.def->migrations_count);
+  if (rc == 0 && svc_g.def->setup != NULL) rc = svc_g.def->setup(conn);
+  PQfinish(conn);
+  return rc;
+}
+
+/* One line per prepared statement: id, parameter count, SQL (the texts
+ * are single lines). For tools that must run exactly the service's SQL,
+ * such as bench/transfer. */
+static void print_statements(const svc_def_t *def) {
+  size_t n = 0;
+  for (size_t t = 0; t < sizeof stmt_tables / sizeof stmt_tables[0]; t++) {
+    for (size_t i = 0; i < stmt_tables[t]->count; i++, n++)
+      printf("%zu\t%d\t%s\n", n, stmt_tables[t]->stmts[i].nparams, stmt_tables[t]->stmts[i].sql);
+  }
+  for (size_t i = 0; i < def->stmts_count; i++, n++)
+    printf("%zu\t%d\t%s\n", n, def->stmts[i].nparams, def->stmts[i].sql);
+}
+
+enum { ARGS_RUN = 0, ARGS_HELP = 1, ARGS_STATEMENTS = 2, ARGS_EVENTS = 3 };
+
+static int parse_args(int argc, char **argv, bool *migrate_only) {
+  static const struct option opts[] = {
+      {"migrate", no_argument, NULL, 'm'},
+      {"statements", no_argument, NULL, 's'},
+      {"events", no_argument, NULL, 'e'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
+  };
+  int c, rc = ARGS_RUN;
+  while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    if (c == 'm') {
+      *migrate_only = true;
+    } else if (c == 's') {
+      rc = ARGS_STATEMENTS;
+    } else if (c == 'e') {
+      rc = ARGS_EVENTS;
+    } else {
+      return c == 'h' ? ARGS_HELP : -1;
+    }
+  }
+  return optind == argc ? rc : -1;
+}
+
+int svc_main(int argc, char **argv, const svc_def_t *def) {
+  svc_g.def = def;
+  bool migrate_only = false;
+  int rc = parse_args(argc, argv, &migrate_only);
+  if (rc == ARGS_STATEMENTS) {
+    print_statements(def);
+    return 0;
+  }
+  if (rc == ARGS_EVENTS) {
+    print_events(def);
+    return 0;
+  }
+  if (rc != ARGS_RUN) {
+    usage(rc > 0 ? stdout : stderr, def);
+    return rc > 0 ? 0 : 2;
+  }
+  int level = rt_log_level_parse(rt_env_str("LOG_LEVEL", "info"));
+  const char *hash_key = rt_env_str("LOG_HASH_KEY", NULL);
+  rt_log_init(def->name, level < 0 ? RT_LOG_INFO : (rt_log_level_t)level,
+              (const uint8_t *)hash_key, hash_key ? strlen(hash_key) : 0);
+  rt_strerror_register(HTTP_E_RANGE_LO, HTTP_E_RANGE_HI, http_strerror);
+  rt_strerror_register(RT_PG_E_RANGE_LO, RT_PG_E_RANGE_HI, rt_pg_strerror);
+  rt_strerror_register(SVC_E_RANGE_LO, SVC_E_RANGE_HI, svc_strerror);
+  bus_strerror_init();
+  svc_consume_init_json();
+  svc_fault_init();
+  if (load_config() < 0) return 2;
+  rc = start_up_db();
+  if (rc < 0) {
+    RT_ERROR("start-up failed", RT_LF_STR("error", rt_strerror(rc)));
+    rt_log_flush();
+    return 1;
+  }
+  if (migrate_only) {
+    RT_INFO("migrations applied", RT_LF_STR("service", def->name));
+    rt_log_flush();
+    return 0;
+  }
+  if (build_router() < 0) return 1;
+  rc = svc_workers_start(svc_g.workers);
+  rt_loop_config_t loop_cfg = {0};
+  if (rc == 0) rc = rt_run(svc_g.cfg.threads, &loop_cfg, thread_setup, NULL, DRAIN_DEADLINE_MS);
+  svc_workers_stop();
+  threads_free();
+  RT_INFO("stopped", RT_LF_INT("status", rc < 0 ? 1 : 0));
+  rt_log_flush();
+  return rc < 0 ? 1 : 0;
+}
