@@ -351,6 +351,12 @@ int rt_tcp_local_port(int fd);
 int rt_tcp_addr(const char *host, uint16_t port, struct sockaddr_storage *addr,
                 socklen_t *addr_len);
 
+/* Turns Nagle's algorithm off: frames and responses are written whole, and
+ * Nagle would hold a small one back while the previous is unacknowledged
+ * (with the peer's delayed ACK, tens of ms). Every accepted socket gets
+ * it. Returns 0 or -errno. */
+int rt_tcp_nodelay(int fd);
+
 /* Creates a non-blocking TCP socket for `family` with TCP_NODELAY. */
 int rt_tcp_socket(int family);
 

@@ -42,6 +42,8 @@ int rt_tcp_addr(const char *host, uint16_t port, struct sockaddr_storage *addr,
   return -EINVAL;
 }
 
+int rt_tcp_nodelay(int fd) { return set_int_opt(fd, IPPROTO_TCP, TCP_NODELAY, 1); }
+
 int rt_tcp_socket(int family) {
   int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return -errno;

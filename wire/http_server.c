@@ -686,10 +686,7 @@ static void conn_actor_stopped(rt_actor_t *self, int reason) {
 }
 
 static void conn_start(http_server_t *s, int fd) {
-  /* Responses are written whole; Nagle would only hold back the next one
-   * while the previous is unacknowledged. */
-  int one = 1;
-  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  (void)rt_tcp_nodelay(fd); /* best effort: only latency depends on it */
   http_conn_t *c = rt_pool_get(&s->conns);
   if (c == NULL) {
     /* Over the connection limit: say so and close, without a pool slot. */

@@ -40,7 +40,7 @@
 #include <strings.h>
 #include <time.h>
 
-#include "svc.h"
+#include "account.h"
 
 extern const svc_migration_t account_migrations[];
 extern const size_t account_migrations_count;
@@ -51,17 +51,14 @@ static struct {
   uint32_t profile_timeout_ms;
 } cfg;
 
-static int s_open, s_get, s_list, s_owner, s_ledger, s_precheck, s_lock, s_move;
+static int s_open, s_get, s_list, s_owner, s_ledger, s_precheck, s_move, s_internal, s_status;
+int account_stmt_lock;
 
-/* RFC 3339 in UTC, milliseconds. The colons are written \x3a so that no
- * ':' stands in a literal: tools that run these statements as they are
- * (pgbench, in bench/transfer) would take one for a variable. */
-#define TS_JSON(col)                                                           \
-  "to_char(" col " AT TIME ZONE 'UTC', E'YYYY-MM-DD\"T\"HH24\\x3aMI\\x3aSS.MS\"Z\"')"
+#define TS_JSON(col) ACCOUNT_TS_JSON(col)
 
 #define ACCOUNT_JSON                                                            \
   "json_build_object('id', id, 'customer_id', customer_id, 'currency', currency," \
-  " 'balance', balance, 'overdraft_limit', overdraft_limit, 'status', status,"  \
+  " 'balance', balance, 'held', held, 'overdraft_limit', overdraft_limit, 'status', status,"  \
   " 'created_at', " TS_JSON("created_at") ")::text"
 
 static const svc_stmt_t stmts[] = {
@@ -81,7 +78,7 @@ static const svc_stmt_t stmts[] = {
     /* $1 account, $2 cursor (the seq of the last line shown), $3 limit + 1. */
     {&s_ledger,
      "SELECT e.seq::text, json_build_object('id', e.id, 'seq', e.seq,"
-     " 'transaction_id', e.transaction_id,"
+     " 'transaction_id', e.transaction_id, 'bucket', e.bucket, 'payment_id', t.payment_id,"
      " 'kind', t.kind, 'amount', e.amount, 'currency', e.currency,"
      " 'balance_after', e.balance_after, 'counterparty_account_id',"
      " CASE WHEN e.amount < 0 THEN t.credit_account_id ELSE t.debit_account_id END,"
@@ -94,8 +91,24 @@ static const svc_stmt_t stmts[] = {
      "SELECT id, customer_id, currency, status, kind FROM accounts"
      " WHERE id = $1::uuid OR id = $2::uuid",
      2},
-    {&s_lock,
+    {&account_stmt_lock,
      "SELECT id FROM accounts WHERE id = $1::uuid OR id = $2::uuid ORDER BY id FOR UPDATE", 2},
+    /* For other services (the payment service's check of a payer). */
+    {&s_internal,
+     "SELECT json_build_object('id', id, 'customer_id', customer_id, 'currency', currency,"
+     " 'status', status, 'kind', kind)::text FROM accounts WHERE id = $1::uuid",
+     1},
+    /* $1 account, $2 new status, $3/$4/$5 the event. Closing needs an
+     * empty account: nothing left in balance or held. */
+    {&s_status,
+     "WITH u AS (UPDATE accounts SET status = $2, updated_at = GREATEST(updated_at, clock_timestamp())"
+     "  WHERE id = $1::uuid AND kind = 'customer'"
+     "  AND ($2 <> 'closed' OR (balance = 0 AND held = 0)) RETURNING *),"
+     " o AS (" SVC_OUTBOX_INSERT("u", "3", "4", "u.id::text",
+                                 "json_build_object('account_id', u.id, 'status', u.status)", "5")
+     "  RETURNING 1)"
+     " SELECT " ACCOUNT_JSON " FROM u",
+     5},
     /* $1 transaction id, $2 kind, $3 debit account, $4 credit account,
      * $5 amount, $6 currency, $7 key scope, $8 key, $9/$10 ledger line
      * ids, $11 event id, $12 topic, $13 event key, $14 event payload, $15
@@ -477,7 +490,7 @@ static void move_write(svc_req_t *req) {
   const char *scope = svc_idem_scope(&st->idem), *key = svc_idem_key(&st->idem);
   svc_idem_add_claim(b, &st->idem);
   const char *lock[] = {debit, credit};
-  rt_pg_add(b, s_lock, 2, lock);
+  rt_pg_add(b, account_stmt_lock, 2, lock);
   const char *move[] = {txid,  move_names[st->kind].kind, debit, credit, amount, st->currency,
                         scope, key, e1, e2, ev.id, ev.topic, st->account, payload, "201",
                         st->account, ev.headers};
@@ -516,7 +529,7 @@ static void move_checked(svc_req_t *req, rt_pg_batch_t *b, int err) {
   }
   if (strcmp(rt_pg_value(b, 0, mine, 3), "open") != 0 ||
       strcmp(rt_pg_value(b, 0, other, 3), "open") != 0) {
-    svc_reply_error(req, 422, "account_closed", "the account is closed");
+    svc_reply_error(req, 422, "account_closed", "the account is not open (closed or frozen)");
     return;
   }
   move_write(req);
@@ -585,6 +598,80 @@ static void on_transfer(svc_req_t *req) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* GET /internal/accounts/{id}, PATCH /v1/accounts/{id}                      */
+/* ------------------------------------------------------------------------ */
+
+static void internal_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
+  if (err != 0) {
+    svc_reply_db_error(req, err, b);
+  } else if (rt_pg_rows(b, 0) == 0) {
+    svc_reply_error(req, 404, "account_not_found", "no such account");
+  } else {
+    reply_text_json(req, 200, rt_pg_value(b, 0, 0, 0));
+  }
+}
+
+/* Another service asks what an account is: owner, currency, status. */
+static void on_internal(svc_req_t *req) {
+  const char *id;
+  if (!id_param(req, &id)) return;
+  rt_pg_batch_t *b = svc_batch(req);
+  if (b == NULL) return;
+  const char *vals[] = {id};
+  rt_pg_add(b, s_internal, 1, vals);
+  svc_db(req, b, internal_done);
+}
+
+static const svc_field_t status_fields[] = {
+    {"status", SVC_T_STRING, true, 16},
+};
+
+static void status_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
+  if (err != 0) {
+    svc_reply_db_error(req, err, b);
+  } else if (rt_pg_rows(b, 1) == 0) {
+    svc_reply_error(req, 404, "account_not_found", "no such account");
+  } else if (rt_pg_rows(b, 2) == 0) {
+    svc_reply_error(req, 409, "account_not_empty",
+                    "the account still holds money (balance or held) and cannot be closed");
+  } else {
+    RT_INFO("account status changed", RT_LF_STR("account", req->param_id),
+            RT_LF_STR("status", svc_json_str(req->body, "status")));
+    reply_text_json(req, 200, rt_pg_value(b, 2, 0, 0));
+  }
+}
+
+/* An operator freezes, reopens or closes an account. */
+static void on_status(svc_req_t *req) {
+  const char *id;
+  if (!id_param(req, &id)) return;
+  svc_json_error_t err;
+  if (svc_json_check(req->body, status_fields, 1, &err) < 0) {
+    svc_reply_json_error(req, &err);
+    return;
+  }
+  const char *status = svc_json_str(req->body, "status");
+  if (strcmp(status, "open") != 0 && strcmp(status, "frozen") != 0 &&
+      strcmp(status, "closed") != 0) {
+    svc_reply_error(req, 422, "invalid_field", "field 'status' must be open, frozen or closed");
+    return;
+  }
+  svc_trace_t trace;
+  svc_trace_of_request(req, &trace);
+  svc_emit_t e;
+  svc_emit_prepare(&e, SVC_EV_ACCOUNT_STATUS_CHANGED, &trace);
+  rt_pg_batch_t *b = svc_batch(req);
+  if (b == NULL) return;
+  const char *lock[] = {id, id};
+  rt_pg_add(b, account_stmt_lock, 2, lock);
+  const char *system[] = {id}; /* a system account is nobody's: 404 via no rows */
+  rt_pg_add(b, s_owner, 1, system);
+  const char *vals[] = {id, status, e.id, e.topic, e.headers};
+  rt_pg_add(b, s_status, 5, vals);
+  svc_db(req, b, status_done);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Definition                                                               */
 /* ------------------------------------------------------------------------ */
 
@@ -600,6 +687,8 @@ static const svc_route_t routes[] = {
     {"POST", "/v1/accounts/{id}/withdrawals", on_withdrawal, SVC_AUTH_REQUIRED,
      SVC_ROLE_CUSTOMER | SVC_ROLE_OPERATOR, true},
     {"POST", "/v1/transfers", on_transfer, SVC_AUTH_REQUIRED, SVC_ROLE_CUSTOMER, true},
+    {"PATCH", "/v1/accounts/{id}", on_status, SVC_AUTH_REQUIRED, SVC_ROLE_OPERATOR, true},
+    {"GET", "/internal/accounts/{id}", on_internal, SVC_AUTH_REQUIRED, SVC_ROLE_SERVICE, false},
 };
 
 /* Main thread, after migrations: one system account per currency. */
@@ -642,10 +731,12 @@ static int thread_init(svc_thread_t *th) {
   http_client_t *client = NULL;
   int rc = http_client_create(&client, th->loop, &hc);
   th->user = client;
+  if (rc == 0 && th->index == 0) rc = account_holds_start(th);
   return rc;
 }
 
 static void thread_drain(svc_thread_t *th) {
+  if (th->index == 0) account_holds_stop(th);
   http_client_destroy(th->user);
   th->user = NULL;
 }
@@ -662,13 +753,28 @@ static int load_config(void) {
   }
   snprintf(cfg.profile_host, sizeof cfg.profile_host, "%.*s", (int)(colon - addr), addr);
   cfg.profile_port = (uint32_t)port;
-  return rt_env_ms("PROFILE_TIMEOUT", 2000, &cfg.profile_timeout_ms);
+  int rc = rt_env_ms("PROFILE_TIMEOUT", 2000, &cfg.profile_timeout_ms);
+  if (rc == 0) rc = account_holds_config();
+  return rc;
 }
 
 static const svc_event_type_t produces[] = {
-    SVC_EV_ACCOUNT_OPENED, SVC_EV_ACCOUNT_TOPPED_UP, SVC_EV_ACCOUNT_WITHDRAWN,
-    SVC_EV_ACCOUNT_TRANSFERRED,
+    SVC_EV_ACCOUNT_OPENED,         SVC_EV_ACCOUNT_TOPPED_UP,      SVC_EV_ACCOUNT_WITHDRAWN,
+    SVC_EV_ACCOUNT_TRANSFERRED,    SVC_EV_ACCOUNT_STATUS_CHANGED, SVC_EV_ACCOUNT_FUNDS_RESERVED,
+    SVC_EV_ACCOUNT_FUNDS_REJECTED, SVC_EV_ACCOUNT_PAYMENT_SETTLED, SVC_EV_ACCOUNT_SETTLEMENT_FAILED,
+    SVC_EV_ACCOUNT_FUNDS_RELEASED,
 };
+
+/* The service's statements and the saga's, registered as one table. */
+static svc_stmt_t all_stmts[sizeof stmts / sizeof stmts[0] + 16];
+
+static size_t stmts_merge(void) {
+  size_t n = 0;
+  for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++) all_stmts[n++] = stmts[i];
+  assert(n + account_holds_stmts_count <= sizeof all_stmts / sizeof all_stmts[0]);
+  for (size_t i = 0; i < account_holds_stmts_count; i++) all_stmts[n++] = account_holds_stmts[i];
+  return n;
+}
 
 int main(int argc, char **argv) {
   if (load_config() < 0) return 2;
@@ -678,17 +784,21 @@ int main(int argc, char **argv) {
       .default_port = 7002,
       .routes = routes,
       .routes_count = sizeof routes / sizeof routes[0],
-      .stmts = stmts,
-      .stmts_count = sizeof stmts / sizeof stmts[0],
+      .stmts = all_stmts,
+      .stmts_count = stmts_merge(),
       .migrations = account_migrations,
       .migrations_count = account_migrations_count,
       .setup = setup,
       .thread_init = thread_init,
       .thread_drain = thread_drain,
       .usage_env = "  PROFILE_ADDR          the profile service, host:port (127.0.0.1:7001)\n"
-                   "  PROFILE_TIMEOUT       its answer, at most          (2s)\n",
+                   "  PROFILE_TIMEOUT       its answer, at most          (2s)\n"
+                   "  HOLD_TTL              a payment's hold expires after (5m)\n"
+                   "  HOLD_SWEEP_INTERVAL   expired holds released every (1s)\n",
       .produces = produces,
       .produces_count = sizeof produces / sizeof produces[0],
+      .consumers = account_consumers,
+      .consumers_count = account_consumers_count,
   };
   return svc_main(argc, argv, &def);
 }

@@ -10,6 +10,7 @@
  *   GET /v1/events   auditor, admin; filters topic, correlation_id, since,
  *                    until (busd's store time, RFC 3339, since inclusive,
  *                    until exclusive); cursor pagination in log order
+ *   /v1/dead-letters operator, admin: dead.c
  *
  * plus /healthz, /readyz and /metrics from the skeleton.
  */
@@ -19,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "svc.h"
+#include "event.h"
 
 extern const svc_migration_t event_migrations[];
 extern const size_t event_migrations_count;
@@ -164,6 +165,12 @@ static void on_list(svc_req_t *req) {
 
 static const svc_route_t routes[] = {
     {"GET", "/v1/events", on_list, SVC_AUTH_REQUIRED, SVC_ROLE_AUDITOR | SVC_ROLE_ADMIN, false},
+    {"GET", "/v1/dead-letters", event_on_dead_list, SVC_AUTH_REQUIRED,
+     SVC_ROLE_OPERATOR | SVC_ROLE_ADMIN, false},
+    {"POST", "/v1/dead-letters/{id}/redrive", event_on_redrive, SVC_AUTH_REQUIRED,
+     SVC_ROLE_OPERATOR | SVC_ROLE_ADMIN, false},
+    {"POST", "/v1/dead-letters/redrive", event_on_redrive_all, SVC_AUTH_REQUIRED,
+     SVC_ROLE_OPERATOR | SVC_ROLE_ADMIN, false},
 };
 
 /* ------------------------------------------------------------------------ */
@@ -171,6 +178,22 @@ static const svc_route_t routes[] = {
 /* ------------------------------------------------------------------------ */
 
 static const svc_event_type_t produces[] = {SVC_EV_DEAD_LETTER_REDRIVEN};
+
+static int thread_init(svc_thread_t *th) { return th->index == 0 ? event_dead_start(th) : 0; }
+
+static void thread_drain(svc_thread_t *th) {
+  if (th->index == 0) event_dead_stop(th);
+}
+
+/* The audit log's statements and the dead letters', as one table. */
+static svc_stmt_t all_stmts[sizeof stmts / sizeof stmts[0] + 8];
+
+static size_t stmts_merge(void) {
+  size_t n = 0;
+  for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++) all_stmts[n++] = stmts[i];
+  for (size_t i = 0; i < event_dead_stmts_count; i++) all_stmts[n++] = event_dead_stmts[i];
+  return n;
+}
 
 int main(int argc, char **argv) {
   consumers_fill();
@@ -180,14 +203,18 @@ int main(int argc, char **argv) {
       .default_port = 7004,
       .routes = routes,
       .routes_count = sizeof routes / sizeof routes[0],
-      .stmts = stmts,
-      .stmts_count = sizeof stmts / sizeof stmts[0],
+      .stmts = all_stmts,
+      .stmts_count = stmts_merge(),
       .migrations = event_migrations,
       .migrations_count = event_migrations_count,
       .produces = produces,
       .produces_count = sizeof produces / sizeof produces[0],
       .consumers = consumers,
       .consumers_count = SVC_EV_COUNT,
+      .thread_init = thread_init,
+      .thread_drain = thread_drain,
+      .bus_init = event_dead_subscribe,
+      .metrics = event_dead_metrics,
   };
   return svc_main(argc, argv, &def);
 }

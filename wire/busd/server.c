@@ -381,6 +381,7 @@ static void conn_start(busd_t *b, int fd) {
     close(fd);
     return;
   }
+  (void)rt_tcp_nodelay(fd); /* best effort: only latency depends on it */
   c->b = b;
   c->fd = fd;
   c->state = BUSD_CONN_OPEN;

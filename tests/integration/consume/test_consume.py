@@ -107,8 +107,10 @@ def test_dead_letter(plat, busctl):
     busd.start()
     t.say("busd killed with SIGKILL after 2 failed deliveries, and restarted")
     dead = plat.read_topic(busctl, "payment.authorized.dead", "test-dead-" + uuid.uuid4().hex[:6],
-                           1, timeout=40)
-    mine = [d for d in dead if d[1] == eid]
+                           2, timeout=20)
+    # The account service, which consumes payment.* too, gives up on this
+    # made-up event as well: only the probe's dead letter is looked at.
+    mine = [d for d in dead if d[1] == eid and d[3].get("x-dead-group") == "probe"]
     t.check(len(mine) == 1, "the event is in payment.authorized.dead (%d)" % len(mine))
     time.sleep(2 * BACKOFF_MS / 1000.0)  # no further delivery may come
     attempts = nack_attempts(probe, eid)

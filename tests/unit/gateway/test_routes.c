@@ -37,6 +37,12 @@ static const struct {
     {"POST", "/v1/payments", GW_SVC_PAYMENT, C, false},
     {"GET", "/v1/payments/{id}", GW_SVC_PAYMENT, C | O, false},
     {"GET", "/v1/events", GW_SVC_EVENT, AU | AD, false},
+    /* Beyond the design's table. */
+    {"PATCH", "/v1/accounts/{id}", GW_SVC_ACCOUNT, O, false},
+    {"GET", "/v1/payments", GW_SVC_PAYMENT, C | O, false},
+    {"GET", "/v1/dead-letters", GW_SVC_EVENT, O | AD, false},
+    {"POST", "/v1/dead-letters/{id}/redrive", GW_SVC_EVENT, O | AD, false},
+    {"POST", "/v1/dead-letters/redrive", GW_SVC_EVENT, O | AD, false},
 };
 #define EXPECTED_COUNT (sizeof expected / sizeof expected[0])
 
