@@ -111,9 +111,10 @@ def flow(a):
                      {"Idempotency-Key": "smoke-pay-" + a1})
     check(st == 202 and pay.get("id"), "payment: %s %s" % (st, pay))
     pid = pay["id"]
+    # Long-polls shorter than the gateway's upstream timeout (5 s), repeated.
     deadline = time.monotonic() + a.saga_wait
     while True:
-        st, p = c.call("GET", "/v1/payments/%s?wait=5000" % pid, timeout=20)
+        st, p = c.call("GET", "/v1/payments/%s?wait=3000" % pid, timeout=20)
         check(st == 200, "GET payment: %s %s" % (st, p))
         if p["state"] in ("completed", "failed") or time.monotonic() > deadline:
             break
