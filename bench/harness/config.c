@@ -91,7 +91,8 @@ static const char *const usage_parts[] = {
     "  --progress-every N     plain lines every N seconds (default 5)\n"
     "  --label TEXT           a name for the run, kept in the JSON\n"
     "\n",
-    "DUR is a number with ms, s or m (a bare number is seconds).\n"
+    "DUR is a number with ms, s or m (a bare number is seconds). Default paths\n"
+    "are under $PAYCORE_RUN_DIR (bench/run sets it to the repository's .run/).\n"
     "Latency is measured from each operation's intended start: in the open loop\n"
     "the schedule's time, so a slow answer delays no later send (no coordinated\n"
     "omission); payments count until their final state. The histogram's error\n"
@@ -191,10 +192,14 @@ static void read_key_file(bench_config_t *cfg, const char *path) {
   fclose(f);
 }
 
+/* Where `deploy/dev up` keeps its state; bench/run sets it to the
+ * repository's, so the defaults hold from any directory. */
+static const char *run_dir(void) { return rt_env_str("PAYCORE_RUN_DIR", ".run"); }
+
 static void defaults(bench_config_t *cfg) {
   memset(cfg, 0, sizeof *cfg);
   parse_addr("localhost:8443", &cfg->gateway);
-  snprintf(cfg->ca_file, sizeof cfg->ca_file, ".run/certs/tls-ecdsa.crt");
+  snprintf(cfg->ca_file, sizeof cfg->ca_file, "%s/certs/tls-ecdsa.crt", run_dir());
   static const char *const ports[UP_COUNT] = {NULL, "127.0.0.1:7001", "127.0.0.1:7002",
                                               "127.0.0.1:7003", "127.0.0.1:7004"};
   static const char *const envs[UP_COUNT] = {NULL, "PROFILE_DB_URL", "ACCOUNT_DB_URL",
@@ -227,8 +232,8 @@ static void defaults(bench_config_t *cfg) {
   cfg->drain_timeout_ms = 15000;
   cfg->max_error_rate = -1;
   cfg->check = true;
-  snprintf(cfg->json_path, sizeof cfg->json_path, ".run/bench-run.json");
-  snprintf(cfg->png_path, sizeof cfg->png_path, ".run/bench-run.png");
+  snprintf(cfg->json_path, sizeof cfg->json_path, "%s/bench-run.json", run_dir());
+  snprintf(cfg->png_path, sizeof cfg->png_path, "%s/bench-run.png", run_dir());
   cfg->progress = -1; /* auto */
   cfg->progress_every_s = 5;
   cfg->seed = 1;
@@ -427,7 +432,9 @@ int bench_config_parse(bench_config_t *cfg, int argc, char **argv) {
   if (env_key != NULL && env_key[0] != '\0') {
     snprintf(cfg->hmac_key, sizeof cfg->hmac_key, "%s", env_key);
   } else if (!key_file_given) {
-    read_key_file(cfg, ".run/auth_hmac_key");
+    char path[PATH_BYTES];
+    snprintf(path, sizeof path, "%s/auth_hmac_key", run_dir());
+    read_key_file(cfg, path);
   }
   if (no_sql)
     for (int u = 0; u < UP_COUNT; u++) cfg->db_url[u][0] = '\0';

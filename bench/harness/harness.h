@@ -269,6 +269,7 @@ struct bench {
   uint32_t checks_count;
   bool sql_snapshot;
   int64_t sql_start_customer, sql_start_system; /* the currency's money at the start */
+  char sql_since[UP_COUNT][40]; /* each database's now() at the start */
   int check_stage;
   uint32_t check_cursor, check_pending;
   uint64_t check_deadline_ns;
