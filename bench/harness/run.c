@@ -686,28 +686,30 @@ static void end_run(bench_t *b, uint64_t now) {
   drain_maybe_done(b);
 }
 
+/* Issues what the slots allow: the closed loop's next operations, or the
+ * open loop's due ones. A natural end still sends what fell due before
+ * it; an interruption (Ctrl-C, a step that fell behind) counts those as
+ * not sent. */
 static void refill(bench_t *b) {
   if (b->phase != PHASE_RUN) return;
   uint64_t now = rt_now_ns();
-  if (now >= b->run_end_ns || *b->stop_flag || b->fell_behind) {
-    end_run(b, now);
-    return;
-  }
+  bool stopping = *b->stop_flag || b->fell_behind;
   if (!b->cfg->open_loop) {
+    if (now >= b->run_end_ns || stopping) {
+      end_run(b, now);
+      return;
+    }
     while (b->inflight < slots(b)) op_issue(b, rt_now_ns());
     return;
   }
   uint64_t due = 0;
-  while (b->inflight < slots(b)) {
+  while (!stopping && b->inflight < slots(b)) {
     int rc = bench_sched_next(&b->sched, now, &due);
-    if (rc < 0) {
-      end_run(b, now);
-      return;
-    }
-    if (rc == 0) return;
+    if (rc <= 0) break;
     if (now - due > b->sched.late_ns) step_at(b, due)->late++;
     op_issue(b, due);
   }
+  if (now >= b->run_end_ns || stopping) end_run(b, now);
 }
 
 static void tick(rt_timer_t *t) {
@@ -774,13 +776,21 @@ void bench_check_done(bench_t *b) {
 /* Start-up and the end                                                     */
 /* ------------------------------------------------------------------------ */
 
+/* Long-polls hold their connection while they wait: they get a client of
+ * their own with room for one per operation under way, up to this. */
+#define POLL_CONNS_MAX 256
+
 static int client_for(bench_t *b, upstream_t up, const addr_t *a, bool tls, uint32_t timeout_ms,
                       http_client_t **out) {
   const bench_config_t *cfg = b->cfg;
+  bool poll = out == &b->poll_client;
+  uint32_t conns = cfg->connections;
+  if (poll && slots(b) > conns) conns = slots(b) < POLL_CONNS_MAX ? slots(b) : POLL_CONNS_MAX;
+  if (poll && conns < cfg->connections) conns = cfg->connections;
   http_client_config_t hc = {
       .host = a->host,
       .port = a->port,
-      .conns_max = cfg->connections,
+      .conns_max = conns,
       /* Every operation under way may wait for a connection. */
       .queue_max = slots(b) + CHECK_PARALLEL + SETUP_PARALLEL,
       .connect_timeout_ms = 2000,
@@ -796,9 +806,10 @@ static int make_clients(bench_t *b) {
   uint32_t poll_timeout = cfg->payment_wait_ms + cfg->request_timeout_ms;
   int rc = 0;
   if (!cfg->direct) {
-    /* Two clients share the gateway, each with `connections`: TLS engines
-     * for both. */
-    rc = bench_tls_create(&b->tls, cfg->ca_file, cfg->server_name, 2 * cfg->connections);
+    /* Two clients share the gateway: TLS engines for both. */
+    rc = bench_tls_create(&b->tls, cfg->ca_file, cfg->server_name,
+                          cfg->connections + (POLL_CONNS_MAX > cfg->connections ? POLL_CONNS_MAX
+                                                                                : cfg->connections));
     if (rc == 0) rc = client_for(b, UP_GATEWAY, &cfg->gateway, true, cfg->request_timeout_ms,
                                  &b->client[UP_GATEWAY]);
     if (rc == 0) rc = client_for(b, UP_GATEWAY, &cfg->gateway, true, poll_timeout, &b->poll_client);
