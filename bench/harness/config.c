@@ -425,7 +425,7 @@ int bench_config_parse(bench_config_t *cfg, int argc, char **argv) {
       snprintf(flag, sizeof flag, "%s", f);
       value = argv[++i];
     } else {
-      return bad(f, "", strncmp(f, "--", 2) == 0 ? "needs a value" : "unknown argument");
+      return bad(f, "", strncmp(f, "--", 2) == 0 ? "unknown, or needs a value" : "unknown argument");
     }
     int rc = apply(cfg, flag, value, &key_file_given);
     if (rc < 0) return rc;

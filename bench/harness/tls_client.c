@@ -90,6 +90,8 @@ static unsigned char *dup_bytes(const void *p, size_t n) {
   return q;
 }
 
+static void anchor_free(br_x509_trust_anchor *ta);
+
 /* One DER certificate -> one anchor (its subject DN and key). */
 static int anchor_from_der(br_x509_trust_anchor *ta, const unsigned char *der, size_t len) {
   bytes_t dn = {0};
@@ -106,19 +108,22 @@ static int anchor_from_der(br_x509_trust_anchor *ta, const unsigned char *der, s
   ta->dn.len = dn.len;
   ta->flags = br_x509_decoder_isCA(&dc) ? BR_X509_TA_CA : 0;
   ta->pkey.key_type = pk->key_type;
+  bool ok = false;
   if (pk->key_type == BR_KEYTYPE_EC) {
     ta->pkey.key.ec.curve = pk->key.ec.curve;
     ta->pkey.key.ec.q = dup_bytes(pk->key.ec.q, pk->key.ec.qlen);
     ta->pkey.key.ec.qlen = pk->key.ec.qlen;
-    if (ta->pkey.key.ec.q == NULL) return -ENOMEM;
+    ok = ta->pkey.key.ec.q != NULL;
   } else if (pk->key_type == BR_KEYTYPE_RSA) {
     ta->pkey.key.rsa.n = dup_bytes(pk->key.rsa.n, pk->key.rsa.nlen);
     ta->pkey.key.rsa.nlen = pk->key.rsa.nlen;
     ta->pkey.key.rsa.e = dup_bytes(pk->key.rsa.e, pk->key.rsa.elen);
     ta->pkey.key.rsa.elen = pk->key.rsa.elen;
-    if (ta->pkey.key.rsa.n == NULL || ta->pkey.key.rsa.e == NULL) return -ENOMEM;
-  } else {
-    return -EINVAL;
+    ok = ta->pkey.key.rsa.n != NULL && ta->pkey.key.rsa.e != NULL;
+  }
+  if (!ok) {
+    anchor_free(ta); /* what was copied so far */
+    return pk->key_type == BR_KEYTYPE_EC || pk->key_type == BR_KEYTYPE_RSA ? -ENOMEM : -EINVAL;
   }
   return 0;
 }
