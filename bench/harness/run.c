@@ -197,7 +197,9 @@ static uint32_t second_of(const bench_t *b, uint64_t now) {
 
 static step_stats_t *step_at(bench_t *b, uint64_t t) {
   if (!b->cfg->open_loop) return &b->steps[0];
-  return &b->steps[bench_sched_step_of(&b->sched, t)];
+  uint32_t k = bench_sched_step_of(&b->sched, t);
+  if (NEVER(k >= b->steps_count)) k = b->steps_count - 1;
+  return &b->steps[k];
 }
 
 /* An operation of the run ended: ok, or with an error of `kind` (and
@@ -740,7 +742,8 @@ static void start_run(bench_t *b) {
   }
   if (cfg->open_loop) {
     int rc = bench_sched_init(&b->sched, b->run_start_ns, (uint64_t)cfg->duration_ms * 1000000u,
-                              cfg->rate, cfg->step_rate, (uint64_t)cfg->step_ms * 1000000u,
+                              cfg->rate, cfg->step_rate,
+                              b->steps_count > 1 ? (uint64_t)cfg->step_ms * 1000000u : 0,
                               (uint64_t)cfg->late_ms * 1000000u);
     if (NEVER(rc < 0)) {
       fatal(b, "the schedule is impossible");

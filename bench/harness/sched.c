@@ -45,6 +45,7 @@ int bench_sched_init(bench_sched_t *s, uint64_t start_ns, uint64_t duration_ns, 
                      double step_rate, uint64_t step_ns, uint64_t late_ns) {
   if (!(rate > 0.0) || !(step_rate >= 0.0) || duration_ns == 0) return -EINVAL;
   if (step_rate > 0.0 && step_ns == 0) return -EINVAL;
+  if (step_rate == 0.0) step_ns = 0; /* a fixed rate is one step, whatever its length */
   *s = (bench_sched_t){.start_ns = start_ns,
                        .end_ns = start_ns + duration_ns,
                        .step_ns = step_ns,

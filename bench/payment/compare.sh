@@ -121,12 +121,27 @@ harness() {
   return 0
 }
 
+# The services `deploy/dev up` started share these databases: their relays
+# would publish this run's outbox rows to their own busd, and the saga
+# measured here would stall. Refuse rather than measure that.
+refuse_dev_platform() {
+  local name pid
+  for name in profile account payment event; do
+    [[ -f $RUN_DIR/$name.pid ]] || continue
+    pid=$(head -n 1 "$RUN_DIR/$name.pid")
+    if [[ $pid =~ ^[0-9]+$ ]] && alive "$pid"; then
+      die "deploy/dev up's $name (pid $pid) uses the same databases: stop it first (deploy/dev down)"
+    fi
+  done
+}
+
 main() {
   case ${1:-} in
     -h | --help) usage; exit 0 ;;
     '') ;;
     *) usage >&2; exit 2 ;;
   esac
+  refuse_dev_platform
   ensure_packages
   release_build "$BUILD_DIR" wire/busd/busd actors/profile/profile actors/account/account \
     actors/payment/payment actors/event/event bench/harness/bench_run

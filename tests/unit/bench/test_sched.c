@@ -115,6 +115,10 @@ static void test_not_due_yet_and_bad_input(void) {
   T_CHECK_EQ_INT(bench_sched_next(&s, 100, &due), 1);
   T_CHECK_EQ_INT(bench_sched_next(&s, 101, &due), 0);
   T_CHECK_EQ_INT(due, 100 + S / 10); /* when the next will be due */
+  /* A fixed rate given a step length is still one step. */
+  T_REQUIRE(bench_sched_init(&s, 0, 10 * S, 50.0, 0, 5 * S, 0) == 0);
+  T_CHECK_EQ_INT(bench_sched_steps(&s), 1);
+  T_CHECK_EQ_INT(bench_sched_step_of(&s, 9 * S), 0);
   T_CHECK_EQ_INT(bench_sched_init(&s, 0, S, 0.0, 0, 0, 0), -EINVAL);
   T_CHECK_EQ_INT(bench_sched_init(&s, 0, S, 10.0, 5.0, 0, 0), -EINVAL);
   T_CHECK_EQ_INT(bench_sched_init(&s, 0, 0, 10.0, 0, 0, 0), -EINVAL);
