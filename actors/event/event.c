@@ -216,10 +216,10 @@ static int seq_query(svc_req_t *req, const char *name, int64_t *out) {
   *out = 0;
   int n = svc_query(req, name, buf, sizeof buf);
   if (n == -ENOENT) return 0;
-  char *end = NULL;
+  char *end = buf;
   errno = 0;
   long long v = n > 0 && buf[0] >= '0' && buf[0] <= '9' ? strtoll(buf, &end, 10) : 0;
-  if (n <= 0 || errno != 0 || *end != '\0' || v < 1) {
+  if (n <= 0 || errno != 0 || end == buf || *end != '\0' || v < 1) {
     svc_reply_error(req, 422, "invalid_range", "from and to are chain positions (1 and up)");
     return -1;
   }
