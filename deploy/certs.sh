@@ -11,6 +11,9 @@
 #   jwt/<kid>.pem, jwt/<kid>.pub.pem
 #                                  ES256 (P-256) token signing key pairs, one
 #                                  per --kid (default: one kid, "dev-1")
+#   audit/signing.pem, audit/signing.pub.pem
+#                                  the event service's ES256 (P-256) key that
+#                                  signs audit checkpoints (always)
 #
 # Idempotent: a file that exists is kept, so running it again changes
 # nothing and tokens signed earlier stay valid. Delete a file to remake it.
@@ -19,7 +22,7 @@
 set -euo pipefail
 
 usage() {
-  sed -n '3,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '3,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 rsa=0
@@ -43,7 +46,7 @@ done
 command -v openssl >/dev/null || { echo "certs.sh: openssl not installed (Debian package openssl)" >&2; exit 1; }
 
 umask 077
-mkdir -p "$dir/jwt"
+mkdir -p "$dir/jwt" "$dir/audit"
 
 # self_signed NAME KEYGEN_ARGS...: NAME.key and NAME.crt unless present.
 self_signed() {
@@ -64,9 +67,9 @@ self_signed() {
   echo "created $dir/$name.crt" >&2
 }
 
-# jwt_pair KID: jwt/KID.pem (private) and jwt/KID.pub.pem unless present.
-jwt_pair() {
-  local priv=$dir/jwt/$1.pem pub=$dir/jwt/$1.pub.pem
+# ec_pair BASE: BASE.pem (a P-256 private key) and BASE.pub.pem unless present.
+ec_pair() {
+  local priv=$1.pem pub=$1.pub.pem
   if [[ -s $priv && -s $pub ]]; then
     echo "kept    $pub" >&2
     return 0
@@ -82,5 +85,6 @@ if ((rsa)); then
   self_signed tls-rsa -algorithm RSA -pkeyopt rsa_keygen_bits:2048
 fi
 for kid in "${kids[@]}"; do
-  jwt_pair "$kid"
+  ec_pair "$dir/jwt/$kid"
 done
+ec_pair "$dir/audit/signing"

@@ -114,3 +114,18 @@ int rt_env_ms(const char *name, uint32_t fallback_ms, uint32_t *out) {
   *out = (uint32_t)((uint64_t)x * scale);
   return 0;
 }
+
+int rt_env_addr(const char *name, const char *fallback, char *host, size_t host_cap,
+                uint16_t *port) {
+  assert(host_cap > 0);
+  const char *v = rt_env_str(name, fallback);
+  const char *colon = v != NULL ? strrchr(v, ':') : NULL;
+  uint32_t p = 0;
+  if (colon == NULL || colon == v || (size_t)(colon - v) >= host_cap ||
+      !parse_u32(colon + 1, strlen(colon + 1), &p) || p == 0 || p > 65535)
+    return env_invalid(name, v != NULL ? v : "", "host:port", 1, 65535);
+  memcpy(host, v, (size_t)(colon - v));
+  host[colon - v] = '\0';
+  *port = (uint16_t)p;
+  return 0;
+}

@@ -576,6 +576,12 @@ bool rt_loop_draining(const rt_loop_t *loop);
 /* Asks a loop to drain; any thread. */
 void rt_loop_drain(rt_loop_t *loop, uint32_t deadline_ms);
 
+/* Blocks SIGTERM and SIGINT in the calling thread; threads it starts
+ * afterwards inherit the mask. Call it in main() before starting any thread
+ * of one's own (rt_run() calls it too), or a stop signal may land on such a
+ * thread and kill the process instead of draining it. */
+void rt_signals_block(void);
+
 /* Starts `threads` loop threads, runs setup on each, then waits for SIGTERM
  * or SIGINT on the calling thread, drains every loop within deadline_ms and
  * joins them. Returns 0 on a clean shutdown. */
@@ -602,5 +608,12 @@ int rt_env_bool(const char *name, bool fallback, bool *out);
  * of ms, at most UINT32_MAX ms; unset or empty gives `fallback_ms`. Returns
  * RT_E_CONFIG (and logs which variable) when invalid. */
 int rt_env_ms(const char *name, uint32_t fallback_ms, uint32_t *out);
+
+/* Parses "host:port" (a numeric host or localhost: no blocking name
+ * look-up; port 1..65535) into host (NUL-terminated, at most host_cap - 1
+ * bytes) and *port; unset or empty parses `fallback`. Returns RT_E_CONFIG
+ * (and logs which variable) when invalid. */
+int rt_env_addr(const char *name, const char *fallback, char *host, size_t host_cap,
+                uint16_t *port);
 
 #endif /* RT_H */

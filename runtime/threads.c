@@ -113,6 +113,11 @@ static void block_signals(sigset_t *set) {
   signal(SIGPIPE, SIG_IGN); /* sends use MSG_NOSIGNAL; this covers the rest */
 }
 
+void rt_signals_block(void) {
+  sigset_t set;
+  block_signals(&set);
+}
+
 static void sleep_ms(long ms) {
   struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
   while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {

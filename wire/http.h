@@ -404,9 +404,17 @@ typedef struct http_exchange http_exchange_t;
 typedef void (*http_exchange_fn)(http_exchange_t *ex, void *arg);
 #define HTTP_HANDLER(fn) ((http_handler_fn)(http_exchange_fn)(fn))
 
-/* A byte filter between the socket and HTTP, such as TLS. The server calls
- * it from its loop thread only. All functions but open may append bytes for
- * the peer to `wire` (handshake records, ciphertext, alerts). */
+/* A byte filter between the socket and HTTP, such as TLS. The server, and
+ * the client when given one, call it from their loop thread only. All
+ * functions but open may append bytes for the peer to `wire` (handshake
+ * records, ciphertext, alerts).
+ *
+ * On the client side (http_client_config_t.filter) open runs once the TCP
+ * connection is up, then output is called once with len 0 so the filter can
+ * say what it must say first (a TLS ClientHello). A filter may hold plain
+ * bytes given to output until its handshake is done and append their
+ * encoding to `wire` from a later input call: the client sends whatever
+ * either call appended. */
 typedef struct http_filter {
   /* A new connection: returns its state, or NULL to refuse it. */
   void *(*open)(void *filter_ctx, int fd);
@@ -552,6 +560,9 @@ typedef struct http_client_config {
   uint32_t connect_timeout_ms; /* default 1000 */
   uint32_t request_timeout_ms; /* whole request, queueing included; 5000 */
   http_limits_t limits;        /* of responses; zero: defaults */
+  /* NULL: plain TCP. Else every connection's bytes pass through it (see
+   * http_filter_t for the client side); it must outlive the client. */
+  const http_filter_t *filter;
 } http_client_config_t;
 
 /* Called exactly once per accepted request, on the client's loop thread.

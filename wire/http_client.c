@@ -11,6 +11,18 @@
  * late response would otherwise be taken for the next request's.
  *
  * Request and connection objects are pools sized from the config.
+ *
+ * With a byte filter (TLS), the life of a connection's bytes:
+ *   1. connected: the filter opens and is asked (output, len 0) for what it
+ *      says first; that goes to `wire_next`.
+ *   2. a request: its bytes go through output into `wire_next`.
+ *   3. received bytes go through input: the plain ones to `plain`, then to
+ *      the parser; what the filter answers (handshake records, held-back
+ *      requests) to `wire_next`.
+ *   4. after each of these, `wire_next` becomes `wire_out` and is sent,
+ *      unless a send is in flight: the kernel reads `wire_out` until the
+ *      send completes, so it is never appended to (a growing buffer may
+ *      move); its completion sends what gathered in `wire_next` meanwhile.
  */
 #include <assert.h>
 #include <errno.h>
@@ -58,6 +70,10 @@ struct client_conn {
   rt_op_t close_op;
   rt_timer_t connect_timer;
   http_parser_t parser;
+  void *filter_state;     /* the filter's, once connected */
+  http_buf_t plain;       /* filter: decoded input, being parsed */
+  http_buf_t wire_out;    /* filter: bytes being sent */
+  http_buf_t wire_next;   /* filter: bytes waiting for the send to finish */
   client_req_t *req;
   uint32_t served;        /* responses completed on this connection */
   bool in_callback;       /* its response's callback is running */
@@ -221,6 +237,11 @@ static void conn_closed(rt_op_t *op, int res, uint32_t flags) {
   client_conn_t *cc = op->ctx;
   http_client_t *c = cc->client;
   http_parser_deinit(&cc->parser);
+  if (cc->filter_state != NULL) c->config.filter->free(cc->filter_state);
+  cc->filter_state = NULL;
+  http_buf_deinit(&cc->plain);
+  http_buf_deinit(&cc->wire_out);
+  http_buf_deinit(&cc->wire_next);
   conn_unlink(cc);
   rt_pool_put(&c->conns, cc);
   if (c->destroying) {
@@ -272,13 +293,32 @@ static void conn_fail(client_conn_t *cc, int err) {
   req_complete(r, err, NULL);
 }
 
+static void conn_sent(rt_op_t *op, int res, uint32_t flags);
+
+/* Filter: sends what gathered in wire_next, unless a send is in flight
+ * (its completion comes back here). */
+static void wire_flush(client_conn_t *cc) {
+  if (cc->send_op.in_flight || cc->wire_next.len == 0) return;
+  assert(cc->wire_out.len == 0);
+  http_buf_t t = cc->wire_out;
+  cc->wire_out = cc->wire_next;
+  cc->wire_next = t;
+  rt_send(cc->client->loop, &cc->send_op, cc->fd, cc->wire_out.data,
+          (uint32_t)cc->wire_out.len, conn_sent, cc);
+}
+
 static void conn_sent(rt_op_t *op, int res, uint32_t flags) {
   client_conn_t *cc = op->ctx;
+  http_buf_reset(&cc->wire_out);
   if (cc->state == CC_CLOSING) {
     conn_maybe_free(cc);
     return;
   }
-  if (res < 0) conn_fail(cc, HTTP_E_UPSTREAM_DOWN);
+  if (res < 0) {
+    conn_fail(cc, HTTP_E_UPSTREAM_DOWN);
+    return;
+  }
+  if (cc->client->config.filter != NULL) wire_flush(cc);
 }
 
 /* A complete response: the connection is made idle (or marked for close)
@@ -301,6 +341,8 @@ static void conn_response(client_conn_t *cc, http_msg_t *msg) {
   if (!keep) conn_close(cc);
 }
 
+static void conn_on_plain(client_conn_t *cc, const char *data, size_t len);
+
 static void conn_recv(rt_op_t *op, int res, uint32_t flags) {
   client_conn_t *cc = op->ctx;
   if (cc->state == CC_CLOSING) {
@@ -318,16 +360,37 @@ static void conn_recv(rt_op_t *op, int res, uint32_t flags) {
     conn_fail(cc, HTTP_E_UPSTREAM_DOWN);
     return;
   }
+  const http_filter_t *f = cc->client->config.filter;
+  if (f == NULL) {
+    conn_on_plain(cc, cc->in, (size_t)res);
+    return;
+  }
+  cc->plain.len = 0;
+  int rc = f->input(cc->filter_state, cc->in, (size_t)res, &cc->plain, &cc->wire_next);
+  wire_flush(cc);
+  if (rc < 0) {
+    conn_fail(cc, HTTP_E_UPSTREAM_PROTO);
+    return;
+  }
+  if (cc->plain.len > 0) {
+    conn_on_plain(cc, cc->plain.data, cc->plain.len);
+    return;
+  }
+  /* Handshake records only: keep reading. */
+  if (!cc->recv_op.in_flight) conn_recv_arm(cc);
+}
+
+/* Response bytes, as received or as the filter decoded them. */
+static void conn_on_plain(client_conn_t *cc, const char *data, size_t len) {
   if (cc->state != CC_BUSY) {
     /* Bytes nobody asked for: the upstream is confused. Drop it. */
     conn_close(cc);
     return;
   }
   cc->got_bytes = true;
-  size_t len = (size_t)res;
   size_t used = 0;
   http_msg_t *msg = NULL;
-  int rc = http_parser_feed(&cc->parser, cc->in, len, &used, &msg);
+  int rc = http_parser_feed(&cc->parser, data, len, &used, &msg);
   if (rc < 0) {
     conn_fail(cc, HTTP_E_UPSTREAM_PROTO);
     return;
@@ -361,9 +424,18 @@ static void conn_send_req(client_conn_t *cc, client_req_t *r) {
   r->conn = cc;
   r->attempts++;
   if (r->head) http_parser_expect_no_body(&cc->parser);
-  rt_send(c->loop, &cc->send_op, cc->fd, r->bytes.data, (uint32_t)r->bytes.len,
-          conn_sent, cc);
   if (!cc->recv_op.in_flight) conn_recv_arm(cc);
+  const http_filter_t *f = c->config.filter;
+  if (f == NULL) {
+    rt_send(c->loop, &cc->send_op, cc->fd, r->bytes.data, (uint32_t)r->bytes.len,
+            conn_sent, cc);
+    return;
+  }
+  if (f->output(cc->filter_state, r->bytes.data, r->bytes.len, &cc->wire_next) < 0) {
+    conn_fail(cc, HTTP_E_UPSTREAM_PROTO);
+    return;
+  }
+  wire_flush(cc);
 }
 
 /* Refuses every queued request when the upstream cannot be reached. */
@@ -371,6 +443,17 @@ static void fail_queue(http_client_t *c, int err) {
   client_req_t *r;
   uint32_t bound = c->config.queue_max + 1;
   while (bound-- > 0 && (r = queue_pop(c)) != NULL) req_complete(r, err, NULL);
+}
+
+/* Filter: opens its state and sends what it says first. */
+static int conn_filter_start(client_conn_t *cc) {
+  const http_filter_t *f = cc->client->config.filter;
+  cc->filter_state = f->open(f->ctx, cc->fd);
+  if (cc->filter_state == NULL) return RT_E_LIMIT;
+  int rc = f->output(cc->filter_state, NULL, 0, &cc->wire_next);
+  if (rc < 0) return rc;
+  wire_flush(cc);
+  return 0;
 }
 
 static void conn_connected(rt_op_t *op, int res, uint32_t flags) {
@@ -385,6 +468,11 @@ static void conn_connected(rt_op_t *op, int res, uint32_t flags) {
     conn_close(cc);
     /* No connection can be made right now: fail fast rather than let every
      * waiting request run into its deadline. */
+    if (c->stats.conns_open <= 1) fail_queue(c, HTTP_E_UPSTREAM_DOWN);
+    return;
+  }
+  if (c->config.filter != NULL && conn_filter_start(cc) < 0) {
+    conn_close(cc);
     if (c->stats.conns_open <= 1) fail_queue(c, HTTP_E_UPSTREAM_DOWN);
     return;
   }
@@ -414,6 +502,10 @@ static int conn_open(http_client_t *c) {
     rt_pool_put(&c->conns, cc);
     return rc;
   }
+  /* Filter buffers: nothing is allocated until bytes go through them. */
+  http_buf_init(&cc->plain, 0, 0);
+  http_buf_init(&cc->wire_out, 0, 0);
+  http_buf_init(&cc->wire_next, 0, 0);
   cc->client = c;
   cc->fd = fd;
   cc->state = CC_CONNECTING;

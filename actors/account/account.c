@@ -47,11 +47,12 @@ extern const size_t account_migrations_count;
 
 static struct {
   char profile_host[64];
-  uint32_t profile_port;
+  uint16_t profile_port;
   uint32_t profile_timeout_ms;
 } cfg;
 
-static int s_open, s_get, s_list, s_owner, s_ledger, s_precheck, s_move, s_internal, s_status;
+static int s_open, s_get, s_list, s_owner, s_ledger, s_precheck, s_move, s_internal, s_status,
+    s_balances;
 int account_stmt_lock;
 
 #define TS_JSON(col) ACCOUNT_TS_JSON(col)
@@ -98,6 +99,13 @@ static const svc_stmt_t stmts[] = {
      "SELECT json_build_object('id', id, 'customer_id', customer_id, 'currency', currency,"
      " 'status', status, 'kind', kind)::text FROM accounts WHERE id = $1::uuid",
      1},
+    /* Every customer account's balance and held amount, by id, for the
+     * event service's reconciliation. $1 cursor, $2 limit + 1. */
+    {&s_balances,
+     "SELECT id::text, json_build_object('id', id, 'currency', currency, 'balance', balance,"
+     " 'held', held)::text FROM accounts WHERE kind = 'customer'"
+     " AND ($1::uuid IS NULL OR id > $1::uuid) ORDER BY id LIMIT $2::int",
+     2},
     /* $1 account, $2 new status, $3/$4/$5 the event. Closing needs an
      * empty account: nothing left in balance or held. */
     {&s_status,
@@ -641,6 +649,10 @@ static void status_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
   }
 }
 
+/* GET /internal/balances: every customer account's money, a page at a
+ * time (up to SVC_PAGE_LIMIT_MAX). */
+static void on_balances(svc_req_t *req) { svc_list_page(req, SVC_CURSOR_UUID, s_balances, NULL); }
+
 /* An operator freezes, reopens or closes an account. */
 static void on_status(svc_req_t *req) {
   const char *id;
@@ -689,6 +701,7 @@ static const svc_route_t routes[] = {
     {"POST", "/v1/transfers", on_transfer, SVC_AUTH_REQUIRED, SVC_ROLE_CUSTOMER, true},
     {"PATCH", "/v1/accounts/{id}", on_status, SVC_AUTH_REQUIRED, SVC_ROLE_OPERATOR, true},
     {"GET", "/internal/accounts/{id}", on_internal, SVC_AUTH_REQUIRED, SVC_ROLE_SERVICE, false},
+    {"GET", "/internal/balances", on_balances, SVC_AUTH_REQUIRED, SVC_ROLE_SERVICE, false},
 };
 
 /* Main thread, after migrations: one system account per currency. */
@@ -722,7 +735,7 @@ static int setup(PGconn *conn) {
 static int thread_init(svc_thread_t *th) {
   http_client_config_t hc = {
       .host = cfg.profile_host,
-      .port = (uint16_t)cfg.profile_port,
+      .port = cfg.profile_port,
       .conns_max = 16,
       .queue_max = 1024,
       .connect_timeout_ms = 1000,
@@ -742,18 +755,9 @@ static void thread_drain(svc_thread_t *th) {
 }
 
 static int load_config(void) {
-  const char *addr = rt_env_str("PROFILE_ADDR", "127.0.0.1:7001");
-  const char *colon = strrchr(addr, ':');
-  char *end = NULL;
-  unsigned long port = colon ? strtoul(colon + 1, &end, 10) : 0;
-  if (colon == NULL || (size_t)(colon - addr) >= sizeof cfg.profile_host || *end != '\0' ||
-      port == 0 || port > 65535) {
-    fprintf(stderr, "PROFILE_ADDR must be host:port (numeric host), got '%s'\n", addr);
-    return RT_E_CONFIG;
-  }
-  snprintf(cfg.profile_host, sizeof cfg.profile_host, "%.*s", (int)(colon - addr), addr);
-  cfg.profile_port = (uint32_t)port;
-  int rc = rt_env_ms("PROFILE_TIMEOUT", 2000, &cfg.profile_timeout_ms);
+  int rc = rt_env_addr("PROFILE_ADDR", "127.0.0.1:7001", cfg.profile_host,
+                       sizeof cfg.profile_host, &cfg.profile_port);
+  if (rc == 0) rc = rt_env_ms("PROFILE_TIMEOUT", 2000, &cfg.profile_timeout_ms);
   if (rc == 0) rc = account_holds_config();
   return rc;
 }

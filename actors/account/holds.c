@@ -140,7 +140,8 @@ const svc_stmt_t account_holds_stmts[] = {
      "  CASE WHEN h.fail IS NULL THEN json_build_object('payment_id', h.payment_id,"
      "  'from_account_id', h.account_id, 'to_account_id', h.payee_account_id, 'amount', h.amount,"
      "  'currency', h.currency, 'transaction_id', t.id)"
-     "  ELSE json_build_object('payment_id', h.payment_id, 'reason', h.fail) END::jsonb,"
+     "  ELSE json_build_object('payment_id', h.payment_id, 'reason', h.fail, 'account_id',"
+     "  h.account_id, 'amount', h.amount, 'currency', h.currency) END::jsonb,"
      "  CASE WHEN h.fail IS NULL THEN $8 ELSE $11 END::jsonb, now() FROM h, t RETURNING 1)"
      " SELECT coalesce(h.fail, 'settled') FROM h",
      11},
@@ -174,7 +175,8 @@ const svc_stmt_t account_holds_stmts[] = {
      "  SELECT payment_id, account_id, amount FROM tomb),"
      " o AS (" SVC_OUTBOX_INSERT("r", "10", "11", "$1::text",
                                  "json_build_object('payment_id', r.payment_id, 'account_id',"
-                                 " r.account_id, 'amount', r.amount, 'reason', $5)",
+                                 " r.account_id, 'amount', r.amount, 'currency', $4::text,"
+                                 " 'reason', $5)",
                                  "12") " RETURNING 1)"
      " SELECT count(*) FROM r",
      12},

@@ -156,6 +156,16 @@ typedef struct svc_req {
   ((void)sizeof(char[sizeof(type) <= SVC_REQ_STATE_BYTES ? 1 : -1]),          \
    (type *)(void *)(req)->state)
 
+/* ?name= when it is one of values[0..count): its length (out holds it),
+ * 0 when absent; otherwise -1 after answering 422 with code and message. */
+int svc_query_enum(svc_req_t *req, const char *name, char *out, size_t out_bytes,
+                   const char *const *values, size_t count, const char *code,
+                   const char *message);
+
+/* A payment's states, as the payment events and lists name them. */
+extern const char *const svc_payment_states[];
+extern const size_t svc_payment_states_count;
+
 /* A path parameter of the matched route, or NULL. */
 const char *svc_param(const svc_req_t *req, const char *name);
 
@@ -188,6 +198,12 @@ void svc_reply_error(svc_req_t *req, int status, const char *code,
  * same Idempotency-Key); anything else 500 "internal" (logged with its
  * SQLSTATE, never its data). batch may be NULL. */
 void svc_reply_db_error(svc_req_t *req, int err, const rt_pg_batch_t *batch);
+
+/* True for a database error that says nothing about the request or event
+ * (down, busy, a lost connection, a timeout, a serialization failure or
+ * deadlock): the same work may succeed later. svc_reply_db_error()
+ * answers these 503; consumers try such an event again themselves. */
+bool svc_db_transient(int err);
 
 /* ------------------------------------------------------------------------ */
 /* Database                                                                 */
@@ -304,6 +320,7 @@ const char *svc_param_id(svc_req_t *req, const char *name);
 typedef enum svc_cursor_kind {
   SVC_CURSOR_UUID = 1, /* an id, canonicalised */
   SVC_CURSOR_SEQ,      /* a decimal sequence number, 0..INT64_MAX */
+  SVC_CURSOR_DATE,     /* a day, YYYY-MM-DD */
 } svc_cursor_kind_t;
 
 #define SVC_CURSOR_BYTES 40
@@ -325,6 +342,15 @@ json_t *svc_page_json(const rt_pg_batch_t *b, int stmt, int limit);
  * (statement 0) and whose request state is the int limit from svc_page():
  * answers the page, or the database error. */
 void svc_page_done(svc_req_t *req, rt_pg_batch_t *b, int err);
+
+/* The whole of a list without filters: svc_page(), then statement `stmt`
+ * with ($1 cursor or NULL, $2 limit + 1), answered by done (NULL:
+ * svc_page_done; a done of one's own reads the limit as svc_page_done
+ * does). */
+void svc_list_page(svc_req_t *req, svc_cursor_kind_t kind, int stmt, svc_db_fn done);
+
+/* Lower-case hex of n bytes into out (2n + 1 bytes, NUL-terminated). */
+void svc_hex(const uint8_t *in, size_t n, char *out);
 
 /* ------------------------------------------------------------------------ */
 /* UUID v7                                                                  */
@@ -662,6 +688,12 @@ int svc_park(svc_req_t *req, const char *key, uint32_t timeout_ms,
 /* Wakes everything parked on key, on every loop thread. Any thread. */
 void svc_notify(const char *key);
 
+/* Runs fn(th, arg) on loop thread `index` (through its actor's mailbox),
+ * from a loop thread: the way to hand work to a task that lives on one
+ * thread (a chainer on thread 0, say). Returns 0, -ENOENT when that thread
+ * is not running, -ENOMEM when the message pool is empty. */
+int svc_thread_call(uint32_t index, void (*fn)(svc_thread_t *th, void *arg), void *arg);
+
 /*
  * Long-poll, the whole protocol on top of svc_park(): svc_poll_start()
  * parks the request on key for wait_ms (0: no waiting), then calls
@@ -732,6 +764,35 @@ typedef struct svc_migration {
   const char *sql;
 } svc_migration_t;
 
+/*
+ * Commands: `<service> NAME [ARGS]` runs a command of the service instead
+ * of serving (for operators: checks, rebuilds). The skeleton reads the
+ * configuration, applies the migrations, makes a loop on the calling
+ * thread and a database pool with every statement prepared, as a loop
+ * thread would have, then calls start() and runs the loop until the
+ * command calls svc_cmd_finish(). The process exits with its status.
+ */
+typedef struct svc_cmd {
+  rt_loop_t *loop;
+  rt_pg_pool_t *pool;
+  int argc;             /* the command's words, argv[0] its name */
+  char **argv;
+  int status;
+  bool done;
+  void *user;           /* the command's own */
+} svc_cmd_t;
+
+typedef struct svc_command {
+  const char *name;
+  const char *help;     /* its line(s) for --help, "  NAME ARGS  what" */
+  /* Starts the work on cmd->loop: returns 0 (svc_cmd_finish() comes
+   * later), or an exit status > 0 at once (bad arguments, printed). */
+  int (*start)(svc_cmd_t *cmd);
+} svc_command_t;
+
+/* Ends a command with the process's exit status. */
+void svc_cmd_finish(svc_cmd_t *cmd, int status);
+
 typedef struct svc_def {
   const char *name;        /* process name: "profile" */
   const char *env_prefix;  /* "PROFILE": PROFILE_PORT, PROFILE_DB_URL, ... */
@@ -766,6 +827,8 @@ typedef struct svc_def {
   /* Appends the service's own metrics to /metrics (may be NULL). Any
    * thread: read only what is safe to read there. */
   int (*metrics)(http_buf_t *out);
+  const svc_command_t *commands;
+  size_t commands_count;
 } svc_def_t;
 
 /* The loop thread's state. */

@@ -13,10 +13,14 @@
  *   3. The commit: done() reads the results (applied, or absorbed when no
  *      transition was allowed); the delivery is ACKed.
  *      A duplicate fails at its claim (statement 0, unique violation):
- *      nothing of it committed; it is only ACKed. Any other failure is
- *      NACKed with its reason, for busd's retry and, in the end, the
- *      dead letter's x-dead-error.
- *   4. The context goes back to the pool; its arena with it.
+ *      nothing of it committed; it is only ACKed. A database that is
+ *      down or busy (svc_db_transient()) says nothing about the event:
+ *      the delivery is kept and tried again here, after a backoff, for as
+ *      long as it takes, so an outage never dead-letters good events.
+ *      Any other failure is NACKed with its reason, for busd's retry and,
+ *      in the end, the dead letter's x-dead-error.
+ *   4. The context goes back to the pool; its arena with it (the headers
+ *      were copied there too, for apply() to read on a retry).
  *
  * Every log line written on the way carries the event's correlation id.
  * A crash anywhere before the ACK only makes busd deliver it again, and
@@ -30,6 +34,8 @@
 #include "svc_internal.h"
 
 #define ARENA_BYTES (16u * 1024u) /* a payload's parse; events are ~0.5 KiB */
+#define RETRY_FIRST_MS 100u       /* a transient failure: again after this, */
+#define RETRY_MAX_MS 5000u        /* doubling up to this */
 
 typedef struct consume_sub {
   svc_consume_t *c;
@@ -44,6 +50,10 @@ typedef struct consume_ctx {
   uint32_t partition;
   uint64_t offset;
   json_t *payload;
+  uint8_t *headers_heap;          /* the headers' copy when not in the arena */
+  rt_timer_t retry;               /* a transient failure's wait */
+  uint32_t retries;
+  struct consume_ctx *waiting_next;
   size_t arena_used;
   _Alignas(16) unsigned char arena[ARENA_BYTES];
 } consume_ctx_t;
@@ -54,6 +64,7 @@ struct svc_consume {
   consume_sub_t subs[SVC_EV_COUNT];
   uint32_t subs_count;
   uint32_t busy;                  /* deliveries being applied */
+  consume_ctx_t *waiting;         /* those waiting to be tried again */
   bool stopped;
 };
 
@@ -154,6 +165,7 @@ static void read_trace(consume_ctx_t *x, const bus_delivery_t *d) {
 static void ctx_release(consume_ctx_t *x) {
   svc_consume_t *c = x->c;
   if (x->payload != NULL) json_decref(x->payload); /* arena: nothing to free */
+  free(x->headers_heap);
   rt_pool_put(&c->ctxs, x);
   assert(c->busy > 0);
   c->busy--;
@@ -179,9 +191,52 @@ static void fail(consume_ctx_t *x, const char *why) {
   answer(x, false, why);
 }
 
+static void attempt(consume_ctx_t *x);
+
+static void waiting_unlink(consume_ctx_t *x) {
+  for (consume_ctx_t **p = &x->c->waiting; *p != NULL; p = &(*p)->waiting_next) {
+    if (*p == x) {
+      *p = x->waiting_next;
+      break;
+    }
+  }
+  x->waiting_next = NULL;
+}
+
+static void on_retry(rt_timer_t *t) {
+  consume_ctx_t *x = t->ctx;
+  waiting_unlink(x);
+  attempt(x);
+}
+
+/* The database is down or busy: the same delivery again later. */
+static void retry_later(consume_ctx_t *x, int err) {
+  svc_consume_t *c = x->c;
+  uint32_t ms = RETRY_FIRST_MS << (x->retries < 6 ? x->retries : 6);
+  if (ms > RETRY_MAX_MS) ms = RETRY_MAX_MS;
+  rt_timer_init(&x->retry, on_retry, x);
+  if (c->stopped || rt_timer_start(c->th->pub.loop, &x->retry, ms, 0) < 0) {
+    answer(x, false, c->stopped ? "consumer draining" : rt_strerror(err));
+    ctx_release(x);
+    return;
+  }
+  x->retries++;
+  x->waiting_next = c->waiting;
+  c->waiting = x;
+  atomic_fetch_add_explicit(&svc_bus_stats.inbox_retried, 1, memory_order_relaxed);
+  if (x->retries == 1)
+    RT_WARN("event not applied: database unavailable, trying again", RT_LF_STR("type",
+            x->ev.def->topic), RT_LF_STR("event", x->ev.id), RT_LF_STR("error", rt_strerror(err)));
+}
+
 static void consume_done(rt_pg_batch_t *b, int err, void *ctx) {
   consume_ctx_t *x = ctx;
   rt_log_set_request_id(x->ev.trace.correlation_id);
+  if (err != 0 && svc_db_transient(err)) {
+    retry_later(x, err);
+    rt_log_set_request_id(NULL);
+    return;
+  }
   if (err == RT_PG_E_UNIQUE && rt_pg_error(b)->stmt_index == 0) {
     atomic_fetch_add_explicit(&svc_bus_stats.inbox_duplicates, 1, memory_order_relaxed);
     RT_DEBUG("duplicate event absorbed", RT_LF_STR("type", x->ev.def->topic),
@@ -228,8 +283,21 @@ static bool ctx_fill(consume_ctx_t *x, const bus_delivery_t *d) {
   x->offset = d->offset;
   x->ev.partition = d->partition;
   x->ev.offset = d->offset;
-  x->ev.headers = d->headers; /* the delivery's bytes: apply() runs now */
   read_trace(x, d);
+  /* The headers' bytes outlive the delivery: apply() may run again. */
+  x->ev.headers = (bus_bytes_t){0};
+  if (d->headers.len > 0) {
+    uint8_t *copy = d->headers.len <= ARENA_BYTES ? x->arena : NULL;
+    if (copy != NULL) {
+      x->arena_used = (d->headers.len + 15u) & ~(size_t)15u;
+    } else {
+      copy = x->headers_heap = malloc(d->headers.len);
+      atomic_fetch_add_explicit(&svc_bus_stats.inbox_arena_spills, 1, memory_order_relaxed);
+    }
+    if (copy == NULL) return false;
+    memcpy(copy, d->headers.ptr, d->headers.len);
+    x->ev.headers = (bus_bytes_t){copy, d->headers.len};
+  }
   tls_arena = x;
   x->payload = json_loadb((const char *)d->payload.ptr, d->payload.len, JSON_REJECT_DUPLICATES,
                           NULL);
@@ -255,11 +323,24 @@ static void on_deliver(void *arg, bus_client_t *client, const bus_delivery_t *d)
   x->c = c;
   x->consumer = s->consumer;
   bool ok = ctx_fill(x, d);
-  rt_log_set_request_id(x->ev.trace.correlation_id);
   if (!ok) {
+    rt_log_set_request_id(x->ev.trace.correlation_id);
     fail(x, "payload is not a JSON object");
     rt_log_set_request_id(NULL);
     ctx_release(x);
+    return;
+  }
+  attempt(x);
+}
+
+/* One try: the claim and the handler's statements, as one transaction. */
+static void attempt(consume_ctx_t *x) {
+  svc_consume_t *c = x->c;
+  rt_log_set_request_id(x->ev.trace.correlation_id);
+  if (c->stopped) {
+    answer(x, false, "consumer draining");
+    ctx_release(x);
+    rt_log_set_request_id(NULL);
     return;
   }
   rt_pg_batch_t *b = rt_pg_batch_new(c->th->pub.pool);
@@ -270,11 +351,12 @@ static void on_deliver(void *arg, bus_client_t *client, const bus_delivery_t *d)
     const char *vals[] = {x->ev.id, x->ev.def->topic, keep};
     rt_pg_add(b, stmt_inbox_claim, 3, vals);
     rc = x->consumer->apply(&x->ev, b);
-    x->ev.headers = (bus_bytes_t){0};
     if (rc < 0) rt_pg_batch_free(b);
   }
   if (rc == 0) rc = rt_pg_submit(b, 0, consume_done, x); /* frees b on error */
-  if (rc < 0) {
+  if (rc < 0 && svc_db_transient(rc)) {
+    retry_later(x, rc);
+  } else if (rc < 0) {
     fail(x, rt_strerror(rc));
     ctx_release(x);
   }
@@ -327,7 +409,16 @@ int svc_consume_create(svc_consume_t **out, svc_th_t *th) {
 }
 
 void svc_consume_stop(svc_consume_t *c) {
-  if (c != NULL) c->stopped = true;
+  if (c == NULL) return;
+  c->stopped = true;
+  /* Those waiting for the database go back to busd now. */
+  while (c->waiting != NULL) {
+    consume_ctx_t *x = c->waiting;
+    c->waiting = x->waiting_next;
+    rt_timer_stop(c->th->pub.loop, &x->retry);
+    answer(x, false, "consumer draining");
+    ctx_release(x);
+  }
 }
 
 bool svc_consume_idle(const svc_consume_t *c) { return c == NULL || c->busy == 0; }

@@ -97,7 +97,7 @@ void svc_reply_error(svc_req_t *req, int status, const char *code, const char *m
   reply_end(req);
 }
 
-void svc_reply_db_error(svc_req_t *req, int err, const rt_pg_batch_t *batch) {
+bool svc_db_transient(int err) {
   switch (err) {
   case RT_PG_E_POOL_FULL:
   case RT_PG_E_UNAVAILABLE:
@@ -108,10 +108,16 @@ void svc_reply_db_error(svc_req_t *req, int err, const rt_pg_batch_t *batch) {
   case RT_PG_E_SERIALIZATION:
   case RT_PG_E_DEADLOCK:
   case RT_E_LIMIT:
+    return true;
+  default:
+    return false;
+  }
+}
+
+void svc_reply_db_error(svc_req_t *req, int err, const rt_pg_batch_t *batch) {
+  if (svc_db_transient(err)) {
     svc_reply_error(req, 503, "unavailable", rt_strerror(err));
     return;
-  default:
-    break;
   }
   /* SQLSTATE and constraint only: messages may quote the data. */
   const rt_pg_error_t *e = batch ? rt_pg_error(batch) : NULL;
@@ -143,6 +149,21 @@ static int hexval(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
   if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+const char *const svc_payment_states[] = {"pending", "authorized", "cancelled", "completed",
+                                          "failed"};
+const size_t svc_payment_states_count = sizeof svc_payment_states / sizeof svc_payment_states[0];
+
+int svc_query_enum(svc_req_t *req, const char *name, char *out, size_t out_bytes,
+                   const char *const *values, size_t count, const char *code,
+                   const char *message) {
+  int n = svc_query(req, name, out, out_bytes);
+  if (n == -ENOENT) return 0;
+  for (size_t i = 0; n > 0 && i < count; i++)
+    if (strcmp(out, values[i]) == 0) return n;
+  svc_reply_error(req, 422, code, message);
   return -1;
 }
 

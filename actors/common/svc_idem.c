@@ -22,7 +22,7 @@
 /* SHA-256                                                                  */
 /* ------------------------------------------------------------------------ */
 
-static void hex(const uint8_t *in, size_t n, char *out) {
+void svc_hex(const uint8_t *in, size_t n, char *out) {
   static const char digits[] = "0123456789abcdef";
   for (size_t i = 0; i < n; i++) {
     out[2 * i] = digits[in[i] >> 4];
@@ -37,7 +37,7 @@ void svc_sha256_hex(const void *data, size_t len, char out[65]) {
   br_sha256_init(&ctx);
   br_sha256_update(&ctx, data, len);
   br_sha256_out(&ctx, sum);
-  hex(sum, sizeof sum, out);
+  svc_hex(sum, sizeof sum, out);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -135,7 +135,7 @@ int svc_idem_begin(svc_req_t *req, svc_idem_t *idem, bool required) {
   br_sha256_update(&ctx, "\n", 1);
   br_sha256_update(&ctx, req->msg->body, req->msg->body_len);
   br_sha256_out(&ctx, sum);
-  hex(sum, sizeof sum, idem->hash);
+  svc_hex(sum, sizeof sum, idem->hash);
   req->idem = idem;
   return 0;
 }
@@ -366,6 +366,6 @@ void svc_uuid7(char out[37]) {
   u[8] = (uint8_t)(0x80 | (rnd[2] & 0x3f));
   memcpy(u + 9, rnd + 3, 7);
   char h[33];
-  hex(u, 16, h);
+  svc_hex(u, 16, h);
   snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", h, h + 8, h + 12, h + 16, h + 20);
 }

@@ -110,7 +110,11 @@ svc_th_t *svc_th_current(void);
 enum {
   SVC_MSG_WORK_DONE = RT_MSG_USER + 1, /* ptr: the job */
   SVC_MSG_NOTIFY,                      /* data: the key */
+  SVC_MSG_CALL,                        /* data: svc_call_t */
 };
+
+/* svc_notify.c: SVC_MSG_CALL on the receiving thread. */
+void svc_on_call(svc_th_t *th, rt_msg_t *msg);
 
 /* svc_http.c */
 void svc_http_dispatch(http_exchange_t *ex, void *arg);
@@ -158,6 +162,7 @@ typedef struct svc_bus_stats {
   _Atomic uint64_t inbox_absorbed[SVC_EV_COUNT]; /* no transition allowed */
   _Atomic uint64_t inbox_duplicates;  /* deliveries of ids seen before */
   _Atomic uint64_t inbox_failed;      /* NACKed: handler or database */
+  _Atomic uint64_t inbox_retried;     /* tried again here: database down */
   _Atomic uint64_t inbox_unknown;     /* deliveries of no consumer's type */
   _Atomic uint64_t inbox_arena_spills; /* payloads too big for the arena */
 } svc_bus_stats_t;

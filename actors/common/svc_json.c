@@ -201,6 +201,15 @@ int64_t svc_json_int(const json_t *obj, const char *name) {
 static bool cursor_ok(svc_cursor_kind_t kind, const char *in, size_t len,
                       char out[SVC_CURSOR_BYTES]) {
   if (kind == SVC_CURSOR_UUID) return svc_uuid_canon(in, out);
+  if (kind == SVC_CURSOR_DATE) {
+    if (len != 10) return false;
+    for (size_t i = 0; i < 10; i++) {
+      bool ok = (i == 4 || i == 7) ? in[i] == '-' : (in[i] >= '0' && in[i] <= '9');
+      if (!ok) return false;
+    }
+    memcpy(out, in, 11);
+    return true;
+  }
   if (NEVER(kind != SVC_CURSOR_SEQ)) return false;
   if (len == 0 || len > 19) return false;
   for (size_t i = 0; i < len; i++)
@@ -255,4 +264,18 @@ void svc_page_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
     return;
   }
   svc_reply_json(req, 200, svc_page_json(b, 0, *SVC_STATE(req, int)));
+}
+
+void svc_list_page(svc_req_t *req, svc_cursor_kind_t kind, int stmt, svc_db_fn done) {
+  int limit;
+  char cursor[SVC_CURSOR_BYTES];
+  if (svc_page(req, kind, &limit, cursor) < 0) return;
+  *SVC_STATE(req, int) = limit;
+  char lim[16];
+  snprintf(lim, sizeof lim, "%d", limit + 1);
+  rt_pg_batch_t *b = svc_batch(req);
+  if (b == NULL) return;
+  const char *vals[] = {cursor[0] ? cursor : NULL, lim};
+  rt_pg_add(b, stmt, 2, vals);
+  svc_db(req, b, done != NULL ? done : svc_page_done);
 }

@@ -116,6 +116,7 @@ static int th_actor(rt_actor_t *self, rt_msg_t *msg) {
   switch (msg->type) {
   case SVC_MSG_WORK_DONE: svc_work_done(msg); break;
   case SVC_MSG_NOTIFY: svc_parking_on_notify(th, msg); break;
+  case SVC_MSG_CALL: svc_on_call(th, msg); break;
   default: (void)NEVER(true); break;
   }
   return 0;
@@ -178,11 +179,9 @@ static void on_drain(rt_loop_t *loop, void *arg) {
   svc_drain_step(th);
 }
 
-static int pool_setup(svc_th_t *th) {
-  rt_pg_config_t cfg = svc_g.pg;
-  cfg.url = svc_g.cfg.db_url;
-  cfg.name = svc_g.def->name;
-  int rc = rt_pg_pool_create(&th->pub.pool, th->pub.loop, &cfg);
+/* Every statement, the skeleton's tables first, then the service's. */
+static int pool_setup_prepared(svc_th_t *th) {
+  int rc = 0;
   for (size_t t = 0; rc == 0 && t < sizeof stmt_tables / sizeof stmt_tables[0]; t++) {
     for (size_t i = 0; rc == 0 && i < stmt_tables[t]->count; i++) {
       const svc_stmt_t *s = &stmt_tables[t]->stmts[i];
@@ -194,6 +193,15 @@ static int pool_setup(svc_th_t *th) {
     rc = rt_pg_prepare(th->pub.pool, svc_g.def->stmts[i].sql, svc_g.def->stmts[i].nparams);
     if (rc >= 0) *svc_g.def->stmts[i].id = rc, rc = 0;
   }
+  return rc;
+}
+
+static int pool_setup(svc_th_t *th) {
+  rt_pg_config_t cfg = svc_g.pg;
+  cfg.url = svc_g.cfg.db_url;
+  cfg.name = svc_g.def->name;
+  int rc = rt_pg_pool_create(&th->pub.pool, th->pub.loop, &cfg);
+  if (rc == 0) rc = pool_setup_prepared(th);
   return rc;
 }
 
@@ -324,7 +332,7 @@ static void print_events(const svc_def_t *def) {
 static void usage(FILE *f, const svc_def_t *def) {
   const char *P = def->env_prefix;
   fprintf(f,
-          "usage: %s [--migrate] [--statements] [--events] [--help]\n"
+          "usage: %s [--migrate] [--statements] [--events] [--help] [COMMAND ARGS]\n"
           "\n"
           "The %s service. Applies its database migrations, then serves HTTP.\n"
           "  --migrate      apply the migrations and exit\n"
@@ -360,6 +368,8 @@ static void usage(FILE *f, const svc_def_t *def) {
           "Routes: GET /healthz (up), GET /readyz (database reachable), GET /metrics.\n"
           "SIGTERM or SIGINT: stop accepting, finish requests in flight, exit 0.\n",
           def->name, def->name, P, P, def->default_port, P, P, def->usage_env ? def->usage_env : "");
+  if (def->commands_count > 0) fprintf(f, "\nCommands (instead of serving):\n");
+  for (size_t i = 0; i < def->commands_count; i++) fprintf(f, "%s", def->commands[i].help);
 }
 
 static const char *env_name(const char *suffix) {
@@ -376,18 +386,10 @@ static int bus_config(void) {
     svc_g.cfg.bus_on = false;
     return 0;
   }
-  const char *colon = strrchr(addr, ':');
-  char *end = NULL;
-  unsigned long port = colon ? strtoul(colon + 1, &end, 10) : 0;
-  if (colon == NULL || colon == addr || (size_t)(colon - addr) >= sizeof svc_g.cfg.bus_host ||
-      *end != '\0' || port == 0 || port > 65535) {
-    RT_ERROR("BUS_ADDR must be host:port or off", RT_LF_STR("value", addr));
-    return RT_E_CONFIG;
-  }
-  snprintf(svc_g.cfg.bus_host, sizeof svc_g.cfg.bus_host, "%.*s", (int)(colon - addr), addr);
-  svc_g.cfg.bus_port = (uint16_t)port;
-  svc_g.cfg.bus_on = true;
-  return 0;
+  int rc = rt_env_addr("BUS_ADDR", "127.0.0.1:7400", svc_g.cfg.bus_host, sizeof svc_g.cfg.bus_host,
+                       &svc_g.cfg.bus_port);
+  svc_g.cfg.bus_on = rc == 0;
+  return rc;
 }
 
 static int load_config(void) {
@@ -510,7 +512,88 @@ static void print_statements(const svc_def_t *def) {
     printf("%zu\t%d\t%s\n", n, def->stmts[i].nparams, def->stmts[i].sql);
 }
 
-enum { ARGS_RUN = 0, ARGS_HELP = 1, ARGS_STATEMENTS = 2, ARGS_EVENTS = 3 };
+enum { ARGS_RUN = 0, ARGS_HELP = 1, ARGS_STATEMENTS = 2, ARGS_EVENTS = 3, ARGS_COMMAND = 4 };
+
+static const svc_def_t *g_def_for_args;
+
+/* ------------------------------------------------------------------------ */
+/* Commands                                                                 */
+/* ------------------------------------------------------------------------ */
+
+void svc_cmd_finish(svc_cmd_t *cmd, int status) {
+  cmd->status = status;
+  cmd->done = true;
+  rt_loop_stop(cmd->loop);
+}
+
+typedef struct cmd_wait {
+  svc_cmd_t *cmd;
+  bool (*cond)(svc_cmd_t *cmd);
+  uint64_t deadline_ns;
+} cmd_wait_t;
+
+static void cmd_wait_tick(rt_timer_t *t) {
+  cmd_wait_t *w = t->ctx;
+  if (w->cond(w->cmd) || rt_now_ns() > w->deadline_ns) rt_loop_stop(w->cmd->loop);
+}
+
+/* Runs the loop until cond holds (checked every 10 ms) or timeout_ms. */
+static bool cmd_run_until(svc_cmd_t *cmd, bool (*cond)(svc_cmd_t *), uint32_t timeout_ms) {
+  if (cond(cmd)) return true;
+  cmd_wait_t w = {cmd, cond, rt_now_ns() + (uint64_t)timeout_ms * 1000000u};
+  rt_timer_t t;
+  rt_timer_init(&t, cmd_wait_tick, &w);
+  if (rt_timer_start(cmd->loop, &t, 10, 10) < 0) return false;
+  rt_loop_run(cmd->loop);
+  rt_timer_stop(cmd->loop, &t);
+  return cond(cmd);
+}
+
+static bool cmd_pool_up(svc_cmd_t *cmd) { return rt_pg_pool_up(cmd->pool); }
+static bool cmd_done(svc_cmd_t *cmd) { return cmd->done; }
+static bool cmd_closed(svc_cmd_t *cmd) { return cmd->user == cmd; }
+static void cmd_pool_closed(void *arg) {
+  svc_cmd_t *cmd = arg;
+  cmd->user = cmd; /* a mark: the command's own is gone by now */
+}
+
+static int run_command(const svc_command_t *c, int argc, char **argv) {
+  svc_cmd_t cmd = {.argc = argc, .argv = argv};
+  rt_loop_config_t lc = {0};
+  int rc = rt_loop_create(&cmd.loop, &lc);
+  rt_pg_config_t pc = svc_g.pg;
+  pc.url = svc_g.cfg.db_url;
+  pc.name = svc_g.def->name;
+  if (rc == 0) rc = rt_pg_pool_create(&cmd.pool, cmd.loop, &pc);
+  svc_th_t fake = {.pub = {.loop = cmd.loop, .pool = cmd.pool}};
+  if (rc == 0) rc = pool_setup_prepared(&fake);
+  if (rc == 0) rc = rt_pg_pool_start(cmd.pool);
+  if (rc == 0 && !cmd_run_until(&cmd, cmd_pool_up, svc_g.db_wait_ms)) rc = SVC_E_DB_WAIT;
+  int status = 1;
+  if (rc < 0) {
+    fprintf(stderr, "%s %s: %s\n", svc_g.def->name, c->name, rt_strerror(rc));
+  } else {
+    status = c->start(&cmd);
+    if (status == 0) {
+      cmd_run_until(&cmd, cmd_done, UINT32_MAX);
+      status = cmd.status;
+    }
+  }
+  if (cmd.pool != NULL) {
+    cmd.user = NULL;
+    rt_pg_pool_close(cmd.pool, cmd_pool_closed, &cmd);
+    cmd_run_until(&cmd, cmd_closed, 15000);
+    rt_pg_pool_destroy(cmd.pool);
+  }
+  if (cmd.loop != NULL) rt_loop_destroy(cmd.loop);
+  return status;
+}
+
+static const svc_command_t *command_find(const svc_def_t *def, const char *name) {
+  for (size_t i = 0; i < def->commands_count; i++)
+    if (strcmp(def->commands[i].name, name) == 0) return &def->commands[i];
+  return NULL;
+}
 
 static int parse_args(int argc, char **argv, bool *migrate_only) {
   static const struct option opts[] = {
@@ -521,7 +604,7 @@ static int parse_args(int argc, char **argv, bool *migrate_only) {
       {NULL, 0, NULL, 0},
   };
   int c, rc = ARGS_RUN;
-  while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
     if (c == 'm') {
       *migrate_only = true;
     } else if (c == 's') {
@@ -532,11 +615,13 @@ static int parse_args(int argc, char **argv, bool *migrate_only) {
       return c == 'h' ? ARGS_HELP : -1;
     }
   }
-  return optind == argc ? rc : -1;
+  if (optind < argc) return rc == ARGS_RUN && command_find(g_def_for_args, argv[optind]) ? ARGS_COMMAND : -1;
+  return rc;
 }
 
 int svc_main(int argc, char **argv, const svc_def_t *def) {
   svc_g.def = def;
+  g_def_for_args = def;
   bool migrate_only = false;
   int rc = parse_args(argc, argv, &migrate_only);
   if (rc == ARGS_STATEMENTS) {
@@ -547,7 +632,8 @@ int svc_main(int argc, char **argv, const svc_def_t *def) {
     print_events(def);
     return 0;
   }
-  if (rc != ARGS_RUN) {
+  bool command = rc == ARGS_COMMAND;
+  if (rc != ARGS_RUN && !command) {
     usage(rc > 0 ? stdout : stderr, def);
     return rc > 0 ? 0 : 2;
   }
@@ -573,7 +659,13 @@ int svc_main(int argc, char **argv, const svc_def_t *def) {
     rt_log_flush();
     return 0;
   }
+  if (command) {
+    int status = run_command(command_find(def, argv[optind]), argc - optind, argv + optind);
+    rt_log_flush();
+    return status;
+  }
   if (build_router() < 0) return 1;
+  rt_signals_block(); /* before the workers, which inherit it */
   rc = svc_workers_start(svc_g.workers);
   rt_loop_config_t loop_cfg = {0};
   if (rc == 0) rc = rt_run(svc_g.cfg.threads, &loop_cfg, thread_setup, NULL, DRAIN_DEADLINE_MS);

@@ -161,6 +161,30 @@ void svc_notify(const char *key) {
   }
 }
 
+typedef struct svc_call {
+  void (*fn)(svc_thread_t *th, void *arg);
+  void *arg;
+} svc_call_t;
+
+int svc_thread_call(uint32_t index, void (*fn)(svc_thread_t *th, void *arg), void *arg) {
+  svc_th_t *th = index < SVC_THREADS_MAX ? atomic_load(&svc_g.ready[index]) : NULL;
+  if (th == NULL) return -ENOENT;
+  rt_msg_t *msg = rt_msg_new(SVC_MSG_CALL, sizeof(svc_call_t));
+  if (msg == NULL) return -ENOMEM;
+  svc_call_t call = {fn, arg};
+  memcpy(msg->data, &call, sizeof call);
+  msg->bytes = sizeof call;
+  rt_actor_send(&th->actor, msg);
+  return 0;
+}
+
+void svc_on_call(svc_th_t *th, rt_msg_t *msg) {
+  svc_call_t call;
+  if (NEVER(msg->bytes != sizeof call)) return;
+  memcpy(&call, msg->data, sizeof call);
+  call.fn(&th->pub, call.arg);
+}
+
 void svc_parking_on_notify(svc_th_t *th, rt_msg_t *msg) {
   svc_parking_t *pk = th->parking;
   const char *key = (const char *)msg->data;

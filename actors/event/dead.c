@@ -300,12 +300,10 @@ void event_on_dead_list(svc_req_t *req) {
   if (svc_page(req, SVC_CURSOR_SEQ, &limit, cursor) < 0) return;
   int tn = topic_query(req, topic, sizeof topic);
   if (tn < 0) return;
-  int sn = svc_query(req, "state", state, sizeof state);
-  if (sn == -EINVAL || sn == 0 || (sn > 0 && strcmp(state, "dead") != 0 &&
-                                   strcmp(state, "redriven") != 0)) {
-    svc_reply_error(req, 422, "invalid_state", "state must be dead or redriven");
-    return;
-  }
+  static const char *const states[] = {"dead", "redriven"};
+  int sn = svc_query_enum(req, "state", state, sizeof state, states, 2, "invalid_state",
+                          "state must be dead or redriven");
+  if (sn < 0) return;
   *SVC_STATE(req, int) = limit;
   char lim[16];
   snprintf(lim, sizeof lim, "%d", limit + 1);

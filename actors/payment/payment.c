@@ -48,7 +48,7 @@ extern const size_t payment_migrations_count;
 
 static struct {
   char account_host[64];
-  uint32_t account_port;
+  uint16_t account_port;
   uint32_t account_timeout_ms;
   uint32_t stuck_after_ms;
   char max_amount[24];
@@ -180,7 +180,8 @@ static const svc_stmt_t stmts[] = {
      "  WHERE u.limit_day IS NOT NULL AND d.customer_id = u.customer_id AND d.day = u.limit_day"
      "  AND d.currency = u.currency RETURNING 1),"
      " o AS (" SVC_OUTBOX_INSERT("u", "5", "6", "u.id::text",
-                                 "json_build_object('payment_id', u.id, 'reason', u.reason)", "7")
+                                 "json_build_object('payment_id', u.id, 'reason', u.reason,"
+                                 " 'amount', u.amount, 'currency', u.currency)", "7")
      "  RETURNING 1)"
      " SELECT 'failed' FROM u",
      7},
@@ -407,15 +408,9 @@ static void on_list(svc_req_t *req) {
   int limit;
   char cursor[SVC_CURSOR_BYTES], state[16];
   if (svc_page(req, SVC_CURSOR_UUID, &limit, cursor) < 0) return;
-  int sn = svc_query(req, "state", state, sizeof state);
-  static const char *const states[] = {"pending", "authorized", "cancelled", "completed", "failed"};
-  bool known = false;
-  for (size_t i = 0; sn > 0 && i < sizeof states / sizeof states[0]; i++)
-    known = known || strcmp(state, states[i]) == 0;
-  if (sn == -EINVAL || sn == 0 || (sn > 0 && !known)) {
-    svc_reply_error(req, 422, "invalid_state", "state is not a payment state");
-    return;
-  }
+  int sn = svc_query_enum(req, "state", state, sizeof state, svc_payment_states,
+                          svc_payment_states_count, "invalid_state", "state is not a payment state");
+  if (sn < 0) return;
   const char *who = is_staff(req) ? NULL : req->who.subject;
   if (who != NULL && !svc_uuid_valid(who)) {
     svc_reply_json(req, 200, json_pack("{s:[], s:n}", "items", "next_cursor"));
@@ -603,7 +598,7 @@ static const svc_route_t routes[] = {
 static int thread_init(svc_thread_t *th) {
   http_client_config_t hc = {
       .host = cfg.account_host,
-      .port = (uint16_t)cfg.account_port,
+      .port = cfg.account_port,
       .conns_max = 16,
       .queue_max = 1024,
       .connect_timeout_ms = 1000,
@@ -627,18 +622,9 @@ static void thread_drain(svc_thread_t *th) {
 }
 
 static int load_config(void) {
-  const char *addr = rt_env_str("ACCOUNT_ADDR", "127.0.0.1:7002");
-  const char *colon = strrchr(addr, ':');
-  char *end = NULL;
-  unsigned long port = colon ? strtoul(colon + 1, &end, 10) : 0;
-  if (colon == NULL || (size_t)(colon - addr) >= sizeof cfg.account_host || *end != '\0' ||
-      port == 0 || port > 65535) {
-    fprintf(stderr, "ACCOUNT_ADDR must be host:port (numeric host), got '%s'\n", addr);
-    return RT_E_CONFIG;
-  }
-  snprintf(cfg.account_host, sizeof cfg.account_host, "%.*s", (int)(colon - addr), addr);
-  cfg.account_port = (uint32_t)port;
-  int rc = rt_env_ms("ACCOUNT_TIMEOUT", 2000, &cfg.account_timeout_ms);
+  int rc = rt_env_addr("ACCOUNT_ADDR", "127.0.0.1:7002", cfg.account_host,
+                       sizeof cfg.account_host, &cfg.account_port);
+  if (rc == 0) rc = rt_env_ms("ACCOUNT_TIMEOUT", 2000, &cfg.account_timeout_ms);
   if (rc == 0) rc = rt_env_ms("SAGA_STUCK_AFTER", 60000, &cfg.stuck_after_ms);
   const char *max = rt_env_str("PAYMENT_MAX_AMOUNT", "100000000");
   const char *daily = rt_env_str("PAYMENT_DAILY_MAX", "1000000000");

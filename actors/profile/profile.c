@@ -363,19 +363,7 @@ static void on_patch(svc_req_t *req) {
 /* GET /v1/customers                                                        */
 /* ------------------------------------------------------------------------ */
 
-static void on_list(svc_req_t *req) {
-  int limit;
-  char cursor[SVC_CURSOR_BYTES];
-  if (svc_page(req, SVC_CURSOR_UUID, &limit, cursor) < 0) return;
-  *SVC_STATE(req, int) = limit;
-  char lim[16];
-  snprintf(lim, sizeof lim, "%d", limit + 1);
-  rt_pg_batch_t *b = svc_batch(req);
-  if (b == NULL) return;
-  const char *vals[] = {cursor[0] ? cursor : NULL, lim};
-  rt_pg_add(b, s_list, 2, vals);
-  svc_db(req, b, svc_page_done);
-}
+static void on_list(svc_req_t *req) { svc_list_page(req, SVC_CURSOR_UUID, s_list, NULL); }
 
 /* ------------------------------------------------------------------------ */
 /* POST /internal/credentials/verify                                        */

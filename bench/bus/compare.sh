@@ -112,22 +112,11 @@ ensure_peer_packages() {
     --no-install-recommends "${missing[@]}" >&2
 }
 
+# The peers' clients are built only when their libraries were there when
+# the build was configured; release_build reconfigures when they are not.
 build() {
-  if [[ -f $REPO_ROOT/$BUILD_DIR/meson-private/coredata.dat ]]; then
-    step "building $BUILD_DIR"
-  else
-    step "configuring $BUILD_DIR (--buildtype=release)"
-    meson setup "$REPO_ROOT/$BUILD_DIR" "$REPO_ROOT" --buildtype=release >&2
-  fi
-  local t missing=()
-  for t in wire/busd/busd bench/bus/bus_bench bench/bus/rmq_bench bench/bus/nats_bench; do
-    ninja -C "$REPO_ROOT/$BUILD_DIR" -t query "$t" >/dev/null 2>&1 || missing+=("$t")
-  done
-  if ((${#missing[@]} > 0)); then
-    die "not in the build: ${missing[*]} (bench/meson.build needs subdir('bus'); the peers' clients need librabbitmq-dev and libnats-dev)"
-  fi
-  ninja -C "$REPO_ROOT/$BUILD_DIR" wire/busd/busd bench/bus/bus_bench bench/bus/rmq_bench \
-    bench/bus/nats_bench >&2
+  release_build "$BUILD_DIR" wire/busd/busd bench/bus/bus_bench bench/bus/rmq_bench \
+    bench/bus/nats_bench
 }
 
 # ---------------------------------------------------------------------------

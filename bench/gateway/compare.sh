@@ -396,13 +396,8 @@ main() {
   [[ $BENCH_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive integer"
   [[ $BENCH_THREADS =~ ^[1-9][0-9]*$ ]] || die "BENCH_THREADS must be a positive integer"
   ensure_packages
-  if [[ ! -f $REPO_ROOT/$BUILD_DIR/meson-private/coredata.dat ]]; then
-    step "configuring $BUILD_DIR (--buildtype=release)"
-    meson setup "$REPO_ROOT/$BUILD_DIR" "$REPO_ROOT" --buildtype=release >&2
-  fi
-  step "building $BUILD_DIR: gateway, bench_httpd, gw_jwt_tool"
-  ninja -C "$REPO_ROOT/$BUILD_DIR" gateway/gateway bench/bench_httpd \
-    tests/integration/gateway/gw_jwt_tool >&2
+  release_build "$BUILD_DIR" gateway/gateway bench/bench_httpd \
+    tests/integration/gateway/gw_jwt_tool
 
   TMP_DIR=$(mktemp -d /tmp/bench-gateway.XXXXXX)
   trap cleanup EXIT

@@ -71,12 +71,7 @@ need() {
 }
 
 build() {
-  if [[ ! -f $BUILD_DIR/meson-private/coredata.dat ]]; then
-    step "configuring $BUILD_DIR (--buildtype=release)"
-    meson setup "$BUILD_DIR" "$REPO_ROOT" --buildtype=release >&2
-  fi
-  step "building the account service ($BUILD_DIR)"
-  ninja -C "$BUILD_DIR" actors/account/account >&2
+  release_build "$BUILD_DIR" actors/account/account
 }
 
 psql_account() {

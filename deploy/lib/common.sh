@@ -13,7 +13,7 @@ PROJECT_PACKAGES=(
   liburing-dev libpq-dev libbearssl-dev libjwt-dev libmsgpack-dev
   libjansson-dev node-llhttp libargon2-dev libssl-dev
   postgresql
-  curl wrk nginx-light python3 openssl procps
+  curl wrk nginx-light python3 openssl procps gnuplot-nox
 )
 
 # What the container images and the Kubernetes manifests need on the build
@@ -131,6 +131,36 @@ meson_build() {
   fi
   step "building $dir"
   ninja -C "$REPO_ROOT/$dir" >&2 || die "build of $dir failed"
+}
+
+# release_build DIR TARGET...: the optimised build in DIR (relative to the
+# repository, or absolute) with these targets built. Configured when
+# missing; reconfigured when one of the targets is not in it, which is what
+# happens when a peer's client library (librabbitmq-dev, libnats-dev) was
+# installed after DIR was configured: meson looks for optional dependencies
+# only when it configures.
+release_build() {
+  local dir=$1 t missing=()
+  shift
+  [[ $dir == /* ]] || dir=$REPO_ROOT/$dir
+  if [[ ! -f $dir/meson-private/coredata.dat ]]; then
+    step "configuring $dir (--buildtype=release)"
+    meson setup "$dir" "$REPO_ROOT" --buildtype=release >&2 || die "meson setup of $dir failed"
+  fi
+  for t in "$@"; do
+    ninja -C "$dir" -t query "$t" >/dev/null 2>&1 || missing+=("$t")
+  done
+  if ((${#missing[@]} > 0)); then
+    step "reconfiguring $dir: not in the build yet: ${missing[*]}"
+    meson setup --reconfigure "$dir" "$REPO_ROOT" >&2 || die "meson setup --reconfigure of $dir failed"
+    missing=()
+    for t in "$@"; do
+      ninja -C "$dir" -t query "$t" >/dev/null 2>&1 || missing+=("$t")
+    done
+    ((${#missing[@]} == 0)) || die "not in the build of $dir even after reconfiguring: ${missing[*]}"
+  fi
+  step "building $dir: $*"
+  ninja -C "$dir" "$@" >&2 || die "build of $dir failed"
 }
 
 # free_port: print a TCP port on 127.0.0.1 that nobody listens on right now.

@@ -200,6 +200,11 @@ def main():
     wrong = [p for p in completed if moved.get(p) != amounts.get(p)]
     t.check(not wrong, "each payee received each completed payment's amount once (%d wrong)"
             % len(wrong))
+    _, page, _ = t.call(plat.port("busd"), "GET", "/metrics")
+    dead = sum(float(line.split()[-1]) for line in page.splitlines()
+               if line.startswith("busd_partition_end_offset{") and '.dead"' in line)
+    t.check(dead == 0, "no event was dead-lettered: the consumers wait out a database that is"
+            " down instead of giving up on good events (%s)" % dead)
     t.ledger_invariants(acct_url, "after the chaos")
     for name in ("event", "payment", "account", "profile"):
         t.check(plat.proc(name).stop() in (0, None), "%s stops" % name)

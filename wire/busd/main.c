@@ -158,6 +158,7 @@ int main(int argc, char **argv) {
   b->rec_bytes_max = b->cfg.frame_bytes_max + BUSD_REC_HEADER_BYTES;
   b->listen_fd = -1;
   bus_buf_init(&b->dead_hdr, 64u * 1024);
+  rt_signals_block(); /* before the I/O threads, which inherit it */
   rc = busd_store_open(b);
   if (rc == 0) rc = busd_io_start(&b->io, b->cfg.io_threads, &b->actor);
   if (rc < 0) {

@@ -86,7 +86,7 @@ def concrete(pattern):
 def check_rbac_matrix(gw, binary, tool, certs, inspector):
     routes = [json.loads(line) for line in subprocess.run(
         [binary, "--routes"], capture_output=True, text=True, timeout=10).stdout.splitlines()]
-    t.check("gateway --routes lists the API (19 routes)", len(routes) == 19, len(routes))
+    t.check("gateway --routes lists the API (27 routes)", len(routes) == 27, len(routes))
     tokens = {r: t.mint(tool, certs, "k1", "user-" + r, [r]) for r in ROLES}
     wrong, cells = [], 0
     for route in routes:

@@ -281,6 +281,35 @@ def db_url(service):
     return url
 
 
+def scratch_db(service):
+    """A new, empty database <service>_scratch owned by the service's role
+    (deploy/pg lets the role in), for a test that needs a history of its
+    own; dropped at exit. Returns its URL."""
+    admin = os.environ.get("PG_ADMIN_URL")
+    if not admin:
+        print("PG_ADMIN_URL is not set: eval \"$(deploy/pg env)\"", file=sys.stderr)
+        sys.exit(1)
+    name = service + "_scratch"
+    for q in ("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name,
+              "CREATE DATABASE %s OWNER %s" % (name, service),
+              "REVOKE CONNECT, TEMPORARY ON DATABASE %s FROM PUBLIC" % name,
+              "GRANT CONNECT, TEMPORARY ON DATABASE %s TO %s" % (name, service)):
+        sql(admin, q)
+    def drop():
+        stop_all()  # the processes first: they hold connections to it
+        subprocess.run(["psql", admin, "-X", "-q", "-c",
+                        "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name],
+                       capture_output=True, timeout=60)
+    atexit.register(drop)
+    return db_url(service).rsplit("/", 1)[0] + "/" + name
+
+
+def admin_url(database):
+    """The superuser's URL on one database (tampering, as an attacker with
+    the keys to the server would)."""
+    return os.environ["PG_ADMIN_URL"].rsplit("/", 1)[0] + "/" + database
+
+
 # ---------------------------------------------------------------------------
 # The platform: busd and the services, each on free ports
 

@@ -381,7 +381,7 @@ def redeliver(urls, event_url, eport, t0):
     check_sets(urls, event_url, t0, "after re-sending")
 
 
-BACKLOG_MAX = 20000
+BACKLOG_MAX = 2000
 
 
 def set_aside(urls):

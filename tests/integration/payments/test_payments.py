@@ -458,8 +458,9 @@ def test_dead_letter_redrive(saga):
                                     or 0) >= 1, 10), "dead_letters{topic} counts it")
         t.check(t.wait_for(lambda: (t.metric(saga.pp(), "payment_stuck") or 0) >= 1, 15),
                 "the payment is reported stuck")
-        t.check(any(r.get("msg") == "payment stuck: not final" and r.get("payment") == pid
-                    for r in saga.plat.proc("payment").log_records()),
+        t.check(t.wait_for(lambda: any(r.get("msg") == "payment stuck: not final" and
+                                       r.get("payment") == pid and r.get("age_s") is not None
+                                       for r in saga.plat.proc("payment").log_records()), 15),
                 "and logged with its state and age")
         s, _, _, _ = t.jcall(ep, "POST", "/v1/dead-letters/%s/redrive" % row.get("id"),
                              who=(cust, "customer"))

@@ -43,6 +43,14 @@ static const struct {
     {"GET", "/v1/dead-letters", GW_SVC_EVENT, O | AD, false},
     {"POST", "/v1/dead-letters/{id}/redrive", GW_SVC_EVENT, O | AD, false},
     {"POST", "/v1/dead-letters/redrive", GW_SVC_EVENT, O | AD, false},
+    {"GET", "/v1/events/verify", GW_SVC_EVENT, AU | AD, false},
+    {"GET", "/v1/events/checkpoints", GW_SVC_EVENT, AU | AD, false},
+    {"GET", "/v1/projections/account-daily", GW_SVC_EVENT, O | AU | AD, false},
+    {"GET", "/v1/projections/payment-volume", GW_SVC_EVENT, O | AU | AD, false},
+    {"GET", "/v1/projections/payments", GW_SVC_EVENT, O | AU | AD, false},
+    {"GET", "/v1/projections/payment-states", GW_SVC_EVENT, O | AU | AD, false},
+    {"POST", "/v1/projections/{name}/rebuild", GW_SVC_EVENT, AD, false},
+    {"POST", "/v1/reconciliation", GW_SVC_EVENT, AD, false},
 };
 #define EXPECTED_COUNT (sizeof expected / sizeof expected[0])
 

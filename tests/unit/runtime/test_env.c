@@ -219,6 +219,33 @@ static void test_ms(void) {
   json_decref(j);
 }
 
+static void test_addr(void) {
+  char host[16];
+  uint16_t port;
+  unsetenv(VAR);
+  T_CHECK_EQ_INT(rt_env_addr(VAR, "127.0.0.1:7002", host, sizeof host, &port), 0);
+  T_CHECK_STR(host, "127.0.0.1");
+  T_CHECK_EQ_INT(port, 7002);
+  setenv(VAR, "localhost:65535", 1);
+  T_CHECK_EQ_INT(rt_env_addr(VAR, "127.0.0.1:7002", host, sizeof host, &port), 0);
+  T_CHECK_STR(host, "localhost");
+  T_CHECK_EQ_INT(port, 65535);
+  static const char *const bad[] = {
+      "127.0.0.1", ":7002", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:+7",
+      "127.0.0.1:7002 ", "127.0.0.1:0x10", "a-very-long-host-name:1",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    setenv(VAR, bad[i], 1);
+    strcpy(host, "kept");
+    port = 9;
+    int rc = rt_env_addr(VAR, "127.0.0.1:7002", host, sizeof host, &port);
+    T_CHECK_EQ_INT(rc, RT_E_CONFIG);
+    T_CHECK_STR(host, "kept");
+    T_CHECK_EQ_INT(port, 9);
+    if (rc != RT_E_CONFIG) fprintf(stderr, "  accepted \"%s\"\n", bad[i]);
+  }
+}
+
 int main(void) {
   log_fd = memfd_create("log", 0);
   if (log_fd < 0) return 1;
@@ -230,6 +257,7 @@ int main(void) {
   T_RUN(test_u32_error_is_logged);
   T_RUN(test_bool);
   T_RUN(test_ms);
+  T_RUN(test_addr);
   unsetenv(VAR);
   return t_done();
 }

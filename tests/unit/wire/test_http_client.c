@@ -1,10 +1,11 @@
 /*
  * The HTTP client against our HTTP server, both on one loop over loopback:
  * keep-alive reuse, a bounded pool under concurrency, upstream down,
- * request deadline, an upstream that closed an idle connection, and a full
- * queue.
+ * request deadline, an upstream that closed an idle connection, a full
+ * queue, and a byte filter with a handshake of its own on both sides.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -204,6 +205,132 @@ static void test_queue_full(void) {
   destroy_and_settle(c);
 }
 
+/* ---- a byte filter on both sides ---------------------------------------- */
+
+/* A toy protocol with what matters of TLS: the client speaks first
+ * ("HELO"), must not send requests before the server's answer ("OLEH"),
+ * and every byte after that is encoded (XOR). */
+#define XOR_KEY 0x5a
+#define HELLO_BYTES 4
+
+typedef struct toy {
+  bool server;
+  bool ready;         /* handshake done */
+  uint32_t hello_seen; /* handshake bytes received so far */
+  http_buf_t held;    /* client: plain bytes waiting for the handshake */
+} toy_t;
+
+static uint32_t client_opened, client_freed; /* client side states */
+
+static void *toy_open(void *ctx, int fd) {
+  toy_t *t = calloc(1, sizeof *t);
+  if (t == NULL) return NULL;
+  t->server = ctx != NULL;
+  http_buf_init(&t->held, 0, 0);
+  if (!t->server) client_opened++;
+  return t;
+}
+
+static void toy_free(void *state) {
+  toy_t *t = state;
+  if (!t->server) client_freed++;
+  http_buf_deinit(&t->held);
+  free(t);
+}
+
+static int xor_append(http_buf_t *out, const char *data, size_t len) {
+  for (size_t i = 0; i < len; i++) {
+    char c = (char)(data[i] ^ XOR_KEY);
+    if (http_buf_append(out, &c, 1) < 0) return -ENOMEM;
+  }
+  return 0;
+}
+
+static int toy_input(void *state, const char *data, size_t len, http_buf_t *plain,
+                     http_buf_t *wire) {
+  toy_t *t = state;
+  const char *expect = t->server ? "HELO" : "OLEH";
+  size_t i = 0;
+  for (; !t->ready && i < len; i++) {
+    if (data[i] != expect[t->hello_seen]) return -EPROTO;
+    if (++t->hello_seen < HELLO_BYTES) continue;
+    t->ready = true;
+    if (t->server && http_buf_append(wire, "OLEH", HELLO_BYTES) < 0) return -ENOMEM;
+    if (!t->server && xor_append(wire, t->held.data, t->held.len) < 0) return -ENOMEM;
+    http_buf_reset(&t->held);
+  }
+  return xor_append(plain, data + i, len - i);
+}
+
+static int toy_output(void *state, const char *data, size_t len, http_buf_t *wire) {
+  toy_t *t = state;
+  if (len == 0) return t->server ? 0 : http_buf_append(wire, "HELO", HELLO_BYTES);
+  if (!t->ready) return http_buf_append(&t->held, data, len);
+  return xor_append(wire, data, len);
+}
+
+static int toy_server_tag; /* non-NULL ctx: the server side */
+static const http_filter_t toy_server = {toy_open, toy_input, toy_output, toy_free,
+                                         &toy_server_tag};
+static const http_filter_t toy_client = {toy_open, toy_input, toy_output, toy_free, NULL};
+
+enum { FILTERED = 20, FILTERED_BODY = 100000 };
+static uint32_t filt_done, filt_ok;
+static char *filt_body;
+
+static void filt_cb(void *ctx, int err, const http_msg_t *resp) {
+  filt_done++;
+  if (err == 0 && resp->status == 200 && resp->body_len == FILTERED_BODY &&
+      memcmp(resp->body, filt_body, FILTERED_BODY) == 0)
+    filt_ok++;
+  if (filt_done == FILTERED) rt_loop_stop(loop);
+}
+
+static http_server_t *fs; /* the filtered server, destroyed at the end */
+
+static void test_filter_both_sides(void) {
+  http_server_config_t scfg = {.host = "127.0.0.1", .filter = &toy_server, .conns_max = 8};
+  T_REQUIRE(http_server_create(&fs, loop, &scfg, &router) == 0);
+  T_REQUIRE(http_server_start(fs) == 0);
+  filt_body = malloc(FILTERED_BODY);
+  T_REQUIRE(filt_body != NULL);
+  for (size_t i = 0; i < FILTERED_BODY; i++) filt_body[i] = (char)('a' + i % 26);
+  http_client_t *c = NULL;
+  http_client_config_t cfg = {.host = "127.0.0.1", .port = http_server_port(fs),
+                              .conns_max = 3, .filter = &toy_client};
+  T_REQUIRE(http_client_create(&c, loop, &cfg) == 0);
+  for (uint32_t i = 0; i < FILTERED; i++)
+    T_CHECK_EQ_INT(http_client_request(c, "POST", "/echo", NULL, filt_body, FILTERED_BODY,
+                                       filt_cb, NULL),
+                   0);
+  T_CHECK_EQ_INT(rt_loop_run(loop), 0);
+  T_CHECK_EQ_INT(filt_ok, FILTERED);
+  http_client_stats_t st;
+  http_client_stats(c, &st);
+  T_CHECK(st.connects >= 1 && st.connects <= 3);
+  T_CHECK_EQ_INT(st.failed, 0);
+  destroy_and_settle(c);
+  /* One filter state per connection, each freed with its connection. */
+  T_CHECK_EQ_INT(client_opened, st.connects);
+  T_CHECK_EQ_INT(client_freed, st.connects);
+  free(filt_body);
+}
+
+/* A plain server answers the client's "HELO" with a 400 in clear text:
+ * the filter refuses those bytes and the request fails as a protocol
+ * error, not as a response. */
+static void test_filter_refuses_peer(void) {
+  http_client_t *c = NULL;
+  http_client_config_t cfg = {.host = "127.0.0.1", .port = http_server_port(server),
+                              .filter = &toy_client, .request_timeout_ms = 3000};
+  T_REQUIRE(http_client_create(&c, loop, &cfg) == 0);
+  last_err = 0;
+  T_REQUIRE(http_client_request(c, "GET", "/hello", NULL, NULL, 0, fail_cb, NULL) == 0);
+  T_CHECK_EQ_INT(rt_loop_run(loop), 0);
+  T_CHECK_EQ_INT(last_err, HTTP_E_UPSTREAM_PROTO);
+  destroy_and_settle(c);
+}
+
 int main(void) {
   rt_log_init("test_http_client", RT_LOG_ERROR, NULL, 0);
   if (rt_loop_create(&loop, NULL) != 0) return 1;
@@ -220,8 +347,11 @@ int main(void) {
   T_RUN(test_request_deadline);
   T_RUN(test_upstream_closed_idle);
   T_RUN(test_queue_full);
+  T_RUN(test_filter_both_sides);
+  T_RUN(test_filter_refuses_peer);
   destroy_and_settle(client);
   rt_loop_destroy(loop);
   http_server_destroy(server);
+  if (fs != NULL) http_server_destroy(fs);
   return t_done();
 }

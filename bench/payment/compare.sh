@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+#
+# bench/payment/compare.sh - the payment saga end to end, measured by our
+# load harness (bench/run): POST /v1/payments, then long-polls until the
+# payment is final, with busd, profile, account, payment and event running
+# (release build, private ports, the development PostgreSQL).
+#
+# Two runs, open loop (latency from each payment's intended start):
+#   1. the search: the rate steps up (BENCH_PAYMENT_START, +STEP every
+#      STEP_S seconds) until a step does not keep up (completions under 95%
+#      of the rate, sends late, or errors); the last step that kept up is
+#      the sustained rate.
+#   2. the measure: half of that rate for BENCH_PAYMENT_SECONDS; p50, p99
+#      and p99.9 of POST-to-final.
+# No external system runs this saga, so there is no peer: the figure is
+# reported against the target (p99 <= BENCH_PAYMENT_TARGET_P99_MS). Both
+# runs end with the harness's invariant check (money, holds, outboxes).
+# Results: a table on stdout, one JSON line in .run/bench-payment.json,
+# the measured run's JSON and chart in .run/bench-payment-run.{json,png}.
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
+RUN_DIR=$REPO_ROOT/.run
+# shellcheck source=deploy/lib/common.sh
+source "$REPO_ROOT/deploy/lib/common.sh"
+
+BENCH_PAYMENT_START=${BENCH_PAYMENT_START:-50}       # payments/s of the first step
+BENCH_PAYMENT_STEP=${BENCH_PAYMENT_STEP:-50}         # added at each step
+BENCH_PAYMENT_STEP_S=${BENCH_PAYMENT_STEP_S:-5}      # seconds per step
+BENCH_PAYMENT_MAX_S=${BENCH_PAYMENT_MAX_S:-120}      # the search stops here at the latest
+BENCH_PAYMENT_SECONDS=${BENCH_PAYMENT_SECONDS:-20}   # the measured run
+BENCH_PAYMENT_CUSTOMERS=${BENCH_PAYMENT_CUSTOMERS:-50} # payers (2 accounts each)
+BENCH_PAYMENT_TARGET_P99_MS=${BENCH_PAYMENT_TARGET_P99_MS:-10}
+BUILD_DIR=${BENCH_BUILD_DIR:-build-release}
+[[ $BUILD_DIR == /* ]] || BUILD_DIR=$REPO_ROOT/$BUILD_DIR
+
+usage() {
+  sed -n '3,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  cat <<USAGE
+
+Environment (current value):
+  BENCH_PAYMENT_START=$BENCH_PAYMENT_START      first rate of the search (payments/s)
+  BENCH_PAYMENT_STEP=$BENCH_PAYMENT_STEP       added every step
+  BENCH_PAYMENT_STEP_S=$BENCH_PAYMENT_STEP_S      seconds per step
+  BENCH_PAYMENT_MAX_S=$BENCH_PAYMENT_MAX_S     longest search
+  BENCH_PAYMENT_SECONDS=$BENCH_PAYMENT_SECONDS    the measured run at half the sustained rate
+  BENCH_PAYMENT_CUSTOMERS=$BENCH_PAYMENT_CUSTOMERS  customers (2 accounts each)
+  BENCH_PAYMENT_TARGET_P99_MS=$BENCH_PAYMENT_TARGET_P99_MS
+  BENCH_BUILD_DIR=$BUILD_DIR
+USAGE
+}
+
+TMP_DIR=
+STARTED_PIDS=()
+STARTED_NAMES=()
+
+cleanup() {
+  local i
+  for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
+    stop_pid "${STARTED_PIDS[$i]}" "${STARTED_NAMES[$i]}" 20 || true
+  done
+  STARTED_PIDS=()
+  [[ -n $TMP_DIR && -d $TMP_DIR ]] && rm -rf "$TMP_DIR"
+  TMP_DIR=
+}
+
+# start NAME HEALTH_PORT BINARY ENV...: one process in the background,
+# waited for until /healthz answers.
+start() {
+  local name=$1 port=$2 bin=$3 pid
+  shift 3
+  step "starting $name (127.0.0.1:$port)"
+  (exec env "$@" "$bin") </dev/null >"$TMP_DIR/$name.log" 2>&1 &
+  pid=$!
+  STARTED_NAMES+=("$name")
+  STARTED_PIDS+=("$pid")
+  if ! wait_http "http://127.0.0.1:$port/healthz" 30 "$pid"; then
+    tail -n 20 "$TMP_DIR/$name.log" >&2 || true
+    die "$name did not start"
+  fi
+}
+
+start_platform() {
+  local key busd http p
+  key=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+  export AUTH_HMAC_KEY=$key
+  busd=$(free_port)
+  http=$(free_port)
+  declare -gA PORT=()
+  for p in profile account payment event; do PORT[$p]=$(free_port); done
+  mkdir -p "$TMP_DIR/busd"
+  start busd "$http" "$BUILD_DIR/wire/busd/busd" BUSD_HOST=127.0.0.1 BUSD_PORT="$busd" \
+    BUSD_HTTP_PORT="$http" BUSD_DATA_DIR="$TMP_DIR/busd" LOG_LEVEL=warn
+  local common=(AUTH_HMAC_KEY="$key" LOG_LEVEL=warn BUS_ADDR=127.0.0.1:$busd
+    PROFILE_ADDR=127.0.0.1:${PORT[profile]} ACCOUNT_ADDR=127.0.0.1:${PORT[account]})
+  # Sign-ups are setup, not what is measured: cheap password hashing.
+  start profile "${PORT[profile]}" "$BUILD_DIR/actors/profile/profile" "${common[@]}" \
+    PROFILE_PORT="${PORT[profile]}" PROFILE_DB_URL="$PROFILE_DB_URL" ARGON2_M_KIB=1024 ARGON2_T_COST=1
+  start account "${PORT[account]}" "$BUILD_DIR/actors/account/account" "${common[@]}" \
+    ACCOUNT_PORT="${PORT[account]}" ACCOUNT_DB_URL="$ACCOUNT_DB_URL"
+  start payment "${PORT[payment]}" "$BUILD_DIR/actors/payment/payment" "${common[@]}" \
+    PAYMENT_PORT="${PORT[payment]}" PAYMENT_DB_URL="$PAYMENT_DB_URL"
+  start event "${PORT[event]}" "$BUILD_DIR/actors/event/event" "${common[@]}" \
+    EVENT_PORT="${PORT[event]}" EVENT_DB_URL="$EVENT_DB_URL"
+}
+
+# harness NAME FLAGS...: one bench/run; its JSON in $TMP_DIR/NAME.json.
+harness() {
+  local name=$1 rc=0
+  shift
+  local -a argv=("$BUILD_DIR/bench/harness/bench_run" --direct --scenario payment
+    --customers "$BENCH_PAYMENT_CUSTOMERS" --progress plain --progress-every 5)
+  local p
+  for p in profile account payment event; do
+    argv+=("--$p" "127.0.0.1:${PORT[$p]}")
+  done
+  step "bench/run ${argv[*]:1} $*"
+  "${argv[@]}" "$@" >"$TMP_DIR/$name.txt" || rc=$?
+  cat "$TMP_DIR/$name.txt" >&2
+  ((rc == 0)) || warn "the $name run exited $rc (3: an invariant failed, 1: a threshold)"
+  return 0
+}
+
+# The services `deploy/dev up` started share these databases: their relays
+# would publish this run's outbox rows to their own busd, and the saga
+# measured here would stall. Refuse rather than measure that.
+refuse_dev_platform() {
+  local name pid
+  for name in profile account payment event; do
+    [[ -f $RUN_DIR/$name.pid ]] || continue
+    pid=$(head -n 1 "$RUN_DIR/$name.pid")
+    if [[ $pid =~ ^[0-9]+$ ]] && alive "$pid"; then
+      die "deploy/dev up's $name (pid $pid) uses the same databases: stop it first (deploy/dev down)"
+    fi
+  done
+}
+
+main() {
+  case ${1:-} in
+    -h | --help) usage; exit 0 ;;
+    '') ;;
+    *) usage >&2; exit 2 ;;
+  esac
+  refuse_dev_platform
+  ensure_packages
+  release_build "$BUILD_DIR" wire/busd/busd actors/profile/profile actors/account/account \
+    actors/payment/payment actors/event/event bench/harness/bench_run
+  "$REPO_ROOT/deploy/pg" start 9>&- >&2
+  eval "$("$REPO_ROOT/deploy/pg" env)"
+  TMP_DIR=$(mktemp -d /tmp/bench-payment.XXXXXX)
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM
+  start_platform
+  mkdir -p "$RUN_DIR"
+
+  harness search --rate "$BENCH_PAYMENT_START" --step-rate "$BENCH_PAYMENT_STEP" \
+    --step-every "${BENCH_PAYMENT_STEP_S}s" --duration "${BENCH_PAYMENT_MAX_S}s" \
+    --stop-when-behind --json "$TMP_DIR/search.json" --png ''
+  local sustained half
+  sustained=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("sustained_rate", 0))' \
+    "$TMP_DIR/search.json")
+  half=$(python3 -c 'import sys; print("%.1f" % (float(sys.argv[1]) / 2))' "$sustained")
+  python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)' "$half" ||
+    die "no step kept up, not even $BENCH_PAYMENT_START/s: see the search above"
+  info "sustained: $sustained payments/s; measuring at $half/s"
+  harness measure --rate "$half" --duration "${BENCH_PAYMENT_SECONDS}s" \
+    --json "$RUN_DIR/bench-payment-run.json" --png "$RUN_DIR/bench-payment.png" \
+    --label "bench/compare payment"
+
+  python3 - "$TMP_DIR/search.json" "$RUN_DIR/bench-payment-run.json" \
+    "$BENCH_PAYMENT_TARGET_P99_MS" "$RUN_DIR/bench-payment.json" <<'PY'
+import json, sys, time
+search, measure = (json.load(open(p)) for p in sys.argv[1:3])
+target = float(sys.argv[3])
+lat = measure["latency"]["payment"]
+fails = [c["name"] for r in (search, measure) for c in r["checks"] if c["status"] == "fail"]
+ours = {"sustained_rate": search.get("sustained_rate", 0), "rate": measure["config"]["rate"],
+        "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "p99_9_ms": lat["p99_9_ms"],
+        "max_ms": lat["max_ms"], "completed": measure["run"]["payments_completed"],
+        "failed": measure["run"]["payments_failed"], "error_rate": measure["run"]["error_rate"],
+        "late": measure["run"]["late"], "steps": [
+            {"rate": s["rate"], "completed_per_s": s["completed_per_s"], "kept_up": s["kept_up"],
+             "p99_ms": s["latency"]["p99_ms"]} for s in search["steps"] if s["issued"]],
+        "invariant_failures": fails}
+m = measure["machine"]
+print("bench/compare payment: POST /v1/payments to final state, busd + 4 services, open loop")
+print("machine: %d CPUs, Linux %s, %s" % (m["nproc"], m["kernel"], m["cpu"]))
+print("search:  from %.0f/s, +%.0f/s every %.0f s: sustained %.0f payments/s"
+      % (search["config"]["rate"], search["config"]["step_rate"], search["config"]["step_s"],
+         ours["sustained_rate"]))
+print()
+print("%-34s %10s %9s %9s %9s %8s" % ("", "rate/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"))
+print("%-34s %10.1f %9.2f %9.2f %9.2f %7.3f%%" % ("ours, at half the sustained rate", ours["rate"],
+      ours["p50_ms"], ours["p99_ms"], ours["p99_9_ms"], ours["error_rate"] * 100))
+print("%-34s %10s %9s %9s %9s" % ("peer", "-", "-", "-", "-"))
+print("target: p99 <= %.0f ms: %s" % (target, "met" if ours["p99_ms"] <= target else "NOT met"))
+print("invariants: %s" % ("all checks passed" if not fails else "FAILED: " + "; ".join(fails)))
+rec = {"bench": "payment", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+       "machine": m, "ours": ours, "peer": None, "target": {"p99_ms": target},
+       "meets_target": ours["p99_ms"] <= target,
+       "config": {"search": search["config"], "measure": measure["config"]}}
+with open(sys.argv[4], "w") as f:
+    f.write(json.dumps(rec, sort_keys=True) + "\n")
+PY
+  info "result in $RUN_DIR/bench-payment.json; the measured run in $RUN_DIR/bench-payment-run.json and .png"
+}
+
+main "$@"
