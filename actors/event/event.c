@@ -453,6 +453,8 @@ static int cmd_rebuild(svc_cmd_t *cmd) {
   return 0;
 }
 
+/* A client for the account service (ACCOUNT_ADDR); NULL with the reason
+ * logged when it cannot be made. */
 static http_client_t *account_client(rt_loop_t *loop, uint32_t conns) {
   http_client_config_t hc = {
       .host = cfg.account_host,
@@ -463,7 +465,13 @@ static http_client_t *account_client(rt_loop_t *loop, uint32_t conns) {
       .request_timeout_ms = cfg.account_timeout_ms,
   };
   http_client_t *client = NULL;
-  return http_client_create(&client, loop, &hc) == 0 ? client : NULL;
+  int rc = http_client_create(&client, loop, &hc);
+  if (rc < 0) {
+    RT_ERROR("no client for the account service", RT_LF_STR("host", cfg.account_host),
+             RT_LF_INT("port", cfg.account_port), RT_LF_STR("error", rt_strerror(rc)));
+    return NULL;
+  }
+  return client;
 }
 
 static void reconcile_cmd_done(event_reconcile_t *r) {
@@ -520,7 +528,7 @@ static const svc_event_type_t produces[] = {SVC_EV_DEAD_LETTER_REDRIVEN};
 
 static int thread_init(svc_thread_t *th) {
   th->user = account_client(th->loop, 2);
-  int rc = th->user != NULL ? 0 : -ENOMEM;
+  int rc = th->user != NULL ? 0 : -EINVAL;
   if (rc == 0 && th->index == 0) rc = event_dead_start(th);
   if (rc == 0 && th->index == 0) rc = event_chain_start(th);
   return rc;

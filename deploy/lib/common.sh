@@ -16,6 +16,15 @@ PROJECT_PACKAGES=(
   curl wrk nginx-light python3 openssl procps gnuplot-nox
 )
 
+# What the container images and the Kubernetes manifests need on the build
+# machine (deploy/images, deploy/k8s, the deploy test suite): podman with
+# runc and its network stack, debootstrap for the base image, and the tools
+# that check the manifests. Installed by `ensure_packages "${CONTAINER_PACKAGES[@]}"`.
+CONTAINER_PACKAGES=(
+  podman runc conmon catatonit netavark aardvark-dns iptables
+  debootstrap yamllint python3-yaml
+)
+
 if [[ -t 2 ]]; then
   _c_bold=$'\e[1m' _c_red=$'\e[31m' _c_yel=$'\e[33m' _c_off=$'\e[0m'
 else
@@ -40,16 +49,19 @@ as_root() {
   fi
 }
 
-# ensure_packages: install whatever of PROJECT_PACKAGES is missing.
-# apt-get update runs once, and only when something has to be installed.
+# ensure_packages [PKG...]: install whatever of these packages (default:
+# PROJECT_PACKAGES) is missing. apt-get update runs once, and only when
+# something has to be installed.
 ensure_packages() {
   local pkg status missing=()
-  step "checking Debian packages (${#PROJECT_PACKAGES[@]})"
+  local -a wanted=("$@")
+  ((${#wanted[@]})) || wanted=("${PROJECT_PACKAGES[@]}")
+  step "checking Debian packages (${#wanted[@]})"
   if ! command -v dpkg-query >/dev/null 2>&1; then
     warn "dpkg-query not found: not a Debian system, skipping the package check"
     return 0
   fi
-  for pkg in "${PROJECT_PACKAGES[@]}"; do
+  for pkg in "${wanted[@]}"; do
     status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
     [[ $status == "install ok installed" ]] || missing+=("$pkg")
   done
