@@ -30,8 +30,12 @@ def rows_http(r):
 
 
 def rows_transfer(r):
-    return [("transfer", "POST /v1/transfers/s", r["ours"]["tps"], "pgbench",
-             r["pgbench"]["tps"], r["ratio"])]
+    out = [("transfer", "POST /v1/transfers/s", r["ours"]["tps"], "plain transfer (pgbench)",
+            r["plain"]["tps"], r["ratio"])]
+    if r.get("pgbench"):
+        out.append(("transfer", "POST /v1/transfers/s", r["ours"]["tps"], "own SQL (pgbench)",
+                    r["pgbench"]["tps"], r.get("ratio_own_sql")))
+    return out
 
 
 def rows_bus(r):

@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 #
 # bench/transfer/compare.sh - transfers per second through the account
-# service's HTTP API, side by side with pgbench running exactly the SQL the
-# service runs for one transfer, on the same PostgreSQL.
+# service's HTTP API, side by side with the plain transfer a user would
+# write by hand, on the same PostgreSQL, in alternating rounds.
 #
 #   ours:     wrk (keep-alive, BENCH_CONNECTIONS connections) -> POST
 #             /v1/transfers on the account service (release build), random
 #             pairs among BENCH_ACCOUNTS funded accounts, each request with
-#             its own Idempotency-Key
-#   pgbench:  BENCH_PG_CLIENTS clients, -M prepared, the service's own
-#             statements (taken from `account --statements`) in the same two
-#             pipelines (\startpipeline ... \endpipeline), plus one lookup
-#             that draws the ids and timestamp the service makes in C
+#             its own Idempotency-Key; the outbox relay on and busd running,
+#             as in production (BENCH_BUS=off: no relay, no busd)
+#   plain:    the peer. pgbench, BENCH_PG_CLIENTS clients, -M prepared, one
+#             pipeline per transfer: guarded debit, credit, two ledger rows,
+#             one outbox row, commit (plain.sql, plain.pgbench)
+#   own SQL:  a second line: pgbench running exactly the service's own
+#             statements (from `account --statements`) in the same two
+#             pipelines, plus one lookup that draws the ids and timestamp the
+#             service makes in C. It measures our SQL against itself.
+#
+# During our rounds the outbox is sampled: rows not yet published and the
+# age of the oldest (the relay keeping up or not).
 #
 # Progress on stderr; the result table on stdout; one JSON line in
 # .run/bench-transfer.json. Everything started here is stopped on exit;
@@ -32,7 +39,9 @@ BENCH_WRK_THREADS=${BENCH_WRK_THREADS:-2}
 BENCH_PG_CLIENTS=${BENCH_PG_CLIENTS:-16}      # pgbench -c
 BENCH_ACCOUNTS=${BENCH_ACCOUNTS:-100000}
 BENCH_THREADS=${BENCH_THREADS:-1}             # account service loop threads
-BENCH_DB_CONNS=${BENCH_DB_CONNS:-16}          # its connections per thread (= pgbench clients: as many backends)
+BENCH_DB_CONNS=${BENCH_DB_CONNS:-15}          # its data connections per thread; with the relay's LISTEN one, 16 backends as pgbench's 16 clients (15 is the most a pool with a relay takes)
+BENCH_BUS=${BENCH_BUS:-on}                    # on: busd runs and the relay publishes
+BENCH_OWN_SQL=${BENCH_OWN_SQL:-1}             # 1: also run the own-SQL pgbench line
 BUILD_DIR=${BENCH_BUILD_DIR:-build-release} # relative to the repository, or absolute
 [[ $BUILD_DIR == /* ]] || BUILD_DIR=$REPO_ROOT/$BUILD_DIR
 BENCH_CUSTOMER=00000000-0000-7000-8003-000000000001
@@ -51,16 +60,23 @@ Environment:
   BENCH_ACCOUNTS=$BENCH_ACCOUNTS    funded accounts, picked at random
   BENCH_THREADS=$BENCH_THREADS          account service loop threads
   BENCH_DB_CONNS=$BENCH_DB_CONNS         its database connections per thread
+  BENCH_BUS=$BENCH_BUS            on: busd runs and the outbox relay publishes; off: neither
+  BENCH_OWN_SQL=$BENCH_OWN_SQL          1: also run pgbench with the service's own statements
   BENCH_BUILD_DIR=$BUILD_DIR  release build used (configured if missing)
 EOF
 }
 
 TMP_DIR=
 SERVICE_PID=
+BUSD_PID=
+BUS=off
 
 cleanup() {
   if [[ -n $SERVICE_PID ]]; then
     stop_pid "$SERVICE_PID" account 10 || true
+  fi
+  if [[ -n $BUSD_PID ]]; then
+    stop_pid "$BUSD_PID" busd 10 || true
   fi
   [[ -n $TMP_DIR && -d $TMP_DIR ]] && rm -rf "$TMP_DIR"
   return 0
@@ -71,7 +87,43 @@ need() {
 }
 
 build() {
-  release_build "$BUILD_DIR" actors/account/account
+  release_build "$BUILD_DIR" actors/account/account wire/busd/busd
+}
+
+# start_busd: a busd of this run, on a free port, its log in TMP_DIR.
+start_busd() {
+  local port http
+  port=$(free_port)
+  http=$(free_port)
+  while [[ $http == "$port" ]]; do http=$(free_port); done
+  step "starting busd on 127.0.0.1:$port (the relay publishes to it)"
+  mkdir -p "$TMP_DIR/busd"
+  (exec env BUSD_HOST=127.0.0.1 BUSD_PORT="$port" BUSD_HTTP_PORT="$http" \
+    BUSD_DATA_DIR="$TMP_DIR/busd" LOG_LEVEL=warn "$BUILD_DIR/wire/busd/busd") \
+    </dev/null >"$TMP_DIR/busd.log" 2>&1 &
+  BUSD_PID=$!
+  if ! wait_http "http://127.0.0.1:$http/healthz" 30 "$BUSD_PID"; then
+    tail -n 20 "$TMP_DIR/busd.log" >&2 || true
+    die "busd did not become ready"
+  fi
+  BUS=127.0.0.1:$port
+}
+
+# seed_plain: the peer's own tables and funded accounts (plain.sql), once.
+seed_plain() {
+  step "the plain transfer's tables: $BENCH_ACCOUNTS funded accounts (kept across runs)"
+  psql_account -v count="$BENCH_ACCOUNTS" -f "$HERE/plain.sql" >/dev/null
+}
+
+# outbox_sampler FILE: until killed, every 0.5 s one line "PENDING AGE_MS"
+# of the account service's outbox.
+outbox_sampler() {
+  local q="SELECT count(*), coalesce((extract(epoch FROM clock_timestamp() - min(created_at))"
+  q+=" * 1000)::bigint, 0) FROM outbox WHERE published_at IS NULL"
+  while :; do
+    psql "$ACCOUNT_DB_URL" -X -At -F ' ' -c "$q" >>"$1" 2>/dev/null || true
+    sleep 0.5
+  done
 }
 
 psql_account() {
@@ -97,19 +149,24 @@ CREATE TEMP TABLE s ON COMMIT DROP AS
             ('00000000-0000-7000-8002-' || lpad(n::text, 12, '0'))::uuid AS tx
   FROM generate_series(1, :count) AS g(n)
   WHERE NOT EXISTS (SELECT 1 FROM bench_accounts b WHERE b.n = g.n);
-INSERT INTO accounts (id, customer_id, currency, balance)
-  SELECT id, :'cust', 'EUR', 1000000000 FROM s;
+INSERT INTO accounts (id, customer_id, currency, balance, entries_count)
+  SELECT id, :'cust', 'EUR', 1000000000, 1 FROM s;
 INSERT INTO transactions (id, kind, debit_account_id, credit_account_id, amount, currency, created_at)
   SELECT tx, 'topup', '00000000-0000-7000-8000-000000455552', id, 1000000000, 'EUR', now() FROM s;
-INSERT INTO ledger_entries (id, transaction_id, account_id, amount, currency, balance_after, created_at)
-  SELECT gen_random_uuid(), tx, id, 1000000000, 'EUR', 1000000000, now() FROM s;
+INSERT INTO ledger_entries (id, transaction_id, account_id, amount, currency, balance_after,
+                            created_at, seq)
+  SELECT gen_random_uuid(), tx, id, 1000000000, 'EUR', 1000000000, now(), 1 FROM s;
+-- The system account's lines follow its own, numbered on from its count.
 WITH sys AS (
-  UPDATE accounts SET balance = balance - 1000000000 * (SELECT count(*) FROM s)
-  WHERE id = '00000000-0000-7000-8000-000000455552' RETURNING balance)
-INSERT INTO ledger_entries (id, transaction_id, account_id, amount, currency, balance_after, created_at)
+  UPDATE accounts SET balance = balance - 1000000000 * (SELECT count(*) FROM s),
+                      entries_count = entries_count + (SELECT count(*) FROM s)
+  WHERE id = '00000000-0000-7000-8000-000000455552' RETURNING balance, entries_count)
+INSERT INTO ledger_entries (id, transaction_id, account_id, amount, currency, balance_after,
+                            created_at, seq)
   SELECT gen_random_uuid(), s.tx, '00000000-0000-7000-8000-000000455552', -1000000000, 'EUR',
          (SELECT balance FROM sys)
-           + 1000000000 * ((SELECT count(*) FROM s) - row_number() OVER (ORDER BY s.n)), now()
+           + 1000000000 * ((SELECT count(*) FROM s) - row_number() OVER (ORDER BY s.n)), now(),
+         (SELECT entries_count FROM sys) - (SELECT count(*) FROM s) + row_number() OVER (ORDER BY s.n)
   FROM s;
 INSERT INTO bench_accounts SELECT n, id FROM s;
 COMMIT;
@@ -121,11 +178,11 @@ SQL
 start_service() {
   local port=$1 bin=$BUILD_DIR/actors/account/account
   step "starting the account service ($BENCH_THREADS thread(s), $BENCH_DB_CONNS db connections each) on 127.0.0.1:$port"
-  # No bus: publishing the outbox is work pgbench does not do. Both sides
-  # still insert the same outbox rows (and fire the same NOTIFY trigger).
+  # BUS is busd's address, or off (BENCH_BUS=off): then nothing publishes
+  # the outbox rows, which are still written.
   (exec env ACCOUNT_HOST=127.0.0.1 ACCOUNT_PORT="$port" ACCOUNT_THREADS="$BENCH_THREADS" \
     DB_CONNS="$BENCH_DB_CONNS" AUTH_HMAC_KEY="$AUTH_KEY" AUTH_MAX_SKEW=60m LOG_LEVEL=warn \
-    PROFILE_ADDR=127.0.0.1:1 BUS_ADDR=off "$bin") </dev/null >"$TMP_DIR/account.log" 2>&1 &
+    PROFILE_ADDR=127.0.0.1:1 BUS_ADDR="$BUS" "$bin") </dev/null >"$TMP_DIR/account.log" 2>&1 &
   SERVICE_PID=$!
   if ! wait_http "http://127.0.0.1:$port/readyz" 30 "$SERVICE_PID"; then
     tail -n 20 "$TMP_DIR/account.log" >&2 || true
@@ -184,6 +241,13 @@ run_pgbench() {
     ${prefix:+-l --log-prefix="$prefix"} "$ACCOUNT_DB_URL"
 }
 
+run_plain() {
+  local seconds=$1 prefix=$2
+  pgbench -n -M prepared -c "$BENCH_PG_CLIENTS" -j 2 -T "$seconds" --max-tries=10 \
+    -f "$HERE/plain.pgbench" -D accounts="$BENCH_ACCOUNTS" \
+    ${prefix:+-l --log-prefix="$prefix"} "$ACCOUNT_DB_URL"
+}
+
 # pgbench_parse OUTPUT LOGPREFIX: "TPS P50_MS P99_MS FAILED"
 pgbench_parse() {
   python3 - "$1" "$2" <<'PY'
@@ -227,63 +291,110 @@ main() {
   step "applying the account service's migrations"
   env AUTH_HMAC_KEY="$AUTH_KEY" LOG_LEVEL=warn "$BUILD_DIR/actors/account/account" --migrate >&2
   seed
+  seed_plain
   "$BUILD_DIR/actors/account/account" --statements |
     python3 "$HERE/make_pgbench.py" "$BENCH_ACCOUNTS" >"$TMP_DIR/transfer.pgbench"
-  local sum_before
+  local sum_before plain_before
   sum_before=$(psql_account -At -c "SELECT sum(balance) FROM accounts WHERE currency = 'EUR'")
+  plain_before=$(psql_account -At -c "SELECT sum(balance) FROM plain.accounts")
 
+  [[ $BENCH_BUS == off ]] || start_busd
   local port
   port=$(free_port)
   start_service "$port"
   step "warm-up: ${BENCH_WARMUP}s each"
   run_wrk "$port" "$BENCH_WARMUP" "$TMP_DIR/wrk-warmup.txt"
-  run_pgbench "$BENCH_WARMUP" "" >"$TMP_DIR/pgbench-warmup.txt" 2>&1 ||
-    { cat "$TMP_DIR/pgbench-warmup.txt" >&2; die "pgbench failed"; }
-  # Alternating rounds, so that a noisy moment of the machine hits both.
-  local r ours=() theirs=()
+  run_plain "$BENCH_WARMUP" "" >"$TMP_DIR/plain-warmup.txt" 2>&1 ||
+    { cat "$TMP_DIR/plain-warmup.txt" >&2; die "pgbench (plain) failed"; }
+  if [[ $BENCH_OWN_SQL == 1 ]]; then
+    run_pgbench "$BENCH_WARMUP" "" >"$TMP_DIR/pgbench-warmup.txt" 2>&1 ||
+      { cat "$TMP_DIR/pgbench-warmup.txt" >&2; die "pgbench failed"; }
+  fi
+  # Alternating rounds, so that a noisy moment of the machine hits every side.
+  local r sampler ours=() plain=() theirs=()
+  : >"$TMP_DIR/outbox.txt"
   for ((r = 1; r <= BENCH_ROUNDS; r++)); do
-    step "round $r/$BENCH_ROUNDS: ours, ${BENCH_DURATION}s, $BENCH_CONNECTIONS connections"
+    step "round $r/$BENCH_ROUNDS: ours, ${BENCH_DURATION}s, $BENCH_CONNECTIONS connections, bus $BUS"
+    outbox_sampler "$TMP_DIR/outbox.txt" &
+    sampler=$!
     run_wrk "$port" "$BENCH_DURATION" "$TMP_DIR/wrk-$r.txt"
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
     ours+=("$(wrk_parse "$TMP_DIR/wrk-$r.txt")")
     info "${ours[-1]}"
-    step "round $r/$BENCH_ROUNDS: pgbench, ${BENCH_DURATION}s, $BENCH_PG_CLIENTS clients, -M prepared, pipelined"
-    run_pgbench "$BENCH_DURATION" "$TMP_DIR/pgb$r" >"$TMP_DIR/pgbench-$r.txt" 2>&1 ||
-      { cat "$TMP_DIR/pgbench-$r.txt" >&2; die "pgbench failed"; }
-    theirs+=("$(pgbench_parse "$TMP_DIR/pgbench-$r.txt" "$TMP_DIR/pgb$r")")
-    info "${theirs[-1]}"
+    step "round $r/$BENCH_ROUNDS: plain transfer, pgbench, ${BENCH_DURATION}s, $BENCH_PG_CLIENTS clients, -M prepared, pipelined"
+    run_plain "$BENCH_DURATION" "$TMP_DIR/plain$r" >"$TMP_DIR/plain-$r.txt" 2>&1 ||
+      { cat "$TMP_DIR/plain-$r.txt" >&2; die "pgbench (plain) failed"; }
+    plain+=("$(pgbench_parse "$TMP_DIR/plain-$r.txt" "$TMP_DIR/plain$r")")
+    info "${plain[-1]}"
+    if [[ $BENCH_OWN_SQL == 1 ]]; then
+      step "round $r/$BENCH_ROUNDS: own SQL, pgbench, ${BENCH_DURATION}s, $BENCH_PG_CLIENTS clients"
+      run_pgbench "$BENCH_DURATION" "$TMP_DIR/pgb$r" >"$TMP_DIR/pgbench-$r.txt" 2>&1 ||
+        { cat "$TMP_DIR/pgbench-$r.txt" >&2; die "pgbench failed"; }
+      theirs+=("$(pgbench_parse "$TMP_DIR/pgbench-$r.txt" "$TMP_DIR/pgb$r")")
+      info "${theirs[-1]}"
+    fi
   done
   stop_pid "$SERVICE_PID" account 10 || true
   SERVICE_PID=
+
+  local plain_after
+  plain_after=$(psql_account -At -c "SELECT sum(balance) FROM plain.accounts")
+  [[ $plain_before == "$plain_after" ]] ||
+    die "the plain transfer changed the sum of its balances: $plain_before -> $plain_after"
 
   local sum_after
   sum_after=$(psql_account -At -c "SELECT sum(balance) FROM accounts WHERE currency = 'EUR'")
   [[ $sum_before == "$sum_after" ]] || die "EUR balances changed in sum: $sum_before -> $sum_after"
 
   printf '%s\n' "${ours[@]}" >"$TMP_DIR/ours.txt"
+  printf '%s\n' "${plain[@]}" >"$TMP_DIR/plain.txt"
   printf '%s\n' "${theirs[@]}" >"$TMP_DIR/theirs.txt"
-  python3 - "$TMP_DIR/ours.txt" "$TMP_DIR/theirs.txt" "$BENCH_DURATION" "$BENCH_ROUNDS" \
-    "$BENCH_CONNECTIONS" "$BENCH_PG_CLIENTS" "$BENCH_ACCOUNTS" "$BENCH_THREADS" \
-    "$BENCH_DB_CONNS" "$RUN_DIR/bench-transfer.json" <<'PY'
+  python3 - "$TMP_DIR/ours.txt" "$TMP_DIR/plain.txt" "$TMP_DIR/theirs.txt" "$TMP_DIR/outbox.txt" \
+    "$BENCH_DURATION" "$BENCH_ROUNDS" "$BENCH_CONNECTIONS" "$BENCH_PG_CLIENTS" "$BENCH_ACCOUNTS" \
+    "$BENCH_THREADS" "$BENCH_DB_CONNS" "$BUS" "$RUN_DIR/bench-transfer.json" <<'PY'
 import json, statistics, sys, time
-ours_f, theirs_f, secs, rounds, conns, clients, accounts, threads, db_conns, out = sys.argv[1:]
-ours = [[float(x) for x in l.split()] for l in open(ours_f) if l.strip()]
-theirs = [[float(x) for x in l.split()] for l in open(theirs_f) if l.strip()]
-med = lambda rows, i: statistics.median(r[i] for r in rows)
+(ours_f, plain_f, theirs_f, outbox_f, secs, rounds, conns, clients, accounts, threads, db_conns,
+ bus, out) = sys.argv[1:]
+rows = lambda f: [[float(x) for x in l.split()] for l in open(f) if l.strip()]
+ours, plain, theirs, outbox = rows(ours_f), rows(plain_f), rows(theirs_f), rows(outbox_f)
+med = lambda rs, i: statistics.median(r[i] for r in rs)
 o = {"tps": med(ours, 0), "p50_ms": med(ours, 1), "p99_ms": med(ours, 2),
      "socket_errors": int(sum(r[3] for r in ours)), "non_2xx": int(sum(r[4] for r in ours)),
-     "runs_tps": [r[0] for r in ours]}
-p = {"tps": med(theirs, 0), "p50_ms": med(theirs, 1), "p99_ms": med(theirs, 2),
-     "failed": int(sum(r[3] for r in theirs)), "runs_tps": [r[0] for r in theirs]}
-ratio = o["tps"] / p["tps"] if p["tps"] else float("nan")
-print("%-38s %12s %9s %9s %7s" % ("median of %s rounds" % rounds, "transfers/s", "p50 ms", "p99 ms", "errors"))
-print("%-38s %12.0f %9.2f %9.2f %7d" % ("account service (HTTP, wrk -c%s)" % conns, o["tps"],
-      o["p50_ms"], o["p99_ms"], o["socket_errors"] + o["non_2xx"]))
-print("%-38s %12.0f %9.2f %9.2f %7d" % ("pgbench (-c%s, prepared, pipelined)" % clients, p["tps"],
-      p["p50_ms"], p["p99_ms"], p["failed"]))
-print("ratio ours/pgbench: %.2f   (runs: ours %s, pgbench %s)" % (ratio,
-      " ".join("%.0f" % x for x in o["runs_tps"]), " ".join("%.0f" % x for x in p["runs_tps"])))
-doc = {"bench": "transfer", "time": int(time.time()), "ours": o, "pgbench": p,
-       "ratio": round(ratio, 3),
+     "runs_tps": [r[0] for r in ours], "bus": bus,
+     "outbox_pending_max": int(max((r[0] for r in outbox), default=0)),
+     "outbox_oldest_ms_max": int(max((r[1] for r in outbox), default=0)),
+     "outbox_samples": len(outbox)}
+
+
+def peer(rs):
+    if not rs:
+        return None
+    return {"tps": med(rs, 0), "p50_ms": med(rs, 1), "p99_ms": med(rs, 2),
+            "failed": int(sum(r[3] for r in rs)), "runs_tps": [r[0] for r in rs]}
+
+
+pl, own = peer(plain), peer(theirs)
+ratio = o["tps"] / pl["tps"] if pl["tps"] else float("nan")
+ratio_own = o["tps"] / own["tps"] if own and own["tps"] else None
+line = "%-50s %12.0f %9.2f %9.2f %7d"
+print("%-50s %12s %9s %9s %7s" % ("median of %s rounds" % rounds, "transfers/s", "p50 ms",
+                                  "p99 ms", "errors"))
+print(line % ("account service (HTTP, wrk -c%s, bus %s)" % (conns, bus), o["tps"], o["p50_ms"],
+              o["p99_ms"], o["socket_errors"] + o["non_2xx"]))
+print(line % ("plain transfer (pgbench -c%s, prepared, pipelined)" % clients, pl["tps"],
+              pl["p50_ms"], pl["p99_ms"], pl["failed"]))
+if own:
+    print(line % ("own SQL (pgbench -c%s, the service's statements)" % clients, own["tps"],
+                  own["p50_ms"], own["p99_ms"], own["failed"]))
+print("ratio ours/plain transfer: %.2f   (runs: ours %s, plain %s)" % (ratio,
+      " ".join("%.0f" % x for x in o["runs_tps"]), " ".join("%.0f" % x for x in pl["runs_tps"])))
+if ratio_own is not None:
+    print("ratio ours/own SQL:        %.2f" % ratio_own)
+print("outbox during our rounds: at most %d rows unpublished, the oldest at most %d ms old"
+      " (%d samples)" % (o["outbox_pending_max"], o["outbox_oldest_ms_max"], o["outbox_samples"]))
+doc = {"bench": "transfer", "time": int(time.time()), "ours": o, "plain": pl, "pgbench": own,
+       "ratio": round(ratio, 3), "ratio_own_sql": round(ratio_own, 3) if ratio_own else None,
        "config": {"seconds": int(secs), "rounds": int(rounds), "wrk_connections": int(conns),
                   "pgbench_clients": int(clients), "accounts": int(accounts),
                   "service_threads": int(threads), "db_conns_per_thread": int(db_conns)}}
