@@ -255,6 +255,8 @@ struct bench {
   step_stats_t *steps;
   uint32_t steps_count;
   uint64_t requests;         /* HTTP requests sent, all kinds */
+  int64_t audit_from;        /* the audit check verifies from here (the chain's
+                                length before setup); 0: the whole chain */
 
   /* The model. */
   int64_t topups_total;      /* acknowledged, setup funding included */
@@ -300,6 +302,10 @@ upstream_t bench_api_upstream(const bench_t *b, upstream_t service);
 
 /* check.c: the API checks, run on the loop once the run has drained; calls
  * bench_check_done() at the end. */
+/* Notes the audit chain's length before the run makes any event (the
+ * event service's audit_chain_length), so that the audit check verifies
+ * the run's records and the link into them, not a whole history. */
+void bench_check_mark_audit(bench_t *b);
 void bench_check_start(bench_t *b);
 void bench_check_done(bench_t *b);
 

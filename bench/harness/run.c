@@ -597,6 +597,7 @@ static void setup_customer_done(op_t *op) {
 static void start_setup(bench_t *b) {
   b->phase = PHASE_SETUP;
   b->setup_start_ns = rt_now_ns();
+  bench_check_mark_audit(b);
   uint32_t n = b->cfg->customers < SETUP_PARALLEL ? b->cfg->customers : SETUP_PARALLEL;
   for (uint32_t i = 0; i < n; i++) {
     op_t *op = rt_pool_get(&ops);
