@@ -92,6 +92,7 @@ struct gw_app {
   gw_config_t cfg;
   gw_tls_t *tls;
   gw_jwt_keys_t *keys;
+  char *jwks;                  /* GET /.well-known/jwks.json, made from keys */
   gw_connlimit_t *connlimit;
   gw_ratelimit_t *rl_addr;
   gw_ratelimit_t *rl_subject;

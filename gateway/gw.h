@@ -341,6 +341,11 @@ const char *gw_jwt_keys_signer(const gw_jwt_keys_t *ks);
 /* Writes the kids as "kid1(ES256),kid2(ES256)" for the start-up log. */
 void gw_jwt_keys_describe(const gw_jwt_keys_t *ks, char *out, size_t out_bytes);
 
+/* Every verification key as a JSON Web Key Set (RFC 7517), each with kid,
+ * alg and use "sig": {"keys":[...]}. Public parts only. A malloc'd string
+ * (free()), or NULL when out of memory or a key cannot be read. */
+char *gw_jwt_keys_jwks(const gw_jwt_keys_t *ks);
+
 /* What a token must say besides its signature. */
 typedef struct gw_jwt_policy {
   const char *iss;       /* required issuer */

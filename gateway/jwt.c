@@ -412,6 +412,86 @@ void gw_jwt_keys_describe(const gw_jwt_keys_t *ks, char *out, size_t out_bytes) 
 }
 
 /* ------------------------------------------------------------------------ */
+/* JWKS: the verification keys as RFC 7517 JSON Web Keys                    */
+/* ------------------------------------------------------------------------ */
+
+/* A big-endian unsigned value as base64url, leading zero bytes dropped (RFC
+ * 7518 6.3.1: n and e carry no sign byte; EC coordinates keep their fixed
+ * width, so those are passed with strip = false). */
+static json_t *b64url_json(const uint8_t *p, size_t len, bool strip) {
+  while (strip && len > 1 && p[0] == 0) p++, len--;
+  char *out = malloc(4 * ((len + 2) / 3) + 1);
+  if (out == NULL) return NULL;
+  b64url_encode(p, len, out);
+  json_t *j = json_string(out);
+  free(out);
+  return j;
+}
+
+/* The SubjectPublicKeyInfo's key bits (after the BIT STRING's unused-bits
+ * byte, which must be 0), or NULL. */
+static const uint8_t *spki_key_bits(const uint8_t *der, size_t len, size_t *bits_len) {
+  size_t n = 0, m = 0, k = 0;
+  const uint8_t *spki = der_next(der, der + len, 0x30, &n);
+  const uint8_t *algid = spki ? der_next(spki, spki + n, 0x30, &m) : NULL;
+  const uint8_t *bits = algid ? der_next(algid + m, spki + n, 0x03, &k) : NULL;
+  if (bits == NULL || k < 2 || bits[0] != 0) return NULL;
+  *bits_len = k - 1;
+  return bits + 1;
+}
+
+/* One key's JWK, or NULL when its public key cannot be read. */
+static json_t *key_jwk(const jwt_key_t *k) {
+  gw__pem_obj_t objs[GW__PEM_OBJS_MAX];
+  int n = gw__pem_decode(k->public_pem, strlen(k->public_pem), objs, GW__PEM_OBJS_MAX);
+  if (n < 0) return NULL;
+  json_t *jwk = NULL;
+  size_t len = 0;
+  const uint8_t *key = n == 1 ? spki_key_bits(objs[0].der, objs[0].len, &len) : NULL;
+  if (key != NULL && k->alg == GW_JWT_ES256 && len == 65 && key[0] == 0x04) {
+    /* An uncompressed P-256 point: 0x04, x, y (32 bytes each). */
+    jwk = json_pack("{s:s, s:s, s:o*, s:o*}", "kty", "EC", "crv", "P-256", "x",
+                    b64url_json(key + 1, 32, false), "y", b64url_json(key + 33, 32, false));
+  } else if (key != NULL && k->alg == GW_JWT_RS256) {
+    /* RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER } */
+    size_t sn = 0, mn = 0, en = 0;
+    const uint8_t *seq = der_next(key, key + len, 0x30, &sn);
+    const uint8_t *mod = seq ? der_next(seq, seq + sn, 0x02, &mn) : NULL;
+    const uint8_t *exp = mod ? der_next(mod + mn, seq + sn, 0x02, &en) : NULL;
+    if (exp != NULL && mn > 0 && en > 0)
+      jwk = json_pack("{s:s, s:o*, s:o*}", "kty", "RSA", "n", b64url_json(mod, mn, true), "e",
+                      b64url_json(exp, en, true));
+  }
+  gw__pem_free(objs, (size_t)n);
+  bool whole = jwk != NULL && (k->alg == GW_JWT_ES256
+                                   ? json_object_get(jwk, "x") && json_object_get(jwk, "y")
+                                   : json_object_get(jwk, "n") && json_object_get(jwk, "e"));
+  if (!whole) {
+    json_decref(jwk);
+    return NULL;
+  }
+  json_object_set_new(jwk, "kid", json_string(k->kid));
+  json_object_set_new(jwk, "alg", json_string(alg_name(k->alg)));
+  json_object_set_new(jwk, "use", json_string("sig"));
+  return jwk;
+}
+
+char *gw_jwt_keys_jwks(const gw_jwt_keys_t *ks) {
+  json_t *keys = json_array();
+  for (size_t i = 0; keys != NULL && i < ks->count; i++) {
+    json_t *jwk = key_jwk(&ks->keys[i]);
+    if (jwk == NULL || json_array_append_new(keys, jwk) < 0) {
+      json_decref(keys);
+      return NULL;
+    }
+  }
+  json_t *doc = keys != NULL ? json_pack("{s:o}", "keys", keys) : NULL;
+  char *text = doc != NULL ? json_dumps(doc, JSON_COMPACT) : NULL;
+  json_decref(doc);
+  return text;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Signing                                                                  */
 /* ------------------------------------------------------------------------ */
 

@@ -4,6 +4,7 @@
  * thread 0, and an orderly drain on SIGTERM.
  */
 #include <getopt.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,9 +37,19 @@ static int add_route(const gw_route_t *r) {
   return http_router_add(&app.router, r->method, r->pattern, HTTP_HANDLER(fn), (void *)r);
 }
 
+/* GET /.well-known/jwks.json: the token-verification public keys, so that
+ * other verifiers need no copy of them. Public, like any JWKS. */
+static void on_jwks(http_exchange_t *ex, void *arg) {
+  (void)arg;
+  const char *body = app.jwks != NULL ? app.jwks : "{\"keys\":[]}";
+  http_respond(ex, 200, "application/jwk-set+json", body, strlen(body),
+               "Cache-Control: public, max-age=300\r\n");
+}
+
 static int build_routes(void) {
   http_router_init(&app.router);
-  int rc = 0;
+  int rc = http_router_add(&app.router, "GET", "/.well-known/jwks.json", HTTP_HANDLER(on_jwks),
+                           NULL);
   for (size_t i = 0; i < gw_routes_count && rc == 0; i++) rc = add_route(&gw_routes[i]);
   for (size_t i = 0; i < app.cfg.extra_count && rc == 0; i++) rc = add_route(&app.cfg.extra[i]);
   if (rc < 0) RT_ERROR("cannot build the route table", RT_LF_STR("error", rt_strerror(rc)));
@@ -97,6 +108,12 @@ static int create_shared(void) {
     return rc;
   }
   rc = load_keys();
+  if (rc == 0 && (app.jwks = gw_jwt_keys_jwks(app.keys)) == NULL) {
+    char kids[512];
+    gw_jwt_keys_describe(app.keys, kids, sizeof kids);
+    RT_ERROR("cannot publish the JWT keys as a JWKS", RT_LF_STR("keys", kids));
+    rc = -ENOMEM;
+  }
   if (rc == 0) rc = gw_connlimit_create(&app.connlimit, c->conns_per_addr, c->rate_slots);
   if (rc == 0) rc = gw_ratelimit_create(&app.rl_addr, &c->rate_addr, c->rate_slots);
   if (rc == 0) rc = gw_ratelimit_create(&app.rl_subject, &c->rate_subject, c->rate_slots);
@@ -109,6 +126,7 @@ static void destroy_shared(void) {
   gw_ratelimit_destroy(app.rl_subject);
   gw_ratelimit_destroy(app.rl_addr);
   gw_connlimit_destroy(app.connlimit);
+  free(app.jwks);
   gw_jwt_keys_destroy(app.keys);
   gw_tls_destroy(app.tls);
 }

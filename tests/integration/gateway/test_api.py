@@ -9,7 +9,8 @@ token endpoint (good and bad credentials, the token it issues works); the
 JWT attack corpus, each token answered 401; the RBAC matrix, every route of
 `gateway --routes` against no token and each role, expected cell computed
 from the route table; identity headers signed and never forgeable; request
-ids; unknown routes 404; rate limits 429 with Retry-After; a service down
+ids; the verification keys published as a JWKS, each the same public key
+openssl reads from its file; unknown routes 404; rate limits 429 with Retry-After; a service down
 503, slow 504, an idempotent request retried on the other address; and
 finally no token, password, e-mail or card number in any log.
 """
@@ -266,6 +267,68 @@ def check_drain(gw, tool, certs):
     t.check("... then the gateway exits 0 (graceful drain)", rc == 0, rc)
 
 
+def b64url_int(s):
+    import base64
+    return int.from_bytes(base64.urlsafe_b64decode(s + "=" * (-len(s) % 4)), "big")
+
+
+def openssl_public(path):
+    """The public numbers openssl reads from a PEM public key: {'pub': int}
+    for EC (the point 04||x||y), {'n': int, 'e': int} for RSA."""
+    out = subprocess.run(["openssl", "pkey", "-pubin", "-in", path, "-noout", "-text"],
+                         capture_output=True, text=True, check=True, timeout=10).stdout
+    import re
+    def hexblock(label):
+        m = re.search(label + r":\s*\n((?:\s+[0-9a-f:]+\n)+)", out)
+        return int(re.sub(r"[\s:]", "", m.group(1)), 16) if m else None
+    if "Modulus" in out:
+        e = re.search(r"Exponent: (\d+)", out)
+        return {"n": hexblock("Modulus"), "e": int(e.group(1)) if e else None}
+    return {"pub": hexblock("pub")}
+
+
+def check_jwks(gw, certs, token):
+    st, h, data = gw.request("GET", "/.well-known/jwks.json", {})
+    ok = st == 200
+    t.check("GET /.well-known/jwks.json without a token: 200", ok, "%d %s" % (st, data[:200]))
+    if not ok:
+        return
+    t.check("... as application/jwk-set+json, cacheable",
+            h.get("content-type") == "application/jwk-set+json" and
+            "max-age" in h.get("cache-control", ""), str(h))
+    keys = {k.get("kid"): k for k in json.loads(data).get("keys", [])}
+    t.check("every verification key is published, by kid: k1, k2 (ES256), r1 (RS256)",
+            set(keys) == {"k1", "k2", "r1"}, str(sorted(keys)))
+    for kid, k in sorted(keys.items()):
+        t.check("%s: use sig, alg %s, no private part" % (kid, k.get("alg")),
+                k.get("use") == "sig" and k.get("alg") in ("ES256", "RS256") and
+                not ({"d", "p", "q", "dp", "dq", "qi"} & set(k)), str(k))
+        pub = openssl_public(os.path.join(certs, "jwt", kid + ".pub.pem"))
+        if k.get("kty") == "EC":
+            x, y = b64url_int(k["x"]), b64url_int(k["y"])
+            same = k.get("crv") == "P-256" and pub["pub"] == (4 << 512) | (x << 256) | y
+        else:
+            same = k.get("kty") == "RSA" and k.get("alg") == "RS256" and \
+                pub["n"] == b64url_int(k["n"]) and pub["e"] == b64url_int(k["e"])
+        t.check("%s: the JWK is the same public key openssl reads from %s.pub.pem" % (kid, kid),
+                same, str(k)[:200])
+    if token:
+        import base64
+        head = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+        t.check("the token the gateway issued names a published kid (%s)" % head.get("kid"),
+                head.get("kid") in keys and keys[head["kid"]]["alg"] == head.get("alg"))
+
+
+def add_rsa_verification_key(certs, kid):
+    """A public RSA key only: tokens signed with it are verified, none signed."""
+    key = os.path.join(certs, kid + ".rsa.pem")
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                    "-out", key], check=True, capture_output=True, timeout=60)
+    subprocess.run(["openssl", "pkey", "-in", key, "-pubout", "-out",
+                    os.path.join(certs, "jwt", kid + ".pub.pem")],
+                   check=True, capture_output=True, timeout=10)
+
+
 def main():
     if len(sys.argv) != 4:
         sys.exit(__doc__)
@@ -273,6 +336,7 @@ def main():
     t.need("openssl")
     t.watchdog(150)
     certs = t.make_certs(certs_sh, rsa=False, kids=("k1", "k2"))
+    add_rsa_verification_key(certs, "r1")
     inspector = t.Inspector(slow_s=3)
     gw = t.Gateway(binary, certs, inspector.url, name="gateway-api",
                    env={"GW_UPSTREAM_TIMEOUT": "10s"})
@@ -280,6 +344,7 @@ def main():
                    gw.ok and t.wait_for(lambda: gw.admin("/readyz")[0] == 200, 10)):
         t.finish()
     token = check_token_endpoint(gw, inspector)
+    check_jwks(gw, certs, token)
     check_corpus(gw, tool, certs)
     check_rbac_matrix(gw, binary, tool, certs, inspector)
     check_headers(gw, tool, certs, inspector)
