@@ -119,3 +119,96 @@ class Cluster:
                 self.run("stop", timeout=120, check=False)
             except Exception:  # noqa: BLE001 - best effort at exit
                 pass
+
+
+class Patroni:
+    """deploy/patroni with PATRONI_DIR of this test: etcd and three Patroni
+    members on free loopback ports."""
+
+    def __init__(self, deploy_patroni, sync="on"):
+        self.script = deploy_patroni
+        self.dir = os.path.join(t.WORK_DIR, "patroni")
+        os.chmod(t.WORK_DIR, 0o711)
+        self.env = dict(os.environ)
+        self.env.update({"PATRONI_DIR": self.dir, "PATRONI_SYNC": sync})
+        self.urls = {}
+        self.started = False
+
+    def run(self, *args, timeout=240, check=True):
+        out = subprocess.run([self.script] + list(args), env=self.env, capture_output=True,
+                             text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise RuntimeError("deploy/patroni %s: %s" % (" ".join(args), out.stderr[-3000:]))
+        return out
+
+    def start(self):
+        self.started = True
+        atexit.register(self.stop)
+        self.run("start")
+        self.urls = parse_env(self.run("env").stdout)
+        return self
+
+    def export(self):
+        for k, v in self.urls.items():
+            if k.endswith("_URL"):
+                os.environ[k] = v
+
+    def api_ports(self):
+        return [int(p) for p in self.urls["PATRONI_API_PORTS"].split()]
+
+    def pg_ports(self):
+        return [int(p) for p in self.urls["PATRONI_PG_PORTS"].split()]
+
+    def roles(self):
+        """{member index: 'primary' | 'replica' | None} from the REST API."""
+        out = {}
+        for i, port in enumerate(self.api_ports()):
+            out[i] = None
+            for role in ("primary", "replica"):
+                try:
+                    if t.call(port, "GET", "/" + role, timeout=1)[0] == 200:
+                        out[i] = role
+                        break
+                except OSError:
+                    pass
+        return out
+
+    def leader(self):
+        """The index of the member that is primary, or None."""
+        for i, role in self.roles().items():
+            if role == "primary":
+                return i
+        return None
+
+    def kill_leader(self):
+        """SIGKILLs the leader's postmaster; returns (member, port, pid)."""
+        return self.run("kill-leader").stdout.split()
+
+    def stop(self):
+        """The test's processes first, then the members and etcd."""
+        if self.started:
+            self.started = False
+            t.stop_all()
+            try:
+                self.run("stop", timeout=150, check=False)
+            except Exception:  # noqa: BLE001 - best effort at exit
+                pass
+
+
+def watchdog(seconds, *clusters):
+    """Bounds the test in time: past `seconds`, stops everything it started
+    and exits 1 (meson's own timeout would kill the test without letting it
+    stop the servers)."""
+    import threading
+
+    def fire():
+        print("over time (%ds): stopping everything" % seconds, file=sys.stderr, flush=True)
+        for c in clusters:
+            c.stop()
+        t.stop_all()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
