@@ -69,7 +69,9 @@ def main():
     deploy_pg, profile, account, payment = sys.argv[1:]
     pgcluster.pg_bin()
     pgcluster.need_programs("psql")
-    cluster = pgcluster.Cluster(deploy_pg, replicas=1).start()
+    cluster = pgcluster.Cluster(deploy_pg, replicas=1)
+    pgcluster.watchdog(200, cluster)
+    cluster.start()
     cluster.export()
     u = cluster.urls
     replica = cluster.replica_ports()[0]
