@@ -97,19 +97,22 @@ CREATE TEMP TABLE s ON COMMIT DROP AS
             ('00000000-0000-7000-8002-' || lpad(n::text, 12, '0'))::uuid AS tx
   FROM generate_series(1, :count) AS g(n)
   WHERE NOT EXISTS (SELECT 1 FROM bench_accounts b WHERE b.n = g.n);
-INSERT INTO accounts (id, customer_id, currency, balance)
-  SELECT id, :'cust', 'EUR', 1000000000 FROM s;
+INSERT INTO accounts (id, customer_id, currency, balance, entries_count)
+  SELECT id, :'cust', 'EUR', 1000000000, 1 FROM s;
 INSERT INTO transactions (id, kind, debit_account_id, credit_account_id, amount, currency, created_at)
   SELECT tx, 'topup', '00000000-0000-7000-8000-000000455552', id, 1000000000, 'EUR', now() FROM s;
-INSERT INTO ledger_entries (id, transaction_id, account_id, amount, currency, balance_after, created_at)
-  SELECT gen_random_uuid(), tx, id, 1000000000, 'EUR', 1000000000, now() FROM s;
+INSERT INTO ledger_entries (id, transaction_id, account_id, amount, currency, balance_after, created_at, seq)
+  SELECT gen_random_uuid(), tx, id, 1000000000, 'EUR', 1000000000, now(), 1 FROM s;
+-- The system account's lines are numbered after those it already has.
 WITH sys AS (
-  UPDATE accounts SET balance = balance - 1000000000 * (SELECT count(*) FROM s)
-  WHERE id = '00000000-0000-7000-8000-000000455552' RETURNING balance)
-INSERT INTO ledger_entries (id, transaction_id, account_id, amount, currency, balance_after, created_at)
+  UPDATE accounts SET balance = balance - 1000000000 * (SELECT count(*) FROM s),
+                      entries_count = entries_count + (SELECT count(*) FROM s)
+  WHERE id = '00000000-0000-7000-8000-000000455552' RETURNING balance, entries_count)
+INSERT INTO ledger_entries (id, transaction_id, account_id, amount, currency, balance_after, created_at, seq)
   SELECT gen_random_uuid(), s.tx, '00000000-0000-7000-8000-000000455552', -1000000000, 'EUR',
          (SELECT balance FROM sys)
-           + 1000000000 * ((SELECT count(*) FROM s) - row_number() OVER (ORDER BY s.n)), now()
+           + 1000000000 * ((SELECT count(*) FROM s) - row_number() OVER (ORDER BY s.n)), now(),
+         (SELECT entries_count FROM sys) - (SELECT count(*) FROM s) + row_number() OVER (ORDER BY s.n)
   FROM s;
 INSERT INTO bench_accounts SELECT n, id FROM s;
 COMMIT;
