@@ -240,7 +240,9 @@ void svc_db(svc_req_t *req, rt_pg_batch_t *b, svc_db_fn fn);
  *
  * While the read pool has no connection up (not configured, the replica
  * down or still connecting), reads go to the primary: a replica adds
- * capacity, its loss never makes a read fail.
+ * capacity, its loss costs only the reads in flight on it (503). libpq
+ * picks a host when it connects, so with a multi-host read URL a pool that
+ * moved to the primary stays there until its connections are made again.
  */
 
 /* The pool for stale-tolerant reads on this thread: the read pool when it
