@@ -357,7 +357,8 @@ static void on_list(svc_req_t *req) {
   *SVC_STATE(req, int) = limit;
   char lim[16];
   snprintf(lim, sizeof lim, "%d", limit + 1);
-  rt_pg_batch_t *b = svc_batch(req);
+  /* A list may lag the primary a little: the read pool. */
+  rt_pg_batch_t *b = svc_batch_read(req);
   if (b == NULL) return;
   const char *vals[] = {who, cursor[0] ? cursor : NULL, lim};
   rt_pg_add(b, s_list, 3, vals);
@@ -390,7 +391,10 @@ static void on_ledger(svc_req_t *req) {
   *SVC_STATE(req, int) = limit;
   char lim[16];
   snprintf(lim, sizeof lim, "%d", limit + 1);
-  rt_pg_batch_t *b = svc_batch(req);
+  /* Ledger pages may lag the primary a little (the cursor still shows each
+   * line once): the read pool. Ownership never changes, so checking it
+   * there is as good as on the primary. */
+  rt_pg_batch_t *b = svc_batch_read(req);
   if (b == NULL) return;
   const char *owner[] = {id};
   const char *vals[] = {id, cursor[0] ? cursor : NULL, lim};

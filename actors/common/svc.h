@@ -228,6 +228,30 @@ rt_pg_batch_t *svc_batch(svc_req_t *req);
  * friends) and fn is never called. */
 void svc_db(svc_req_t *req, rt_pg_batch_t *b, svc_db_fn fn);
 
+/*
+ * Reads that may be slightly stale. With <SVC>_DB_READ_URL set, each loop
+ * thread keeps a second pool on it (a replica, or a libpq multi-host URL
+ * with target_session_attrs=prefer-standby); list pages, ledger pages and
+ * audit queries go there, so the primary keeps its round trips for money.
+ * What such a read shows may lag the primary by the replication delay: a
+ * write just answered may not be in it yet. Writes, and every read that
+ * decides a money movement (balances, holds, claims, a payment's state),
+ * stay on svc_batch(), which is the primary.
+ *
+ * While the read pool has no connection up (not configured, the replica
+ * down or still connecting), reads go to the primary: a replica adds
+ * capacity, its loss costs only the reads in flight on it (503). libpq
+ * picks a host when it connects, so with a multi-host read URL a pool that
+ * moved to the primary stays there until its connections are made again.
+ */
+
+/* The pool for stale-tolerant reads on this thread: the read pool when it
+ * is configured and up, else the primary pool. */
+rt_pg_pool_t *svc_read_pool(svc_thread_t *th);
+
+/* As svc_batch(), on svc_read_pool(). */
+rt_pg_batch_t *svc_batch_read(svc_req_t *req);
+
 /* ------------------------------------------------------------------------ */
 /* JSON bodies                                                              */
 /* ------------------------------------------------------------------------ */
@@ -348,6 +372,10 @@ void svc_page_done(svc_req_t *req, rt_pg_batch_t *b, int err);
  * svc_page_done; a done of one's own reads the limit as svc_page_done
  * does). */
 void svc_list_page(svc_req_t *req, svc_cursor_kind_t kind, int stmt, svc_db_fn done);
+
+/* As svc_list_page(), for a list that may be slightly stale: on
+ * svc_read_pool(). */
+void svc_list_page_read(svc_req_t *req, svc_cursor_kind_t kind, int stmt, svc_db_fn done);
 
 /* Lower-case hex of n bytes into out (2n + 1 bytes, NUL-terminated). */
 void svc_hex(const uint8_t *in, size_t n, char *out);
@@ -836,7 +864,9 @@ struct svc_thread {
   uint32_t index;
   rt_loop_t *loop;
   http_server_t *server;
-  rt_pg_pool_t *pool;
+  rt_pg_pool_t *pool;      /* the primary */
+  rt_pg_pool_t *read_pool; /* <SVC>_DB_READ_URL's, or NULL: see
+                            * svc_read_pool() */
   void *user;              /* the service's own, set by thread_init */
   bus_client_t *bus;       /* thread 0 with BUS_ADDR on; NULL otherwise */
 };
@@ -847,6 +877,7 @@ typedef struct svc_config {
   uint32_t port;
   uint32_t threads;
   const char *db_url;
+  const char *db_read_url; /* NULL: reads on the primary */
   const uint8_t *auth_key;
   size_t auth_key_bytes;
   uint32_t auth_max_skew_s;

@@ -266,6 +266,20 @@ rt_pg_batch_t *svc_batch(svc_req_t *req) {
   return b;
 }
 
+rt_pg_pool_t *svc_read_pool(svc_thread_t *th) {
+  if (th->read_pool == NULL) return th->pool;
+  if (rt_pg_pool_up(th->read_pool)) return th->read_pool;
+  svc_th_t *own = (svc_th_t *)th;
+  atomic_fetch_add_explicit(&own->read_fallbacks, 1, memory_order_relaxed);
+  return th->pool;
+}
+
+rt_pg_batch_t *svc_batch_read(svc_req_t *req) {
+  rt_pg_batch_t *b = rt_pg_batch_new(svc_read_pool(req->th));
+  if (b == NULL) svc_reply_error(req, 503, "unavailable", "too many database requests");
+  return b;
+}
+
 static void db_done(rt_pg_batch_t *b, int err, void *ctx) {
   svc_req_t *req = ctx;
   rt_log_set_request_id(http_request_id(req->ex));

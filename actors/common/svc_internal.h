@@ -78,6 +78,7 @@ typedef struct svc_th {
   _Atomic uint64_t requests;
   _Atomic uint64_t auth_rejected;
   _Atomic uint64_t overloaded;
+  _Atomic uint64_t read_fallbacks; /* stale reads sent to the primary */
   _Atomic uint32_t inflight_gauge;
 } svc_th_t;
 

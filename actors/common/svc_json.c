@@ -266,16 +266,25 @@ void svc_page_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
   svc_reply_json(req, 200, svc_page_json(b, 0, *SVC_STATE(req, int)));
 }
 
-void svc_list_page(svc_req_t *req, svc_cursor_kind_t kind, int stmt, svc_db_fn done) {
+static void list_page(svc_req_t *req, svc_cursor_kind_t kind, int stmt, svc_db_fn done,
+                      bool stale_ok) {
   int limit;
   char cursor[SVC_CURSOR_BYTES];
   if (svc_page(req, kind, &limit, cursor) < 0) return;
   *SVC_STATE(req, int) = limit;
   char lim[16];
   snprintf(lim, sizeof lim, "%d", limit + 1);
-  rt_pg_batch_t *b = svc_batch(req);
+  rt_pg_batch_t *b = stale_ok ? svc_batch_read(req) : svc_batch(req);
   if (b == NULL) return;
   const char *vals[] = {cursor[0] ? cursor : NULL, lim};
   rt_pg_add(b, stmt, 2, vals);
   svc_db(req, b, done != NULL ? done : svc_page_done);
+}
+
+void svc_list_page(svc_req_t *req, svc_cursor_kind_t kind, int stmt, svc_db_fn done) {
+  list_page(req, kind, stmt, done, false);
+}
+
+void svc_list_page_read(svc_req_t *req, svc_cursor_kind_t kind, int stmt, svc_db_fn done) {
+  list_page(req, kind, stmt, done, true);
 }

@@ -5,7 +5,8 @@
  * Set-up of loop thread i (rt_run calls thread_setup on each):
  *   request pool, actor (worker completions, notifies), parking table
  *   -> database pool with every statement prepared (the skeleton's tables
- *   first, then the service's)
+ *   first, then the service's); with <SVC>_DB_READ_URL, a second pool on
+ *   it with the same statements, for reads that may be slightly stale
  *   -> thread 0 with BUS_ADDR on: the outbox relay and its bus client (the
  *   pool's listener wakes it on NOTIFY)
  *   -> pool started -> HTTP server listening (SO_REUSEPORT) -> drain hook
@@ -15,7 +16,8 @@
  * Drain, per loop thread: the HTTP server stops accepting (its own hook);
  * ours wakes parked requests, stops the relay and the consumers, waits
  * until no request and no delivery is in flight, closes the database
- * pool, lets the service close its clients, closes the bus client, and
+ * pool (then the read pool), lets the service close its clients, closes
+ * the bus client, and
  * reports after a short grace period in which their close operations
  * complete.
  */
@@ -153,13 +155,23 @@ static void drain_grace(rt_timer_t *t) {
   rt_loop_drained(th->pub.loop);
 }
 
-static void pool_closed(void *arg) {
+static void pools_closed(void *arg) {
   svc_th_t *th = arg;
   th->drain_stage = 2;
   if (svc_g.def->thread_drain != NULL) svc_g.def->thread_drain(&th->pub);
   svc_relay_close(th->relay);
   if (rt_timer_start(th->pub.loop, &th->grace_timer, DRAIN_GRACE_MS, 0) < 0)
     rt_loop_drained(th->pub.loop);
+}
+
+/* The primary is closed; the read pool, when there is one, next. */
+static void pool_closed(void *arg) {
+  svc_th_t *th = arg;
+  if (th->pub.read_pool != NULL) {
+    rt_pg_pool_close(th->pub.read_pool, pools_closed, th);
+  } else {
+    pools_closed(th);
+  }
 }
 
 void svc_drain_step(svc_th_t *th) {
@@ -179,29 +191,47 @@ static void on_drain(rt_loop_t *loop, void *arg) {
   svc_drain_step(th);
 }
 
-/* Every statement, the skeleton's tables first, then the service's. */
-static int pool_setup_prepared(svc_th_t *th) {
+/* Every statement, the skeleton's tables first, then the service's. The
+ * read pool registers the same list, so a statement has one id on both
+ * (statements are prepared lazily: a write is never parsed on a replica). */
+static int pool_setup_prepared(rt_pg_pool_t *pool) {
   int rc = 0;
   for (size_t t = 0; rc == 0 && t < sizeof stmt_tables / sizeof stmt_tables[0]; t++) {
     for (size_t i = 0; rc == 0 && i < stmt_tables[t]->count; i++) {
       const svc_stmt_t *s = &stmt_tables[t]->stmts[i];
-      rc = rt_pg_prepare(th->pub.pool, s->sql, s->nparams);
-      if (rc >= 0) *s->id = rc, rc = 0;
+      rc = rt_pg_prepare(pool, s->sql, s->nparams);
+      if (rc >= 0) {
+        assert(*s->id == 0 || *s->id == rc);
+        *s->id = rc, rc = 0;
+      }
     }
   }
   for (size_t i = 0; rc == 0 && i < svc_g.def->stmts_count; i++) {
-    rc = rt_pg_prepare(th->pub.pool, svc_g.def->stmts[i].sql, svc_g.def->stmts[i].nparams);
-    if (rc >= 0) *svc_g.def->stmts[i].id = rc, rc = 0;
+    rc = rt_pg_prepare(pool, svc_g.def->stmts[i].sql, svc_g.def->stmts[i].nparams);
+    if (rc >= 0) {
+      assert(*svc_g.def->stmts[i].id == 0 || *svc_g.def->stmts[i].id == rc);
+      *svc_g.def->stmts[i].id = rc, rc = 0;
+    }
   }
   return rc;
 }
 
+/* The read pool is named "<service>-read", which is also its
+ * application_name: pg_stat_activity on a replica shows who reads there. */
 static int pool_setup(svc_th_t *th) {
   rt_pg_config_t cfg = svc_g.pg;
   cfg.url = svc_g.cfg.db_url;
   cfg.name = svc_g.def->name;
   int rc = rt_pg_pool_create(&th->pub.pool, th->pub.loop, &cfg);
-  if (rc == 0) rc = pool_setup_prepared(th);
+  if (rc == 0) rc = pool_setup_prepared(th->pub.pool);
+  if (rc == 0 && svc_g.cfg.db_read_url != NULL) {
+    char name[32];
+    snprintf(name, sizeof name, "%s-read", svc_g.def->name);
+    cfg.url = svc_g.cfg.db_read_url;
+    cfg.name = name;
+    rc = rt_pg_pool_create(&th->pub.read_pool, th->pub.loop, &cfg);
+    if (rc == 0) rc = pool_setup_prepared(th->pub.read_pool);
+  }
   return rc;
 }
 
@@ -265,6 +295,7 @@ static int thread_setup(rt_loop_t *loop, uint32_t index, void *arg) {
   rc = pool_setup(th);
   if (rc == 0 && bus0) rc = relay_setup(th);
   if (rc == 0) rc = rt_pg_pool_start(th->pub.pool);
+  if (rc == 0 && th->pub.read_pool != NULL) rc = rt_pg_pool_start(th->pub.read_pool);
   if (rc < 0) {
     RT_ERROR("database pool set-up failed", RT_LF_STR("error", rt_strerror(rc)));
     return rc;
@@ -294,6 +325,7 @@ static void threads_free(void) {
     svc_consume_free(th->consume);
     svc_relay_free(th->relay);
     rt_pg_pool_destroy(th->pub.pool);
+    rt_pg_pool_destroy(th->pub.read_pool);
     svc_parking_free(th->parking);
     if (th->reqs.mem != NULL) {
       /* A drain that hit its deadline leaves requests behind. */
@@ -344,6 +376,10 @@ static void usage(FILE *f, const svc_def_t *def) {
           "  %s_PORT               listen port                 (%u)\n"
           "  %s_THREADS            loop threads                (1)\n"
           "  %s_DB_URL             PostgreSQL URL              (required)\n"
+          "  %s_DB_READ_URL        PostgreSQL URL for reads that may be slightly stale:\n"
+          "                        lists, ledger pages, audit queries; a replica, or\n"
+          "                        several hosts with target_session_attrs=prefer-standby\n"
+          "                        (unset: the primary; also while it has no connection)\n"
           "  AUTH_HMAC_KEY         key of the identity headers (required, >= 32 bytes)\n"
           "  AUTH_MAX_SKEW         identity timestamp window   (60s)\n"
           "  DB_CONNS              connections per thread      (4)\n"
@@ -367,7 +403,8 @@ static void usage(FILE *f, const svc_def_t *def) {
           "\n"
           "Routes: GET /healthz (up), GET /readyz (database reachable), GET /metrics.\n"
           "SIGTERM or SIGINT: stop accepting, finish requests in flight, exit 0.\n",
-          def->name, def->name, P, P, def->default_port, P, P, def->usage_env ? def->usage_env : "");
+          def->name, def->name, P, P, def->default_port, P, P, P,
+          def->usage_env ? def->usage_env : "");
   if (def->commands_count > 0) fprintf(f, "\nCommands (instead of serving):\n");
   for (size_t i = 0; i < def->commands_count; i++) fprintf(f, "%s", def->commands[i].help);
 }
@@ -401,6 +438,8 @@ static int load_config(void) {
     RT_ERROR("database URL not set", RT_LF_STR("variable", env_name("DB_URL")));
     rc = RT_E_CONFIG;
   }
+  svc_g.cfg.db_read_url = rt_env_str(env_name("DB_READ_URL"), NULL);
+  if (svc_g.cfg.db_read_url != NULL && svc_g.cfg.db_read_url[0] == '\0') svc_g.cfg.db_read_url = NULL;
   const char *key = rt_env_str("AUTH_HMAC_KEY", NULL);
   if (rc == 0 && (key == NULL || strlen(key) < 32)) {
     RT_ERROR("AUTH_HMAC_KEY must be set to at least 32 bytes", RT_LF_BOOL("set", key != NULL));
@@ -565,8 +604,7 @@ static int run_command(const svc_command_t *c, int argc, char **argv) {
   pc.url = svc_g.cfg.db_url;
   pc.name = svc_g.def->name;
   if (rc == 0) rc = rt_pg_pool_create(&cmd.pool, cmd.loop, &pc);
-  svc_th_t fake = {.pub = {.loop = cmd.loop, .pool = cmd.pool}};
-  if (rc == 0) rc = pool_setup_prepared(&fake);
+  if (rc == 0) rc = pool_setup_prepared(cmd.pool);
   if (rc == 0) rc = rt_pg_pool_start(cmd.pool);
   if (rc == 0 && !cmd_run_until(&cmd, cmd_pool_up, svc_g.db_wait_ms)) rc = SVC_E_DB_WAIT;
   int status = 1;

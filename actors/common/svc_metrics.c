@@ -43,10 +43,13 @@ typedef struct pg_sum {
   uint64_t up, queued, in_flight;
 } pg_sum_t;
 
-static void pg_sum(pg_sum_t *s, svc_th_t *const *ths, uint32_t n) {
+/* The primary pools' counters summed over threads, or the read pools'. */
+static void pg_sum(pg_sum_t *s, svc_th_t *const *ths, uint32_t n, bool read) {
   memset(s, 0, sizeof *s);
   for (uint32_t i = 0; i < n; i++) {
-    const rt_pg_stats_t *st = rt_pg_pool_stats(ths[i]->pub.pool);
+    const rt_pg_pool_t *pool = read ? ths[i]->pub.read_pool : ths[i]->pub.pool;
+    if (pool == NULL) continue;
+    const rt_pg_stats_t *st = rt_pg_pool_stats(pool);
     s->batches += LOAD(st->batches);
     s->ok += LOAD(st->batches_ok);
     s->failed += LOAD(st->batches_failed);
@@ -100,9 +103,10 @@ static int metrics_render(http_buf_t *out) {
     servers[n++] = th->pub.server;
   }
   int rc = http_server_metrics(out, "http_", servers, n);
-  pg_sum_t s;
-  pg_sum(&s, ths, n);
-  uint64_t requests = 0, auth = 0, overloaded = 0, inflight = 0, applied = 0;
+  pg_sum_t s, r;
+  pg_sum(&s, ths, n, false);
+  pg_sum(&r, ths, n, true);
+  uint64_t requests = 0, auth = 0, overloaded = 0, inflight = 0, applied = 0, fallbacks = 0;
   for (size_t t = 0; t < SVC_EV_COUNT; t++)
     applied += LOAD(svc_bus_stats.inbox_applied[t]) + LOAD(svc_bus_stats.inbox_absorbed[t]);
   for (uint32_t i = 0; i < n; i++) {
@@ -110,6 +114,7 @@ static int metrics_render(http_buf_t *out) {
     auth += LOAD(ths[i]->auth_rejected);
     overloaded += LOAD(ths[i]->overloaded);
     inflight += LOAD(ths[i]->inflight_gauge);
+    fallbacks += LOAD(ths[i]->read_fallbacks);
   }
   struct {
     const char *name, *type, *help, *labels;
@@ -142,6 +147,16 @@ static int metrics_render(http_buf_t *out) {
       {"pg_connections_up", "gauge", "Connections ready.", NULL, (double)s.up},
       {"pg_queued", "gauge", "Batches waiting for a pipeline.", NULL, (double)s.queued},
       {"pg_in_flight", "gauge", "Batches in pipelines.", NULL, (double)s.in_flight},
+      {"pg_read_batches_total", "counter",
+       "Stale-tolerant reads submitted to the read pool (<SVC>_DB_READ_URL).", NULL,
+       (double)r.batches},
+      {"pg_read_batches_done_total", "counter", "Read pool batches answered, by outcome.",
+       "{outcome=\"ok\"}", (double)r.ok},
+      {"pg_read_batches_done_total", NULL, NULL, "{outcome=\"error\"}", (double)r.failed},
+      {"pg_read_connections_up", "gauge", "Read pool connections ready.", NULL, (double)r.up},
+      {"pg_read_fallbacks_total", "counter",
+       "Stale-tolerant reads sent to the primary because the read pool had no connection.",
+       NULL, (double)fallbacks},
       {"outbox_published_total", "counter", "Outbox rows published and marked.", NULL,
        (double)LOAD(svc_bus_stats.relay_published)},
       {"outbox_sent_total", "counter", "Outbox rows handed to the bus client (re-sends included).",

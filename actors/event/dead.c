@@ -307,7 +307,7 @@ void event_on_dead_list(svc_req_t *req) {
   *SVC_STATE(req, int) = limit;
   char lim[16];
   snprintf(lim, sizeof lim, "%d", limit + 1);
-  rt_pg_batch_t *b = svc_batch(req);
+  rt_pg_batch_t *b = svc_batch_read(req);
   if (b == NULL) return;
   const char *vals[] = {tn > 0 ? topic : NULL, sn > 0 ? state : NULL, cursor[0] ? cursor : NULL,
                         lim};

@@ -197,7 +197,8 @@ static void on_list(svc_req_t *req) {
   *SVC_STATE(req, int) = limit;
   char lim[16];
   snprintf(lim, sizeof lim, "%d", limit + 1);
-  rt_pg_batch_t *b = svc_batch(req);
+  /* Audit queries may lag the primary a little: the read pool. */
+  rt_pg_batch_t *b = svc_batch_read(req);
   if (b == NULL) return;
   const char *vals[] = {tn > 0 ? topic : NULL, sn > 0 ? since : NULL, un > 0 ? until : NULL,
                         cursor[0] ? cursor : NULL, lim, cn > 0 ? corr : NULL,
@@ -247,8 +248,10 @@ static void on_verify(svc_req_t *req) {
     return;
   }
   event_verify_t *v = SVC_STATE(req, event_verify_t);
-  *v = (event_verify_t){.pool = req->th->pool, .from = from, .to = to, .done = verify_answer,
-                        .ctx = req};
+  /* Recomputing the chain reads every record of the range: on the read
+   * pool, so a long check never competes with the audit's writes. */
+  *v = (event_verify_t){.pool = svc_read_pool(req->th), .from = from, .to = to,
+                        .done = verify_answer, .ctx = req};
   int rc = event_verify_start(v);
   if (rc < 0) svc_reply_db_error(req, rc, NULL);
 }
@@ -268,7 +271,7 @@ static void checkpoints_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
 }
 
 static void on_checkpoints(svc_req_t *req) {
-  svc_list_page(req, SVC_CURSOR_SEQ, event_chain_checkpoint_list_stmt(), checkpoints_done);
+  svc_list_page_read(req, SVC_CURSOR_SEQ, event_chain_checkpoint_list_stmt(), checkpoints_done);
 }
 
 /* ------------------------------------------------------------------------ */

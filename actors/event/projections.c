@@ -15,7 +15,8 @@
  *   GET  /v1/projections/payment-states    per state: how many, oldest age
  *   POST /v1/projections/{name}/rebuild    admin: empty it, replay the log
  *
- * Reads: operator, auditor, admin. `event rebuild NAME` is the command.
+ * Reads: operator, auditor, admin; on the read pool (svc_batch_read()):
+ * projections lag the log anyway. `event rebuild NAME` is the command.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -110,7 +111,7 @@ void event_on_proj_daily(svc_req_t *req) {
   *SVC_STATE(req, int) = limit;
   char lim[16];
   snprintf(lim, sizeof lim, "%d", limit + 1);
-  rt_pg_batch_t *b = svc_batch(req);
+  rt_pg_batch_t *b = svc_batch_read(req);
   if (b == NULL) return;
   const char *vals[] = {account, fn ? from : NULL, tn ? to : NULL, cursor[0] ? cursor : NULL, lim};
   rt_pg_add(b, s_daily, 5, vals);
@@ -139,7 +140,7 @@ void event_on_proj_volume(svc_req_t *req) {
     svc_reply_error(req, 422, "invalid_currency", "currency is not a supported ISO 4217 code");
     return;
   }
-  rt_pg_batch_t *b = svc_batch(req);
+  rt_pg_batch_t *b = svc_batch_read(req);
   if (b == NULL) return;
   const char *vals[] = {fn ? from : NULL, tn ? to : NULL, cn > 0 ? currency : NULL};
   rt_pg_add(b, s_volume, 3, vals);
@@ -156,7 +157,7 @@ void event_on_proj_payments(svc_req_t *req) {
   *SVC_STATE(req, int) = limit;
   char lim[16];
   snprintf(lim, sizeof lim, "%d", limit + 1);
-  rt_pg_batch_t *b = svc_batch(req);
+  rt_pg_batch_t *b = svc_batch_read(req);
   if (b == NULL) return;
   const char *vals[] = {sn > 0 ? state : NULL, cursor[0] ? cursor : NULL, lim};
   rt_pg_add(b, s_payments, 3, vals);
@@ -164,7 +165,7 @@ void event_on_proj_payments(svc_req_t *req) {
 }
 
 void event_on_proj_states(svc_req_t *req) {
-  rt_pg_batch_t *b = svc_batch(req);
+  rt_pg_batch_t *b = svc_batch_read(req);
   if (b == NULL) return;
   rt_pg_add(b, s_states, 0, NULL);
   svc_db(req, b, rows_done);

@@ -419,7 +419,9 @@ static void on_list(svc_req_t *req) {
   *SVC_STATE(req, int) = limit;
   char lim[16];
   snprintf(lim, sizeof lim, "%d", limit + 1);
-  rt_pg_batch_t *b = svc_batch(req);
+  /* A list may lag the primary a little: the read pool. GET /v1/payments/{id}
+   * stays on the primary: its long-poll is woken by commits there. */
+  rt_pg_batch_t *b = svc_batch_read(req);
   if (b == NULL) return;
   const char *vals[] = {who, cursor[0] ? cursor : NULL, sn > 0 ? state : NULL, lim};
   rt_pg_add(b, s_list, 4, vals);

@@ -363,7 +363,8 @@ static void on_patch(svc_req_t *req) {
 /* GET /v1/customers                                                        */
 /* ------------------------------------------------------------------------ */
 
-static void on_list(svc_req_t *req) { svc_list_page(req, SVC_CURSOR_UUID, s_list, NULL); }
+/* A list may lag the primary a little: the read pool. */
+static void on_list(svc_req_t *req) { svc_list_page_read(req, SVC_CURSOR_UUID, s_list, NULL); }
 
 /* ------------------------------------------------------------------------ */
 /* POST /internal/credentials/verify                                        */

@@ -404,4 +404,7 @@ PY
   info "result in $RUN_DIR/bench-transfer.json"
 }
 
-main "$@"
+# Sourced (bench/transfer/sync_cost.sh), it only defines its functions.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+  main "$@"
+fi

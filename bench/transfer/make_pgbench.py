@@ -43,6 +43,26 @@ def colon_in_literal(sql):
     return False
 
 
+def substitute(sql, params):
+    """$n -> :variable. pgbench sends each occurrence of a variable as a
+    parameter of its own, so an occurrence the server cannot type by its
+    place (in the service, one $n is typed by its other occurrences) gets
+    the cast written at another occurrence of the same $n, or text when
+    none has one and it occurs more than once."""
+    casts = dict(re.findall(r"\$(\d+)::([A-Za-z_][A-Za-z_0-9]*)", sql))
+    for n in set(re.findall(r"\$(\d+)", sql)):
+        if n not in casts and len(re.findall(r"\$%s(?!\d)" % n, sql)) > 1:
+            casts[n] = "text"
+
+    def one(m):
+        n, has_cast = m.group(1), m.group(2) is not None
+        var = ":" + params[int(n) - 1]
+        if not has_cast and n in casts:
+            return "%s::%s" % (var, casts[n])
+        return var + ("::" if has_cast else "")
+    return re.sub(r"\$(\d+)(::)?", one, sql)
+
+
 def main():
     count = int(sys.argv[1])
     found = {}
@@ -56,7 +76,7 @@ def main():
                 if colon_in_literal(sql):
                     # pgbench would take it for a variable.
                     sys.exit("make_pgbench.py: %s has a ':' in a literal" % name)
-                found[name] = re.sub(r"\$(\d+)", lambda m: ":" + params[int(m.group(1)) - 1], sql)
+                found[name] = substitute(sql, params)
     missing = [n for n, _, _ in STATEMENTS if n not in found]
     if missing:
         sys.exit("make_pgbench.py: statements not found: %s" % ", ".join(missing))

@@ -6,13 +6,15 @@
 # here prints progress on stderr so that stdout stays free for results.
 
 # The Debian packages the project needs, in one place: build tools, the
-# libraries the C code links, the database, and the tools the runner, tests
+# libraries the C code links, the database (with Patroni and etcd for the
+# failover test, pgBackRest for backups), and the tools the runner, tests
 # and benchmarks call.
 PROJECT_PACKAGES=(
   build-essential meson ninja-build pkg-config
   liburing-dev libpq-dev libbearssl-dev libjwt-dev libmsgpack-dev
   libjansson-dev node-llhttp libargon2-dev libssl-dev
   postgresql
+  patroni etcd-server pgbackrest
   curl wrk nginx-light python3 openssl procps gnuplot-nox
 )
 
