@@ -14,6 +14,7 @@ PROJECT_PACKAGES=(
   libjansson-dev node-llhttp libargon2-dev libssl-dev
   postgresql
   curl wrk nginx-light python3 openssl procps gnuplot-nox
+  rabbitmq-server librabbitmq-dev
 )
 
 if [[ -t 2 ]]; then
