@@ -19,7 +19,10 @@ started again after DOWN_SECONDS. Afterwards, within DRAIN_SECONDS:
   - nothing lost: every event the payment and account services wrote for
     these payments was published (no outbox row left) and is in the audit
     log; nothing applied twice: each event id is there once;
-  - no event was dead-lettered.
+  - no event was dead-lettered;
+  - and then the dead-letter path: an event the account service can never
+    apply is tried 5 times, dead-lettered by RabbitMQ and recorded by the
+    event service as the account group's dead letter.
 
 Exit 77 (skipped) when rabbitmq-server is not installed. Everything it
 starts (the cluster, epmd, the services) is stopped at exit, failed or not.
@@ -45,6 +48,16 @@ DOWN_SECONDS = 6
 DRAIN_SECONDS = 120
 PAYERS = 4
 RABBIT_BIN = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+
+def sql_big(url, query):
+    """As paytest.sql(), the query on stdin: lists of thousands of ids do
+    not fit in one argument."""
+    out = subprocess.run(["psql", url, "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"],
+                         input=query, capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError("psql: " + out.stderr)
+    return out.stdout.strip()
 
 
 def rabbit(deploy, env, *args, timeout=180):
@@ -100,6 +113,31 @@ def chaos(deploy, env, stop, kills):
             kills.append("node %s back" % node)
         except Exception as e:  # noqa: BLE001 - reported as a failed check
             t.check(False, "kill and restart of node %s failed: %r" % (node, e))
+
+
+def dead_letter_path(pay_url, ev_url):
+    """An event its consumer can never apply (a payment.authorized without
+    a payment id, written straight into the payment service's outbox): the
+    account service fails it AMQP_MAX_ATTEMPTS (5) times, RabbitMQ moves
+    it to the dead-letter exchange, and the event service records it as a
+    dead letter of group account, as it does for busd's."""
+    eid = str(uuid.uuid4())
+    headers = ('{"event-id": "%s", "type": "payment.authorized", "schema-version": "1",'
+               ' "occurred-at": "2026-01-01T00:00:00.000Z", "correlation-id": "rabbit-dead-%s",'
+               ' "causation-id": ""}' % (eid, eid[:8]))
+    t.sql(pay_url, "INSERT INTO outbox (id, topic, key, payload, headers, created_at) VALUES"
+                   " ('%s', 'payment.authorized', 'no-such-payment', '{}', '%s', now())"
+                   % (eid, headers))
+    q = ("SELECT topic || '|' || consumer_group || '|' || attempts || '|' || last_error"
+         " FROM dead_letters WHERE event_id = '%s'" % eid)
+    t.wait_for(lambda: t.sql(ev_url, q) != "", 60, step=0.5)
+    row = t.sql(ev_url, q).split("|", 3)
+    t.say("dead letter: %s" % row)
+    t.check(len(row) == 4 and row[0] == "payment.authorized" and row[1] == "account",
+            "an event the account service keeps failing becomes its dead letter (%s)" % row)
+    t.check(len(row) == 4 and row[2] == "5", "after 5 attempts (%s)" % row[2:3])
+    t.check(t.sql_int(ev_url, "SELECT count(*) FROM audit_log WHERE event_id = '%s'" % eid) == 1,
+            "while the event service, whose handler takes it, audited it once")
 
 
 def main():
@@ -202,22 +240,24 @@ def main():
     for url_ in (pay_url, acct_url):
         unsent = t.sql_int(url_, "SELECT count(*) FROM outbox WHERE published_at IS NULL")
         t.check(unsent == 0, "every outbox row was published and confirmed (%d left)" % unsent)
-        produced |= t.sql_set(url_, "SELECT id FROM outbox WHERE key IN (%s)" % pids)
+        produced |= set(sql_big(url_, "SELECT id FROM outbox WHERE key IN (%s)" % pids).split())
 
     def audited():
-        return t.sql_set(ev_url, "SELECT event_id FROM audit_log WHERE key IN (%s)" % pids)
+        return set(sql_big(ev_url, "SELECT event_id FROM audit_log WHERE key IN (%s)" % pids).split())
     t.wait_for(lambda: produced <= audited(), 60, step=0.5)
     missing = produced - audited()
     t.check(not missing, "every saga event reached the audit log (%d of %d missing)"
             % (len(missing), len(produced)))
-    dup = t.sql_int(ev_url, "SELECT count(*) FROM (SELECT event_id FROM audit_log WHERE key IN (%s)"
-                            " GROUP BY event_id HAVING count(*) > 1) x" % pids)
+    dup = int(sql_big(ev_url, "SELECT count(*) FROM (SELECT event_id FROM audit_log WHERE key IN"
+                              " (%s) GROUP BY event_id HAVING count(*) > 1) x" % pids))
     t.check(dup == 0, "no event was applied twice (%d)" % dup)
     t.say("%d saga events, each audited once" % len(produced))
     queues = rabbit(deploy, env, "ctl", "3", "-q", "list_queues", "-p", "paycore", "name", "messages")
     dead = sum(int(line.split()[-1]) for line in queues.splitlines()
                if line.split() and ".dead" in line.split()[0] and line.split()[-1].isdigit())
+    dead += int(sql_big(ev_url, "SELECT count(*) FROM dead_letters WHERE key IN (%s)" % pids))
     t.check(dead == 0, "no event was dead-lettered (%d)" % dead)
+    dead_letter_path(pay_url, ev_url)
     dups = t.metric_label(plat.port("event"), "inbox_events_total", 'outcome="duplicate"')
     t.say("duplicate deliveries absorbed by the event service's inbox: %s" % dups)
     t.ledger_invariants(acct_url, "after the node losses")
