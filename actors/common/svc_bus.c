@@ -178,6 +178,10 @@ const char *svc_bus_kind_name(const svc_bus_t *b) { return b->ops->name; }
 
 void svc_bus_counters(const svc_bus_t *b, bus_client_stats_t *out) { b->ops->stats(b, out); }
 
+void svc_bus_quiesce(svc_bus_t *b) {
+  if (b != NULL && b->ops->quiesce != NULL) b->ops->quiesce(b);
+}
+
 void svc_bus_close(svc_bus_t *b) {
   if (b != NULL) b->ops->close(b);
 }

@@ -118,6 +118,12 @@ const char *svc_bus_kind_name(const svc_bus_t *bus);
 /* Counters, as bus_client_stats(). */
 void svc_bus_counters(const svc_bus_t *bus, bus_client_stats_t *out);
 
+/* Drain begins: no new deliveries or confirms reach the loop from now on
+ * (they come again, or the rows are sent again, after a restart); answers
+ * to deliveries in flight still go out. After it, the loop may stop at
+ * any time without a bridge thread touching it. */
+void svc_bus_quiesce(svc_bus_t *bus);
+
 /* Fails unconfirmed publishes with BUS_E_CLOSED, stops delivering and
  * starts closing (the loop must keep running a little). */
 void svc_bus_close(svc_bus_t *bus);
@@ -140,6 +146,7 @@ typedef struct svc_bus_ops {
                 uint64_t offset, const char *why);
   bool (*connected)(const svc_bus_t *bus);
   void (*stats)(const svc_bus_t *bus, bus_client_stats_t *out);
+  void (*quiesce)(svc_bus_t *bus); /* may be NULL */
   void (*close)(svc_bus_t *bus);
   void (*free)(svc_bus_t *bus);
 } svc_bus_ops_t;

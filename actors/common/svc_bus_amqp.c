@@ -1135,6 +1135,13 @@ static void am_stats(const svc_bus_t *b, bus_client_stats_t *out) {
   out->unconfirmed = t->unconfirmed;
 }
 
+static void am_quiesce(svc_bus_t *b) {
+  amqp_bus_t *t = (amqp_bus_t *)b;
+  pthread_mutex_lock(&t->send_lock);
+  t->loop_gone = true;
+  pthread_mutex_unlock(&t->send_lock);
+}
+
 static void am_close(svc_bus_t *b) {
   amqp_bus_t *t = (amqp_bus_t *)b;
   if (t->closed) return;
@@ -1199,6 +1206,7 @@ static const svc_bus_ops_t amqp_ops = {
     .answer = am_answer,
     .connected = am_connected,
     .stats = am_stats,
+    .quiesce = am_quiesce,
     .close = am_close,
     .free = am_free,
 };

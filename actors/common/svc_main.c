@@ -173,6 +173,9 @@ static void on_drain(rt_loop_t *loop, void *arg) {
   svc_th_t *th = arg;
   th->draining = true;
   rt_timer_stop(loop, &th->prune_timer);
+  /* A drain that hits its deadline stops the loop before the bus is
+   * closed: the RabbitMQ bridge must not reach the loop after that. */
+  if (th->pub.bus != NULL) svc_bus_quiesce(th->pub.bus);
   svc_relay_stop(th->relay);
   svc_consume_stop(th->consume);
   svc_parking_wake_all(th->parking);
