@@ -203,8 +203,12 @@ main() {
     sustained=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("sustained_rate", 0))' \
       "$TMP_DIR/search-$bus.json")
     half=$(python3 -c 'import sys; print("%.1f" % (float(sys.argv[1]) / 2))' "$sustained")
-    python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)' "$half" ||
-      die "$bus: no step kept up, not even $BENCH_PAYMENT_START/s: see the search above"
+    if ! python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)' "$half"; then
+      # A busy machine can fail even the first step: measure at half of it
+      # anyway, so that both transports still compare at one rate.
+      half=$(python3 -c 'import sys; print("%.1f" % (float(sys.argv[1]) / 2))' "$BENCH_PAYMENT_START")
+      warn "$bus: no step kept up, not even $BENCH_PAYMENT_START/s (see above): measuring at $half/s"
+    fi
     info "$bus: sustained $sustained payments/s; measuring at $half/s"
     local out=$TMP_DIR/measure-$bus.json png=''
     if [[ $bus == busd ]]; then
