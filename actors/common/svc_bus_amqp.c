@@ -104,6 +104,7 @@ enum {
   AM_CONFIRM = RT_MSG_USER + 1, /* data: pub_t, err in u64 */
   AM_DELIVER,                   /* data: dlv_t */
   AM_STATE,                     /* u64: connection number, ptr: non-NULL when up */
+  AM_RELEASE,                   /* loop to itself: u64 = subscription */
   CMD_PUBLISH,                  /* data: pub_t */
   CMD_ANSWER,                   /* data: answer_t */
   CMD_STOP,
@@ -154,6 +155,7 @@ typedef struct sub {
    * back meanwhile. */
   uint32_t outstanding;
   dlv_t *held_head, *held_tail;
+  bool release_queued;         /* an AM_RELEASE is on its way */
 } sub_t;
 
 /* A nack waiting for its back-off (bridge only). */
@@ -958,8 +960,16 @@ static void spend(amqp_bus_t *t, rt_msg_t *m) {
   t->spent = m;
 }
 
+static void sub_release_held(amqp_bus_t *t, uint32_t sub);
+
 static int actor_fn(rt_actor_t *self, rt_msg_t *m) {
   amqp_bus_t *t = self->state;
+  if (m->type == AM_RELEASE) {
+    t->subs[m->u64].release_queued = false;
+    if (!t->closed) sub_release_held(t, (uint32_t)m->u64);
+    spend(t, m);
+    return 0;
+  }
   if (t->closed) {
     spend(t, m);
     return 0;
@@ -1007,10 +1017,30 @@ static int actor_fn(rt_actor_t *self, rt_msg_t *m) {
   return 0;
 }
 
-/* An answer frees room: deliver what was held back. */
+/* An answer frees room. What was held back is delivered on the actor's
+ * next turn, not from inside the answer: the consumer answering still
+ * holds the delivery's context until it returns. */
 static void sub_release(amqp_bus_t *t, uint32_t sub) {
   sub_t *s = &t->subs[sub];
   if (s->outstanding > 0) s->outstanding--;
+  if (s->held_head == NULL || s->release_queued || t->closed) return;
+  /* Not from the loop's pool: whatever is left in the mailbox when the
+   * loop is gone is freed by am_free(), which can free only our own. */
+  rt_msg_t *m = msg_alloc(AM_RELEASE, 0);
+  if (m == NULL) {
+    sub_release_held(t, sub); /* no message to spare: now, as the fallback */
+    return;
+  }
+  m->u64 = sub;
+  s->release_queued = true;
+  if (rt_actor_send(&t->actor, m) < 0) {
+    s->release_queued = false;
+    free(m);
+  }
+}
+
+static void sub_release_held(amqp_bus_t *t, uint32_t sub) {
+  sub_t *s = &t->subs[sub];
   while (s->held_head != NULL && s->outstanding < s->max_in_flight && !t->closed) {
     dlv_t *x = s->held_head;
     s->held_head = x->next;
