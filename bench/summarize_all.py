@@ -63,7 +63,24 @@ def rows_payment(r):
             ("payment", "p99 ms at %.0f/s (target <= %.0f)" % (o["rate"], r["target"]["p99_ms"]),
              o["p99_ms"], "-", None, None),
             ("payment", "p50 / p99.9 ms", "%.2f / %.2f" % (o["p50_ms"], o["p99_9_ms"]), "-", None,
-             None)]
+             None)] + rows_payment_rabbitmq(r)
+
+
+def rows_payment_rabbitmq(r):
+    """busd against the same saga on a RabbitMQ cluster (ratio busd/RabbitMQ)."""
+    rb, c = r.get("rabbitmq"), r.get("common_rate")
+    if not rb or not c:
+        return []
+    ratio = r.get("ratio_busd_over_rabbitmq") or {}
+    p99 = ratio.get("p99_at_common")
+    return [("payment", "sustained payments/s, busd vs RabbitMQ", o_rate(r), "rabbitmq",
+             rb["sustained_rate"], ratio.get("sustained")),
+            ("payment", "p99 ms at %.0f/s, busd vs RabbitMQ" % c["busd"]["rate"],
+             c["busd"]["p99_ms"], "rabbitmq", c["rabbitmq"]["p99_ms"], 1 / p99 if p99 else None)]
+
+
+def o_rate(r):
+    return r["ours"]["sustained_rate"]
 
 
 ROWS = {"http": rows_http, "transfer": rows_transfer, "bus": rows_bus, "gateway": rows_gateway,

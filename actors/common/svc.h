@@ -42,6 +42,7 @@
 #include "http.h"
 #include "pg.h"
 #include "rt.h"
+#include "svc_bus.h"
 
 /* ------------------------------------------------------------------------ */
 /* Errors                                                                   */
@@ -848,10 +849,10 @@ typedef struct svc_def {
    * skeleton subscribes to their topics as consumer group `name`. */
   const svc_consumer_t *consumers;
   size_t consumers_count;
-  /* On loop thread 0, when BUS_ADDR is not "off", before the bus client
+  /* On loop thread 0, when the bus is not "off", before the transport
    * connects: subscriptions beyond the consumer table, e.g. dead-letter
    * topics (may be NULL). */
-  int (*bus_init)(svc_thread_t *th, bus_client_t *bus);
+  int (*bus_init)(svc_thread_t *th, svc_bus_t *bus);
   /* Appends the service's own metrics to /metrics (may be NULL). Any
    * thread: read only what is safe to read there. */
   int (*metrics)(http_buf_t *out);
@@ -868,7 +869,8 @@ struct svc_thread {
   rt_pg_pool_t *read_pool; /* <SVC>_DB_READ_URL's, or NULL: see
                             * svc_read_pool() */
   void *user;              /* the service's own, set by thread_init */
-  bus_client_t *bus;       /* thread 0 with BUS_ADDR on; NULL otherwise */
+  svc_bus_t *bus;          /* thread 0 with the bus on; NULL otherwise:
+                            * busd or RabbitMQ, as BUS_URL says */
 };
 
 /* The service's configuration, read once at start-up. */
@@ -881,9 +883,10 @@ typedef struct svc_config {
   const uint8_t *auth_key;
   size_t auth_key_bytes;
   uint32_t auth_max_skew_s;
-  bool bus_on;             /* BUS_ADDR is not "off" */
-  char bus_host[64];
-  uint16_t bus_port;
+  bool bus_on;             /* BUS_URL (or BUS_ADDR) is not "off" */
+  svc_bus_url_t bus_url;   /* the transport and where it is */
+  uint32_t bus_max_attempts; /* amqp: deliveries before the dead letter */
+  uint32_t bus_heartbeat_s;  /* amqp: connection heartbeat */
 } svc_config_t;
 
 const svc_config_t *svc_config(void);

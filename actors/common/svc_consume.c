@@ -173,10 +173,10 @@ static void ctx_release(consume_ctx_t *x) {
 }
 
 static void answer(consume_ctx_t *x, bool ok, const char *why) {
-  bus_client_t *bus = x->c->th->pub.bus;
-  if (bus == NULL) return; /* closed: busd delivers it again */
-  int rc = ok ? bus_ack(bus, x->sub, x->partition, x->offset)
-              : bus_nack_why(bus, x->sub, x->partition, x->offset, why);
+  svc_bus_t *bus = x->c->th->pub.bus;
+  if (bus == NULL) return; /* closed: the bus delivers it again */
+  int rc = ok ? svc_bus_ack(bus, x->sub, x->partition, x->offset)
+              : svc_bus_nack(bus, x->sub, x->partition, x->offset, why);
   if (rc < 0 && rc != BUS_E_CLOSED) {
     RT_WARN("cannot answer a delivery", RT_LF_BOOL("ack", ok), RT_LF_STR("error", rt_strerror(rc)));
   }
@@ -306,17 +306,16 @@ static bool ctx_fill(consume_ctx_t *x, const bus_delivery_t *d) {
   return json_is_object(x->payload);
 }
 
-static void on_deliver(void *arg, bus_client_t *client, const bus_delivery_t *d) {
-  (void)client;
+static void on_deliver(void *arg, const bus_delivery_t *d) {
   consume_sub_t *s = arg;
   svc_consume_t *c = s->c;
   if (c->stopped) {
-    bus_nack_why(c->th->pub.bus, d->sub, d->partition, d->offset, "consumer draining");
+    svc_bus_nack(c->th->pub.bus, d->sub, d->partition, d->offset, "consumer draining");
     return;
   }
   consume_ctx_t *x = rt_pool_get(&c->ctxs); /* zeroed */
   if (NEVER(x == NULL)) { /* the pool holds every subscription's window */
-    bus_nack_why(c->th->pub.bus, d->sub, d->partition, d->offset, "consumer busy");
+    svc_bus_nack(c->th->pub.bus, d->sub, d->partition, d->offset, "consumer busy");
     return;
   }
   c->busy++;
@@ -390,8 +389,8 @@ int svc_consume_create(svc_consume_t **out, svc_th_t *th) {
   for (size_t i = 0; i < def->consumers_count && rc >= 0; i++) {
     const svc_consumer_t *con = &def->consumers[i];
     c->subs[i] = (consume_sub_t){.c = c, .consumer = con};
-    rc = bus_subscribe(th->pub.bus, svc_event_def(con->type)->topic, def->name,
-                       svc_g.consume_in_flight, on_deliver, &c->subs[i]);
+    rc = svc_bus_subscribe(th->pub.bus, svc_event_def(con->type)->topic, def->name,
+                           svc_g.consume_in_flight, on_deliver, &c->subs[i]);
     if (rc < 0) {
       RT_ERROR("cannot subscribe", RT_LF_STR("topic", svc_event_def(con->type)->topic),
                RT_LF_STR("error", rt_strerror(rc)));

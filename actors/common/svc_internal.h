@@ -170,19 +170,20 @@ typedef struct svc_bus_stats {
 
 extern svc_bus_stats_t svc_bus_stats;
 
-/* Creates the relay on th (loop thread 0) with its bus client, made from
- * bus_cfg (whose confirm callback it takes over) and stored in th->bus but
- * not started. It listens for NOTIFY through the thread's pool (call
- * before the pool starts) and scans on a timer as well. */
-int svc_relay_create(svc_relay_t **out, svc_thread_t *th, const bus_client_config_t *bus_cfg);
+/* Creates the relay on th (loop thread 0) with its bus transport, made
+ * from bus_cfg (whose confirm callback it takes over) and stored in
+ * th->bus but not started. It listens for NOTIFY through the thread's pool
+ * (call before the pool starts) and scans on a timer as well. */
+int svc_relay_create(svc_relay_t **out, svc_thread_t *th, const svc_bus_config_t *bus_cfg);
 
 /* Stops scanning (drain begins); batches in flight finish. */
 void svc_relay_stop(svc_relay_t *r);
 
-/* After the pool closed: destroys the bus client. */
+/* After the pool closed: closes the bus transport. */
 void svc_relay_close(svc_relay_t *r);
 
-/* Frees the relay after the loop stopped. NULL is fine. */
+/* Frees the relay and its transport after the loop stopped. NULL is
+ * fine. */
 void svc_relay_free(svc_relay_t *r);
 
 /* The consumer table on thread 0: subscribes with the service's name as

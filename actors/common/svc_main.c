@@ -7,8 +7,8 @@
  *   -> database pool with every statement prepared (the skeleton's tables
  *   first, then the service's); with <SVC>_DB_READ_URL, a second pool on
  *   it with the same statements, for reads that may be slightly stale
- *   -> thread 0 with BUS_ADDR on: the outbox relay and its bus client (the
- *   pool's listener wakes it on NOTIFY)
+ *   -> thread 0 with the bus on: the outbox relay and its bus transport
+ *   (busd or RabbitMQ, svc_bus.h; the pool's listener wakes it on NOTIFY)
  *   -> pool started -> HTTP server listening (SO_REUSEPORT) -> drain hook
  *   -> the service's thread_init -> thread 0: the consumer table's
  *   subscriptions, the service's extra ones, then the bus client connects.
@@ -185,6 +185,9 @@ static void on_drain(rt_loop_t *loop, void *arg) {
   svc_th_t *th = arg;
   th->draining = true;
   rt_timer_stop(loop, &th->prune_timer);
+  /* A drain that hits its deadline stops the loop before the bus is
+   * closed: the RabbitMQ bridge must not reach the loop after that. */
+  if (th->pub.bus != NULL) svc_bus_quiesce(th->pub.bus);
   svc_relay_stop(th->relay);
   svc_consume_stop(th->consume);
   svc_parking_wake_all(th->parking);
@@ -235,12 +238,13 @@ static int pool_setup(svc_th_t *th) {
   return rc;
 }
 
-/* Thread 0, before the pool starts: the relay and its bus client. */
+/* Thread 0, before the pool starts: the relay and its bus transport. */
 static int relay_setup(svc_th_t *th) {
-  bus_client_config_t bc = {
-      .host = svc_g.cfg.bus_host,
-      .port = svc_g.cfg.bus_port,
+  svc_bus_config_t bc = {
+      .url = svc_g.cfg.bus_url,
       .name = svc_g.def->name,
+      .delivery_limit = svc_g.cfg.bus_max_attempts - 1,
+      .heartbeat_s = svc_g.cfg.bus_heartbeat_s,
   };
   int rc = svc_relay_create(&th->relay, &th->pub, &bc);
   if (rc < 0) RT_ERROR("outbox relay set-up failed", RT_LF_STR("error", rt_strerror(rc)));
@@ -252,12 +256,14 @@ static int bus_setup(svc_th_t *th) {
   int rc = 0;
   if (svc_g.def->consumers_count > 0) rc = svc_consume_create(&th->consume, th);
   if (rc == 0 && svc_g.def->bus_init != NULL) rc = svc_g.def->bus_init(&th->pub, th->pub.bus);
-  if (rc == 0) rc = bus_client_start(th->pub.bus);
+  if (rc == 0) rc = svc_bus_start(th->pub.bus);
   if (rc < 0) {
     RT_ERROR("bus set-up failed", RT_LF_STR("error", rt_strerror(rc)));
   } else {
-    RT_INFO("bus client started", RT_LF_STR("bus_host", svc_g.cfg.bus_host),
-            RT_LF_INT("bus_port", svc_g.cfg.bus_port),
+    char url[512];
+    svc_bus_url_format(&svc_g.cfg.bus_url, url, sizeof url);
+    RT_INFO("bus client started", RT_LF_STR("bus", url),
+            RT_LF_STR("transport", svc_bus_kind_name(th->pub.bus)),
             RT_LF_INT("consumes", svc_g.def->consumers_count),
             RT_LF_INT("produces", svc_g.def->produces_count));
   }
@@ -391,7 +397,11 @@ static void usage(FILE *f, const svc_def_t *def) {
           "  DB_WAIT               wait for the database at start-up (30s)\n"
           "  SVC_REQUESTS_MAX      requests in flight per thread, 503 above (4096)\n"
           "  SVC_WORKERS           worker threads for CPU-heavy work (2)\n"
+          "  BUS_URL               the bus: busd://host:port, amqp://user:pass@host:port[,host:port...]/vhost\n"
+          "                        (RabbitMQ quorum queues), or off; unset: BUS_ADDR\n"
           "  BUS_ADDR              busd, host:port, or off     (127.0.0.1:7400)\n"
+          "  AMQP_MAX_ATTEMPTS     amqp: deliveries before the dead letter (5)\n"
+          "  AMQP_HEARTBEAT        amqp: connection heartbeat (10s; 0 none)\n"
           "  CONSUME_IN_FLIGHT     deliveries applied at once per topic (64)\n"
           "  INBOX_KEEP            how long event ids are kept (30d; > busd retention)\n"
           "  SVC_PARKED_MAX        long-polls parked per thread, 503 above (4096)\n"
@@ -415,17 +425,23 @@ static const char *env_name(const char *suffix) {
   return name;
 }
 
-/* BUS_ADDR: "off", or host:port with a numeric host (no blocking name
- * look-up on the loop) or localhost. */
+/* BUS_URL when set (busd://host:port, amqp://..., off), else BUS_ADDR:
+ * "off", or host:port with a numeric host (no blocking name look-up on
+ * the loop) or localhost. */
 static int bus_config(void) {
-  const char *addr = rt_env_str("BUS_ADDR", "127.0.0.1:7400");
-  if (strcmp(addr, "off") == 0) {
-    svc_g.cfg.bus_on = false;
-    return 0;
+  const char *url = rt_env_str("BUS_URL", NULL);
+  const char *var = url != NULL ? "BUS_URL" : "BUS_ADDR";
+  if (url == NULL) url = rt_env_str("BUS_ADDR", "127.0.0.1:7400");
+  if (svc_bus_url_parse(url, &svc_g.cfg.bus_url) < 0) {
+    RT_ERROR("bad bus address: busd://host:port, amqp://user:pass@host:port[,host:port...]/vhost,"
+             " host:port or off (numeric hosts or localhost)", RT_LF_STR("variable", var));
+    return RT_E_CONFIG;
   }
-  int rc = rt_env_addr("BUS_ADDR", "127.0.0.1:7400", svc_g.cfg.bus_host, sizeof svc_g.cfg.bus_host,
-                       &svc_g.cfg.bus_port);
-  svc_g.cfg.bus_on = rc == 0;
+  svc_g.cfg.bus_on = svc_g.cfg.bus_url.kind != SVC_BUS_OFF;
+  uint32_t hb_ms = 0;
+  int rc = rt_env_u32("AMQP_MAX_ATTEMPTS", 5, 1, 1000, &svc_g.cfg.bus_max_attempts);
+  if (rc == 0) rc = rt_env_ms("AMQP_HEARTBEAT", 10000, &hb_ms);
+  svc_g.cfg.bus_heartbeat_s = hb_ms / 1000u;
   return rc;
 }
 

@@ -1,7 +1,9 @@
 /*
- * svc_relay.c - the outbox relay: rows of the outbox table to busd.
+ * svc_relay.c - the outbox relay: rows of the outbox table to the bus.
  *
- * One relay per process, on loop thread 0, with the bus client it owns.
+ * One relay per process, on loop thread 0, with the bus transport it owns
+ * (svc_bus.h: busd, or RabbitMQ where BUS_URL says so; "PUB_ACK" below is
+ * RabbitMQ's publisher confirm there).
  * It works in rounds, one at a time:
  *
  *   scan     SELECT the oldest RELAY_BATCH_ROWS unpublished rows (id order)
@@ -94,7 +96,7 @@ typedef struct relay_row {
 
 struct svc_relay {
   svc_thread_t *th;
-  bus_client_t *bus;
+  svc_bus_t *bus;
   relay_state_t state;
   bool again;              /* a wake-up came during a round */
   bool failing;            /* the last round failed: logged once */
@@ -262,7 +264,7 @@ static int publish_row(svc_relay_t *r, rt_pg_batch_t *b, int i) {
   relay_row_t *row = &r->rows[r->rows_count];
   int rc = uuid_parse(id, pub.id);
   if (rc == 0 && topic == NULL) rc = -EINVAL;
-  if (rc == 0) rc = bus_publish(r->bus, &pub, (void *)(uintptr_t)r->rows_count);
+  if (rc == 0) rc = svc_bus_publish(r->bus, &pub, (void *)(uintptr_t)r->rows_count);
   if (rc == BUS_E_FULL) return rc;
   if (rc < 0) {
     /* A row busd can never take (bad topic, too large): it stays in the
@@ -379,16 +381,16 @@ static void relay_notified(void *arg, rt_pg_notify_t what) {
 /* Life cycle                                                               */
 /* ------------------------------------------------------------------------ */
 
-int svc_relay_create(svc_relay_t **out, svc_thread_t *th, const bus_client_config_t *bus_cfg) {
+int svc_relay_create(svc_relay_t **out, svc_thread_t *th, const svc_bus_config_t *bus_cfg) {
   svc_relay_t *r = calloc(1, sizeof *r);
   if (r == NULL) return -ENOMEM;
   r->th = th;
   rt_timer_init(&r->tick, relay_tick, r);
-  bus_client_config_t cfg = *bus_cfg;
+  svc_bus_config_t cfg = *bus_cfg;
   cfg.on_confirm = svc_relay_on_confirm;
   cfg.confirm_arg = r;
   int rc = rt_pg_listen(th->pool, RELAY_CHANNEL, relay_notified, r);
-  if (rc == 0) rc = bus_client_create(&r->bus, th->loop, &cfg);
+  if (rc == 0) rc = svc_bus_create(&r->bus, th->loop, &cfg);
   if (rc < 0) {
     free(r);
     return rc;
@@ -396,7 +398,7 @@ int svc_relay_create(svc_relay_t **out, svc_thread_t *th, const bus_client_confi
   th->bus = r->bus;
   rc = rt_timer_start(th->loop, &r->tick, RELAY_TICK_MS, RELAY_TICK_MS);
   if (rc < 0) {
-    bus_client_destroy(r->bus);
+    svc_bus_free(r->bus);
     th->bus = NULL;
     free(r);
     return rc;
@@ -414,9 +416,12 @@ void svc_relay_stop(svc_relay_t *r) {
 void svc_relay_close(svc_relay_t *r) {
   if (r == NULL || r->bus == NULL) return;
   svc_relay_stop(r);
-  bus_client_destroy(r->bus);
-  r->bus = NULL;
+  svc_bus_close(r->bus);
   r->th->bus = NULL;
 }
 
-void svc_relay_free(svc_relay_t *r) { free(r); }
+void svc_relay_free(svc_relay_t *r) {
+  if (r == NULL) return;
+  svc_bus_free(r->bus);
+  free(r);
+}

@@ -9,7 +9,8 @@
  *                                         dead (?topic=), 100 per call
  *
  * busd appends an event that a group failed BUSD_MAX_ATTEMPTS times to
- * "<topic>.dead" with x-dead-* headers (group, attempts, the consumer's
+ * "<topic>.dead" (on RabbitMQ, its dead-letter exchange does, and the
+ * transport names the x-dead-* headers the same) with x-dead-* headers (group, attempts, the consumer's
  * last reason). This service subscribes to the dead topic of every event
  * type and keeps one row per event and group. A redrive, in one
  * transaction: the row marked redriven (by whom, when), the event written
@@ -129,10 +130,10 @@ static void dead_put_done(rt_pg_batch_t *b, int err, void *ctx) {
   dead_ack_t *a = ctx;
   if (a->th->bus != NULL) {
     if (err == 0) {
-      bus_ack(a->th->bus, a->sub, a->partition, a->offset);
+      svc_bus_ack(a->th->bus, a->sub, a->partition, a->offset);
     } else {
       RT_WARN("dead letter not kept now: retried", RT_LF_STR("error", rt_strerror(err)));
-      bus_nack_why(a->th->bus, a->sub, a->partition, a->offset, rt_strerror(err));
+      svc_bus_nack(a->th->bus, a->sub, a->partition, a->offset, rt_strerror(err));
     }
   }
   free(a);
@@ -169,7 +170,7 @@ static char *own_headers_json(bus_bytes_t headers) {
   return text;
 }
 
-static void on_dead(void *arg, bus_client_t *client, const bus_delivery_t *d) {
+static void on_dead(void *arg, const bus_delivery_t *d) {
   svc_thread_t *th = arg;
   char topic[BUS_NAME_BYTES_MAX + 1], group[BUS_NAME_BYTES_MAX + 1], attempts[16];
   char why[BUS_NACK_WHY_BYTES_MAX + 1], id[37], event_id[37], part[16], off[24], stored[24];
@@ -207,18 +208,18 @@ static void on_dead(void *arg, bus_client_t *client, const bus_delivery_t *d) {
   free(headers);
   if (rc < 0) {
     free(a);
-    bus_nack_why(client, d->sub, d->partition, d->offset, rt_strerror(rc));
+    svc_bus_nack(th->bus, d->sub, d->partition, d->offset, rt_strerror(rc));
     return;
   }
   RT_WARN("dead letter received", RT_LF_STR("topic", topic), RT_LF_STR("group", group),
           RT_LF_STR("event", event_id), RT_LF_STR("attempts", attempts), RT_LF_STR("why", why));
 }
 
-int event_dead_subscribe(svc_thread_t *th, bus_client_t *bus) {
+int event_dead_subscribe(svc_thread_t *th, svc_bus_t *bus) {
   for (int t = 0; t < SVC_EV_COUNT; t++) {
     char dead[BUS_NAME_BYTES_MAX + 1];
     snprintf(dead, sizeof dead, "%s.dead", svc_event_def((svc_event_type_t)t)->topic);
-    int rc = bus_subscribe(bus, dead, DEAD_GROUP, DEAD_IN_FLIGHT, on_dead, th);
+    int rc = svc_bus_subscribe(bus, dead, DEAD_GROUP, DEAD_IN_FLIGHT, on_dead, th);
     if (rc < 0) {
       RT_ERROR("cannot subscribe", RT_LF_STR("topic", dead), RT_LF_STR("error", rt_strerror(rc)));
       return rc;

@@ -12,7 +12,7 @@ extern const svc_stmt_t event_dead_stmts[];
 extern const size_t event_dead_stmts_count;
 
 /* Thread 0, before the bus connects: the dead topic of every event type. */
-int event_dead_subscribe(svc_thread_t *th, bus_client_t *bus);
+int event_dead_subscribe(svc_thread_t *th, svc_bus_t *bus);
 
 /* Thread 0: the periodic count of dead letters per topic; its stop. */
 int event_dead_start(svc_thread_t *th);

@@ -2,21 +2,27 @@
 #
 # bench/payment/compare.sh - the payment saga end to end, measured by our
 # load harness (bench/run): POST /v1/payments, then long-polls until the
-# payment is final, with busd, profile, account, payment and event running
-# (release build, private ports, the development PostgreSQL).
+# payment is final, with profile, account, payment and event running
+# (release build, private ports, the development PostgreSQL) on each bus
+# transport in turn: busd, then a 3-node RabbitMQ quorum-queue cluster
+# (deploy/rabbitmq, private, under .run/bench-rabbit; BUS_URL=amqp://...).
 #
-# Two runs, open loop (latency from each payment's intended start):
+# Per transport, open loop (latency from each payment's intended start):
 #   1. the search: the rate steps up (BENCH_PAYMENT_START, +STEP every
 #      STEP_S seconds) until a step does not keep up (completions under 95%
 #      of the rate, sends late, or errors); the last step that kept up is
 #      the sustained rate.
 #   2. the measure: half of that rate for BENCH_PAYMENT_SECONDS; p50, p99
 #      and p99.9 of POST-to-final.
-# No external system runs this saga, so there is no peer: the figure is
-# reported against the target (p99 <= BENCH_PAYMENT_TARGET_P99_MS). Both
-# runs end with the harness's invariant check (money, holds, outboxes).
+# Then, side by side, both at one common rate (half the lower sustained
+# rate), so their latencies compare at the same load. The ratios are
+# busd/RabbitMQ. No external system runs this saga, so busd's figure is
+# also reported against the target (p99 <= BENCH_PAYMENT_TARGET_P99_MS).
+# Every run ends with the harness's invariant check (money, holds,
+# outboxes). BENCH_PAYMENT_BUS=busd skips RabbitMQ (and is what runs when
+# rabbitmq-server is missing).
 # Results: a table on stdout, one JSON line in .run/bench-payment.json,
-# the measured run's JSON and chart in .run/bench-payment-run.{json,png}.
+# busd's measured run's JSON and chart in .run/bench-payment-run.{json,png}.
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
@@ -31,11 +37,12 @@ BENCH_PAYMENT_MAX_S=${BENCH_PAYMENT_MAX_S:-120}      # the search stops here at 
 BENCH_PAYMENT_SECONDS=${BENCH_PAYMENT_SECONDS:-20}   # the measured run
 BENCH_PAYMENT_CUSTOMERS=${BENCH_PAYMENT_CUSTOMERS:-50} # payers (2 accounts each)
 BENCH_PAYMENT_TARGET_P99_MS=${BENCH_PAYMENT_TARGET_P99_MS:-10}
+BENCH_PAYMENT_BUS=${BENCH_PAYMENT_BUS:-both}         # both, busd
 BUILD_DIR=${BENCH_BUILD_DIR:-build-release}
 [[ $BUILD_DIR == /* ]] || BUILD_DIR=$REPO_ROOT/$BUILD_DIR
 
 usage() {
-  sed -n '3,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '3,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   cat <<USAGE
 
 Environment (current value):
@@ -46,6 +53,7 @@ Environment (current value):
   BENCH_PAYMENT_SECONDS=$BENCH_PAYMENT_SECONDS    the measured run at half the sustained rate
   BENCH_PAYMENT_CUSTOMERS=$BENCH_PAYMENT_CUSTOMERS  customers (2 accounts each)
   BENCH_PAYMENT_TARGET_P99_MS=$BENCH_PAYMENT_TARGET_P99_MS
+  BENCH_PAYMENT_BUS=$BENCH_PAYMENT_BUS        both: busd and RabbitMQ; busd: busd only
   BENCH_BUILD_DIR=$BUILD_DIR
 USAGE
 }
@@ -53,13 +61,24 @@ USAGE
 TMP_DIR=
 STARTED_PIDS=()
 STARTED_NAMES=()
+RABBIT_DIR=$RUN_DIR/bench-rabbit
+RABBIT_STARTED=0
 
-cleanup() {
+stop_platform() {
   local i
   for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
     stop_pid "${STARTED_PIDS[$i]}" "${STARTED_NAMES[$i]}" 20 || true
   done
   STARTED_PIDS=()
+  STARTED_NAMES=()
+}
+
+cleanup() {
+  stop_platform
+  if ((RABBIT_STARTED)); then
+    RABBIT_DIR=$RABBIT_DIR "$REPO_ROOT/deploy/rabbitmq" stop >&2 || true
+    rm -rf "$RABBIT_DIR"
+  fi
   [[ -n $TMP_DIR && -d $TMP_DIR ]] && rm -rf "$TMP_DIR"
   TMP_DIR=
 }
@@ -80,18 +99,26 @@ start() {
   fi
 }
 
+# start_platform busd|amqp: the four services on that transport (and busd
+# itself for busd; the RabbitMQ cluster runs across both of amqp's runs).
 start_platform() {
-  local key busd http p
+  local bus=$1 key busd http p bus_env
   key=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
   export AUTH_HMAC_KEY=$key
-  busd=$(free_port)
-  http=$(free_port)
   declare -gA PORT=()
   for p in profile account payment event; do PORT[$p]=$(free_port); done
-  mkdir -p "$TMP_DIR/busd"
-  start busd "$http" "$BUILD_DIR/wire/busd/busd" BUSD_HOST=127.0.0.1 BUSD_PORT="$busd" \
-    BUSD_HTTP_PORT="$http" BUSD_DATA_DIR="$TMP_DIR/busd" LOG_LEVEL=warn
-  local common=(AUTH_HMAC_KEY="$key" LOG_LEVEL=warn BUS_ADDR=127.0.0.1:$busd
+  if [[ $bus == busd ]]; then
+    busd=$(free_port)
+    http=$(free_port)
+    rm -rf "$TMP_DIR/busd"
+    mkdir -p "$TMP_DIR/busd"
+    start busd "$http" "$BUILD_DIR/wire/busd/busd" BUSD_HOST=127.0.0.1 BUSD_PORT="$busd" \
+      BUSD_HTTP_PORT="$http" BUSD_DATA_DIR="$TMP_DIR/busd" LOG_LEVEL=warn
+    bus_env=BUS_URL=busd://127.0.0.1:$busd
+  else
+    bus_env=BUS_URL=$RABBIT_URL
+  fi
+  local common=(AUTH_HMAC_KEY="$key" LOG_LEVEL=warn "$bus_env"
     PROFILE_ADDR=127.0.0.1:${PORT[profile]} ACCOUNT_ADDR=127.0.0.1:${PORT[account]})
   # Sign-ups are setup, not what is measured: cheap password hashing.
   start profile "${PORT[profile]}" "$BUILD_DIR/actors/profile/profile" "${common[@]}" \
@@ -150,66 +177,149 @@ main() {
   TMP_DIR=$(mktemp -d /tmp/bench-payment.XXXXXX)
   trap cleanup EXIT
   trap 'exit 130' INT TERM
-  start_platform
   mkdir -p "$RUN_DIR"
+  local buses=(busd)
+  if [[ $BENCH_PAYMENT_BUS == both ]]; then
+    if [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]]; then
+      buses+=(amqp)
+      # A fresh cluster: no queues or messages of an earlier run.
+      RABBIT_DIR=$RABBIT_DIR "$REPO_ROOT/deploy/rabbitmq" stop >&2 || true
+      rm -rf "$RABBIT_DIR"
+      RABBIT_STARTED=1
+      RABBIT_DIR=$RABBIT_DIR "$REPO_ROOT/deploy/rabbitmq" start >&2
+      RABBIT_URL=$(RABBIT_DIR=$RABBIT_DIR "$REPO_ROOT/deploy/rabbitmq" env | sed "s/^export BUS_URL='//; s/'$//")
+    else
+      warn "rabbitmq-server is not installed: busd only"
+    fi
+  fi
 
-  local start=$BENCH_PAYMENT_START step=$BENCH_PAYMENT_STEP sustained=0 half
-  # A busy machine may not keep up even with the first step: then the
-  # search runs once more from a fifth of it, in steps of a fifth.
-  for attempt in 1 2; do
-    harness search --rate "$start" --step-rate "$step" \
+  local bus sustained half common=
+  declare -A HALF=()
+  for bus in "${buses[@]}"; do
+    start_platform "$bus"
+    harness "search-$bus" --rate "$BENCH_PAYMENT_START" --step-rate "$BENCH_PAYMENT_STEP" \
       --step-every "${BENCH_PAYMENT_STEP_S}s" --duration "${BENCH_PAYMENT_MAX_S}s" \
-      --stop-when-behind --json "$TMP_DIR/search.json" --png ''
+      --stop-when-behind --json "$TMP_DIR/search-$bus.json" --png ''
     sustained=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("sustained_rate", 0))' \
-      "$TMP_DIR/search.json")
-    python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)' "$sustained" && break
-    ((attempt == 1)) || die "no step kept up, not even $start/s: see the search above"
-    start=$(python3 -c 'import sys; print(max(1, int(sys.argv[1]) // 5))' "$start")
-    step=$(python3 -c 'import sys; print(max(1, int(sys.argv[1]) // 5))' "$step")
-    warn "no step kept up from $BENCH_PAYMENT_START/s; searching again from $start/s"
+      "$TMP_DIR/search-$bus.json")
+    half=$(python3 -c 'import sys; print("%.1f" % (float(sys.argv[1]) / 2))' "$sustained")
+    if ! python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)' "$half"; then
+      # A busy machine can fail even the first step: measure at half of it
+      # anyway, so that both transports still compare at one rate.
+      half=$(python3 -c 'import sys; print("%.1f" % (float(sys.argv[1]) / 2))' "$BENCH_PAYMENT_START")
+      warn "$bus: no step kept up, not even $BENCH_PAYMENT_START/s (see above): measuring at $half/s"
+    fi
+    info "$bus: sustained $sustained payments/s; measuring at $half/s"
+    local out=$TMP_DIR/measure-$bus.json png=''
+    if [[ $bus == busd ]]; then
+      out=$RUN_DIR/bench-payment-run.json
+      png=$RUN_DIR/bench-payment.png
+    fi
+    harness "measure-$bus" --rate "$half" --duration "${BENCH_PAYMENT_SECONDS}s" \
+      --json "$out" --png "$png" --label "bench/compare payment ($bus)"
+    HALF[$bus]=$half
+    if [[ -z $common ]] || python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) < float(sys.argv[2]) else 1)' "$half" "$common"; then
+      common=$half
+    fi
+    stop_platform
   done
-  half=$(python3 -c 'import sys; print("%.1f" % (float(sys.argv[1]) / 2))' "$sustained")
-  info "sustained: $sustained payments/s; measuring at $half/s"
-  harness measure --rate "$half" --duration "${BENCH_PAYMENT_SECONDS}s" \
-    --json "$RUN_DIR/bench-payment-run.json" --png "$RUN_DIR/bench-payment.png" \
-    --label "bench/compare payment"
+  # Side by side at one rate: whichever transport was measured above
+  # another rate runs again at the common one.
+  for bus in "${buses[@]}"; do
+    if [[ ${HALF[$bus]} == "$common" ]]; then
+      if [[ $bus == busd ]]; then
+        cp "$RUN_DIR/bench-payment-run.json" "$TMP_DIR/common-$bus.json"
+      else
+        cp "$TMP_DIR/measure-$bus.json" "$TMP_DIR/common-$bus.json"
+      fi
+      continue
+    fi
+    start_platform "$bus"
+    harness "common-$bus" --rate "$common" --duration "${BENCH_PAYMENT_SECONDS}s" \
+      --json "$TMP_DIR/common-$bus.json" --png '' --label "bench/compare payment ($bus, common rate)"
+    stop_platform
+  done
+  [[ -f $TMP_DIR/measure-amqp.json ]] || echo '{}' >"$TMP_DIR/measure-amqp.json"
+  [[ -f $TMP_DIR/search-amqp.json ]] || echo '{}' >"$TMP_DIR/search-amqp.json"
+  [[ -f $TMP_DIR/common-amqp.json ]] || echo '{}' >"$TMP_DIR/common-amqp.json"
 
-  python3 - "$TMP_DIR/search.json" "$RUN_DIR/bench-payment-run.json" \
-    "$BENCH_PAYMENT_TARGET_P99_MS" "$RUN_DIR/bench-payment.json" <<'PY'
+  python3 - "$TMP_DIR/search-busd.json" "$RUN_DIR/bench-payment-run.json" \
+    "$TMP_DIR/search-amqp.json" "$TMP_DIR/measure-amqp.json" "$TMP_DIR/common-busd.json" \
+    "$TMP_DIR/common-amqp.json" "$BENCH_PAYMENT_TARGET_P99_MS" "$RUN_DIR/bench-payment.json" <<'PY'
 import json, sys, time
-search, measure = (json.load(open(p)) for p in sys.argv[1:3])
-target = float(sys.argv[3])
-lat = measure["latency"]["payment"]
-fails = [c["name"] for r in (search, measure) for c in r["checks"] if c["status"] == "fail"]
-ours = {"sustained_rate": search.get("sustained_rate", 0), "rate": measure["config"]["rate"],
-        "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "p99_9_ms": lat["p99_9_ms"],
-        "max_ms": lat["max_ms"], "completed": measure["run"]["payments_completed"],
-        "failed": measure["run"]["payments_failed"], "error_rate": measure["run"]["error_rate"],
-        "late": measure["run"]["late"], "steps": [
-            {"rate": s["rate"], "completed_per_s": s["completed_per_s"], "kept_up": s["kept_up"],
-             "p99_ms": s["latency"]["p99_ms"]} for s in search["steps"] if s["issued"]],
-        "invariant_failures": fails}
+search, measure, r_search, r_measure, c_busd, c_amqp = (json.load(open(p)) for p in sys.argv[1:7])
+target = float(sys.argv[7])
+
+
+def figures(search, measure):
+    lat = measure["latency"]["payment"]
+    fails = [c["name"] for r in (search, measure) for c in r["checks"] if c["status"] == "fail"]
+    return {"sustained_rate": search.get("sustained_rate", 0), "rate": measure["config"]["rate"],
+            "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "p99_9_ms": lat["p99_9_ms"],
+            "max_ms": lat["max_ms"], "completed": measure["run"]["payments_completed"],
+            "failed": measure["run"]["payments_failed"], "error_rate": measure["run"]["error_rate"],
+            "late": measure["run"]["late"], "steps": [
+                {"rate": s["rate"], "completed_per_s": s["completed_per_s"],
+                 "kept_up": s["kept_up"], "p99_ms": s["latency"]["p99_ms"]}
+                for s in search["steps"] if s["issued"]],
+            "invariant_failures": fails}
+
+
+def at(measure):
+    lat = measure["latency"]["payment"]
+    return {"rate": measure["config"]["rate"], "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"],
+            "p99_9_ms": lat["p99_9_ms"], "error_rate": measure["run"]["error_rate"],
+            "invariant_failures": [c["name"] for c in measure["checks"] if c["status"] == "fail"]}
+
+
+ours = figures(search, measure)
+rabbit = figures(r_search, r_measure) if r_measure else None
+common = {"busd": at(c_busd), "rabbitmq": at(c_amqp)} if c_amqp else None
 m = measure["machine"]
-print("bench/compare payment: POST /v1/payments to final state, busd + 4 services, open loop")
+print("bench/compare payment: POST /v1/payments to final state, 4 services, open loop,"
+      " on busd and on a 3-node RabbitMQ quorum-queue cluster")
 print("machine: %d CPUs, Linux %s, %s" % (m["nproc"], m["kernel"], m["cpu"]))
-print("search:  from %.0f/s, +%.0f/s every %.0f s: sustained %.0f payments/s"
-      % (search["config"]["rate"], search["config"]["step_rate"], search["config"]["step_s"],
-         ours["sustained_rate"]))
+print("search:  from %.0f/s, +%.0f/s every %.0f s" % (search["config"]["rate"],
+      search["config"]["step_rate"], search["config"]["step_s"]))
 print()
-print("%-34s %10s %9s %9s %9s %8s" % ("", "rate/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"))
-print("%-34s %10.1f %9.2f %9.2f %9.2f %7.3f%%" % ("ours, at half the sustained rate", ours["rate"],
-      ours["p50_ms"], ours["p99_ms"], ours["p99_9_ms"], ours["error_rate"] * 100))
-print("%-34s %10s %9s %9s %9s" % ("peer", "-", "-", "-", "-"))
-print("target: p99 <= %.0f ms: %s" % (target, "met" if ours["p99_ms"] <= target else "NOT met"))
+print("%-40s %11s %10s %9s %9s %9s %8s" % ("", "sustained/s", "rate/s", "p50 ms", "p99 ms",
+                                           "p99.9 ms", "errors"))
+rows = [("busd, at half its sustained rate", ours)]
+if rabbit:
+    rows.append(("rabbitmq, at half its sustained rate", rabbit))
+for label, f in rows:
+    print("%-40s %11.0f %10.1f %9.2f %9.2f %9.2f %7.3f%%" % (label, f["sustained_rate"], f["rate"],
+          f["p50_ms"], f["p99_ms"], f["p99_9_ms"], f["error_rate"] * 100))
+ratio = None
+if common:
+    for name in ("busd", "rabbitmq"):
+        c = common[name]
+        print("%-40s %11s %10.1f %9.2f %9.2f %9.2f %7.3f%%" % (name + ", at the common rate", "",
+              c["rate"], c["p50_ms"], c["p99_ms"], c["p99_9_ms"], c["error_rate"] * 100))
+    b, r = common["busd"], common["rabbitmq"]
+    ratio = {"sustained": ours["sustained_rate"] / rabbit["sustained_rate"]
+             if rabbit["sustained_rate"] else None,
+             "p50_at_common": r["p50_ms"] / b["p50_ms"] if b["p50_ms"] else None,
+             "p99_at_common": r["p99_ms"] / b["p99_ms"] if b["p99_ms"] else None}
+    print()
+    print("busd/rabbitmq: sustained rate %.2fx; at %.1f/s rabbitmq's p50 is %.2fx and its p99"
+          " %.2fx busd's" % (ratio["sustained"] or 0, b["rate"], ratio["p50_at_common"] or 0,
+                             ratio["p99_at_common"] or 0))
+else:
+    print("%-40s %11s %10s %9s %9s %9s" % ("rabbitmq", "-", "-", "-", "-", "-"))
+print("target (busd): p99 <= %.0f ms: %s" % (target, "met" if ours["p99_ms"] <= target else "NOT met"))
+fails = ours["invariant_failures"] + (rabbit["invariant_failures"] if rabbit else []) + \
+    (common["busd"]["invariant_failures"] + common["rabbitmq"]["invariant_failures"] if common else [])
 print("invariants: %s" % ("all checks passed" if not fails else "FAILED: " + "; ".join(fails)))
 rec = {"bench": "payment", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-       "machine": m, "ours": ours, "peer": None, "target": {"p99_ms": target},
+       "machine": m, "ours": ours, "peer": None, "rabbitmq": rabbit, "common_rate": common,
+       "ratio_busd_over_rabbitmq": ratio, "target": {"p99_ms": target},
        "meets_target": ours["p99_ms"] <= target,
        "config": {"search": search["config"], "measure": measure["config"]}}
-with open(sys.argv[4], "w") as f:
+with open(sys.argv[8], "w") as f:
     f.write(json.dumps(rec, sort_keys=True) + "\n")
 PY
-  info "result in $RUN_DIR/bench-payment.json; the measured run in $RUN_DIR/bench-payment-run.json and .png"
+  info "result in $RUN_DIR/bench-payment.json; busd's measured run in $RUN_DIR/bench-payment-run.json and .png"
 }
 
 main "$@"

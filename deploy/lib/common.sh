@@ -16,6 +16,7 @@ PROJECT_PACKAGES=(
   postgresql
   patroni etcd-server pgbackrest
   curl wrk nginx-light python3 openssl procps gnuplot-nox
+  rabbitmq-server librabbitmq-dev
 )
 
 # What the container images and the Kubernetes manifests need on the build
