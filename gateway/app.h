@@ -80,6 +80,7 @@ typedef struct gw_thread {
   rt_pool_t reqs;              /* proxied requests in flight */
   rt_pool_t logins;            /* token requests waiting for profile */
   uint64_t handler_ns;         /* when the current handler was entered */
+  gw_rate_state_t rate;        /* the current request's limits (gw_admit) */
   http_buf_t scratch;          /* headers being built; used within one call */
   rt_timer_t probe_timer;      /* thread 0: upstream health probes */
   rt_timer_t drain_timer;

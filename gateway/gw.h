@@ -126,6 +126,27 @@ typedef struct gw_bucket {
   bool started;
 } gw_bucket_t;
 
+/* What a client may know of a limit (the IETF httpapi draft's RateLimit-*
+ * headers): the quota (the burst), the requests left now, and the seconds
+ * until the bucket is full again. `set` is false for no limit. */
+typedef struct gw_rate_state {
+  bool set;
+  uint32_t limit;
+  uint32_t remaining;
+  uint32_t reset_s;
+} gw_rate_state_t;
+
+/* The state of a bucket as of its last take. */
+void gw_bucket_state(const gw_bucket_t *b, const gw_rate_t *rate, gw_rate_state_t *out);
+
+/* Keeps in *into the tighter of the two (fewer requests left; then the
+ * later reset). */
+void gw_rate_state_merge(gw_rate_state_t *into, const gw_rate_state_t *other);
+
+/* Writes "RateLimit-Limit: ..\r\nRateLimit-Remaining: ..\r\nRateLimit-Reset:
+ * ..\r\n", or nothing when !s->set. */
+void gw_rate_state_headers(const gw_rate_state_t *s, char *out, size_t out_bytes);
+
 /* Takes one token at time now_ns. Returns 0 when there was one; otherwise
  * GW_E_LIMIT with *retry_after_s set to the whole seconds (at least 1)
  * until a token will be there. Time going backwards refills nothing. */
@@ -144,9 +165,10 @@ int gw_ratelimit_create(gw_ratelimit_t **out, const gw_rate_t *rate, uint32_t sl
 void gw_ratelimit_destroy(gw_ratelimit_t *rl);
 
 /* Takes one token from the bucket of `key`. As gw_bucket_take(); always 0
- * when the rate is unlimited. */
+ * when the rate is unlimited. With `state`, also the bucket's state after
+ * the take (unset when unlimited). */
 int gw_ratelimit_take(gw_ratelimit_t *rl, const void *key, size_t key_bytes,
-                      uint64_t now_ns, uint32_t *retry_after_s);
+                      uint64_t now_ns, uint32_t *retry_after_s, gw_rate_state_t *state);
 
 /* ------------------------------------------------------------------------ */
 /* Header lines added to every response                                     */

@@ -29,6 +29,7 @@ typedef struct gw_req {
   uint8_t attempts;
   int addr;             /* upstream address index in use */
   uint64_t started_ns;
+  gw_rate_state_t rate; /* the limits it was admitted under */
   char rid[40];
 } gw_req_t;
 
@@ -74,8 +75,9 @@ void gw_reply_error(gw_thread_t *th, http_exchange_t *ex, const gw_route_t *rout
   char body[256];
   int n = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code,
                    message);
-  char extra[256];
-  snprintf(extra, sizeof extra, "X-Request-Id: %s\r\n%s", rid,
+  char rate[128], extra[384];
+  gw_rate_state_headers(&th->rate, rate, sizeof rate);
+  snprintf(extra, sizeof extra, "X-Request-Id: %s\r\n%s%s", rid, rate,
            extra_headers != NULL ? extra_headers : "");
   http_respond(ex, status, "application/json", body, (size_t)n, extra);
   gw_access_log(rid, method, route, status, th->handler_ns, id, NULL);
@@ -91,8 +93,9 @@ static void reply_error_req(gw_req_t *r, int status, const char *code, const cha
   char body[256];
   int n = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code,
                    message);
-  char extra[64];
-  snprintf(extra, sizeof extra, "X-Request-Id: %s\r\n", r->rid);
+  char rate[128], extra[192];
+  gw_rate_state_headers(&r->rate, rate, sizeof rate);
+  snprintf(extra, sizeof extra, "X-Request-Id: %s\r\n%s", r->rid, rate);
   http_respond(r->ex, status, "application/json", body, (size_t)n, extra);
   gw_access_log(r->rid, method, r->route, status, r->started_ns, r->has_id ? &r->id : NULL,
                 gw_service_name(r->route->service));
@@ -106,7 +109,10 @@ static void reply_error_req(gw_req_t *r, int status, const char *code, const cha
 static bool rate_ok(gw_thread_t *th, http_exchange_t *ex, const gw_route_t *route,
                     const gw_identity_t *id, gw_ratelimit_t *rl, const void *key, size_t len) {
   uint32_t retry_s = 0;
-  if (gw_ratelimit_take(rl, key, len, rt_loop_now_ns(th->loop), &retry_s) == 0) return true;
+  gw_rate_state_t state;
+  int rc = gw_ratelimit_take(rl, key, len, rt_loop_now_ns(th->loop), &retry_s, &state);
+  gw_rate_state_merge(&th->rate, &state);
+  if (rc == 0) return true;
   CTR_ADD(th, rate_limited);
   char extra[48];
   snprintf(extra, sizeof extra, "Retry-After: %u\r\n", retry_s);
@@ -158,6 +164,7 @@ bool gw_admit(gw_thread_t *th, http_exchange_t *ex, const gw_route_t *route,
               gw_identity_t *id, bool *has_id) {
   gw_app_t *app = th->app;
   th->handler_ns = rt_now_ns();
+  th->rate = (gw_rate_state_t){0};
   CTR_ADD(th, requests);
   gw_tls_conn_t *conn = gw_tls_filter_conn_of(th->filter, http_exchange_actor(ex));
   if (conn != NULL) {
@@ -225,6 +232,11 @@ static void relay(gw_req_t *r, const http_msg_t *resp) {
     rc = http_buf_appendf(h, "%s: %s\r\n", f->name, f->value);
   }
   if (rc == 0) rc = http_buf_appendf(h, "X-Request-Id: %s\r\n", r->rid);
+  if (rc == 0 && r->rate.set) {
+    char rate[128];
+    gw_rate_state_headers(&r->rate, rate, sizeof rate);
+    rc = http_buf_appendf(h, "%s", rate);
+  }
   if (rc < 0) {
     CTR_ADD(th, upstream_502);
     reply_error_req(r, 502, "bad_gateway", "the service's headers are too large");
@@ -331,6 +343,7 @@ void gw_proxy_handle(http_exchange_t *ex, void *arg) {
   r->has_id = has_id;
   if (has_id) r->id = id;
   r->started_ns = rt_now_ns();
+  r->rate = th->rate;
   snprintf(r->rid, sizeof r->rid, "%s", http_request_id(ex));
   forward(r, -1);
 }

@@ -11,7 +11,9 @@
  * share a bucket only on a 64-bit collision.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "gw.h"
@@ -51,6 +53,38 @@ int gw_bucket_take(gw_bucket_t *b, const gw_rate_t *rate, uint64_t now_ns,
   uint64_t s = (wait_ns + 999999999u) / 1000000000u;
   *retry_after_s = s < 1 ? 1 : (uint32_t)s;
   return GW_E_LIMIT;
+}
+
+void gw_bucket_state(const gw_bucket_t *b, const gw_rate_t *rate, gw_rate_state_t *out) {
+  *out = (gw_rate_state_t){0};
+  if (rate->per_s == 0) return;
+  uint32_t burst = rate->burst > 0 ? rate->burst : 1;
+  int64_t cap = (int64_t)burst * MICRO;
+  int64_t have = b->started ? b->micro_tokens : cap;
+  if (have < 0) have = 0;
+  uint64_t missing = (uint64_t)(cap - (have > cap ? cap : have));
+  uint64_t full_ns = missing * 1000u / rate->per_s;
+  out->set = true;
+  out->limit = burst;
+  out->remaining = (uint32_t)(have / MICRO);
+  out->reset_s = (uint32_t)((full_ns + 999999999u) / 1000000000u);
+}
+
+void gw_rate_state_merge(gw_rate_state_t *into, const gw_rate_state_t *other) {
+  if (!other->set) return;
+  if (!into->set || other->remaining < into->remaining ||
+      (other->remaining == into->remaining && other->reset_s > into->reset_s))
+    *into = *other;
+}
+
+void gw_rate_state_headers(const gw_rate_state_t *s, char *out, size_t out_bytes) {
+  if (out_bytes == 0) return;
+  out[0] = '\0';
+  if (!s->set) return;
+  snprintf(out, out_bytes,
+           "RateLimit-Limit: %" PRIu32 "\r\nRateLimit-Remaining: %" PRIu32
+           "\r\nRateLimit-Reset: %" PRIu32 "\r\n",
+           s->limit, s->remaining, s->reset_s);
 }
 
 typedef struct entry {
@@ -122,13 +156,16 @@ static entry_t *stripe_entry(gw_ratelimit_t *rl, stripe_t *s, uint64_t h) {
 }
 
 int gw_ratelimit_take(gw_ratelimit_t *rl, const void *key, size_t key_bytes,
-                      uint64_t now_ns, uint32_t *retry_after_s) {
+                      uint64_t now_ns, uint32_t *retry_after_s, gw_rate_state_t *state) {
+  if (state != NULL) *state = (gw_rate_state_t){0};
   if (rl == NULL || rl->rate.per_s == 0) return 0;
   uint64_t h = gw__hash(key, key_bytes, rl->key);
   if (h == 0) h = 1;
   stripe_t *s = &rl->stripes[h & (STRIPES - 1)];
   pthread_mutex_lock(&s->mu);
-  int rc = gw_bucket_take(&stripe_entry(rl, s, h)->bucket, &rl->rate, now_ns, retry_after_s);
+  gw_bucket_t *b = &stripe_entry(rl, s, h)->bucket;
+  int rc = gw_bucket_take(b, &rl->rate, now_ns, retry_after_s);
+  if (state != NULL) gw_bucket_state(b, &rl->rate, state);
   pthread_mutex_unlock(&s->mu);
   return rc;
 }

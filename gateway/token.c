@@ -23,6 +23,7 @@ typedef struct login {
   http_exchange_t *ex;
   const gw_route_t *route;
   uint64_t started_ns;
+  gw_rate_state_t rate; /* the limits it was admitted under */
   char rid[40];
 } login_t;
 
@@ -33,8 +34,10 @@ static void login_error(login_t *l, int status, const char *code, const char *me
   char body[192];
   int n = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code,
                    message);
-  char extra[96];
-  snprintf(extra, sizeof extra, "X-Request-Id: %s\r\nCache-Control: no-store\r\n", l->rid);
+  char rate[128], extra[224];
+  gw_rate_state_headers(&l->rate, rate, sizeof rate);
+  snprintf(extra, sizeof extra, "X-Request-Id: %s\r\nCache-Control: no-store\r\n%s", l->rid,
+           rate);
   http_respond(l->ex, status, "application/json", body, (size_t)n, extra);
   gw_access_log(l->rid, "POST", l->route, status, l->started_ns, NULL,
                 gw_service_name(GW_SVC_PROFILE));
@@ -79,8 +82,10 @@ static void issue(login_t *l, const http_msg_t *resp) {
                            "expires_in", (json_int_t)app->cfg.jwt.ttl_s);
   explicit_bzero(token, strlen(token));
   free(token);
-  char extra[96];
-  snprintf(extra, sizeof extra, "X-Request-Id: %s\r\nCache-Control: no-store\r\n", l->rid);
+  char rate[128], extra[224];
+  gw_rate_state_headers(&l->rate, rate, sizeof rate);
+  snprintf(extra, sizeof extra, "X-Request-Id: %s\r\nCache-Control: no-store\r\n%s", l->rid,
+           rate);
   atomic_fetch_add_explicit(&l->th->counters.tokens_issued, 1, memory_order_relaxed);
   gw_thread_t *th = l->th;
   gw_identity_t who = {0};
@@ -171,8 +176,13 @@ void gw_token_handle(http_exchange_t *ex, void *arg) {
   if (!gw_admit(th, ex, route, &id, &has_id)) return;
   gw_tls_conn_t *conn = gw_tls_filter_conn_of(th->filter, http_exchange_actor(ex));
   uint32_t retry_s = 0;
-  if (conn != NULL && gw_ratelimit_take(th->app->rl_login, gw_tls_conn_peer(conn)->bytes, 16,
-                                        rt_loop_now_ns(th->loop), &retry_s) < 0) {
+  gw_rate_state_t login_rate = {0};
+  int limited = conn != NULL ? gw_ratelimit_take(th->app->rl_login, gw_tls_conn_peer(conn)->bytes,
+                                                 16, rt_loop_now_ns(th->loop), &retry_s,
+                                                 &login_rate)
+                             : 0;
+  gw_rate_state_merge(&th->rate, &login_rate);
+  if (limited < 0) {
     char extra[48];
     snprintf(extra, sizeof extra, "Retry-After: %u\r\n", retry_s);
     atomic_fetch_add_explicit(&th->counters.rate_limited, 1, memory_order_relaxed);
@@ -188,7 +198,8 @@ void gw_token_handle(http_exchange_t *ex, void *arg) {
   login_t *l = rt_pool_get(&th->logins);
   int rc = l != NULL ? 0 : RT_E_POOL_EMPTY;
   if (l != NULL) {
-    *l = (login_t){.th = th, .ex = ex, .route = route, .started_ns = th->handler_ns};
+    *l = (login_t){.th = th, .ex = ex, .route = route, .started_ns = th->handler_ns,
+                   .rate = th->rate};
     snprintf(l->rid, sizeof l->rid, "%s", http_request_id(ex));
     rc = ask_profile(l, body);
   }

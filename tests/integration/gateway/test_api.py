@@ -190,6 +190,17 @@ def check_rate_limits(binary, tool, certs, inspector):
     t.check("per subject: burst of 3 served, the 4th gets 429", statuses == [200, 200, 200, 429],
             statuses)
     t.check("429 carries Retry-After >= 1", int(got[3][1].get("retry-after", "0")) >= 1)
+    # RateLimit-* (IETF httpapi draft): the tighter of the address and the
+    # subject limit, on answers from the service and from the gateway.
+    told = [(g[1].get("ratelimit-limit"), g[1].get("ratelimit-remaining"),
+             g[1].get("ratelimit-reset")) for g in got]
+    t.check("every answer carries RateLimit-Limit, -Remaining and -Reset", all(
+        all(v is not None and v.isdigit() for v in h) for h in told), told)
+    t.check("... the subject's quota of 3, counting down 2, 1, 0, then 0 with the 429",
+            [h[0] for h in told] == ["3"] * 4 and [h[1] for h in told] == ["2", "1", "0", "0"],
+            told)
+    t.check("... and the seconds until the quota is whole again (1 rps: 1, 2, 3, 3)",
+            [int(h[2]) for h in told] == [1, 2, 3, 3], told)
     t.check("429 body is a JSON error rate_limited",
             json.loads(got[3][2])["error"]["code"] == "rate_limited")
     other = t.mint(tool, certs, "k1", "busy-2", ["customer"])

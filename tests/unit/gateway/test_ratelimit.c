@@ -1,7 +1,8 @@
 /*
  * Token buckets: burst, refill, the cap, Retry-After, unlimited rates,
- * clocks going backwards; the shared table: keys apart, keys together,
- * eviction, and exact counts under four threads.
+ * clocks going backwards; what a client is told (RateLimit-* headers); the
+ * shared table: keys apart, keys together, eviction, and exact counts
+ * under four threads.
  */
 #include <pthread.h>
 
@@ -57,15 +58,65 @@ static void test_bucket_unlimited_and_huge(void) {
   T_CHECK(c.micro_tokens <= (int64_t)100000000 * 1000000);
 }
 
+static void test_state(void) {
+  gw_rate_t rate = {.per_s = 2, .burst = 4};
+  gw_bucket_t b = {0};
+  gw_rate_state_t st;
+  uint32_t retry = 0;
+  gw_bucket_state(&b, &rate, &st); /* unused: full */
+  T_CHECK(st.set);
+  T_CHECK_EQ_INT(st.limit, 4);
+  T_CHECK_EQ_INT(st.remaining, 4);
+  T_CHECK_EQ_INT(st.reset_s, 0);
+  T_CHECK_EQ_INT(gw_bucket_take(&b, &rate, S, &retry), 0);
+  gw_bucket_state(&b, &rate, &st);
+  T_CHECK_EQ_INT(st.remaining, 3);
+  T_CHECK_EQ_INT(st.reset_s, 1); /* one token at 2/s: 500 ms, rounded up */
+  for (int i = 0; i < 3; i++) T_CHECK_EQ_INT(gw_bucket_take(&b, &rate, S, &retry), 0);
+  T_CHECK_EQ_INT(gw_bucket_take(&b, &rate, S, &retry), GW_E_LIMIT);
+  gw_bucket_state(&b, &rate, &st);
+  T_CHECK_EQ_INT(st.remaining, 0);
+  T_CHECK_EQ_INT(st.reset_s, 2); /* four tokens at 2/s */
+  /* Half a second later one is back. */
+  T_CHECK_EQ_INT(gw_bucket_take(&b, &rate, S + 500 * MS, &retry), 0);
+  gw_bucket_state(&b, &rate, &st);
+  T_CHECK_EQ_INT(st.remaining, 0);
+  gw_rate_t none = {0};
+  gw_bucket_state(&b, &none, &st);
+  T_CHECK(!st.set);
+
+  /* The tighter of two limits is the one told. */
+  gw_rate_state_t a = {.set = true, .limit = 100, .remaining = 50, .reset_s = 3};
+  gw_rate_state_t c = {.set = true, .limit = 5, .remaining = 2, .reset_s = 1};
+  gw_rate_state_t into = {0};
+  gw_rate_state_merge(&into, &a);
+  gw_rate_state_merge(&into, &c);
+  T_CHECK_EQ_INT(into.limit, 5);
+  gw_rate_state_merge(&into, &(gw_rate_state_t){0}); /* unlimited: no change */
+  T_CHECK_EQ_INT(into.remaining, 2);
+  char h[128];
+  gw_rate_state_headers(&into, h, sizeof h);
+  T_CHECK_STR(h, "RateLimit-Limit: 5\r\nRateLimit-Remaining: 2\r\nRateLimit-Reset: 1\r\n");
+  gw_rate_state_headers(&(gw_rate_state_t){0}, h, sizeof h);
+  T_CHECK_STR(h, "");
+
+  /* Through the table. */
+  gw_ratelimit_t *rl = NULL;
+  T_REQUIRE(gw_ratelimit_create(&rl, &rate, 64) == 0);
+  T_CHECK_EQ_INT(gw_ratelimit_take(rl, "k", 1, S, &retry, &st), 0);
+  T_CHECK(st.set && st.limit == 4 && st.remaining == 3);
+  gw_ratelimit_destroy(rl);
+}
+
 static void test_table_keys(void) {
   gw_rate_t rate = {.per_s = 1, .burst = 2};
   gw_ratelimit_t *rl = NULL;
   T_REQUIRE(gw_ratelimit_create(&rl, &rate, 1024) == 0);
   uint32_t retry = 0;
-  T_CHECK_EQ_INT(gw_ratelimit_take(rl, "alice", 5, S, &retry), 0);
-  T_CHECK_EQ_INT(gw_ratelimit_take(rl, "alice", 5, S, &retry), 0);
-  T_CHECK_EQ_INT(gw_ratelimit_take(rl, "alice", 5, S, &retry), GW_E_LIMIT);
-  T_CHECK_EQ_INT(gw_ratelimit_take(rl, "bob", 3, S, &retry), 0);
+  T_CHECK_EQ_INT(gw_ratelimit_take(rl, "alice", 5, S, &retry, NULL), 0);
+  T_CHECK_EQ_INT(gw_ratelimit_take(rl, "alice", 5, S, &retry, NULL), 0);
+  T_CHECK_EQ_INT(gw_ratelimit_take(rl, "alice", 5, S, &retry, NULL), GW_E_LIMIT);
+  T_CHECK_EQ_INT(gw_ratelimit_take(rl, "bob", 3, S, &retry, NULL), 0);
   /* Many other keys pass through a small table; alice stays limited as
    * long as her bucket is kept, and comes back full if it was dropped:
    * never a wrong refusal. */
@@ -73,7 +124,7 @@ static void test_table_keys(void) {
   int refused = 0;
   for (int i = 0; i < 5000; i++) {
     snprintf(key, sizeof key, "k%d", i);
-    refused += gw_ratelimit_take(rl, key, strlen(key), S, &retry) != 0;
+    refused += gw_ratelimit_take(rl, key, strlen(key), S, &retry, NULL) != 0;
   }
   T_CHECK_EQ_INT(refused, 0);
   gw_ratelimit_destroy(rl);
@@ -85,7 +136,7 @@ static _Atomic int allowed;
 static void *hammer(void *arg) {
   uint32_t retry;
   for (int i = 0; i < 20000; i++)
-    if (gw_ratelimit_take(shared, "hot", 3, 7 * S, &retry) == 0) atomic_fetch_add(&allowed, 1);
+    if (gw_ratelimit_take(shared, "hot", 3, 7 * S, &retry, NULL) == 0) atomic_fetch_add(&allowed, 1);
   return NULL;
 }
 
@@ -104,6 +155,7 @@ int main(void) {
   T_RUN(test_bucket_burst_and_refill);
   T_RUN(test_bucket_retry_after);
   T_RUN(test_bucket_unlimited_and_huge);
+  T_RUN(test_state);
   T_RUN(test_table_keys);
   T_RUN(test_table_threads);
   return t_done();
