@@ -142,8 +142,20 @@ struct rt_pg_pool {
   rt_pg_config_t config;
   char name[32];
   /* Connection parameters for PQconnectStartParams, dbname expanded. */
-  const char *keywords[8];
-  const char *values[8];
+  const char *keywords[12];
+  const char *values[12];
+  /* A URL naming several hosts (libpq multi-host, target_session_attrs):
+   * libpq tries them in order, but in non-blocking mode it has no timeout
+   * per host, so a host that hangs (a machine gone, where one that is
+   * down would refuse at once) would stall every attempt on the first
+   * host. Each attempt that times out starts the next one a host further
+   * down the list (host_first), so every host gets its turn first. */
+  char hosts[256];       /* the URL's hosts, comma-separated */
+  char ports[128];       /* its ports: one for all, or one per host */
+  uint32_t hosts_count;  /* > 1: rotation on */
+  uint32_t host_first;
+  char hosts_rot[256];   /* the lists handed to libpq for this attempt */
+  char ports_rot[128];
   char options[512];
   char app_name[64];
   char *url;
@@ -301,6 +313,36 @@ int rt_pg_config_from_env(rt_pg_config_t *c, const char *prefix) {
   return rc;
 }
 
+/* The number of items of a comma-separated list ("" has one). */
+static uint32_t list_count(const char *list) {
+  uint32_t n = 1;
+  for (const char *c = list; *c != '\0'; c++) n += *c == ',';
+  return n;
+}
+
+/* Writes list's items (comma-separated, count of them) into out starting
+ * at item `first` and wrapping around: "a,b,c" from 1 is "b,c,a". A list
+ * of one item is copied as it is. */
+static void list_rotate(const char *list, uint32_t count, uint32_t first, char *out,
+                        size_t out_bytes) {
+  assert(out_bytes > strlen(list));
+  if (list_count(list) != count || count <= 1) {
+    snprintf(out, out_bytes, "%s", list);
+    return;
+  }
+  size_t len = 0;
+  for (uint32_t i = 0; i < count; i++) {
+    uint32_t want = (first + i) % count;
+    const char *item = list;
+    for (uint32_t j = 0; j < want; j++) item = strchr(item, ',') + 1;
+    size_t item_len = strcspn(item, ",");
+    if (i > 0) out[len++] = ',';
+    memcpy(out + len, item, item_len);
+    len += item_len;
+  }
+  out[len] = '\0';
+}
+
 /* Checks the URL and builds the keyword list: the URL expanded as dbname,
  * then our settings, which override it. The options the URL may carry are
  * kept and ours appended. */
@@ -313,12 +355,16 @@ static int pool_conninfo(rt_pg_pool_t *p) {
     PQfreemem(errmsg);
     return RT_E_CONFIG;
   }
-  const char *url_options = NULL, *app = NULL, *gss = NULL;
+  const char *url_options = NULL, *app = NULL, *gss = NULL, *hosts = NULL, *ports = NULL;
+  bool hostaddr = false;
   for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
     if (o->val == NULL) continue;
     if (strcmp(o->keyword, "options") == 0) url_options = o->val;
     if (strcmp(o->keyword, "application_name") == 0) app = o->val;
     if (strcmp(o->keyword, "gssencmode") == 0) gss = o->val;
+    if (strcmp(o->keyword, "host") == 0) hosts = o->val;
+    if (strcmp(o->keyword, "port") == 0) ports = o->val;
+    if (strcmp(o->keyword, "hostaddr") == 0) hostaddr = true;
   }
   int n = 0;
   if (p->config.statement_timeout_ms != RT_PG_TIMEOUT_NONE) {
@@ -338,6 +384,18 @@ static int pool_conninfo(rt_pg_pool_t *p) {
   /* Detect a dead peer on an idle connection within about a minute. */
   p->keywords[k] = "keepalives", p->values[k++] = "1";
   p->keywords[k] = "keepalives_idle", p->values[k++] = "30";
+  /* Several hosts (and no hostaddr list to keep in step): host and port
+   * given again after dbname, which they override, rotated per attempt. */
+  uint32_t n_hosts = hosts ? list_count(hosts) : 0;
+  uint32_t n_ports = ports ? list_count(ports) : 0;
+  if (n_hosts > 1 && !hostaddr && strlen(hosts) < sizeof p->hosts &&
+      (ports == NULL || strlen(ports) < sizeof p->ports) && (n_ports <= 1 || n_ports == n_hosts)) {
+    snprintf(p->hosts, sizeof p->hosts, "%s", hosts);
+    snprintf(p->ports, sizeof p->ports, "%s", ports ? ports : "");
+    p->hosts_count = n_hosts;
+    p->keywords[k] = "host", p->values[k++] = p->hosts_rot;
+    p->keywords[k] = "port", p->values[k++] = p->ports_rot;
+  }
   p->keywords[k] = NULL, p->values[k] = NULL;
   assert(k < sizeof p->keywords / sizeof p->keywords[0]);
   PQconninfoFree(opts);
@@ -1098,7 +1156,14 @@ static void conn_connect_step(pg_conn_t *c) {
 
 static void conn_connect_timeout(rt_timer_t *t) {
   pg_conn_t *c = t->ctx;
-  if (c->state == CONN_CONNECTING) conn_connect_failed(c, "timeout");
+  if (c->state != CONN_CONNECTING) return;
+  rt_pg_pool_t *p = c->pool;
+  if (p->hosts_count > 1) {
+    /* The host libpq is stuck on may hang for good: the next attempt,
+     * of any connection, starts one host further down the list. */
+    p->host_first = (p->host_first + 1) % p->hosts_count;
+  }
+  conn_connect_failed(c, "timeout");
 }
 
 /* The supervisor's start function: (re)opens the connection. */
@@ -1109,6 +1174,11 @@ static int conn_start(rt_actor_t *actor, rt_loop_t *loop, void *arg) {
   if (c->state != CONN_DOWN) return -EBUSY; /* NEVER: closed before restart */
   assert(c->pg == NULL);
   c->close_reason = 0;
+  if (p->hosts_count > 1) {
+    /* libpq copies the values: the buffers may change for the next one. */
+    list_rotate(p->hosts, p->hosts_count, p->host_first, p->hosts_rot, sizeof p->hosts_rot);
+    list_rotate(p->ports, p->hosts_count, p->host_first, p->ports_rot, sizeof p->ports_rot);
+  }
   c->pg = PQconnectStartParams(p->keywords, p->values, 1);
   if (c->pg == NULL) return -ENOMEM;
   c->state = CONN_CONNECTING;

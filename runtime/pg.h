@@ -37,6 +37,13 @@
  *
  * Host names in the URL are resolved by libpq with a blocking
  * getaddrinfo(): give numeric addresses (127.0.0.1) on loop threads.
+ *
+ * libpq multi-host URLs work as they do for libpq (postgresql://u:p@h1:p1,
+ * h2:p2/db?target_session_attrs=read-write connects to whichever host
+ * takes writes; prefer-standby to a standby first). libpq has no timeout
+ * per host in non-blocking mode, so a connect attempt that times out
+ * (connect_timeout_ms) makes the pool's next attempt start one host
+ * further down the list: a host that hangs cannot hold the others back.
  */
 #ifndef RT_PG_H
 #define RT_PG_H

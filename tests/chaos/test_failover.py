@@ -7,7 +7,8 @@ usage: test_failover.py DEPLOY_PATRONI BUSD PROFILE ACCOUNT PAYMENT
 deploy/patroni runs etcd and three Patroni members (synchronous_mode) in a
 directory of the test's own, on free loopback ports. busd, profile,
 account and payment run with <SVC>_DB_URL naming the three members with
-target_session_attrs=read-write: no proxy, no address that changes.
+target_session_attrs=read-write: no proxy, no address that changes (and
+account and payment with <SVC>_DB_READ_URL, prefer-standby, for lists).
 
 Clients transfer and pay between the accounts of CUSTOMERS customers, each
 request with its Idempotency-Key, retried with the same key when the
@@ -122,10 +123,16 @@ def main():
     t.check("target_session_attrs=read-write" in acct_url and acct_url.count("127.0.0.1:") == 3,
             "the services' URL names the three members, read-write")
 
+    # The read pools too, on the replicas (prefer-standby), through the
+    # failover.
+    reads = {name: {"%s_DB_READ_URL" % name.upper(): cluster.urls["%s_DB_READ_URL"
+                                                                  % name.upper()]}
+             for name in ("account", "payment")}
+    reads["account"]["HOLD_TTL"] = "60s"
+    reads["payment"].update({"PAYMENT_MAX_AMOUNT": "100000000",
+                             "PAYMENT_DAILY_MAX": "100000000000"})
     plat = t.Platform({"busd": busd, "profile": profile, "account": account, "payment": payment},
-                      env_for={"account": {"HOLD_TTL": "60s"},
-                               "payment": {"PAYMENT_MAX_AMOUNT": "100000000",
-                                           "PAYMENT_DAILY_MAX": "100000000000"}})
+                      env_for=reads)
     plat.start("busd", "profile", "account", "payment")
     bank = t.Bank(plat.port("profile"), plat.port("account"))
     accounts = []
@@ -223,6 +230,12 @@ def main():
 
     t.check(t.wait_for(lambda: cluster.roles().get(old) == "replica", 60, step=0.5),
             "the old primary is back, as a replica of the new one")
+    cust0, acct0 = accounts[0]
+    s, d, _, _ = t.jcall(plat.port("account"), "GET", "/v1/accounts", who=(cust0, "customer"))
+    t.check(s == 200 and acct0 in [x["id"] for x in d["items"]],
+            "lists answer after the failover (read pool, %d)" % s)
+    t.check((t.metric(plat.port("account"), "pg_read_batches_total") or 0) > 0,
+            "and they went through the read pool")
     for name in ("payment", "account", "profile"):
         t.check(plat.proc(name).stop() in (0, None), "%s stops" % name)
     cluster.stop()

@@ -23,6 +23,9 @@ and pay, each request with its Idempotency-Key.
      publish again what they had published since: every payment ends
      final, each completed one settled once, and the money of the test's
      accounts is all there.
+  5. deploy/backup replace --time T restores the cluster itself in place
+     (the runbook's disaster recovery): exactly the transfers acknowledged
+     before T, running as the primary with archiving on.
 
 It prints how long each step took (the figures of deploy/RUNBOOK.md).
 """
@@ -297,6 +300,17 @@ def main():
 
     for name in ("payment", "account", "profile"):
         t.check(plat.proc(name).stop() in (0, None), "%s stops" % name)
+
+    # The runbook's restore in place, as of T, of the cluster itself.
+    timed("replace --time T (in place)", backup, "replace", "--time", tstamp)
+    want_t = set(a[1] for a in before if a[0] == "transfer")
+    got_t = t.sql_set(acct_url, "SELECT id FROM transactions WHERE kind = 'transfer'"
+                                " AND debit_account_id IN (%s)" % ids)
+    t.check(got_t == want_t, "restored in place: exactly the transfers acknowledged before T"
+            " (%d, %d acknowledged)" % (len(got_t), len(want_t)))
+    t.check(t.sql(cluster.admin(), "SELECT pg_is_in_recovery()") == "f"
+            and t.sql(cluster.admin(), "SHOW archive_mode") == "on",
+            "and it runs as the primary again, archiving")
     cluster.stop()
     return t.finish()
 

@@ -18,6 +18,7 @@ def skip(why):
     """Exit 77 (meson's "skipped") with the reason."""
     print("skipped: " + why, flush=True)
     t.stop_all()
+    shutil.rmtree(t.WORK_DIR, ignore_errors=True)
     sys.exit(77)
 
 

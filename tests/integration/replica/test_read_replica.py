@@ -21,12 +21,17 @@ with the bus off. Then:
     ledger page do not show them: they come from the replica, which is
     behind while the primary has the rows;
   - replay resumes, and the lists and the ledger catch up;
+  - a host that accepts connections and never answers, listed first in a
+    read URL, does not keep a pool from the hosts after it: each connect
+    attempt that times out starts the next one at the next host;
   - the replica is killed with SIGKILL: the read pools reconnect by
     themselves to the next host of the URL, the primary, and the lists
     answer again with everything in them.
 """
 import os
+import socket
 import sys
+import threading
 import time
 import uuid
 
@@ -162,6 +167,31 @@ def main():
     t.check([x["amount"] for x in lines] == [5000, -1500],
             "and the ledger page the new account's two lines (%s)"
             % [x["amount"] for x in lines])
+
+    # A host that hangs (accepts, never answers: a machine gone rather
+    # than a server down) listed first: the pool's connect timeout moves
+    # the next attempt on to the following host, the replica.
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(64)
+    held = []
+    threading.Thread(target=lambda: [held.append(hang.accept()) for _ in range(64)],
+                     daemon=True).start()
+    rot_url = u["ACCOUNT_DB_READ_URL"].replace(
+        "@127.0.0.1:", "@127.0.0.1:%d,127.0.0.1:" % hang.getsockname()[1], 1)
+    rot_url += "&application_name=account-rotated"
+    rot_port = t.free_port()
+    env = plat.env("account")
+    env.update({"ACCOUNT_PORT": str(rot_port), "ACCOUNT_DB_READ_URL": rot_url,
+                "DB_CONNECT_TIMEOUT": "1s", "BUS_ADDR": "off"})
+    rotated = t.Proc("account-rotated", [account], env, rot_port).start()
+    t.check(t.wait_for(lambda: "account-rotated" in app_names(rep_admin), 30, step=0.2),
+            "with a hanging host first in the read URL, the read pool still reaches the"
+            " replica (the next attempt starts at the next host)")
+    t.check(rotated.stop() == 0, "that account service stops cleanly")
+    hang.close()
+    for c, _ in held:
+        c.close()
 
     # The replica goes away: the read pools find the primary, the last host.
     cluster.run("kill9", "replica1")

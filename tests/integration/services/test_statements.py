@@ -93,14 +93,19 @@ def test_hot_statements(bank, url):
     seen = {a: [] for a in accounts}
     readers = [threading.Thread(target=follow, args=(bank, me, a, stop, seen[a], errors))
                for a in accounts]
-    writers = [threading.Thread(target=hammer, args=(bank, cust, accounts, stop, counts, errors))
+    # The readers' last pass must come after the writers' last commit: they
+    # are told to stop only once every writer has had its last answer.
+    writers_stop = threading.Event()
+    writers = [threading.Thread(target=hammer, args=(bank, cust, accounts, writers_stop, counts,
+                                                     errors))
                for _ in range(WRITERS)]
     for th in readers + writers:
         th.start()
     time.sleep(HAMMER_SECONDS)
-    stop.set()
+    writers_stop.set()
     for th in writers:
         th.join()
+    stop.set()
     for th in readers:
         th.join(60)
     t.say("statements: %d movements, %d refused for funds, %d lines followed"
