@@ -7,6 +7,8 @@
 #ifndef GW_APP_H
 #define GW_APP_H
 
+#include <stdatomic.h>
+
 #include "gw.h"
 
 #define GW_THREADS_MAX 64
@@ -81,6 +83,7 @@ typedef struct gw_thread {
   rt_pool_t logins;            /* token requests waiting for profile */
   uint64_t handler_ns;         /* when the current handler was entered */
   gw_rate_state_t rate;        /* the current request's limits (gw_admit) */
+  unsigned keys_gen;           /* app->keys_gen its token cache was filled under */
   http_buf_t scratch;          /* headers being built; used within one call */
   rt_timer_t probe_timer;      /* thread 0: upstream health probes */
   rt_timer_t drain_timer;
@@ -92,8 +95,14 @@ typedef struct gw_thread {
 struct gw_app {
   gw_config_t cfg;
   gw_tls_t *tls;
-  gw_jwt_keys_t *keys;
-  char *jwks;                  /* GET /.well-known/jwks.json, made from keys */
+  /* The JWT keys and their JWKS, replaced whole on SIGHUP (reload.c's
+   * rules): loaded once per use, never held across a callback. */
+  _Atomic(gw_jwt_keys_t *) keys;
+  _Atomic(char *) jwks;        /* GET /.well-known/jwks.json, made from keys */
+  atomic_uint keys_gen;        /* +1 at each reload: threads drop their token caches */
+  gw_jwt_keys_t *keys_retired; /* the set before the last reload (main thread) */
+  char *jwks_retired;
+  uint64_t reloaded_ns;
   gw_connlimit_t *connlimit;
   gw_ratelimit_t *rl_addr;
   gw_ratelimit_t *rl_subject;

@@ -445,6 +445,9 @@ bool gw_token_cache_get(gw_token_cache_t *tc, const uint8_t digest[32], int64_t 
 void gw_token_cache_put(gw_token_cache_t *tc, const uint8_t digest[32],
                         const gw_identity_t *id, int64_t now_s);
 
+/* Forgets every entry (the keys changed): each token is verified again. */
+void gw_token_cache_clear(gw_token_cache_t *tc);
+
 /* Copies the counters (owning thread only). */
 void gw_token_cache_stats(const gw_token_cache_t *tc, gw_token_cache_stats_t *out);
 

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "app.h"
 
@@ -41,7 +42,8 @@ static int add_route(const gw_route_t *r) {
  * other verifiers need no copy of them. Public, like any JWKS. */
 static void on_jwks(http_exchange_t *ex, void *arg) {
   (void)arg;
-  const char *body = app.jwks != NULL ? app.jwks : "{\"keys\":[]}";
+  const char *jwks = atomic_load(&app.jwks);
+  const char *body = jwks != NULL ? jwks : "{\"keys\":[]}";
   http_respond(ex, 200, "application/jwk-set+json", body, strlen(body),
                "Cache-Control: public, max-age=300\r\n");
 }
@@ -77,26 +79,74 @@ static void print_routes(void) {
 /* Shared state                                                             */
 /* ------------------------------------------------------------------------ */
 
-static int load_keys(void) {
+/* A key set from GW_JWT_KEYS or GW_JWT_KEYS_DIR, its signer chosen, and
+ * its JWKS. */
+static int make_keys(gw_jwt_keys_t **out, char **jwks) {
   gw_config_t *c = &app.cfg;
-  int rc = gw_jwt_keys_create(&app.keys);
+  gw_jwt_keys_t *keys = NULL;
+  int rc = gw_jwt_keys_create(&keys);
   if (rc == 0)
-    rc = c->jwt_keys_list != NULL ? gw_jwt_keys_load_list(app.keys, c->jwt_keys_list)
-                                  : gw_jwt_keys_load_dir(app.keys, c->jwt_keys_dir);
+    rc = c->jwt_keys_list != NULL ? gw_jwt_keys_load_list(keys, c->jwt_keys_list)
+                                  : gw_jwt_keys_load_dir(keys, c->jwt_keys_dir);
   if (rc == 0) rc = GW_E_KEY; /* no key at all */
   if (rc < 0) {
     RT_ERROR("cannot load JWT keys",
              RT_LF_STR("from", c->jwt_keys_list != NULL ? "GW_JWT_KEYS" : c->jwt_keys_dir),
              RT_LF_STR("error", rt_strerror(rc)));
+    gw_jwt_keys_destroy(keys);
     return rc;
   }
-  if (gw_jwt_keys_set_signer(app.keys, c->jwt_sign_kid) < 0) {
+  if (gw_jwt_keys_set_signer(keys, c->jwt_sign_kid) < 0) {
     /* Verifying without signing is a valid set-up (another instance
      * issues tokens), but it must be a visible choice. */
     RT_WARN("no signing key: POST /v1/auth/token will fail",
             RT_LF_STR("GW_JWT_SIGN_KID", c->jwt_sign_kid != NULL ? c->jwt_sign_kid : "-"));
   }
+  if ((*jwks = gw_jwt_keys_jwks(keys)) == NULL) {
+    char kids[512];
+    gw_jwt_keys_describe(keys, kids, sizeof kids);
+    RT_ERROR("cannot publish the JWT keys as a JWKS", RT_LF_STR("keys", kids));
+    gw_jwt_keys_destroy(keys);
+    return -ENOMEM;
+  }
+  *out = keys;
   return 0;
+}
+
+/* SIGHUP, on the main thread: the key files are read again and the new set
+ * replaces the old one whole; a set that cannot be loaded changes nothing.
+ * Threads load the pointer once per verification or signature and never
+ * keep it across a callback, so the old set is freed at the next reload,
+ * at least RELOAD_GAP_MS later. Each thread drops its cache of verified
+ * tokens when it sees the generation move: a token of a removed key fails
+ * from then on, and one of a kept key passes as before. */
+#define RELOAD_GAP_MS 1000
+
+static void reload(void *arg) {
+  (void)arg;
+  uint64_t since = rt_now_ns() - app.reloaded_ns;
+  if (app.reloaded_ns != 0 && since < RELOAD_GAP_MS * 1000000ull) {
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)(RELOAD_GAP_MS * 1000000ull - since)};
+    nanosleep(&ts, NULL);
+  }
+  gw_jwt_keys_t *keys = NULL;
+  char *jwks = NULL;
+  if (make_keys(&keys, &jwks) < 0) {
+    RT_ERROR("SIGHUP: the keys were not reloaded; the ones in use stay", RT_LF_INT("keys_gen",
+             atomic_load(&app.keys_gen)));
+    return;
+  }
+  gw_jwt_keys_destroy(app.keys_retired);
+  free(app.jwks_retired);
+  app.keys_retired = atomic_exchange(&app.keys, keys);
+  app.jwks_retired = atomic_exchange(&app.jwks, jwks);
+  unsigned gen = atomic_fetch_add(&app.keys_gen, 1) + 1;
+  app.reloaded_ns = rt_now_ns();
+  char kids[512];
+  gw_jwt_keys_describe(keys, kids, sizeof kids);
+  const char *signer = gw_jwt_keys_signer(keys);
+  RT_INFO("SIGHUP: JWT keys reloaded", RT_LF_STR("jwt_keys", kids),
+          RT_LF_STR("jwt_signer", signer != NULL ? signer : "-"), RT_LF_INT("keys_gen", gen));
 }
 
 static int create_shared(void) {
@@ -107,13 +157,11 @@ static int create_shared(void) {
              RT_LF_STR("key", c->tls.key_path), RT_LF_STR("error", rt_strerror(rc)));
     return rc;
   }
-  rc = load_keys();
-  if (rc == 0 && (app.jwks = gw_jwt_keys_jwks(app.keys)) == NULL) {
-    char kids[512];
-    gw_jwt_keys_describe(app.keys, kids, sizeof kids);
-    RT_ERROR("cannot publish the JWT keys as a JWKS", RT_LF_STR("keys", kids));
-    rc = -ENOMEM;
-  }
+  gw_jwt_keys_t *keys = NULL;
+  char *jwks = NULL;
+  rc = make_keys(&keys, &jwks);
+  atomic_store(&app.keys, keys);
+  atomic_store(&app.jwks, jwks);
   if (rc == 0) rc = gw_connlimit_create(&app.connlimit, c->conns_per_addr, c->rate_slots);
   if (rc == 0) rc = gw_ratelimit_create(&app.rl_addr, &c->rate_addr, c->rate_slots);
   if (rc == 0) rc = gw_ratelimit_create(&app.rl_subject, &c->rate_subject, c->rate_slots);
@@ -126,15 +174,18 @@ static void destroy_shared(void) {
   gw_ratelimit_destroy(app.rl_subject);
   gw_ratelimit_destroy(app.rl_addr);
   gw_connlimit_destroy(app.connlimit);
-  free(app.jwks);
-  gw_jwt_keys_destroy(app.keys);
+  free(atomic_load(&app.jwks));
+  free(app.jwks_retired);
+  gw_jwt_keys_destroy(atomic_load(&app.keys));
+  gw_jwt_keys_destroy(app.keys_retired);
   gw_tls_destroy(app.tls);
 }
 
 static void log_startup(void) {
   gw_config_t *c = &app.cfg;
   char kids[512], upstreams[GW_SVC_COUNT][256];
-  gw_jwt_keys_describe(app.keys, kids, sizeof kids);
+  gw_jwt_keys_describe(atomic_load(&app.keys), kids, sizeof kids);
+  const char *signer = gw_jwt_keys_signer(atomic_load(&app.keys));
   for (int s = GW_SVC_PROFILE; s < GW_SVC_COUNT; s++) {
     size_t n = 0;
     upstreams[s][0] = '\0';
@@ -150,8 +201,7 @@ static void log_startup(void) {
           RT_LF_STR("cert_key", gw_tls_key_desc(app.tls)),
           RT_LF_STR("tls_ec", gw_tls_ec_desc(app.tls)),
           RT_LF_STR("cert_sha256", gw_tls_cert_sha256(app.tls)), RT_LF_STR("jwt_keys", kids),
-          RT_LF_STR("jwt_signer", gw_jwt_keys_signer(app.keys) ? gw_jwt_keys_signer(app.keys)
-                                                                : "-"),
+          RT_LF_STR("jwt_signer", signer != NULL ? signer : "-"),
           RT_LF_STR("profile", upstreams[GW_SVC_PROFILE]),
           RT_LF_STR("account", upstreams[GW_SVC_ACCOUNT]),
           RT_LF_STR("payment", upstreams[GW_SVC_PAYMENT]),
@@ -337,6 +387,7 @@ int main(int argc, char **argv) {
   }
   log_startup();
   rt_loop_config_t loop_cfg = {0};
+  rt_on_reload(reload, NULL);
   rc = rt_run(app.cfg.threads, &loop_cfg, thread_setup, NULL, DRAIN_DEADLINE_MS);
   for (uint32_t i = 0; i < app.cfg.threads; i++) thread_teardown(&app.threads[i]);
   destroy_shared();

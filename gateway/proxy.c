@@ -136,6 +136,13 @@ static int bearer(const http_msg_t *req, const char **tok, size_t *len) {
 static int verify(gw_thread_t *th, const char *tok, size_t len, gw_identity_t *id) {
   gw_app_t *app = th->app;
   int64_t now_s = (int64_t)time(NULL);
+  /* New keys: what was verified under the old ones is verified again (a
+   * token of a removed key must fail at once). */
+  unsigned gen = atomic_load(&app->keys_gen);
+  if (gen != th->keys_gen) {
+    gw_token_cache_clear(th->tokens);
+    th->keys_gen = gen;
+  }
   uint8_t digest[32];
   gw_token_digest(tok, len, digest);
   if (gw_token_cache_get(th->tokens, digest, now_s, id)) {
@@ -143,8 +150,10 @@ static int verify(gw_thread_t *th, const char *tok, size_t len, gw_identity_t *i
     return 0;
   }
   CTR_ADD(th, token_cache_misses);
-  int rc = gw_jwt_verify(app->keys, &app->cfg.jwt, tok, len, now_s, id);
-  if (rc == 0) gw_token_cache_put(th->tokens, digest, id, now_s);
+  int rc = gw_jwt_verify(atomic_load(&app->keys), &app->cfg.jwt, tok, len, now_s, id);
+  /* Cached only if no reload came between: else the keys it passed may be gone. */
+  if (rc == 0 && atomic_load(&app->keys_gen) == gen)
+    gw_token_cache_put(th->tokens, digest, id, now_s);
   return rc;
 }
 

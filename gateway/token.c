@@ -74,7 +74,7 @@ static void issue(login_t *l, const http_msg_t *resp) {
     return;
   }
   char *token = NULL;
-  if (gw_jwt_sign(app->keys, &app->cfg.jwt, sub, roles, (int64_t)time(NULL), &token) < 0) {
+  if (gw_jwt_sign(atomic_load(&app->keys), &app->cfg.jwt, sub, roles, (int64_t)time(NULL), &token) < 0) {
     login_error(l, 500, "internal", "the token could not be signed");
     return;
   }

@@ -50,6 +50,11 @@ void gw_token_cache_destroy(gw_token_cache_t *tc) {
   free(tc);
 }
 
+void gw_token_cache_clear(gw_token_cache_t *tc) {
+  memset(tc->entries, 0, (size_t)(tc->mask + 1) * sizeof *tc->entries);
+  tc->stats.size = 0;
+}
+
 void gw_token_digest(const char *token, size_t token_len, uint8_t out[32]) {
   br_sha256_context h;
   br_sha256_init(&h);

@@ -582,6 +582,12 @@ void rt_loop_drain(rt_loop_t *loop, uint32_t deadline_ms);
  * thread and kill the process instead of draining it. */
 void rt_signals_block(void);
 
+/* Asks rt_run() to call fn(arg) on its own (main) thread for every SIGHUP
+ * while it runs: a configuration reload. Set it before rt_run(); without
+ * it SIGHUP keeps its default action. */
+typedef void (*rt_reload_fn)(void *arg);
+void rt_on_reload(rt_reload_fn fn, void *arg);
+
 /* Starts `threads` loop threads, runs setup on each, then waits for SIGTERM
  * or SIGINT on the calling thread, drains every loop within deadline_ms and
  * joins them. Returns 0 on a clean shutdown. */

@@ -105,10 +105,19 @@ static void *thread_main(void *p) {
   return NULL;
 }
 
+static rt_reload_fn reload_fn;
+static void *reload_arg;
+
+void rt_on_reload(rt_reload_fn fn, void *arg) {
+  reload_fn = fn;
+  reload_arg = arg;
+}
+
 static void block_signals(sigset_t *set) {
   sigemptyset(set);
   sigaddset(set, SIGTERM);
   sigaddset(set, SIGINT);
+  if (reload_fn != NULL) sigaddset(set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, set, NULL);
   signal(SIGPIPE, SIG_IGN); /* sends use MSG_NOSIGNAL; this covers the rest */
 }
@@ -151,6 +160,11 @@ static void supervise_threads(rt_thread_t *threads, uint32_t n, sigset_t *set,
     struct timespec tick = {.tv_sec = 0, .tv_nsec = 100 * 1000000L};
     int sig = sigtimedwait(set, NULL, &tick);
     if (sig < 0) continue;
+    if (sig == SIGHUP) {
+      if (signals_seen == 0 && reload_fn != NULL) reload_fn(reload_arg);
+      rt_log_flush();
+      continue;
+    }
     signals_seen++;
     if (signals_seen == 1) {
       RT_INFO("shutting down", RT_LF_STR("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"),
