@@ -193,6 +193,7 @@ typedef struct amqp_bus {
   amqp_connection_state_t conn;
   uint32_t conn_no;
   bool up;
+  bool partial;                /* the read buffer ends inside a frame */
   bool stopping;
   uint32_t host_next;
   uint32_t backoff_ms;
@@ -430,6 +431,7 @@ static bool conn_open(amqp_bus_t *t) {
   }
   t->conn_no++;
   t->up = true;
+  t->partial = false;
   t->backoff_ms = 0;
   t->next_seq = 1;
   uint32_t resent = 0;
@@ -817,7 +819,12 @@ static void read_frames(amqp_bus_t *t) {
     amqp_frame_t f;
     struct timeval zero = {0, 0};
     int rc = amqp_simple_wait_frame_noblock(t->conn, &f, &zero);
-    if (rc == AMQP_STATUS_TIMEOUT) break;
+    if (rc == AMQP_STATUS_TIMEOUT) {
+      /* What is left in the buffer, if anything, is the start of a frame:
+       * wait for the socket rather than try again at once. */
+      t->partial = amqp_data_in_buffer(t->conn);
+      break;
+    }
     if (rc != AMQP_STATUS_OK) {
       conn_drop(t, amqp_error_string2(rc));
       return;
@@ -887,7 +894,7 @@ static void *bridge_main(void *arg) {
     uint64_t now = mono_ns();
     late_nacks_due(t, now);
     publish_unsent(t);
-    if (t->up && (amqp_frames_enqueued(t->conn) || amqp_data_in_buffer(t->conn))) {
+    if (t->up && (amqp_frames_enqueued(t->conn) || (amqp_data_in_buffer(t->conn) && !t->partial))) {
       read_frames(t);
       drain_commands(t);
       continue;

@@ -302,9 +302,10 @@ if common:
              "p50_at_common": r["p50_ms"] / b["p50_ms"] if b["p50_ms"] else None,
              "p99_at_common": r["p99_ms"] / b["p99_ms"] if b["p99_ms"] else None}
     print()
-    print("busd/rabbitmq: sustained rate %.2fx; at %.1f/s rabbitmq's p50 is %.2fx and its p99"
-          " %.2fx busd's" % (ratio["sustained"] or 0, b["rate"], ratio["p50_at_common"] or 0,
-                             ratio["p99_at_common"] or 0))
+    sus = ("sustained rate %.2fx" % ratio["sustained"] if ratio["sustained"]
+           else "rabbitmq kept up with no step (from %.0f/s)" % search["config"]["rate"])
+    print("busd/rabbitmq: %s; at %.1f/s rabbitmq's p50 is %.2fx and its p99 %.2fx busd's"
+          % (sus, b["rate"], ratio["p50_at_common"] or 0, ratio["p99_at_common"] or 0))
 else:
     print("%-40s %11s %10s %9s %9s %9s" % ("rabbitmq", "-", "-", "-", "-", "-"))
 print("target (busd): p99 <= %.0f ms: %s" % (target, "met" if ours["p99_ms"] <= target else "NOT met"))

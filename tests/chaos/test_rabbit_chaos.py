@@ -22,7 +22,9 @@ started again after DOWN_SECONDS. Afterwards, within DRAIN_SECONDS:
   - no event was dead-lettered;
   - and then the dead-letter path: an event the account service can never
     apply is tried 5 times, dead-lettered by RabbitMQ and recorded by the
-    event service as the account group's dead letter.
+    event service as the account group's dead letter; an operator's
+    redrive sends it over RabbitMQ again, it fails again, and the letter is
+    open again.
 
 Exit 77 (skipped) when rabbitmq-server is not installed. Everything it
 starts (the cluster, epmd, the services) is stopped at exit, failed or not.
@@ -115,7 +117,7 @@ def chaos(deploy, env, stop, kills):
             t.check(False, "kill and restart of node %s failed: %r" % (node, e))
 
 
-def dead_letter_path(pay_url, ev_url):
+def dead_letter_path(pay_url, ev_url, port_event):
     """An event its consumer can never apply (a payment.authorized without
     a payment id, written straight into the payment service's outbox): the
     account service fails it AMQP_MAX_ATTEMPTS (5) times, RabbitMQ moves
@@ -138,6 +140,18 @@ def dead_letter_path(pay_url, ev_url):
     t.check(len(row) == 4 and row[2] == "5", "after 5 attempts (%s)" % row[2:3])
     t.check(t.sql_int(ev_url, "SELECT count(*) FROM audit_log WHERE event_id = '%s'" % eid) == 1,
             "while the event service, whose handler takes it, audited it once")
+    # Redriven by an operator: published again over RabbitMQ (the event
+    # service's outbox), failed again by the account service, and so dead
+    # again, the letter reopened.
+    dl = t.sql(ev_url, "SELECT id FROM dead_letters WHERE event_id = '%s'" % eid)
+    s, doc, text, _ = t.jcall(port_event, "POST", "/v1/dead-letters/%s/redrive" % dl,
+                              who=("op-1", "operator"))
+    t.check(s == 200 and doc and doc.get("state") == "redriven", "redrive: %d %s" % (s, text[:200]))
+    state = ("SELECT state || '|' || (redriven_at IS NULL) FROM dead_letters WHERE event_id = '%s'"
+             % eid)
+    t.wait_for(lambda: t.sql(ev_url, state) == "dead|true", 60, step=0.5)
+    t.check(t.sql(ev_url, state) == "dead|true",
+            "the redriven event failed again and its letter is open again (%s)" % t.sql(ev_url, state))
 
 
 def main():
@@ -257,7 +271,7 @@ def main():
                if line.split() and ".dead" in line.split()[0] and line.split()[-1].isdigit())
     dead += int(sql_big(ev_url, "SELECT count(*) FROM dead_letters WHERE key IN (%s)" % pids))
     t.check(dead == 0, "no event was dead-lettered (%d)" % dead)
-    dead_letter_path(pay_url, ev_url)
+    dead_letter_path(pay_url, ev_url, plat.port("event"))
     dups = t.metric_label(plat.port("event"), "inbox_events_total", 'outcome="duplicate"')
     t.say("duplicate deliveries absorbed by the event service's inbox: %s" % dups)
     t.ledger_invariants(acct_url, "after the node losses")
