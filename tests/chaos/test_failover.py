@@ -135,13 +135,8 @@ def main():
                       env_for=reads)
     plat.start("busd", "profile", "account", "payment")
     bank = t.Bank(plat.port("profile"), plat.port("account"))
-    accounts = []
-    for _ in range(CUSTOMERS):
-        cust = bank.new_customer()
-        for _ in range(2):
-            accounts.append((cust, bank.new_account(cust, funded=FUNDING)))
+    accounts = bank.funded_pairs(CUSTOMERS, FUNDING)
     ids = ",".join("'%s'" % a for _, a in accounts)
-    custs = ",".join("'%s'" % c for c in sorted(set(c for c, _ in accounts)))
     total_before = t.sql_int(acct_url, "SELECT sum(balance + held) FROM accounts WHERE id IN (%s)"
                              % ids)
     t.check(total_before == len(accounts) * FUNDING, "funded: %d" % total_before)
@@ -199,33 +194,8 @@ def main():
             " (%d stored, %d acknowledged)" % (len(stored_t), len(acked_t)))
 
     acked_p = set(a[1] for a in load.acks if a[0] == "payment")
-    mine = "customer_id IN (%s)" % custs
-
-    def open_payments():
-        return t.sql_int(pay_url, "SELECT count(*) FROM payments WHERE %s AND state NOT IN"
-                                  " ('completed', 'failed')" % mine)
-
-    t.check(t.wait_for(lambda: open_payments() == 0, DRAIN_SECONDS, step=0.5),
-            "every payment is final (%d open after %ds)" % (open_payments(), DRAIN_SECONDS))
-    stored_p = t.sql_set(pay_url, "SELECT id FROM payments WHERE %s" % mine)
-    t.check(stored_p == acked_p, "the payments are exactly the accepted ones (%d stored,"
-            " %d accepted, %d missing)" % (len(stored_p), len(acked_p), len(acked_p - stored_p)))
-    completed = t.sql_set(pay_url, "SELECT id FROM payments WHERE %s AND state = 'completed'"
-                          % mine)
-    settled = t.sql_rows(acct_url, "SELECT payment_id, count(*) FROM transactions WHERE kind ="
-                                   " 'payment' AND debit_account_id IN (%s) GROUP BY payment_id"
-                                   % ids)
-    t.check(all(n == "1" for _, n in settled), "no payment settled twice")
-    t.check(set(p for p, _ in settled) == completed,
-            "the settled payments are exactly the completed ones (%d completed, %d settled)"
-            % (len(completed), len(settled)))
-    open_holds = t.sql_int(acct_url, "SELECT count(*) FROM holds WHERE state IN ('new', 'held')"
-                                     " AND account_id IN (%s)" % ids)
-    t.check(open_holds == 0, "no hold is left open (%d)" % open_holds)
-    total_after = t.sql_int(acct_url, "SELECT sum(balance + held) FROM accounts WHERE id IN (%s)"
-                            % ids)
-    t.check(total_after == total_before, "the money is all there: %d before, %d after"
-            % (total_before, total_after))
+    t.payments_settled(acct_url, pay_url, accounts, acked_p, total_before, DRAIN_SECONDS,
+                       exact=True)
     t.ledger_invariants(acct_url, "after the failover")
 
     t.check(t.wait_for(lambda: cluster.roles().get(old) == "replica", 60, step=0.5),

@@ -185,11 +185,7 @@ def main():
                                            "PAYMENT_DAILY_MAX": "100000000000"}})
     plat.start("profile", "account", "payment", "event")
     bank = t.Bank(plat.port("profile"), plat.port("account"))
-    accounts = []
-    for _ in range(CUSTOMERS):
-        cust = bank.new_customer()
-        for _ in range(2):
-            accounts.append((cust, bank.new_account(cust, funded=FUNDING)))
+    accounts = bank.funded_pairs(CUSTOMERS, FUNDING)
     ids = ",".join("'%s'" % a for _, a in accounts)
     acct_url, pay_url, ev_url = t.db_url("account"), t.db_url("payment"), t.db_url("event")
     total_before = t.sql_int(acct_url, "SELECT sum(balance + held) FROM accounts WHERE id IN (%s)"
@@ -215,37 +211,7 @@ def main():
     t.check(len(kills) == 4, "node 1 and node 2 were each killed and started again (%s)" % kills)
     t.check(counts["payments"] >= 50, "payments went through the chaos (%d)" % counts["payments"])
 
-    custs = ",".join("'%s'" % c for c in sorted(set(c for c, _ in accounts)))
-    mine = "customer_id IN (%s)" % custs
-
-    def open_payments():
-        return t.sql_int(pay_url, "SELECT count(*) FROM payments WHERE %s AND state NOT IN"
-                                  " ('completed', 'failed')" % mine)
-
-    t1 = time.time()
-    t.check(t.wait_for(lambda: open_payments() == 0, DRAIN_SECONDS, step=0.5),
-            "every payment is final (%d open after %ds)" % (open_payments(), DRAIN_SECONDS))
-    t.say("all final %.1f s after the load" % (time.time() - t1))
-    t.say("payments: " + t.sql(pay_url, "SELECT string_agg(state || '=' || n, ' ') FROM (SELECT"
-                                        " state, count(*) n FROM payments WHERE %s GROUP BY state) x"
-                                        % mine))
-    t.check(payments <= t.sql_set(pay_url, "SELECT id FROM payments WHERE %s" % mine),
-            "every accepted payment exists")
-    open_holds = t.sql_int(acct_url, "SELECT count(*) FROM holds WHERE state IN ('new', 'held')"
-                                     " AND account_id IN (%s)" % ids)
-    t.check(open_holds == 0, "no hold is left open (%d)" % open_holds)
-    total_after = t.sql_int(acct_url, "SELECT sum(balance + held) FROM accounts WHERE id IN (%s)"
-                            % ids)
-    t.check(total_after == total_before, "the money is all there: %d before, %d after"
-            % (total_before, total_after))
-    completed = t.sql_set(pay_url, "SELECT id FROM payments WHERE %s AND state = 'completed'" % mine)
-    settled = t.sql_rows(acct_url, "SELECT payment_id, count(*) FROM transactions WHERE kind ="
-                                   " 'payment' AND payment_id IS NOT NULL AND debit_account_id IN"
-                                   " (%s) GROUP BY payment_id" % ids)
-    twice = [p for p, n in settled if n != "1"]
-    t.check(not twice, "no payment settled twice (%s)" % twice[:3])
-    t.check(set(p for p, n in settled if n == "1") == completed,
-            "the settled payments are exactly the completed ones (%d completed)" % len(completed))
+    t.payments_settled(acct_url, pay_url, accounts, payments, total_before, DRAIN_SECONDS)
 
     # Nothing lost, nothing doubled, end to end: the saga's events of these
     # payments, from both producers' outboxes, each in the audit log once.

@@ -126,11 +126,7 @@ def main():
                                            "PAYMENT_DAILY_MAX": "100000000000"}})
     plat.start("busd", "profile", "account", "payment", "event")
     bank = t.Bank(plat.port("profile"), plat.port("account"))
-    accounts = []
-    for _ in range(CUSTOMERS):
-        cust = bank.new_customer()
-        for _ in range(2):
-            accounts.append((cust, bank.new_account(cust, funded=FUNDING)))
+    accounts = bank.funded_pairs(CUSTOMERS, FUNDING)
     ids = ",".join("'%s'" % a for _, a in accounts)
     acct_url, pay_url = t.db_url("account"), t.db_url("payment")
     total_before = t.sql_int(acct_url, "SELECT sum(balance + held) FROM accounts WHERE id IN (%s)"
@@ -157,40 +153,9 @@ def main():
     t.check(load.counts["payments"] >= 50, "payments went through the chaos (%d)"
             % load.counts["payments"])
 
-    custs = ",".join("'%s'" % c for c in sorted(set(c for c, _ in accounts)))
-    mine = "customer_id IN (%s)" % custs
-
-    def open_payments():
-        return t.sql_int(pay_url, "SELECT count(*) FROM payments WHERE %s AND state NOT IN"
-                                  " ('completed', 'failed')" % mine)
-
-    t0 = time.time()
-    t.check(t.wait_for(lambda: open_payments() == 0, DRAIN_SECONDS, step=0.5),
-            "every payment is final (%d open after %ds)" % (open_payments(), DRAIN_SECONDS))
-    t.say("all final %.1f s after the load" % (time.time() - t0))
-    states = t.sql(pay_url, "SELECT string_agg(state || '=' || n, ' ') FROM (SELECT state,"
-                            " count(*) n FROM payments WHERE %s GROUP BY state) x" % mine)
-    t.say("payments: " + states)
-    t.check(set(load.payments) <= t.sql_set(pay_url, "SELECT id FROM payments WHERE %s" % mine),
-            "every accepted payment exists")
-    open_holds = t.sql_int(acct_url, "SELECT count(*) FROM holds WHERE state IN ('new', 'held')"
-                                     " AND account_id IN (%s)" % ids)
-    t.check(open_holds == 0, "no hold is left open (%d)" % open_holds)
-    total_after = t.sql_int(acct_url, "SELECT sum(balance + held) FROM accounts WHERE id IN (%s)"
-                            % ids)
-    t.check(total_after == total_before, "the money is all there: %d before, %d after"
-            % (total_before, total_after))
-    # Exactly once, payment by payment: completed ones settled once, failed none.
-    completed = t.sql_set(pay_url, "SELECT id FROM payments WHERE %s AND state = 'completed'" % mine)
-    settled = t.sql_rows(acct_url, "SELECT payment_id, count(*) FROM transactions WHERE kind ="
-                                   " 'payment' AND payment_id IS NOT NULL AND debit_account_id IN"
-                                   " (%s) GROUP BY payment_id" % ids)
-    settled_once = set(p for p, n in settled if n == "1")
-    twice = [p for p, n in settled if n != "1"]
-    t.check(not twice, "no payment settled twice (%s)" % twice[:3])
-    t.check(settled_once == completed,
-            "the settled payments are exactly the completed ones (%d completed, %d settled)"
-            % (len(completed), len(settled_once)))
+    completed = t.payments_settled(acct_url, pay_url, accounts, load.payments, total_before,
+                                   DRAIN_SECONDS)
+    mine = "customer_id IN (%s)" % t.sql_list(set(c for c, _ in accounts))
     amounts = dict(t.sql_rows(pay_url, "SELECT id, amount FROM payments WHERE %s AND state ="
                                        " 'completed'" % mine))
     moved = dict(t.sql_rows(acct_url, "SELECT t.payment_id, e.amount FROM ledger_entries e JOIN"

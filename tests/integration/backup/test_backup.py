@@ -188,11 +188,7 @@ def main():
                                            "PAYMENT_DAILY_MAX": "100000000000"}})
     plat.start("busd", "profile", "account", "payment")
     bank = t.Bank(plat.port("profile"), plat.port("account"))
-    accounts = []
-    for _ in range(CUSTOMERS):
-        cust = bank.new_customer()
-        for _ in range(2):
-            accounts.append((cust, bank.new_account(cust, funded=FUNDING)))
+    accounts = bank.funded_pairs(CUSTOMERS, FUNDING)
     ids = ",".join("'%s'" % a for _, a in accounts)
     custs = ",".join("'%s'" % c for c in sorted(set(c for c, _ in accounts)))
     acct_url, pay_url, prof_url = t.db_url("account"), t.db_url("payment"), t.db_url("profile")

@@ -428,6 +428,16 @@ class Bank:
             raise RuntimeError("create customer: %d %s" % (status, text))
         return doc["id"]
 
+    def funded_pairs(self, customers, funding, per_customer=2):
+        """New customers with `per_customer` accounts each, each topped up
+        with `funding`: [(customer, account)]."""
+        out = []
+        for _ in range(customers):
+            cust = self.new_customer()
+            for _ in range(per_customer):
+                out.append((cust, self.new_account(cust, funded=funding)))
+        return out
+
     def new_account(self, customer, currency="EUR", funded=0):
         status, doc, text, _ = jcall(self.ap, "POST", "/v1/accounts", {"currency": currency},
                                      who=(customer, "customer"))
@@ -474,3 +484,54 @@ class Bank:
 def ledger_invariants(url, label):
     """The double-entry invariants over the whole account database (ledger.py)."""
     ledger.invariants(url, label, check, sql)
+
+
+def sql_list(values):
+    """A SQL list of quoted values: 'a','b' (NULL when empty)."""
+    return ",".join("'%s'" % v for v in sorted(values)) or "NULL"
+
+
+def payments_settled(acct_url, pay_url, accounts, accepted, total_before, drain_s, exact=False):
+    """The saga's guarantees for these accounts [(customer, account)] after a
+    chaos run: every payment final within drain_s, every accepted (202) one
+    stored (exact: and no other), no hold left open, the money of the
+    accounts (balance + held) what it was, each completed payment settled
+    exactly once and no other settled. Returns the completed ids."""
+    ids = sql_list(a for _, a in accounts)
+    mine = "customer_id IN (%s)" % sql_list(set(c for c, _ in accounts))
+
+    def open_payments():
+        return sql_int(pay_url, "SELECT count(*) FROM payments WHERE %s AND state NOT IN"
+                                " ('completed', 'failed')" % mine)
+
+    t0 = time.time()
+    check(wait_for(lambda: open_payments() == 0, drain_s, step=0.5),
+          "every payment is final (%d open after %ds)" % (open_payments(), drain_s))
+    say("all final %.1f s after the load" % (time.time() - t0))
+    say("payments: " + sql(pay_url, "SELECT string_agg(state || '=' || n, ' ') FROM (SELECT"
+                                    " state, count(*) n FROM payments WHERE %s GROUP BY state) x"
+                                    % mine))
+    stored = sql_set(pay_url, "SELECT id FROM payments WHERE %s" % mine)
+    if exact:
+        check(stored == set(accepted), "the payments are exactly the accepted ones (%d stored,"
+              " %d accepted, %d missing)" % (len(stored), len(accepted), len(set(accepted) - stored)))
+    else:
+        check(set(accepted) <= stored, "every accepted payment exists")
+    open_holds = sql_int(acct_url, "SELECT count(*) FROM holds WHERE state IN ('new', 'held')"
+                                   " AND account_id IN (%s)" % ids)
+    check(open_holds == 0, "no hold is left open (%d)" % open_holds)
+    total_after = sql_int(acct_url, "SELECT sum(balance + held) FROM accounts WHERE id IN (%s)"
+                          % ids)
+    check(total_after == total_before, "the money is all there: %d before, %d after"
+          % (total_before, total_after))
+    completed = sql_set(pay_url, "SELECT id FROM payments WHERE %s AND state = 'completed'" % mine)
+    settled = sql_rows(acct_url, "SELECT payment_id, count(*) FROM transactions WHERE kind ="
+                                 " 'payment' AND payment_id IS NOT NULL AND debit_account_id IN"
+                                 " (%s) GROUP BY payment_id" % ids)
+    twice = [p for p, n in settled if n != "1"]
+    check(not twice, "no payment settled twice (%s)" % twice[:3])
+    settled_once = set(p for p, n in settled if n == "1")
+    check(settled_once == completed,
+          "the settled payments are exactly the completed ones (%d completed, %d settled)"
+          % (len(completed), len(settled_once)))
+    return completed
