@@ -45,11 +45,7 @@
 extern const svc_migration_t account_migrations[];
 extern const size_t account_migrations_count;
 
-static struct {
-  char profile_host[64];
-  uint16_t profile_port;
-  uint32_t profile_timeout_ms;
-} cfg;
+static svc_peer_t profile_peer; /* PROFILE_ADDR, PROFILE_TIMEOUT */
 
 static int s_open, s_get, s_list, s_owner, s_ledger, s_precheck, s_move, s_internal, s_status,
     s_balances;
@@ -737,17 +733,8 @@ static int setup(PGconn *conn) {
 }
 
 static int thread_init(svc_thread_t *th) {
-  http_client_config_t hc = {
-      .host = cfg.profile_host,
-      .port = cfg.profile_port,
-      .conns_max = 16,
-      .queue_max = 1024,
-      .connect_timeout_ms = 1000,
-      .request_timeout_ms = cfg.profile_timeout_ms,
-  };
-  http_client_t *client = NULL;
-  int rc = http_client_create(&client, th->loop, &hc);
-  th->user = client;
+  th->user = svc_peer_client(&profile_peer, th->loop, 16, 1024);
+  int rc = th->user != NULL ? 0 : RT_E_CONFIG;
   if (rc == 0 && th->index == 0) rc = account_holds_start(th);
   return rc;
 }
@@ -759,9 +746,7 @@ static void thread_drain(svc_thread_t *th) {
 }
 
 static int load_config(void) {
-  int rc = rt_env_addr("PROFILE_ADDR", "127.0.0.1:7001", cfg.profile_host,
-                       sizeof cfg.profile_host, &cfg.profile_port);
-  if (rc == 0) rc = rt_env_ms("PROFILE_TIMEOUT", 2000, &cfg.profile_timeout_ms);
+  int rc = svc_peer_config(&profile_peer, "profile", "127.0.0.1:7001", 2000);
   if (rc == 0) rc = account_holds_config();
   return rc;
 }

@@ -378,6 +378,28 @@ void svc_list_page(svc_req_t *req, svc_cursor_kind_t kind, int stmt, svc_db_fn d
  * svc_read_pool(). */
 void svc_list_page_read(svc_req_t *req, svc_cursor_kind_t kind, int stmt, svc_db_fn done);
 
+/* ------------------------------------------------------------------------ */
+/* Peers: another service called over REST                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Where a peer listens and how long its answer may take. */
+typedef struct svc_peer {
+  char name[16]; /* for logs: "profile", "account" */
+  char host[64];
+  uint16_t port;
+  uint32_t timeout_ms;
+} svc_peer_t;
+
+/* Reads <ENV>_ADDR (host:port, default `addr`) and <ENV>_TIMEOUT (default
+ * `timeout_ms`) for the peer `name` (ENV is its name in capitals). Returns
+ * 0 or RT_E_CONFIG (logged). */
+int svc_peer_config(svc_peer_t *p, const char *name, const char *addr, uint32_t timeout_ms);
+
+/* A keep-alive client to the peer on `loop`, NULL when it cannot be made
+ * (the reason logged). */
+http_client_t *svc_peer_client(const svc_peer_t *p, rt_loop_t *loop, uint32_t conns_max,
+                               uint32_t queue_max);
+
 /* Lower-case hex of n bytes into out (2n + 1 bytes, NUL-terminated). */
 void svc_hex(const uint8_t *in, size_t n, char *out);
 

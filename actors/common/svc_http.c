@@ -12,6 +12,7 @@
  * Every log line written while a request is handled carries its request
  * id, which is also the correlation id of the events it causes.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -303,4 +304,42 @@ void svc_db(svc_req_t *req, rt_pg_batch_t *b, svc_db_fn fn) {
     req->db_fn = NULL;
     svc_reply_db_error(req, rc, NULL);
   }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Peers                                                                    */
+/* ------------------------------------------------------------------------ */
+
+int svc_peer_config(svc_peer_t *p, const char *name, const char *addr, uint32_t timeout_ms) {
+  *p = (svc_peer_t){0};
+  snprintf(p->name, sizeof p->name, "%s", name);
+  char env[32];
+  size_t n = 0;
+  for (; name[n] != '\0' && n < 16; n++) env[n] = (char)toupper((unsigned char)name[n]);
+  snprintf(env + n, sizeof env - n, "_ADDR");
+  int rc = rt_env_addr(env, addr, p->host, sizeof p->host, &p->port);
+  snprintf(env + n, sizeof env - n, "_TIMEOUT");
+  if (rc == 0) rc = rt_env_ms(env, timeout_ms, &p->timeout_ms);
+  return rc;
+}
+
+http_client_t *svc_peer_client(const svc_peer_t *p, rt_loop_t *loop, uint32_t conns_max,
+                               uint32_t queue_max) {
+  http_client_config_t hc = {
+      .host = p->host,
+      .port = p->port,
+      .conns_max = conns_max,
+      .queue_max = queue_max,
+      .connect_timeout_ms = 1000,
+      .request_timeout_ms = p->timeout_ms,
+  };
+  http_client_t *client = NULL;
+  int rc = http_client_create(&client, loop, &hc);
+  if (rc < 0) {
+    RT_ERROR("no client for a peer service", RT_LF_STR("peer", p->name),
+             RT_LF_STR("host", p->host), RT_LF_INT("port", p->port),
+             RT_LF_STR("error", rt_strerror(rc)));
+    return NULL;
+  }
+  return client;
 }

@@ -41,11 +41,7 @@ extern const size_t event_migrations_count;
 
 static int s_append, s_list;
 
-static struct {
-  char account_host[64];
-  uint16_t account_port;
-  uint32_t account_timeout_ms;
-} cfg;
+static svc_peer_t account_peer; /* ACCOUNT_ADDR, ACCOUNT_TIMEOUT: reconciliation */
 
 static const svc_stmt_t stmts[] = {
     /* $1 event id, $2 topic, $3 key, $4 payload, $5 partition, $6 offset,
@@ -456,27 +452,6 @@ static int cmd_rebuild(svc_cmd_t *cmd) {
   return 0;
 }
 
-/* A client for the account service (ACCOUNT_ADDR); NULL with the reason
- * logged when it cannot be made. */
-static http_client_t *account_client(rt_loop_t *loop, uint32_t conns) {
-  http_client_config_t hc = {
-      .host = cfg.account_host,
-      .port = cfg.account_port,
-      .conns_max = conns,
-      .queue_max = 64,
-      .connect_timeout_ms = 1000,
-      .request_timeout_ms = cfg.account_timeout_ms,
-  };
-  http_client_t *client = NULL;
-  int rc = http_client_create(&client, loop, &hc);
-  if (rc < 0) {
-    RT_ERROR("no client for the account service", RT_LF_STR("host", cfg.account_host),
-             RT_LF_INT("port", cfg.account_port), RT_LF_STR("error", rt_strerror(rc)));
-    return NULL;
-  }
-  return client;
-}
-
 static void reconcile_cmd_done(event_reconcile_t *r) {
   svc_cmd_t *cmd = r->ctx;
   int status = 2;
@@ -497,7 +472,8 @@ static int cmd_reconcile(svc_cmd_t *cmd) {
     fprintf(stderr, "usage: event reconcile\n");
     return 2;
   }
-  r = (event_reconcile_t){.pool = cmd->pool, .client = account_client(cmd->loop, 1),
+  r = (event_reconcile_t){.pool = cmd->pool,
+                          .client = svc_peer_client(&account_peer, cmd->loop, 1, 64),
                           .done = reconcile_cmd_done, .ctx = cmd};
   if (r.client == NULL || event_reconcile_start(&r) < 0) {
     http_client_destroy(r.client);
@@ -530,8 +506,8 @@ static const svc_command_t commands[] = {
 static const svc_event_type_t produces[] = {SVC_EV_DEAD_LETTER_REDRIVEN};
 
 static int thread_init(svc_thread_t *th) {
-  th->user = account_client(th->loop, 2);
-  int rc = th->user != NULL ? 0 : -EINVAL;
+  th->user = svc_peer_client(&account_peer, th->loop, 2, 64);
+  int rc = th->user != NULL ? 0 : RT_E_CONFIG;
   if (rc == 0 && th->index == 0) rc = event_dead_start(th);
   if (rc == 0 && th->index == 0) rc = event_chain_start(th);
   return rc;
@@ -573,9 +549,7 @@ static size_t stmts_merge(void) {
 }
 
 static int load_config(void) {
-  int rc = rt_env_addr("ACCOUNT_ADDR", "127.0.0.1:7002", cfg.account_host,
-                       sizeof cfg.account_host, &cfg.account_port);
-  if (rc == 0) rc = rt_env_ms("ACCOUNT_TIMEOUT", 5000, &cfg.account_timeout_ms);
+  int rc = svc_peer_config(&account_peer, "account", "127.0.0.1:7002", 5000);
   if (rc == 0) rc = event_chain_config();
   return rc;
 }

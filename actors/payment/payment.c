@@ -47,9 +47,7 @@ extern const size_t payment_migrations_count;
 #define STUCK_LOG_MAX 20
 
 static struct {
-  char account_host[64];
-  uint16_t account_port;
-  uint32_t account_timeout_ms;
+  svc_peer_t account; /* ACCOUNT_ADDR, ACCOUNT_TIMEOUT */
   uint32_t stuck_after_ms;
   char max_amount[24];
   char daily_max[24];
@@ -598,17 +596,8 @@ static const svc_route_t routes[] = {
 };
 
 static int thread_init(svc_thread_t *th) {
-  http_client_config_t hc = {
-      .host = cfg.account_host,
-      .port = cfg.account_port,
-      .conns_max = 16,
-      .queue_max = 1024,
-      .connect_timeout_ms = 1000,
-      .request_timeout_ms = cfg.account_timeout_ms,
-  };
-  http_client_t *client = NULL;
-  int rc = http_client_create(&client, th->loop, &hc);
-  th->user = client;
+  th->user = svc_peer_client(&cfg.account, th->loop, 16, 1024);
+  int rc = th->user != NULL ? 0 : RT_E_CONFIG;
   if (rc == 0 && th->index == 0) {
     stuck.th = th;
     rt_timer_init(&stuck.timer, stuck_tick, NULL);
@@ -624,9 +613,7 @@ static void thread_drain(svc_thread_t *th) {
 }
 
 static int load_config(void) {
-  int rc = rt_env_addr("ACCOUNT_ADDR", "127.0.0.1:7002", cfg.account_host,
-                       sizeof cfg.account_host, &cfg.account_port);
-  if (rc == 0) rc = rt_env_ms("ACCOUNT_TIMEOUT", 2000, &cfg.account_timeout_ms);
+  int rc = svc_peer_config(&cfg.account, "account", "127.0.0.1:7002", 2000);
   if (rc == 0) rc = rt_env_ms("SAGA_STUCK_AFTER", 60000, &cfg.stuck_after_ms);
   const char *max = rt_env_str("PAYMENT_MAX_AMOUNT", "100000000");
   const char *daily = rt_env_str("PAYMENT_DAILY_MAX", "1000000000");
