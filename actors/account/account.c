@@ -13,7 +13,11 @@
  * Opening an account asks the profile service (REST) whether the customer
  * exists and is active; no answer means 503, never an account for nobody.
  *
- * A movement (top-up, withdrawal, transfer) is two round trips:
+ * A movement (top-up, withdrawal, transfer) goes to the database in a
+ * batch with the others that arrive meanwhile: one call of move_batch()
+ * (migration 0004, mover.c), which checks, guards and answers each one on
+ * its own in one transaction. What a batch cannot settle (a key claimed
+ * before, a batch rolled back as a whole) runs alone, in two round trips:
  *   1. a read of both accounts: existence, ownership, currency, status;
  *      these never change under us (owner and currency are fixed; closing
  *      is re-checked by the guards), so checking them first is safe and
@@ -303,7 +307,7 @@ static void on_open(svc_req_t *req) {
   const svc_config_t *c = svc_config();
   int n = svc_auth_sign(headers, sizeof headers, c->auth_key, c->auth_key_bytes, "account",
                         "service", "GET", path, (int64_t)time(NULL));
-  http_client_t *profile = req->th->user;
+  http_client_t *profile = ((account_thread_t *)req->th->user)->profile;
   int rc = n < 0 ? n
                  : http_client_request(profile, "GET", path, headers, NULL, 0, open_checked, req);
   if (rc < 0) svc_reply_error(req, 503, "profile_unavailable", "cannot confirm the customer now; retry");
@@ -404,33 +408,35 @@ static void on_ledger(svc_req_t *req) {
 /* Movements                                                                */
 /* ------------------------------------------------------------------------ */
 
-typedef enum move_kind { MOVE_TOPUP, MOVE_WITHDRAWAL, MOVE_TRANSFER } move_kind_t;
-
 static const struct {
   const char *kind;
   svc_event_type_t event;
 } move_names[] = {
-    [MOVE_TOPUP] = {"topup", SVC_EV_ACCOUNT_TOPPED_UP},
-    [MOVE_WITHDRAWAL] = {"withdrawal", SVC_EV_ACCOUNT_WITHDRAWN},
-    [MOVE_TRANSFER] = {"transfer", SVC_EV_ACCOUNT_TRANSFERRED},
+    [ACCOUNT_MOVE_TOPUP] = {"topup", SVC_EV_ACCOUNT_TOPPED_UP},
+    [ACCOUNT_MOVE_WITHDRAWAL] = {"withdrawal", SVC_EV_ACCOUNT_WITHDRAWN},
+    [ACCOUNT_MOVE_TRANSFER] = {"transfer", SVC_EV_ACCOUNT_TRANSFERRED},
 };
 
-typedef struct move_state {
-  svc_idem_t idem;
-  move_kind_t kind;
-  char account[37]; /* the caller's account: top-up/withdrawal target, transfer source */
-  char other[37];   /* the system account, or the transfer's destination */
-  char currency[4];
-  int64_t amount;
-  int move_index;
-} move_state_t;
+const char *account_move_kind_name(account_move_kind_t kind) { return move_names[kind].kind; }
 
-static const char insufficient_body[] =
+svc_event_type_t account_move_event(account_move_kind_t kind) { return move_names[kind].event; }
+
+const char account_insufficient_body[] =
     "{\"error\":{\"code\":\"insufficient_funds\",\"message\":\"the balance (with its "
     "overdraft limit) does not cover the amount\"}}";
 
+/* Staff may move money on any customer's account, except by transfer. */
+static bool staff_may(const svc_req_t *req, const account_move_t *mv) {
+  return mv->kind != ACCOUNT_MOVE_TRANSFER && is_staff(req);
+}
+
+const char *account_move_owner(const svc_req_t *req, const account_move_t *mv) {
+  if (staff_may(req, mv)) return NULL;
+  return svc_has_role(req, SVC_ROLE_CUSTOMER) ? req->who.subject : "";
+}
+
 static void move_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
-  move_state_t *st = SVC_STATE(req, move_state_t);
+  account_move_t *st = SVC_STATE(req, account_move_t);
   if (err == RT_PG_E_OUT_OF_RANGE) {
     svc_reply_error(req, 422, "amount_out_of_range", "the resulting balance would overflow");
     return;
@@ -449,7 +455,7 @@ static void move_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
   if (r == SVC_IDEM_UNKEYED) {
     bool moved = rt_pg_rows(b, st->move_index) == 1;
     status = moved ? 201 : 422;
-    body = moved ? rt_pg_value(b, st->move_index, 0, 3) : insufficient_body;
+    body = moved ? rt_pg_value(b, st->move_index, 0, 3) : account_insufficient_body;
     r = SVC_IDEM_NEW;
   }
   if (r == SVC_IDEM_NEW && status == 201) {
@@ -459,11 +465,10 @@ static void move_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
   svc_idem_reply(req, r, status, body);
 }
 
-/* The event's payload: ids and amounts, never personal data. */
-static void move_payload(const move_state_t *st, const char *txid, char *payload,
-                         size_t payload_bytes) {
+void account_move_payload(const account_move_t *st, const char *txid, char *payload,
+                          size_t payload_bytes) {
   int n;
-  if (st->kind == MOVE_TRANSFER) {
+  if (st->kind == ACCOUNT_MOVE_TRANSFER) {
     n = snprintf(payload, payload_bytes,
                  "{\"transaction_id\":\"%s\",\"from_account_id\":\"%s\",\"to_account_id\":\"%s\","
                  "\"amount\":%" PRId64 ",\"currency\":\"%s\"}",
@@ -480,9 +485,9 @@ static void move_payload(const move_state_t *st, const char *txid, char *payload
 
 /* The write: one batch, one transaction. */
 static void move_write(svc_req_t *req) {
-  move_state_t *st = SVC_STATE(req, move_state_t);
-  const char *debit = st->kind == MOVE_TOPUP ? st->other : st->account;
-  const char *credit = st->kind == MOVE_TOPUP ? st->account : st->other;
+  account_move_t *st = SVC_STATE(req, account_move_t);
+  const char *debit = st->kind == ACCOUNT_MOVE_TOPUP ? st->other : st->account;
+  const char *credit = st->kind == ACCOUNT_MOVE_TOPUP ? st->account : st->other;
   char txid[37], e1[37], e2[37], amount[24], payload[400];
   svc_uuid7(txid);
   svc_uuid7(e1);
@@ -492,7 +497,7 @@ static void move_write(svc_req_t *req) {
   svc_emit_t ev;
   svc_emit_prepare(&ev, move_names[st->kind].event, &trace);
   snprintf(amount, sizeof amount, "%" PRId64, st->amount);
-  move_payload(st, txid, payload, sizeof payload);
+  account_move_payload(st, txid, payload, sizeof payload);
   rt_pg_batch_t *b = svc_batch(req);
   if (b == NULL) return;
   const char *scope = svc_idem_scope(&st->idem), *key = svc_idem_key(&st->idem);
@@ -503,13 +508,13 @@ static void move_write(svc_req_t *req) {
                         scope, key, e1, e2, ev.id, ev.topic, st->account, payload, "201",
                         st->account, ev.headers};
   st->move_index = rt_pg_add(b, s_move, 17, move);
-  svc_idem_add_finish(b, &st->idem, 422, insufficient_body);
+  svc_idem_add_finish(b, &st->idem, 422, account_insufficient_body);
   svc_db(req, b, move_done);
 }
 
 /* The read before the write: both accounts as they are. */
 static void move_checked(svc_req_t *req, rt_pg_batch_t *b, int err) {
-  move_state_t *st = SVC_STATE(req, move_state_t);
+  account_move_t *st = SVC_STATE(req, account_move_t);
   if (err != 0) {
     svc_reply_db_error(req, err, b);
     return;
@@ -520,13 +525,13 @@ static void move_checked(svc_req_t *req, rt_pg_batch_t *b, int err) {
     if (strcmp(id, st->account) == 0) mine = i;
     if (strcmp(id, st->other) == 0) other = i;
   }
-  bool staff_ok = st->kind != MOVE_TRANSFER && is_staff(req);
+  bool staff_ok = staff_may(req, st);
   if (mine < 0 || strcmp(rt_pg_value(b, 0, mine, 4), "customer") != 0 ||
       (!staff_ok && !owns(req, rt_pg_value(b, 0, mine, 1)))) {
     svc_reply_error(req, 404, "account_not_found", "no such account");
     return;
   }
-  if (other < 0 || (st->kind == MOVE_TRANSFER && strcmp(rt_pg_value(b, 0, other, 4), "customer") != 0)) {
+  if (other < 0 || (st->kind == ACCOUNT_MOVE_TRANSFER && strcmp(rt_pg_value(b, 0, other, 4), "customer") != 0)) {
     svc_reply_error(req, 404, "account_not_found", "no such destination account");
     return;
   }
@@ -555,8 +560,8 @@ static const svc_field_t transfer_fields[] = {
     {"currency", SVC_T_CURRENCY, true, 0},
 };
 
-static void move_start(svc_req_t *req, move_kind_t kind, const char *account, const char *other) {
-  move_state_t *st = SVC_STATE(req, move_state_t);
+static void move_start(svc_req_t *req, account_move_kind_t kind, const char *account, const char *other) {
+  account_move_t *st = SVC_STATE(req, account_move_t);
   st->kind = kind;
   snprintf(st->account, sizeof st->account, "%s", account);
   snprintf(st->currency, sizeof st->currency, "%s", svc_json_str(req->body, "currency"));
@@ -568,11 +573,17 @@ static void move_start(svc_req_t *req, move_kind_t kind, const char *account, co
   }
   /* A top-up or withdrawal naming a system account is answered by the
    * read below like any account the caller does not own: 404. */
-  if (kind == MOVE_TRANSFER && strcmp(st->account, st->other) == 0) {
+  if (kind == ACCOUNT_MOVE_TRANSFER && strcmp(st->account, st->other) == 0) {
     svc_reply_error(req, 422, "same_account", "source and destination are the same account");
     return;
   }
   if (svc_idem_begin(req, &st->idem, false) < 0) return;
+  account_thread_t *t = req->th->user;
+  account_mover_add(t->mover, req);
+}
+
+void account_move_alone(svc_req_t *req) {
+  account_move_t *st = SVC_STATE(req, account_move_t);
   rt_pg_batch_t *b = svc_batch(req);
   if (b == NULL) return;
   const char *vals[] = {st->account, st->other};
@@ -580,7 +591,7 @@ static void move_start(svc_req_t *req, move_kind_t kind, const char *account, co
   svc_db(req, b, move_checked);
 }
 
-static void on_topup_or_withdrawal(svc_req_t *req, move_kind_t kind) {
+static void on_topup_or_withdrawal(svc_req_t *req, account_move_kind_t kind) {
   const char *id;
   if (!id_param(req, &id)) return;
   svc_json_error_t err;
@@ -591,9 +602,9 @@ static void on_topup_or_withdrawal(svc_req_t *req, move_kind_t kind) {
   move_start(req, kind, id, NULL);
 }
 
-static void on_topup(svc_req_t *req) { on_topup_or_withdrawal(req, MOVE_TOPUP); }
+static void on_topup(svc_req_t *req) { on_topup_or_withdrawal(req, ACCOUNT_MOVE_TOPUP); }
 
-static void on_withdrawal(svc_req_t *req) { on_topup_or_withdrawal(req, MOVE_WITHDRAWAL); }
+static void on_withdrawal(svc_req_t *req) { on_topup_or_withdrawal(req, ACCOUNT_MOVE_WITHDRAWAL); }
 
 static void on_transfer(svc_req_t *req) {
   svc_json_error_t err;
@@ -601,7 +612,7 @@ static void on_transfer(svc_req_t *req) {
     svc_reply_json_error(req, &err);
     return;
   }
-  move_start(req, MOVE_TRANSFER, svc_json_str(req->body, "from_account_id"),
+  move_start(req, ACCOUNT_MOVE_TRANSFER, svc_json_str(req->body, "from_account_id"),
              svc_json_str(req->body, "to_account_id"));
 }
 
@@ -732,22 +743,37 @@ static int setup(PGconn *conn) {
   return rc;
 }
 
+static void thread_free(account_thread_t *t) {
+  if (t == NULL) return;
+  if (t->profile != NULL) http_client_destroy(t->profile);
+  account_mover_free(t->mover);
+  free(t);
+}
+
 static int thread_init(svc_thread_t *th) {
-  th->user = svc_peer_client(&profile_peer, th->loop, 16, 1024);
-  int rc = th->user != NULL ? 0 : RT_E_CONFIG;
-  if (rc == 0 && th->index == 0) rc = account_holds_start(th);
-  return rc;
+  account_thread_t *t = calloc(1, sizeof *t);
+  if (t == NULL) return -ENOMEM;
+  t->profile = svc_peer_client(&profile_peer, th->loop, 16, 1024);
+  t->mover = account_mover_create(th);
+  if (t->profile == NULL || t->mover == NULL) {
+    int rc = t->profile == NULL ? RT_E_CONFIG : -ENOMEM;
+    thread_free(t);
+    return rc;
+  }
+  th->user = t;
+  return th->index == 0 ? account_holds_start(th) : 0;
 }
 
 static void thread_drain(svc_thread_t *th) {
   if (th->index == 0) account_holds_stop(th);
-  http_client_destroy(th->user);
+  thread_free(th->user);
   th->user = NULL;
 }
 
 static int load_config(void) {
   int rc = svc_peer_config(&profile_peer, "profile", "127.0.0.1:7001", 2000);
   if (rc == 0) rc = account_holds_config();
+  if (rc == 0) rc = account_mover_config();
   return rc;
 }
 
@@ -759,13 +785,15 @@ static const svc_event_type_t produces[] = {
 };
 
 /* The service's statements and the saga's, registered as one table. */
-static svc_stmt_t all_stmts[sizeof stmts / sizeof stmts[0] + 16];
+static svc_stmt_t all_stmts[sizeof stmts / sizeof stmts[0] + 17];
 
 static size_t stmts_merge(void) {
   size_t n = 0;
   for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++) all_stmts[n++] = stmts[i];
   assert(n + account_holds_stmts_count <= sizeof all_stmts / sizeof all_stmts[0]);
   for (size_t i = 0; i < account_holds_stmts_count; i++) all_stmts[n++] = account_holds_stmts[i];
+  assert(n + account_mover_stmts_count <= sizeof all_stmts / sizeof all_stmts[0]);
+  for (size_t i = 0; i < account_mover_stmts_count; i++) all_stmts[n++] = account_mover_stmts[i];
   return n;
 }
 
@@ -787,11 +815,15 @@ int main(int argc, char **argv) {
       .usage_env = "  PROFILE_ADDR          the profile service, host:port (127.0.0.1:7001)\n"
                    "  PROFILE_TIMEOUT       its answer, at most          (2s)\n"
                    "  HOLD_TTL              a payment's hold expires after (5m)\n"
-                   "  HOLD_SWEEP_INTERVAL   expired holds released every (1s)\n",
+                   "  HOLD_SWEEP_INTERVAL   expired holds released every (1s)\n"
+                   "  ACCOUNT_MOVE_BATCH_MAX  movements per database batch (128)\n"
+                   "  ACCOUNT_MOVE_BATCHES  batches in flight per loop thread (2)\n"
+                   "  ACCOUNT_MOVE_WINDOW   longest wait for a batch to fill (0: none)\n",
       .produces = produces,
       .produces_count = sizeof produces / sizeof produces[0],
       .consumers = account_consumers,
       .consumers_count = account_consumers_count,
+      .metrics = account_mover_metrics,
   };
   return svc_main(argc, argv, &def);
 }
