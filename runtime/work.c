@@ -223,7 +223,8 @@ void rt_work_pool_stats(rt_work_pool_t *pool, rt_work_stats_t *out) {
 
 int rt_work_submit(rt_loop_t *loop, rt_work_pool_t *pool, rt_work_t *req,
                    rt_work_cb work_cb, rt_after_work_cb after_cb, void *ctx) {
-  assert(loop == rt_loop_current());
+  assert(loop != NULL);
+  assert(loop == rt_loop_current()); /* after_cb will run on this thread */
   assert(work_cb != NULL);
   assert(after_cb != NULL);
   bool twice = req->in_flight;
