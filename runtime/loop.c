@@ -1,8 +1,9 @@
 /*
  * loop.c - one io_uring per thread.
  *
- * An iteration: fire due timers, take actors scheduled from other threads,
- * run ready actors, move overflowed ops into the SQ, flush logs, then submit
+ * An iteration: fire due timers, run the after-callbacks of work finished
+ * on worker threads, take actors scheduled from other threads, run ready
+ * actors, move overflowed ops into the SQ, flush logs, then submit
  * everything with one system call and wait (unless actors are still ready)
  * until a completion or the next timer. Completions are first copied out of
  * the CQ into a batch, the CQ is advanced, and only then are callbacks run:
@@ -368,6 +369,7 @@ int rt_loop_run(rt_loop_t *loop) {
     loop->now_ns = rt_now_ns();
     rt__drain_check(loop);
     rt__timers_run(loop);
+    rt__work_run(loop);
     bool ready = rt__actors_run(loop);
     overflow_flush(loop);
     rt_log_flush();
@@ -413,6 +415,8 @@ void rt_loop_stats(const rt_loop_t *loop, rt_loop_stats_t *out) {
 
 void rt_loop_destroy(rt_loop_t *loop) {
   if (loop == NULL) return;
+  /* First: until it returns, a worker may still push onto this loop. */
+  rt__work_forget(loop);
   if (loop->ring.ring_fd >= 0 && loop->buf_ring != NULL)
     io_uring_unregister_buf_ring(&loop->ring, loop->buf_group);
   if (loop->ring.ring_fd > 0) io_uring_queue_exit(&loop->ring);

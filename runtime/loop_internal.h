@@ -59,6 +59,12 @@ struct rt_loop {
   atomic_uint msgs_remote_freed;
   uint32_t msgs_taken; /* handed out minus freed locally */
 
+  /* Work requests submitted here whose after_cb has not run yet (loop
+   * thread only), and those a worker has finished: a LIFO stack pushed
+   * with CAS and taken whole by the loop, like remote_actors (work.c). */
+  uint32_t work_in_flight;
+  _Atomic(rt_work_t *) work_done;
+
   /* Graceful drain. */
   rt_drain_hook_t drain_hooks[RT_DRAIN_HOOKS_MAX];
   uint32_t drain_hooks_count;
@@ -90,6 +96,13 @@ bool rt__actors_run(rt_loop_t *loop);
 
 /* threads.c: start draining when asked to (called once per iteration). */
 void rt__drain_check(rt_loop_t *loop);
+
+/* work.c: run the after_cb of finished work requests. */
+void rt__work_run(rt_loop_t *loop);
+
+/* work.c: before a loop is freed, take its requests out of every pool and
+ * wait for its running ones; their after_cb never runs. */
+void rt__work_forget(rt_loop_t *loop);
 
 /* msg.c: set up and tear down a loop's message pool. */
 int rt__msgs_init(rt_loop_t *loop);

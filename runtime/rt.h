@@ -13,6 +13,7 @@
  *   timers      one-shot and periodic, cancellable
  *   tcp         listen, accept, connect, recv, send, close
  *   actors      mailboxes, scheduling, cross-thread messages, supervision
+ *   work        worker threads for blocking or CPU-heavy jobs
  *   threads     N loops on N threads, graceful shutdown on SIGTERM/SIGINT
  *   env         configuration from environment variables
  */
@@ -550,6 +551,101 @@ void rt_sup_init(rt_sup_t *sup, rt_loop_t *loop, const char *name);
 /* Starts `child` under the supervisor with the spec. */
 int rt_sup_start_child(rt_sup_t *sup, rt_actor_t *child,
                        const rt_child_spec_t *spec);
+
+/* ------------------------------------------------------------------------ */
+/* Work: jobs on worker threads                                             */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Life of a work request (libuv's uv_queue_work, on our loops):
+ *
+ *   1. At start-up rt_work_pool_start() starts a fixed set of threads and
+ *      sizes the queue. Nothing is allocated after that.
+ *   2. A loop thread fills nothing but the request it owns (embedded in a
+ *      partition, an HTTP request, ...) and calls rt_work_submit(). The
+ *      request is queued, or refused at once: RT_E_LIMIT when queue_max
+ *      requests wait already (backpressure: the caller answers 503 or
+ *      tries later), RT_E_CLOSED once the pool is stopping. A refused
+ *      request is untouched and neither callback ever runs.
+ *   3. A worker takes requests in submission order and runs work_cb(req)
+ *      on its own thread. work_cb may block; it touches only what the
+ *      request carries, never the loop's objects.
+ *   4. The worker pushes the request on its loop's completed stack and
+ *      wakes the loop, the same way actors are scheduled from another
+ *      thread. From then on the worker forgets the request.
+ *   5. At the top of its next iteration the loop runs after_cb(req, status)
+ *      on its own thread, once, in completion order. The request is the
+ *      caller's again as after_cb starts: it may be submitted anew or
+ *      freed there.
+ *
+ * status is 0 when work_cb ran, or -ECANCELED when the pool was stopped
+ * before a worker took the request (work_cb did not run). Stopping never
+ * interrupts a running work_cb: it finishes and completes with 0.
+ *
+ * Shutdown. rt_work_pool_stop() refuses new requests, completes every
+ * queued one with -ECANCELED, lets running ones finish, and joins the
+ * threads; those completions reach their loops like any other. A loop
+ * destroyed with requests still in flight first takes its own queued ones
+ * out of every pool and waits for its running ones; their after_cb never
+ * runs (the loop is gone, its owner is tearing down), and once
+ * rt_loop_destroy() returns no worker touches the loop or the requests.
+ */
+typedef struct rt_work rt_work_t;
+typedef struct rt_work_pool rt_work_pool_t;
+
+/* Runs on a worker thread. */
+typedef void (*rt_work_cb)(rt_work_t *req);
+
+/* Runs on the submitting loop's thread: status 0, or -ECANCELED when
+ * work_cb never ran. */
+typedef void (*rt_after_work_cb)(rt_work_t *req, int status);
+
+/* One job, owned by the caller (embedded in its own struct, zeroed before
+ * its first submit). It must stay valid, and is not touched by the caller,
+ * from a successful submit until after_cb starts. */
+struct rt_work {
+  rt_work_cb work_cb;
+  rt_after_work_cb after_cb;
+  void *ctx;                      /* the caller's, untouched by the runtime */
+  rt_loop_t *loop;                /* the submitter, where after_cb runs */
+  rt_work_t *next;                /* pool queue link (under its mutex) */
+  _Atomic(rt_work_t *) done_next; /* the loop's completed stack */
+  int status;
+  bool in_flight;                 /* submitted, after_cb not yet run */
+};
+
+/* Threads in one pool at most. */
+#define RT_WORK_THREADS_MAX 64
+
+/* Starts `threads` worker threads (1..RT_WORK_THREADS_MAX) and a queue of
+ * at most `queue_max` waiting requests. Call at start-up, after
+ * rt_signals_block() (the threads inherit the mask). Returns 0, RT_E_CONFIG
+ * or -errno (then nothing is left running). `name` must outlive the pool. */
+int rt_work_pool_start(rt_work_pool_t **out, const char *name, uint32_t threads,
+                       uint32_t queue_max);
+
+/* Queues req on the calling loop thread: work_cb(req) later runs on a
+ * worker, then after_cb(req, status) on `loop`. Returns 0, RT_E_LIMIT (the
+ * queue is full) or RT_E_CLOSED (the pool is stopping); on failure neither
+ * callback is ever called. Submitting a request already in flight is a
+ * programmer error (asserted). */
+int rt_work_submit(rt_loop_t *loop, rt_work_pool_t *pool, rt_work_t *req,
+                   rt_work_cb work_cb, rt_after_work_cb after_cb, void *ctx);
+
+/* Stops the pool (see the life above) and frees it; NULL is allowed. Any
+ * thread but a worker. */
+void rt_work_pool_stop(rt_work_pool_t *pool);
+
+/* Counters, for metrics. Any thread. */
+typedef struct rt_work_stats {
+  uint32_t threads;
+  uint32_t queued;         /* waiting now */
+  uint32_t queued_max;     /* high-water mark */
+  uint64_t done;           /* work_cb calls that returned */
+  uint64_t rejected;       /* submits refused with RT_E_LIMIT */
+} rt_work_stats_t;
+
+void rt_work_pool_stats(rt_work_pool_t *pool, rt_work_stats_t *out);
 
 /* ------------------------------------------------------------------------ */
 /* Threads and shutdown                                                     */

@@ -147,7 +147,12 @@ typedef struct svc_req {
   } poll;
   uint64_t started_ns;
   void (*db_fn)(struct svc_req *req, rt_pg_batch_t *b, int err);
-  void (*work_done)(struct svc_req *req, void *arg);
+  struct {                  /* svc_work()'s job, while it runs */
+    rt_work_t req;
+    void (*fn)(void *arg);
+    void (*done)(struct svc_req *req, void *arg);
+    void *arg;
+  } work;
   _Alignas(16) unsigned char state[SVC_REQ_STATE_BYTES];
 } svc_req_t;
 
@@ -783,7 +788,8 @@ void svc_fault(const char *point);
 
 /* Runs work(arg) on a worker thread, then done(req, arg) back on the
  * request's loop thread. Returns 0, or after answering 503 a negative
- * error (queue full): then neither runs and the request is gone. */
+ * error (queue full, or the workers stopping): then neither runs and the
+ * request is gone. Allocates nothing: the job lives in the request. */
 int svc_work(svc_req_t *req, void (*work)(void *arg),
              void (*done)(svc_req_t *req, void *arg), void *arg);
 

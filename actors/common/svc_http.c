@@ -28,6 +28,7 @@ void svc_req_release(svc_req_t *req) {
   svc_th_t *th = (svc_th_t *)req->th;
   assert(th->inflight > 0);
   assert(req->park == NULL); /* answered while parked: unparked first */
+  assert(!req->work.req.in_flight); /* answered only once its work is done */
   if (req->body != NULL) json_decref(req->body);
   th->inflight--;
   atomic_store_explicit(&th->inflight_gauge, th->inflight, memory_order_relaxed);

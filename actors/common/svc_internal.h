@@ -8,7 +8,7 @@
  *   svc_http.c     requests: dispatch, identity and role checks, answers,
  *                  parameters, database round trips for handlers
  *   svc_metrics.c  /healthz, /readyz, /metrics
- *   svc_work.c     worker threads for CPU-heavy work (password hashing)
+ *   svc_work.c     CPU-heavy work (password hashing) on rt_work threads
  *   svc_idem.c     claims for Idempotency-Key, SHA-256, UUID v7
  *   svc_events.c   the event registry, traces, writing to the outbox
  *   svc_relay.c    the outbox relay: outbox rows to busd
@@ -69,7 +69,7 @@ typedef struct svc_th {
   uint32_t inflight;
   bool draining;
   int drain_stage;        /* 0 serving, 1 pool closing, 2 grace */
-  rt_actor_t actor;       /* worker completions, notifies */
+  rt_actor_t actor;       /* notifies and calls from other threads */
   rt_timer_t grace_timer;
   rt_timer_t prune_timer;
   svc_relay_t *relay;     /* thread 0 with BUS_ADDR on */
@@ -92,6 +92,7 @@ typedef struct svc_global {
   uint32_t reqs_max;
   uint32_t workers;
   uint32_t work_queue_max;
+  rt_work_pool_t *work_pool; /* svc_work()'s threads, shared by the loops */
   uint32_t db_wait_ms;
   uint32_t inbox_keep_s;
   uint32_t consume_in_flight;
@@ -109,9 +110,8 @@ svc_th_t *svc_th_current(void);
 
 /* Actor messages of a loop thread's actor. */
 enum {
-  SVC_MSG_WORK_DONE = RT_MSG_USER + 1, /* ptr: the job */
-  SVC_MSG_NOTIFY,                      /* data: the key */
-  SVC_MSG_CALL,                        /* data: svc_call_t */
+  SVC_MSG_NOTIFY = RT_MSG_USER + 1, /* data: the key */
+  SVC_MSG_CALL,                     /* data: svc_call_t */
 };
 
 /* svc_notify.c: SVC_MSG_CALL on the receiving thread. */
@@ -126,10 +126,10 @@ void svc_drain_step(svc_th_t *th);
 extern const svc_route_t svc_health_routes[];
 extern const size_t svc_health_routes_count;
 
-/* svc_work.c */
+/* svc_work.c: start the worker threads (main thread, after
+ * rt_signals_block()); stop them after rt_run() has returned. */
 int svc_workers_start(uint32_t count);
 void svc_workers_stop(void);
-void svc_work_done(rt_msg_t *msg);
 
 /* svc_idem.c */
 void svc_sha256_hex(const void *data, size_t len, char out[65]);

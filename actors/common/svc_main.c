@@ -3,7 +3,7 @@
  * migrations, loop threads and their set-up, drain.
  *
  * Set-up of loop thread i (rt_run calls thread_setup on each):
- *   request pool, actor (worker completions, notifies), parking table
+ *   request pool, actor (notifies, calls), parking table
  *   -> database pool with every statement prepared (the skeleton's tables
  *   first, then the service's); with <SVC>_DB_READ_URL, a second pool on
  *   it with the same statements, for reads that may be slightly stale
@@ -116,7 +116,6 @@ void svc_fault(const char *point) {
 static int th_actor(rt_actor_t *self, rt_msg_t *msg) {
   svc_th_t *th = self->state;
   switch (msg->type) {
-  case SVC_MSG_WORK_DONE: svc_work_done(msg); break;
   case SVC_MSG_NOTIFY: svc_parking_on_notify(th, msg); break;
   case SVC_MSG_CALL: svc_on_call(th, msg); break;
   default: (void)NEVER(true); break;

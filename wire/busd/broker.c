@@ -1,7 +1,7 @@
 /*
- * broker.c - the broker on its loop thread: the actor that receives I/O
- * completions, the periodic tick, deferred work after each event, start-up
- * of the listeners, and the graceful drain.
+ * broker.c - the broker on its loop thread: the periodic tick, deferred
+ * work after each event (an I/O job's completion included), start-up of
+ * the listeners, and the graceful drain.
  *
  * Drain (SIGTERM), in order, each step waiting for the one before:
  *   1. stop accepting; PUBs are refused with BUS_E_SHUTDOWN (the client
@@ -10,7 +10,7 @@
  *      their PUB_ACKs queued;
  *   3. the groups' committed offsets are stored;
  *   4. connections close once their output has been sent;
- *   5. no I/O job is left: completions are switched off, the loop stops.
+ *   5. no I/O job is left: the loop stops.
  * Past 3/4 of the deadline whatever is left is closed hard; what was not
  * PUB_ACKed is simply not acknowledged, so the guarantee holds either way.
  */
@@ -33,17 +33,6 @@ void busd_after_event(busd_t *b) {
     drain_step(b);
     busd_conns_flush(b);
   }
-}
-
-static int broker_actor(rt_actor_t *self, rt_msg_t *msg) {
-  busd_t *b = self->state;
-  if (msg->type == BUSD_MSG_IO) {
-    busd_io_complete(&b->io, msg);
-    busd_after_event(b);
-    return 0;
-  }
-  RT_WARN("broker: unknown message", RT_LF_INT("type", msg->type));
-  return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -96,7 +85,6 @@ static bool partitions_idle(busd_t *b) {
 
 static void drain_finish(busd_t *b, const char *how) {
   b->drained = true;
-  busd_io_close(&b->io); /* no completion may reach the loop from now on */
   rt_timer_stop(b->loop, &b->tick);
   rt_timer_stop(b->loop, &b->drain_timer);
   RT_INFO("busd drained", RT_LF_STR("how", how), RT_LF_INT("io_jobs_left", b->io.queued));
@@ -158,7 +146,6 @@ static int http_start(busd_t *b) {
 int busd_thread_setup(rt_loop_t *loop, uint32_t index, void *arg) {
   busd_t *b = arg;
   b->loop = loop;
-  rt_actor_init(&b->actor, loop, "busd", broker_actor, b);
   int rc = busd_server_start(b);
   if (rc < 0) {
     RT_ERROR("cannot listen", RT_LF_STR("host", b->cfg.host), RT_LF_INT("port", b->cfg.port),

@@ -4,13 +4,13 @@
  * One loop thread runs everything that touches broker state: connections,
  * topics, partitions, consumer groups, the HTTP port. File I/O that may
  * block (write + fdatasync, reads of old records, renames, unlinks) runs on
- * a small pool of I/O threads; each job comes back to the broker actor as a
- * runtime message, so the loop never blocks. Start-up recovery (scanning
+ * the runtime's worker threads (rt_work); each job's done callback runs
+ * back on the loop thread, so the loop never blocks. Start-up recovery (scanning
  * segments, cutting torn tails) runs on the main thread before the loop.
  *
  * Files, bottom up:
  *   segment.c  CRC32C, the record format, segment scan and torn-tail cut
- *   io.c       the I/O thread pool and its jobs
+ *   io.c       the file jobs, run on the I/O threads (rt_work)
  *   log.c      partitions: append, group commit, the durable-record cache,
  *              fetching records for delivery, retention
  *   store.c    the data directory: topics, start-up recovery, offsets files
@@ -24,7 +24,6 @@
 #define BUSD_H
 
 #include <limits.h>
-#include <pthread.h>
 #include <stdatomic.h>
 
 #include "bus.h"
@@ -191,16 +190,16 @@ typedef enum busd_job_kind {
 typedef void (*busd_job_done_fn)(busd_job_t *job);
 
 /* One blocking file operation, owned by whoever submits it (embedded in a
- * partition, group or topic). Only one submission at a time. The fields
- * under "in" are read by the I/O thread, "out" written by it; neither side
- * touches the other's between submit and done. */
+ * partition, group or topic): the submit allocates nothing. Only one
+ * submission at a time. The fields under "in" are read by the I/O thread,
+ * "out" written by it; neither side touches the other's between submit and
+ * done. */
 struct busd_job {
   busd_job_kind_t kind;
   busd_job_done_fn done;
   void *ctx;
-  busd_job_t *next;     /* queue link */
-  rt_msg_t *msg;        /* the completion, allocated at submit */
-  bool in_flight;
+  rt_work_t work;       /* the runtime's request; work.ctx is the busd_io_t */
+  bool in_flight;       /* submitted, done not yet called */
   /* in */
   int fd;               /* WRITE (unless roll), READ, UNLINK */
   uint64_t pos;         /* WRITE, READ */
@@ -212,21 +211,14 @@ struct busd_job {
   uint32_t gen;         /* SNAPSHOT: its number (the topic's snap_gen_next) */
   char path[PATH_MAX];  /* new segment, file to unlink or replace, topic dir */
   /* out */
-  int result;           /* 0 / bytes read, or -errno */
+  int result;           /* 0 / bytes read, or -errno (-ECANCELED: not run) */
   int new_fd;           /* WRITE with roll */
   uint64_t took_ns;
 };
 
 typedef struct busd_io {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  busd_job_t *head;
-  busd_job_t *tail;
-  bool stop;
-  bool closed;          /* the loop is going away: drop completions */
-  pthread_t threads[BUSD_IO_THREADS_MAX];
-  uint32_t threads_count;
-  rt_actor_t *reply_to;
+  rt_work_pool_t *pool; /* the I/O threads */
+  busd_t *b;            /* told after every completion */
   /* Counters, written by I/O threads, read by /metrics. */
   _Atomic uint64_t fsyncs;
   _Atomic uint64_t fsync_ns;
@@ -236,25 +228,17 @@ typedef struct busd_io {
   uint32_t queued;      /* loop-side count of jobs in flight */
 } busd_io_t;
 
-/* The message type of job completions sent to the broker actor. */
-#define BUSD_MSG_IO (RT_MSG_USER + 1)
+/* Starts b->cfg.io_threads I/O threads (main thread, at start-up). After
+ * each job's done callback, busd_after_event(b) runs. */
+int busd_io_start(busd_io_t *io, busd_t *b);
 
-/* Starts the threads; completions go to `reply_to` (which may be
- * initialised later, before the first submit). */
-int busd_io_start(busd_io_t *io, uint32_t threads, rt_actor_t *reply_to);
-
-/* Queues a job (loop thread). Returns 0, or RT_E_POOL_EMPTY when no
- * completion message could be allocated (try again later). */
+/* Queues a job (loop thread). Returns 0, or RT_E_LIMIT when the queue is
+ * full or RT_E_CLOSED when stopping (try again later); done is then never
+ * called. */
 int busd_io_submit(busd_io_t *io, busd_job_t *job);
 
-/* Handles a BUSD_MSG_IO message: calls the job's done callback. */
-void busd_io_complete(busd_io_t *io, rt_msg_t *msg);
-
-/* From now on completions are dropped instead of sent (loop thread, just
- * before the loop stops). */
-void busd_io_close(busd_io_t *io);
-
-/* Stops and joins the threads (main thread, after the loop has stopped). */
+/* Stops and joins the threads (main thread, after the loop has stopped;
+ * the loop took its unfinished jobs with it). */
 void busd_io_stop(busd_io_t *io);
 
 /* ------------------------------------------------------------------------ */
@@ -707,7 +691,6 @@ struct busd {
   busd_config_t cfg;
   uint32_t rec_bytes_max;  /* frame_bytes_max + record header */
   rt_loop_t *loop;
-  rt_actor_t actor;        /* receives I/O completions */
   busd_io_t io;
   /* Topics: a fixed table, found through an open-addressing hash. */
   busd_topic_t *topics;
@@ -755,7 +738,7 @@ uint64_t busd_now_ms(const busd_t *b);
 /* Runs the deferred work after an event: writes, then sends. */
 void busd_after_event(busd_t *b);
 
-/* rt_run()'s thread setup: listeners, the broker actor, the tick, the
+/* rt_run()'s thread setup: listeners, the tick, the
  * drain hook (broker.c). `arg` is the busd_t. */
 int busd_thread_setup(rt_loop_t *loop, uint32_t index, void *arg);
 

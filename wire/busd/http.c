@@ -70,6 +70,12 @@ static int metrics_broker(http_buf_t *out, const busd_t *b) {
                 atomic_load_explicit(&io->read_bytes, memory_order_relaxed));
   rc |= COUNTER("io_errors_total", "Failed file operations.",
                 atomic_load_explicit(&io->errors, memory_order_relaxed));
+  rt_work_stats_t ws;
+  rt_work_pool_stats(io->pool, &ws);
+  rc |= GAUGE("io_jobs_queued", "File jobs waiting for an I/O thread.", ws.queued);
+  rc |= GAUGE("io_jobs_queued_max", "Most file jobs ever waiting at once.", ws.queued_max);
+  rc |= COUNTER("io_jobs_refused_total", "File jobs refused: queue full, tried later.",
+                ws.rejected);
   rc |= COUNTER("cache_misses_total", "Deliveries that had to read the disk.", s->cache_misses);
   rc |= COUNTER("corrupt_records_total", "Records skipped: checksum failed on read.", s->corrupt);
   rc |= COUNTER("retention_skipped_total", "Offsets a group skipped after retention.",

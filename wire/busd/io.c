@@ -1,11 +1,12 @@
 /*
- * io.c - the I/O threads: every file operation that may block.
+ * io.c - the file jobs: every file operation that may block.
  *
  * The loop thread never waits on the disk. A partition's write (pwrite +
  * fdatasync), a group's read of old records, a segment deletion or an
- * offsets snapshot is a job: the loop queues it here and goes on; an I/O
- * thread runs it and sends the job's completion message back to the broker
- * actor, whose handler runs the job's done callback on the loop thread.
+ * offsets snapshot is a job: the loop submits it to the I/O threads (an
+ * rt_work pool) and goes on; an I/O thread runs it, and the job's done
+ * callback then runs back on the loop thread, followed by the broker's
+ * deferred work (busd_after_event()).
  *
  * Why several threads: fdatasync of different files can proceed in
  * parallel (ext4 joins them into one journal commit), so partitions synced
@@ -13,14 +14,19 @@
  * a partition has at most one write in flight and a group at most one
  * read, so any thread may take any job.
  *
- * The completion message is allocated from the loop's pool at submit time
- * (I/O threads have no loop and cannot allocate one). It is sent with the
- * queue mutex held, and busd_io_close() takes that mutex: once it returns
- * no thread is sending or will send, so the loop may be destroyed even if
- * a job is still stuck in the kernel.
+ * A job is embedded in its partition, group, topic or segment, so a submit
+ * allocates nothing and can fail only when the queue is full (sized below
+ * for every job that can be in flight at once, but for deletions) or the
+ * threads are stopping; every caller tries again on a later tick. When the
+ * loop stops with jobs still in flight (a drain past its deadline), the
+ * runtime takes the queued ones out and waits for the running ones as the
+ * loop is destroyed: their done callbacks never run, and no I/O thread
+ * touches the loop afterwards.
  */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,7 +141,14 @@ static int job_mktopic(busd_job_t *job) {
   return rc;
 }
 
-static void job_run(busd_io_t *io, busd_job_t *job) {
+static busd_job_t *job_of(rt_work_t *req) {
+  return (busd_job_t *)(void *)((char *)req - offsetof(busd_job_t, work));
+}
+
+/* The work_cb: runs on an I/O thread. */
+static void job_run(rt_work_t *req) {
+  busd_io_t *io = req->ctx;
+  busd_job_t *job = job_of(req);
   uint64_t t0 = rt_now_ns();
   int rc;
   switch (job->kind) {
@@ -151,91 +164,58 @@ static void job_run(busd_io_t *io, busd_job_t *job) {
   job->took_ns = rt_now_ns() - t0;
 }
 
-static void *io_main(void *arg) {
-  busd_io_t *io = arg;
-  pthread_mutex_lock(&io->mu);
-  for (;;) {
-    while (io->head == NULL && !io->stop) pthread_cond_wait(&io->cv, &io->mu);
-    if (io->head == NULL) break; /* stopping and nothing left */
-    busd_job_t *job = io->head;
-    io->head = job->next;
-    if (io->head == NULL) io->tail = NULL;
-    pthread_mutex_unlock(&io->mu);
-    job_run(io, job);
-    pthread_mutex_lock(&io->mu);
-    if (!io->closed) {
-      rt_actor_send(io->reply_to, job->msg);
-    }
-  }
-  pthread_mutex_unlock(&io->mu);
-  return NULL;
-}
-
 /* ------------------------------------------------------------------------ */
 /* The loop's side                                                          */
 /* ------------------------------------------------------------------------ */
 
-int busd_io_start(busd_io_t *io, uint32_t threads, rt_actor_t *reply_to) {
+_Static_assert(BUSD_IO_THREADS_MAX <= RT_WORK_THREADS_MAX, "more I/O threads than a pool has");
+
+/* Extra room in the queue for segment deletions, of which retention may
+ * start many at once; past it they wait for the next retention pass. */
+#define UNLINKS_QUEUED 1024
+
+/* Every job that can be waiting at once: one write per partition, one
+ * read per group and partition, a snapshot and a creation per topic, and
+ * the deletions. The queue is intrusive, so its bound costs no memory. */
+static uint32_t queue_max(const busd_config_t *cfg) {
+  uint64_t writes = (uint64_t)cfg->topics_max * BUSD_PARTITIONS_MAX;
+  uint64_t reads = (uint64_t)cfg->groups_max * BUSD_PARTITIONS_MAX;
+  uint64_t topic_jobs = 2u * (uint64_t)cfg->topics_max;
+  uint64_t sum = writes + reads + topic_jobs + UNLINKS_QUEUED;
+  return sum > UINT32_MAX ? UINT32_MAX : (uint32_t)sum;
+}
+
+int busd_io_start(busd_io_t *io, busd_t *b) {
+  uint32_t threads = b->cfg.io_threads;
   if (threads == 0 || threads > BUSD_IO_THREADS_MAX) return RT_E_CONFIG;
-  pthread_mutex_init(&io->mu, NULL);
-  pthread_cond_init(&io->cv, NULL);
-  io->reply_to = reply_to;
-  for (uint32_t i = 0; i < threads; i++) {
-    int rc = pthread_create(&io->threads[i], NULL, io_main, io);
-    if (rc != 0) {
-      busd_io_stop(io);
-      return -rc;
-    }
-    io->threads_count++;
-  }
-  return 0;
+  io->b = b;
+  return rt_work_pool_start(&io->pool, "busd_io", threads, queue_max(&b->cfg));
+}
+
+/* The after_cb: back on the loop thread. */
+static void job_after(rt_work_t *req, int status) {
+  busd_io_t *io = req->ctx;
+  busd_job_t *job = job_of(req);
+  assert(job->in_flight);
+  assert(io->queued > 0);
+  job->in_flight = false;
+  io->queued--;
+  if (status < 0) job->result = status; /* cancelled: job_run never ran */
+  job->done(job);
+  busd_after_event(io->b);
 }
 
 int busd_io_submit(busd_io_t *io, busd_job_t *job) {
-  if (job->in_flight) return -EBUSY;
-  rt_msg_t *msg = rt_msg_new(BUSD_MSG_IO, 0);
-  if (msg == NULL) return RT_E_POOL_EMPTY;
-  msg->ptr = job;
-  job->msg = msg;
-  job->next = NULL;
+  if (NEVER(job->in_flight)) return -EBUSY;
   job->result = 0;
+  int rc = rt_work_submit(io->b->loop, io->pool, &job->work, job_run, job_after, io);
+  if (rc < 0) return rc;
   job->in_flight = true;
   io->queued++;
-  pthread_mutex_lock(&io->mu);
-  if (io->tail != NULL) {
-    io->tail->next = job;
-  } else {
-    io->head = job;
-  }
-  io->tail = job;
-  pthread_cond_signal(&io->cv);
-  pthread_mutex_unlock(&io->mu);
   return 0;
 }
 
-void busd_io_complete(busd_io_t *io, rt_msg_t *msg) {
-  busd_job_t *job = msg->ptr;
-  job->in_flight = false;
-  job->msg = NULL;
-  io->queued--;
-  job->done(job);
-}
-
-void busd_io_close(busd_io_t *io) {
-  pthread_mutex_lock(&io->mu);
-  io->closed = true;
-  pthread_mutex_unlock(&io->mu);
-}
-
 void busd_io_stop(busd_io_t *io) {
-  if (io->threads_count == 0) return;
-  pthread_mutex_lock(&io->mu);
-  io->stop = true;
-  io->closed = true;
-  pthread_cond_broadcast(&io->cv);
-  pthread_mutex_unlock(&io->mu);
-  for (uint32_t i = 0; i < io->threads_count; i++) pthread_join(io->threads[i], NULL);
-  io->threads_count = 0;
-  pthread_mutex_destroy(&io->mu);
-  pthread_cond_destroy(&io->cv);
+  rt_work_pool_stop(io->pool);
+  io->pool = NULL;
 }

@@ -160,7 +160,7 @@ int main(int argc, char **argv) {
   bus_buf_init(&b->dead_hdr, 64u * 1024);
   rt_signals_block(); /* before the I/O threads, which inherit it */
   rc = busd_store_open(b);
-  if (rc == 0) rc = busd_io_start(&b->io, b->cfg.io_threads, &b->actor);
+  if (rc == 0) rc = busd_io_start(&b->io, b);
   if (rc < 0) {
     RT_ERROR("start-up failed", RT_LF_STR("error", rt_strerror(rc)));
     cleanup(b);
