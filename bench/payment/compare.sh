@@ -21,8 +21,22 @@
 # Every run ends with the harness's invariant check (money, holds,
 # outboxes). BENCH_PAYMENT_BUS=busd skips RabbitMQ (and is what runs when
 # rabbitmq-server is missing).
-# Results: a table on stdout, one JSON line in .run/bench-payment.json,
-# busd's measured run's JSON and chart in .run/bench-payment-run.{json,png}.
+# After busd's measured run, where its time went, hop by hop, from the
+# event service's audit log (bench/payment/hops.sql, over the payments
+# whose payment.requested occurred during that run): for each of the five
+# events (payment.requested, account.funds_reserved, payment.authorized,
+# account.payment_settled, payment.completed), p50/p99 of occurred ->
+# stored (the rest of the producing transaction, its commit, the outbox
+# relay) and of stored -> the next event's occurred-at (the bus's fsync and
+# delivery, the consumer's start); the sum of the p50s next to the chain
+# measured per payment and to the harness's POST-to-final p50/p99. The
+# audit log's timestamps are whole milliseconds: each span is +-1 ms.
+# By hand, for any run (Unix ms; without them, every payment logged):
+#   eval "$(deploy/pg env)"
+#   psql "$EVENT_DB_URL" -X -f bench/payment/hops.sql -v since_ms=... -v until_ms=...
+# Results: a table on stdout, one JSON line in .run/bench-payment.json
+# (the hops under "hops"), busd's measured run's JSON and chart in
+# .run/bench-payment-run.{json,png}.
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
@@ -42,7 +56,7 @@ BUILD_DIR=${BENCH_BUILD_DIR:-build-release}
 [[ $BUILD_DIR == /* ]] || BUILD_DIR=$REPO_ROOT/$BUILD_DIR
 
 usage() {
-  sed -n '3,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  awk 'NR < 3 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${BASH_SOURCE[0]}"
   cat <<USAGE
 
 Environment (current value):
@@ -148,6 +162,32 @@ harness() {
   return 0
 }
 
+# hops SINCE_MS UNTIL_MS OUT: bench/payment/hops.sql over the payments
+# requested in [SINCE_MS, UNTIL_MS), as CSV in OUT (empty when it could not
+# run: the hops are a diagnosis, not what the benchmark stands or falls by).
+# The harness is done once every payment is final, but the last events
+# may still be on their way to the event service: first wait until its
+# audit log stops growing.
+hops() {
+  local since=$1 until=$2 out=$3 n prev=-1 i
+  local count="SELECT count(*) FROM audit_log WHERE stored_at >= to_timestamp($since / 1000.0)"
+  : >"$out"
+  for ((i = 0; i < 40; i++)); do
+    n=$(psql "$EVENT_DB_URL" -X -q -At -c "$count" 2>/dev/null) || n=-2
+    [[ $n == "$prev" ]] && break
+    prev=$n
+    sleep 0.25
+  done
+  step "hops: bench/payment/hops.sql, payments requested in [$since, $until) ms"
+  if psql "$EVENT_DB_URL" -X -q --csv -v ON_ERROR_STOP=1 -v since_ms="$since" -v until_ms="$until" \
+    -f "$REPO_ROOT/bench/payment/hops.sql" >"$out.tmp" 2>"$out.err"; then
+    mv "$out.tmp" "$out"
+  else
+    warn "bench/payment/hops.sql failed: $(head -c 300 "$out.err")"
+  fi
+  printf '%s %s\n' "$since" "$until" >"$out.window"
+}
+
 # The services `deploy/dev up` started share these databases: their relays
 # would publish this run's outbox rows to their own busd, and the saga
 # measured here would stall. Refuse rather than measure that.
@@ -215,8 +255,14 @@ main() {
       out=$RUN_DIR/bench-payment-run.json
       png=$RUN_DIR/bench-payment.png
     fi
+    local since_ms until_ms
+    since_ms=$(date +%s%3N)
     harness "measure-$bus" --rate "$half" --duration "${BENCH_PAYMENT_SECONDS}s" \
       --json "$out" --png "$png" --label "bench/compare payment ($bus)"
+    until_ms=$(date +%s%3N)
+    if [[ $bus == busd ]]; then
+      hops "$since_ms" "$until_ms" "$TMP_DIR/hops-busd.csv"
+    fi
     HALF[$bus]=$half
     if [[ -z $common ]] || python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) < float(sys.argv[2]) else 1)' "$half" "$common"; then
       common=$half
@@ -245,8 +291,9 @@ main() {
 
   python3 - "$TMP_DIR/search-busd.json" "$RUN_DIR/bench-payment-run.json" \
     "$TMP_DIR/search-amqp.json" "$TMP_DIR/measure-amqp.json" "$TMP_DIR/common-busd.json" \
-    "$TMP_DIR/common-amqp.json" "$BENCH_PAYMENT_TARGET_P99_MS" "$RUN_DIR/bench-payment.json" <<'PY'
-import json, sys, time
+    "$TMP_DIR/common-amqp.json" "$BENCH_PAYMENT_TARGET_P99_MS" "$RUN_DIR/bench-payment.json" \
+    "$TMP_DIR/hops-busd.csv" <<'PY'
+import csv, json, os, sys, time
 search, measure, r_search, r_measure, c_busd, c_amqp = (json.load(open(p)) for p in sys.argv[1:7])
 target = float(sys.argv[7])
 
@@ -312,10 +359,70 @@ print("target (busd): p99 <= %.0f ms: %s" % (target, "met" if ours["p99_ms"] <= 
 fails = ours["invariant_failures"] + (rabbit["invariant_failures"] if rabbit else []) + \
     (common["busd"]["invariant_failures"] + common["rabbitmq"]["invariant_failures"] if common else [])
 print("invariants: %s" % ("all checks passed" if not fails else "FAILED: " + "; ".join(fails)))
+
+
+# busd's measured run, hop by hop (bench/payment/hops.sql): CSV rows of
+# pos (1..5 the events, 6 the chain), part (1 occurred -> stored,
+# 2 stored -> next occurred, 3 the chain), span, n, p50_ms, p99_ms, max_ms.
+def hops_of(path, ours):
+    rows = []
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    window = None
+    if os.path.exists(path + ".window"):
+        window = [int(x) for x in open(path + ".window").read().split()]
+    fig = {}
+    for r in rows:
+        fig[(int(r["pos"]), int(r["part"]))] = {
+            "n": int(r["n"]), "p50_ms": int(r["p50_ms"]), "p99_ms": int(r["p99_ms"]),
+            "max_ms": int(r["max_ms"])}
+    topics = ["payment.requested", "account.funds_reserved", "payment.authorized",
+              "account.payment_settled", "payment.completed"]
+    events = [{"topic": t, "occurred_to_stored": fig.get((i + 1, 1)),
+               "stored_to_next": fig.get((i + 1, 2))} for i, t in enumerate(topics)]
+    chain_spans = [fig.get((p, k)) for p in range(1, 5) for k in (1, 2)]
+    last = fig.get((5, 1))
+    sum_chain = sum(x["p50_ms"] for x in chain_spans) if all(chain_spans) else None
+    return {"window_ms": window, "resolution_ms": 1, "events": events,
+            "sum_p50_ms_requested_to_completed": sum_chain,
+            "sum_p50_ms_all": sum_chain + last["p50_ms"] if sum_chain is not None and last else None,
+            "chain": fig.get((6, 3)),
+            "end_to_end": {"p50_ms": ours["p50_ms"], "p99_ms": ours["p99_ms"]}}
+
+
+hops = hops_of(sys.argv[9], ours)
+print()
+if hops is None:
+    print("hops (busd): none (bench/payment/hops.sql found no payments or failed; see above)")
+else:
+    print("hops (busd, at %.1f/s): from the event service's audit log; its timestamps are"
+          " whole ms, so each span is +-1 ms" % ours["rate"])
+    print("%-26s %7s %21s %21s" % ("", "", "occurred -> stored", "stored -> next occurred"))
+    print("%-26s %7s %10s %10s %10s %10s" % ("event", "n", "p50 ms", "p99 ms", "p50 ms", "p99 ms"))
+    for e in hops["events"]:
+        a, b = e["occurred_to_stored"], e["stored_to_next"]
+        print("%-26s %7s %10s %10s %10s %10s" % (
+            e["topic"], a["n"] if a else "-", a["p50_ms"] if a else "-", a["p99_ms"] if a else "-",
+            b["p50_ms"] if b else "-", b["p99_ms"] if b else "-"))
+    c = hops["chain"]
+    if hops["sum_p50_ms_requested_to_completed"] is not None:
+        print("sum of the p50s, payment.requested to payment.completed occurred: %d ms"
+              " (with payment.completed's own occurred -> stored: %s ms)"
+              % (hops["sum_p50_ms_requested_to_completed"],
+                 hops["sum_p50_ms_all"] if hops["sum_p50_ms_all"] is not None else "-"))
+    if c:
+        print("the same chain per payment (n %d): p50 %d ms, p99 %d ms, max %d ms"
+              % (c["n"], c["p50_ms"], c["p99_ms"], c["max_ms"]))
+    print("POST-to-final (harness): p50 %.2f ms, p99 %.2f ms (it also holds the POST before"
+          " payment.requested and payment.completed's commit and the long-poll answer after)"
+          % (ours["p50_ms"], ours["p99_ms"]))
 rec = {"bench": "payment", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
        "machine": m, "ours": ours, "peer": None, "rabbitmq": rabbit, "common_rate": common,
        "ratio_busd_over_rabbitmq": ratio, "target": {"p99_ms": target},
-       "meets_target": ours["p99_ms"] <= target,
+       "meets_target": ours["p99_ms"] <= target, "hops": hops,
        "config": {"search": search["config"], "measure": measure["config"]}}
 with open(sys.argv[8], "w") as f:
     f.write(json.dumps(rec, sort_keys=True) + "\n")
