@@ -100,8 +100,8 @@ BEGIN
     IF m.status <> 'open' OR o.status <> 'open' THEN
       out_status := 422; out_code := 'account_closed'; RETURN NEXT; CONTINUE;
     END IF;
-    -- The balance as the movements before this one in the batch left it.
-    SELECT a.balance INTO c_balance FROM accounts a WHERE a.id = it.credit;
+    -- The credited balance, as the movements before this one left it.
+    c_balance := CASE WHEN it.credit = it.mine THEN m.balance ELSE o.balance END;
     IF c_balance > 9223372036854775807 - it.amount THEN
       out_status := 422; out_code := 'amount_out_of_range'; RETURN NEXT; CONTINUE;
     END IF;
