@@ -12,10 +12,14 @@
 #   plain:    the peer. pgbench, BENCH_PG_CLIENTS clients, -M prepared, one
 #             pipeline per transfer: guarded debit, credit, two ledger rows,
 #             one outbox row, commit (plain.sql, plain.pgbench)
-#   own SQL:  a second line: pgbench running exactly the service's own
-#             statements (from `account --statements`) in the same two
-#             pipelines, plus one lookup that draws the ids and timestamp the
-#             service makes in C. It measures our SQL against itself.
+#   own SQL:  a second line (BENCH_OWN_SQL=1): pgbench running exactly the
+#             statements of a movement that runs alone (from `account
+#             --statements`: a key claimed before, or a batch rolled back,
+#             takes that path) in the same two pipelines, plus one lookup
+#             that draws the ids and timestamp the service makes in C. It
+#             measures that path's SQL against itself; the API sends
+#             movements in batches (account's mover.c), one call of
+#             move_batch() per batch.
 #
 # During our rounds the outbox is sampled: rows not yet published and the
 # age of the oldest (the relay keeping up or not).
@@ -41,7 +45,7 @@ BENCH_ACCOUNTS=${BENCH_ACCOUNTS:-100000}
 BENCH_THREADS=${BENCH_THREADS:-1}             # account service loop threads
 BENCH_DB_CONNS=${BENCH_DB_CONNS:-15}          # its data connections per thread; with the relay's LISTEN one, 16 backends as pgbench's 16 clients (15 is the most a pool with a relay takes)
 BENCH_BUS=${BENCH_BUS:-on}                    # on: busd runs and the relay publishes
-BENCH_OWN_SQL=${BENCH_OWN_SQL:-1}             # 1: also run the own-SQL pgbench line
+BENCH_OWN_SQL=${BENCH_OWN_SQL:-0}             # 1: also run the own-SQL pgbench line
 BUILD_DIR=${BENCH_BUILD_DIR:-build-release} # relative to the repository, or absolute
 [[ $BUILD_DIR == /* ]] || BUILD_DIR=$REPO_ROOT/$BUILD_DIR
 BENCH_CUSTOMER=00000000-0000-7000-8003-000000000001
@@ -61,7 +65,7 @@ Environment:
   BENCH_THREADS=$BENCH_THREADS          account service loop threads
   BENCH_DB_CONNS=$BENCH_DB_CONNS         its database connections per thread
   BENCH_BUS=$BENCH_BUS            on: busd runs and the outbox relay publishes; off: neither
-  BENCH_OWN_SQL=$BENCH_OWN_SQL          1: also run pgbench with the service's own statements
+  BENCH_OWN_SQL=$BENCH_OWN_SQL          1: also run pgbench with the statements of a movement alone
   BENCH_BUILD_DIR=$BUILD_DIR  release build used (configured if missing)
 EOF
 }
