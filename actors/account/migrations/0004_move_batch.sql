@@ -13,19 +13,20 @@
 --   2. per movement, in order, under those locks: the checks the request
 --      used to make with a read of its own (the account exists and is the
 --      caller's, the destination exists, currencies match, both open, the
---      credit cannot overflow), then the claim of its Idempotency-Key, then
---      the guarded debit (balance >= amount - overdraft_limit), then the
---      credit. Each debit and credit takes the account's next entry number
+--      credit cannot overflow), then whether its Idempotency-Key was
+--      claimed before, then the guarded debit (balance >= amount -
+--      overdraft_limit), then the credit. Each debit and credit takes the account's next entry number
 --      and time under the lock (migration 0002), so a later movement of
 --      the same account in the batch sees the balance the earlier one left;
---   3. once for the whole batch, set-based: the transaction rows, the
---      ledger lines, the outbox events and the stored answers of the keys.
+--   3. once for the whole batch, set-based: the keys' claims with their
+--      answers, the transaction rows, the ledger lines, the outbox events.
 --
 -- A movement refused by its checks writes nothing and claims no key (as
 -- before: the same key may be tried again). One refused by its guard
 -- (insufficient funds) stores that answer under its key. A key claimed
--- before (committed, or in flight in another transaction, which the claim
--- waits for) answers 'duplicate': the service replays the stored answer.
+-- before, or twice in the batch, answers 'duplicate': the service runs that
+-- request alone, which replays the stored answer. A key claimed by another
+-- transaction between the check and the claim rolls the batch back.
 -- Anything unexpected raises, and the whole batch rolls back: the service
 -- then runs each movement alone, so a failure stays with its movement.
 CREATE TYPE move_item AS (
@@ -50,6 +51,9 @@ CREATE TYPE move_item AS (
   headers        jsonb
 );
 
+-- An Idempotency-Key as claims keys it.
+CREATE TYPE move_key AS (scope text, key text);
+
 CREATE FUNCTION move_batch(p_items jsonb, p_insufficient text, p_keep_hours int)
 RETURNS TABLE (out_i int, out_status int, out_code text, out_body text)
 LANGUAGE plpgsql AS $$
@@ -69,7 +73,10 @@ DECLARE
   l_amount bigint[] := '{}'; l_cur text[] := '{}'; l_bal bigint[] := '{}';
   l_at timestamptz[] := '{}';
   moved int[] := '{}';
-  k_scope text[] := '{}'; k_key text[] := '{}'; k_body text[] := '{}';
+  k_scope text[] := '{}'; k_key text[] := '{}'; k_hash text[] := '{}';
+  k_status int[] := '{}'; k_body text[] := '{}';
+  k_seen move_key[] := '{}';
+  claimed bigint;
 BEGIN
   SELECT array_agg(x ORDER BY x.i) INTO items
     FROM jsonb_populate_recordset(NULL::move_item, p_items) x;
@@ -106,13 +113,13 @@ BEGIN
       out_status := 422; out_code := 'amount_out_of_range'; RETURN NEXT; CONTINUE;
     END IF;
 
+    -- A key claimed before (or twice in this batch) is the first request's.
     IF it.key IS NOT NULL THEN
-      INSERT INTO claims (scope, key, request_hash, status, response_body, created_at, expires_at)
-        VALUES (it.scope, it.key, it.hash, 0, '', now(), now() + make_interval(hours => p_keep_hours))
-        ON CONFLICT DO NOTHING;
-      IF NOT FOUND THEN
+      IF (it.scope, it.key)::move_key = ANY (k_seen)
+         OR EXISTS (SELECT 1 FROM claims k WHERE k.scope = it.scope AND k.key = it.key) THEN
         out_status := 0; out_code := 'duplicate'; RETURN NEXT; CONTINUE;
       END IF;
+      k_seen := k_seen || (it.scope, it.key)::move_key;
     END IF;
 
     UPDATE accounts SET balance = balance - it.amount, entries_count = entries_count + 1,
@@ -122,8 +129,8 @@ BEGIN
       RETURNING balance, entries_count, updated_at INTO d_bal, d_seq, d_at;
     IF NOT FOUND THEN
       IF it.key IS NOT NULL THEN
-        UPDATE claims SET status = 422, response_body = p_insufficient
-          WHERE scope = it.scope AND key = it.key AND status = 0;
+        k_scope := k_scope || it.scope; k_key := k_key || it.key; k_hash := k_hash || it.hash;
+        k_status := k_status || 422; k_body := k_body || p_insufficient;
       END IF;
       out_status := 422; out_code := 'insufficient_funds'; RETURN NEXT; CONTINUE;
     END IF;
@@ -157,11 +164,27 @@ BEGIN
     l_at := l_at || ARRAY[d_at, c_at];
     moved := moved || it.i;
     IF it.key IS NOT NULL THEN
-      k_scope := k_scope || it.scope; k_key := k_key || it.key; k_body := k_body || answer;
+      k_scope := k_scope || it.scope; k_key := k_key || it.key; k_hash := k_hash || it.hash;
+      k_status := k_status || 201; k_body := k_body || answer;
     END IF;
     out_status := 201; out_body := answer; RETURN NEXT;
   END LOOP;
 
+  -- The keys, each with its answer, in one statement. A key that another
+  -- transaction claimed since the check above (a request with the same key
+  -- on another connection) makes the whole batch roll back: its movements
+  -- run alone, and that one replays the other's answer.
+  IF cardinality(k_key) > 0 THEN
+    INSERT INTO claims (scope, key, request_hash, status, response_body, created_at, expires_at)
+      SELECT v.scope, v.key, v.hash, v.status, v.body, now(), now() + make_interval(hours => p_keep_hours)
+        FROM unnest(k_scope, k_key, k_hash, k_status, k_body) AS v(scope, key, hash, status, body)
+      ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS claimed = ROW_COUNT;
+    IF claimed <> cardinality(k_key) THEN
+      RAISE EXCEPTION 'move_batch: % of % keys claimed meanwhile', cardinality(k_key) - claimed,
+        cardinality(k_key) USING ERRCODE = 'serialization_failure';
+    END IF;
+  END IF;
   IF cardinality(moved) = 0 THEN
     RETURN;
   END IF;
@@ -172,8 +195,5 @@ BEGIN
   INSERT INTO outbox (id, topic, key, payload, headers, created_at)
     SELECT u.event, u.topic, u.mine::text, u.payload, u.headers, now()
       FROM unnest(items) u WHERE u.i = ANY (moved);
-  UPDATE claims k SET status = 201, response_body = v.body
-    FROM unnest(k_scope, k_key, k_body) AS v(scope, key, body)
-    WHERE k.scope = v.scope AND k.key = v.key AND k.status = 0;
 END;
 $$;
