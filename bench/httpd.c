@@ -44,38 +44,24 @@ static void on_echo(http_exchange_t *ex, void *arg) {
   http_respond(ex, 200, "application/octet-stream", req->body, req->body_len, NULL);
 }
 
-static void on_metrics(http_exchange_t *ex, void *arg) {
-  http_buf_t out;
-  if (http_buf_init(&out, 4096, 1 << 20) < 0) {
-    http_respond_error(ex, 503, "overloaded", "out of memory");
-    return;
-  }
+static void metrics_render(wire_metrics_t *m, void *arg) {
   http_server_t *servers[THREADS_MAX];
   uint32_t n = 0;
   for (uint32_t i = 0; i < THREADS_MAX; i++) {
     http_server_t *s = atomic_load(&app.servers[i]);
     if (s != NULL) servers[n++] = s;
   }
-  int rc = http_server_metrics(&out, "http_", servers, n);
+  http_server_metrics(m, "http_", servers, n);
   rt_loop_stats_t st;
   rt_loop_stats(rt_loop_current(), &st);
-  if (rc == 0) {
-    rc = http_buf_appendf(&out,
-                          "# HELP rt_loop_iterations_total Loop iterations of this thread.\n"
-                          "# TYPE rt_loop_iterations_total counter\n"
-                          "rt_loop_iterations_total %llu\n"
-                          "# HELP rt_sq_overflow_total Ops queued because the SQ was full.\n"
-                          "# TYPE rt_sq_overflow_total counter\n"
-                          "rt_sq_overflow_total %llu\n",
-                          (unsigned long long)st.iterations,
-                          (unsigned long long)st.overflowed);
-  }
-  if (rc < 0) {
-    http_respond_error(ex, 500, "internal", "metrics too large");
-  } else {
-    http_respond(ex, 200, "text/plain; version=0.0.4", out.data, out.len, NULL);
-  }
-  http_buf_deinit(&out);
+  wire_metrics_counter(m, "rt_loop_iterations_total", "Loop iterations of this thread.",
+                       st.iterations);
+  wire_metrics_counter(m, "rt_sq_overflow_total", "Ops queued because the SQ was full.",
+                       st.overflowed);
+}
+
+static void on_metrics(http_exchange_t *ex, void *arg) {
+  http_respond_metrics(ex, metrics_render, NULL, 1 << 20);
 }
 
 static int thread_setup(rt_loop_t *loop, uint32_t index, void *arg) {

@@ -119,9 +119,8 @@ static const counter_def_t counter_defs[] = {
 };
 #undef C
 
-static int metrics_counters(http_buf_t *out, gw_app_t *app) {
-  int rc = 0;
-  for (size_t d = 0; d < sizeof counter_defs / sizeof counter_defs[0] && rc == 0; d++) {
+static void metrics_counters(wire_metrics_t *m, gw_app_t *app) {
+  for (size_t d = 0; d < sizeof counter_defs / sizeof counter_defs[0]; d++) {
     uint64_t sum = 0;
     for (uint32_t t = 0; t < app->cfg.threads; t++) {
       if (atomic_load(&app->servers[t]) == NULL) continue;
@@ -130,49 +129,43 @@ static int metrics_counters(http_buf_t *out, gw_app_t *app) {
                                      counter_defs[d].offset);
       sum += atomic_load_explicit(v, memory_order_relaxed);
     }
-    rc = http_buf_appendf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", counter_defs[d].name,
-                          counter_defs[d].help, counter_defs[d].name, counter_defs[d].name,
-                          (unsigned long long)sum);
+    wire_metrics_counter(m, counter_defs[d].name, counter_defs[d].help, sum);
   }
-  return rc;
 }
 
-static int metrics_tls(http_buf_t *out, gw_app_t *app) {
+static void metrics_tls(wire_metrics_t *m, gw_app_t *app) {
   gw_tls_stats_t *s = gw_tls_stats(app->tls);
-  return http_buf_appendf(
-      out,
-      "# HELP gw_tls_handshakes_total TLS handshakes completed.\n"
-      "# TYPE gw_tls_handshakes_total counter\ngw_tls_handshakes_total %llu\n"
-      "# HELP gw_tls_resumed_total Handshakes completed by session resumption.\n"
-      "# TYPE gw_tls_resumed_total counter\ngw_tls_resumed_total %llu\n"
-      "# HELP gw_tls_failed_total Connections closed on a TLS error.\n"
-      "# TYPE gw_tls_failed_total counter\ngw_tls_failed_total %llu\n"
-      "# HELP gw_tls_stalled_total Connections closed for a slow handshake or record.\n"
-      "# TYPE gw_tls_stalled_total counter\ngw_tls_stalled_total %llu\n"
-      "# HELP gw_conns_refused_per_addr_total Connections over the per-address cap.\n"
-      "# TYPE gw_conns_refused_per_addr_total counter\ngw_conns_refused_per_addr_total %llu\n",
-      (unsigned long long)atomic_load(&s->handshakes), (unsigned long long)atomic_load(&s->resumed),
-      (unsigned long long)atomic_load(&s->failed), (unsigned long long)atomic_load(&s->stalled),
-      (unsigned long long)atomic_load(&s->refused_per_addr));
+  wire_metrics_counter(m, "gw_tls_handshakes_total", "TLS handshakes completed.",
+                       atomic_load(&s->handshakes));
+  wire_metrics_counter(m, "gw_tls_resumed_total", "Handshakes completed by session resumption.",
+                       atomic_load(&s->resumed));
+  wire_metrics_counter(m, "gw_tls_failed_total", "Connections closed on a TLS error.",
+                       atomic_load(&s->failed));
+  wire_metrics_counter(m, "gw_tls_stalled_total",
+                       "Connections closed for a slow handshake or record.",
+                       atomic_load(&s->stalled));
+  wire_metrics_counter(m, "gw_conns_refused_per_addr_total",
+                       "Connections over the per-address cap.", atomic_load(&s->refused_per_addr));
 }
 
-static int metrics_upstreams(http_buf_t *out, gw_app_t *app) {
-  int rc = http_buf_appendf(out, "# HELP gw_upstream_up Address usable now (1) or marked down.\n"
-                                 "# TYPE gw_upstream_up gauge\n");
+static void metrics_upstreams(wire_metrics_t *m, gw_app_t *app) {
+  wire_metrics_family(m, "gw_upstream_up", WIRE_METRICS_GAUGE,
+                      "Address usable now (1) or marked down.");
   uint64_t now = rt_now_ns();
-  for (int s = GW_SVC_PROFILE; s < GW_SVC_COUNT && rc == 0; s++) {
+  for (int s = GW_SVC_PROFILE; s < GW_SVC_COUNT; s++) {
     gw_service_addrs_t *sa = &app->cfg.services[s];
-    for (uint32_t i = 0; i < sa->count && rc == 0; i++) {
+    for (uint32_t i = 0; i < sa->count; i++) {
       gw_upstream_addr_t *a = &sa->addrs[i];
-      rc = http_buf_appendf(out, "gw_upstream_up{service=\"%s\",address=\"%s:%u\"} %d\n",
-                            gw_service_name((gw_service_t)s), a->host, (unsigned)a->port,
-                            gw_upstream_healthy(a, now) ? 1 : 0);
+      char address[sizeof a->host + 8];
+      snprintf(address, sizeof address, "%s:%u", a->host, (unsigned)a->port);
+      wire_metrics_u64(m, WIRE_METRICS_LABELS({"service", gw_service_name((gw_service_t)s)},
+                                              {"address", address}),
+                       gw_upstream_healthy(a, now) ? 1 : 0);
     }
   }
-  return rc;
 }
 
-static void on_metrics(http_exchange_t *ex, void *arg) {
+static void metrics_render(wire_metrics_t *m, void *arg) {
   gw_app_t *app = arg;
   uint32_t threads = 0;
   http_server_t *servers[GW_THREADS_MAX];
@@ -180,25 +173,15 @@ static void on_metrics(http_exchange_t *ex, void *arg) {
     http_server_t *s = atomic_load(&app->servers[t]);
     if (s != NULL) servers[threads++] = s;
   }
-  http_buf_t out;
-  if (http_buf_init(&out, 8192, 1 << 20) < 0) {
-    http_respond_error(ex, 503, "overloaded", "out of memory");
-    return;
-  }
-  int rc = http_server_metrics(&out, "gw_http_", servers, threads);
-  if (rc == 0) rc = metrics_counters(&out, app);
-  if (rc == 0) rc = metrics_tls(&out, app);
-  if (rc == 0) rc = metrics_upstreams(&out, app);
-  if (rc == 0)
-    rc = http_buf_appendf(&out, "# HELP gw_log_dropped_total Log lines dropped.\n"
-                                "# TYPE gw_log_dropped_total counter\ngw_log_dropped_total %llu\n",
-                          (unsigned long long)rt_log_dropped_count());
-  if (rc < 0) {
-    http_respond_error(ex, 500, "internal", "metrics too large");
-  } else {
-    http_respond(ex, 200, "text/plain; version=0.0.4", out.data, out.len, NULL);
-  }
-  http_buf_deinit(&out);
+  http_server_metrics(m, "gw_http_", servers, threads);
+  metrics_counters(m, app);
+  metrics_tls(m, app);
+  metrics_upstreams(m, app);
+  wire_metrics_counter(m, "gw_log_dropped_total", "Log lines dropped.", rt_log_dropped_count());
+}
+
+static void on_metrics(http_exchange_t *ex, void *arg) {
+  http_respond_metrics(ex, metrics_render, arg, 1 << 20);
 }
 
 int gw_admin_routes(gw_app_t *app) {

@@ -25,6 +25,8 @@
 #include <jansson.h>
 #include <llhttp.h>
 
+#include "metrics.h"
+
 /* ------------------------------------------------------------------------ */
 /* Errors                                                                   */
 /* ------------------------------------------------------------------------ */
@@ -511,11 +513,20 @@ void http_respond_json(http_exchange_t *ex, int status, const json_t *body,
 void http_respond_error(http_exchange_t *ex, int status, const char *code,
                         const char *message);
 
-/* Renders the server's counters in Prometheus text format, each metric
- * prefixed with `prefix` (e.g. "http_"), summed over `servers_count`
- * instances (one per loop thread). Returns 0 or as http_buf_append. */
-int http_server_metrics(http_buf_t *out, const char *prefix,
-                        http_server_t *const *servers, uint32_t servers_count);
+/* Renders the server's counters onto a metrics page, each metric prefixed
+ * with `prefix` (e.g. "http_"), summed over `servers_count` instances (one
+ * per loop thread). */
+void http_server_metrics(wire_metrics_t *m, const char *prefix,
+                         http_server_t *const *servers, uint32_t servers_count);
+
+/* Writes a /metrics page; ctx is the one given to http_respond_metrics(). */
+typedef void http_metrics_render_fn(wire_metrics_t *m, void *ctx);
+
+/* Answers a /metrics request: renders the page into a buffer of
+ * bytes_max bytes and answers 200 text/plain; version=0.0.4. A page that
+ * does not fit is answered 500, never cut short; no buffer, 503. */
+void http_respond_metrics(http_exchange_t *ex, http_metrics_render_fn *render, void *ctx,
+                          size_t bytes_max);
 
 /* -- identity headers (gateway -> services) ------------------------------- */
 

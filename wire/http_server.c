@@ -857,35 +857,36 @@ void http_server_destroy(http_server_t *s) {
 /* ------------------------------------------------------------------------ */
 
 typedef struct metric_def {
-  const char *name;
-  const char *type;
+  const char *name; /* after the prefix; NULL: another sample of the last */
+  wire_metrics_type_t type;
   const char *help;
   size_t offset;
-  const char *label; /* status class label, or NULL */
+  const char *code; /* status class label, or NULL */
 } metric_def_t;
 
 #define M(field) offsetof(http_server_stats_t, field)
+#define COUNTER WIRE_METRICS_COUNTER
 static const metric_def_t metric_defs[] = {
-    {"connections_accepted_total", "counter", "Connections accepted.", M(conns_accepted), NULL},
-    {"connections_active", "gauge", "Connections open now.", M(conns_active), NULL},
-    {"connections_rejected_total", "counter", "Connections refused over the limit.", M(conns_rejected), NULL},
-    {"requests_total", "counter", "Requests received.", M(requests), NULL},
-    {"responses_total", "counter", "Responses by status class.", M(responses_2xx), "2xx"},
-    {"responses_total", NULL, NULL, M(responses_3xx), "3xx"},
-    {"responses_total", NULL, NULL, M(responses_4xx), "4xx"},
-    {"responses_total", NULL, NULL, M(responses_5xx), "5xx"},
-    {"parse_errors_total", "counter", "Requests refused by the parser.", M(parse_errors), NULL},
-    {"request_timeouts_total", "counter", "Requests not received in time (408).", M(request_timeouts), NULL},
-    {"idle_closed_total", "counter", "Keep-alive connections closed when idle.", M(idle_closed), NULL},
-    {"received_bytes_total", "counter", "Bytes received.", M(bytes_received), NULL},
-    {"sent_bytes_total", "counter", "Bytes sent.", M(bytes_sent), NULL},
+    {"connections_accepted_total", COUNTER, "Connections accepted.", M(conns_accepted), NULL},
+    {"connections_active", WIRE_METRICS_GAUGE, "Connections open now.", M(conns_active), NULL},
+    {"connections_rejected_total", COUNTER, "Connections refused over the limit.", M(conns_rejected), NULL},
+    {"requests_total", COUNTER, "Requests received.", M(requests), NULL},
+    {"responses_total", COUNTER, "Responses by status class.", M(responses_2xx), "2xx"},
+    {NULL, COUNTER, NULL, M(responses_3xx), "3xx"},
+    {NULL, COUNTER, NULL, M(responses_4xx), "4xx"},
+    {NULL, COUNTER, NULL, M(responses_5xx), "5xx"},
+    {"parse_errors_total", COUNTER, "Requests refused by the parser.", M(parse_errors), NULL},
+    {"request_timeouts_total", COUNTER, "Requests not received in time (408).", M(request_timeouts), NULL},
+    {"idle_closed_total", COUNTER, "Keep-alive connections closed when idle.", M(idle_closed), NULL},
+    {"received_bytes_total", COUNTER, "Bytes received.", M(bytes_received), NULL},
+    {"sent_bytes_total", COUNTER, "Bytes sent.", M(bytes_sent), NULL},
 };
+#undef COUNTER
 #undef M
 
-int http_server_metrics(http_buf_t *out, const char *prefix,
-                        http_server_t *const *servers, uint32_t servers_count) {
-  int rc = 0;
-  for (size_t i = 0; i < sizeof metric_defs / sizeof metric_defs[0] && rc == 0; i++) {
+void http_server_metrics(wire_metrics_t *m, const char *prefix,
+                         http_server_t *const *servers, uint32_t servers_count) {
+  for (size_t i = 0; i < sizeof metric_defs / sizeof metric_defs[0]; i++) {
     const metric_def_t *d = &metric_defs[i];
     uint64_t sum = 0;
     for (uint32_t k = 0; k < servers_count; k++) {
@@ -893,16 +894,37 @@ int http_server_metrics(http_buf_t *out, const char *prefix,
           (const _Atomic uint64_t *)((const char *)&servers[k]->stats + d->offset);
       sum += atomic_load_explicit(v, memory_order_relaxed);
     }
-    if (d->type != NULL) {
-      rc = http_buf_appendf(out, "# HELP %s%s %s\n# TYPE %s%s %s\n", prefix, d->name,
-                            d->help, prefix, d->name, d->type);
+    if (d->name != NULL) {
+      char name[WIRE_METRICS_NAME_BYTES_MAX];
+      int n = snprintf(name, sizeof name, "%s%s", prefix, d->name);
+      assert(n > 0);
+      assert((size_t)n < sizeof name);
+      wire_metrics_family(m, name, d->type, d->help);
     }
-    if (rc == 0 && d->label != NULL) {
-      rc = http_buf_appendf(out, "%s%s{code=\"%s\"} %llu\n", prefix, d->name, d->label,
-                            (unsigned long long)sum);
-    } else if (rc == 0) {
-      rc = http_buf_appendf(out, "%s%s %llu\n", prefix, d->name, (unsigned long long)sum);
+    if (d->code != NULL) {
+      wire_metrics_u64(m, WIRE_METRICS_LABELS({"code", d->code}), sum);
+    } else {
+      wire_metrics_u64(m, NULL, 0, sum);
     }
   }
-  return rc;
+}
+
+void http_respond_metrics(http_exchange_t *ex, http_metrics_render_fn *render, void *ctx,
+                          size_t bytes_max) {
+  /* Allocated whole and written from the front: the kernel backs only the
+   * pages the text reaches, so a generous bound costs address space. */
+  char *page = malloc(bytes_max);
+  if (page == NULL) {
+    http_respond_error(ex, 503, "overloaded", "out of memory");
+    return;
+  }
+  wire_metrics_t m;
+  wire_metrics_init(&m, page, bytes_max);
+  render(&m, ctx);
+  if (wire_metrics_end(&m) < 0) {
+    http_respond_error(ex, 500, "internal", "metrics too large");
+  } else {
+    http_respond(ex, 200, "text/plain; version=0.0.4", m.data, m.len, NULL);
+  }
+  free(page);
 }

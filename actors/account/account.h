@@ -84,8 +84,8 @@ account_mover_t *account_mover_create(svc_thread_t *th);
  * from the batch it joins. */
 void account_mover_add(account_mover_t *m, svc_req_t *req);
 
-/* Appends the movers' counters (all threads) to /metrics. */
-int account_mover_metrics(http_buf_t *out);
+/* Writes the movers' counters (all threads) on /metrics. */
+void account_mover_metrics(wire_metrics_t *m);
 
 /* At drain, after the last request: stops the timer, frees the memory. */
 void account_mover_free(account_mover_t *m);

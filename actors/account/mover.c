@@ -340,24 +340,18 @@ void account_mover_add(account_mover_t *m, svc_req_t *req) {
   }
 }
 
-int account_mover_metrics(http_buf_t *out) {
-  return http_buf_appendf(
-      out,
-      "# HELP account_move_batches_total Movement batches sent to the database.\n"
-      "# TYPE account_move_batches_total counter\naccount_move_batches_total %llu\n"
-      "# HELP account_move_batched_total Movements sent in those batches.\n"
-      "# TYPE account_move_batched_total counter\naccount_move_batched_total %llu\n"
-      "# HELP account_move_alone_total Movements run alone after their batch: keys claimed"
-      " before, batches rolled back.\n"
-      "# TYPE account_move_alone_total counter\naccount_move_alone_total %llu\n"
-      "# HELP account_move_batches_rolled_back_total Batches the database rolled back as a"
-      " whole.\n"
-      "# TYPE account_move_batches_rolled_back_total counter\n"
-      "account_move_batches_rolled_back_total %llu\n",
-      (unsigned long long)atomic_load(&stats.batches),
-      (unsigned long long)atomic_load(&stats.movements),
-      (unsigned long long)atomic_load(&stats.alone),
-      (unsigned long long)atomic_load(&stats.rolled_back));
+void account_mover_metrics(wire_metrics_t *m) {
+  wire_metrics_counter(m, "account_move_batches_total", "Movement batches sent to the database.",
+                       atomic_load(&stats.batches));
+  wire_metrics_counter(m, "account_move_batched_total", "Movements sent in those batches.",
+                       atomic_load(&stats.movements));
+  wire_metrics_counter(m, "account_move_alone_total",
+                       "Movements run alone after their batch: keys claimed before, batches"
+                       " rolled back.",
+                       atomic_load(&stats.alone));
+  wire_metrics_counter(m, "account_move_batches_rolled_back_total",
+                       "Batches the database rolled back as a whole.",
+                       atomic_load(&stats.rolled_back));
 }
 
 /* ------------------------------------------------------------------------ */

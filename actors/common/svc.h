@@ -881,9 +881,9 @@ typedef struct svc_def {
    * connects: subscriptions beyond the consumer table, e.g. dead-letter
    * topics (may be NULL). */
   int (*bus_init)(svc_thread_t *th, svc_bus_t *bus);
-  /* Appends the service's own metrics to /metrics (may be NULL). Any
-   * thread: read only what is safe to read there. */
-  int (*metrics)(http_buf_t *out);
+  /* Writes the service's own metrics at the end of /metrics (may be
+   * NULL). Any thread: read only what is safe to read there. */
+  void (*metrics)(wire_metrics_t *m);
   const svc_command_t *commands;
   size_t commands_count;
 } svc_def_t;

@@ -68,31 +68,124 @@ static void pg_sum(pg_sum_t *s, svc_th_t *const *ths, uint32_t n, bool read) {
   }
 }
 
-static int metric(http_buf_t *out, const char *name, const char *type,
-                  const char *help, const char *labels, double value) {
-  int rc = 0;
-  if (type != NULL) rc = http_buf_appendf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-  if (rc == 0) rc = http_buf_appendf(out, "%s%s %.17g\n", name, labels ? labels : "", value);
-  return rc;
+static void sample_by(wire_metrics_t *m, const char *label, const char *value, uint64_t v) {
+  wire_metrics_u64(m, WIRE_METRICS_LABELS({label, value}), v);
+}
+
+static void metrics_requests(wire_metrics_t *m, svc_th_t *const *ths, uint32_t n) {
+  uint64_t requests = 0, auth = 0, overloaded = 0, inflight = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    requests += LOAD(ths[i]->requests);
+    auth += LOAD(ths[i]->auth_rejected);
+    overloaded += LOAD(ths[i]->overloaded);
+    inflight += LOAD(ths[i]->inflight_gauge);
+  }
+  wire_metrics_counter(m, "svc_requests_total", "Requests routed to handlers.", requests);
+  wire_metrics_gauge(m, "svc_requests_in_flight", "Requests being handled.", inflight);
+  wire_metrics_counter(m, "svc_auth_rejected_total", "Requests refused with 401.", auth);
+  wire_metrics_counter(m, "svc_overloaded_total", "Requests refused with 503 for lack of room.",
+                       overloaded);
+}
+
+static void metrics_pg(wire_metrics_t *m, svc_th_t *const *ths, uint32_t n) {
+  pg_sum_t s, r;
+  pg_sum(&s, ths, n, false);
+  pg_sum(&r, ths, n, true);
+  uint64_t fallbacks = 0;
+  for (uint32_t i = 0; i < n; i++) fallbacks += LOAD(ths[i]->read_fallbacks);
+  wire_metrics_counter(m, "pg_batches_total", "Database batches (transactions) submitted.",
+                       s.batches);
+  wire_metrics_family(m, "pg_batches_done_total", WIRE_METRICS_COUNTER,
+                      "Database batches answered, by outcome.");
+  sample_by(m, "outcome", "ok", s.ok);
+  sample_by(m, "outcome", "error", s.failed);
+  wire_metrics_counter(m, "pg_statements_total", "Statements sent.", s.statements);
+  wire_metrics_family(m, "pg_rejected_total", WIRE_METRICS_COUNTER,
+                      "Batches refused at submission.");
+  sample_by(m, "reason", "full", s.full);
+  sample_by(m, "reason", "down", s.down);
+  wire_metrics_counter(m, "pg_timeouts_total", "Batch deadlines that passed.", s.timeouts);
+  wire_metrics_counter(m, "pg_conn_lost_total", "Batches lost with their connection.", s.lost);
+  wire_metrics_counter(m, "pg_connects_total", "Connections made.", s.connects);
+  wire_metrics_counter(m, "pg_connect_failures_total", "Connection attempts that failed.",
+                       s.connect_failures);
+  wire_metrics_counter(m, "pg_writes_total", "Pipeline writes (round trips shared by batches).",
+                       s.flushes);
+  wire_metrics_family(m, "pg_batch_seconds_sum", WIRE_METRICS_COUNTER,
+                      "Time from submission to answer, summed.");
+  wire_metrics_f64(m, NULL, 0, (double)s.latency_us / 1e6);
+  wire_metrics_gauge(m, "pg_connections_up", "Connections ready.", s.up);
+  wire_metrics_gauge(m, "pg_queued", "Batches waiting for a pipeline.", s.queued);
+  wire_metrics_gauge(m, "pg_in_flight", "Batches in pipelines.", s.in_flight);
+  wire_metrics_counter(m, "pg_read_batches_total",
+                       "Stale-tolerant reads submitted to the read pool (<SVC>_DB_READ_URL).",
+                       r.batches);
+  wire_metrics_family(m, "pg_read_batches_done_total", WIRE_METRICS_COUNTER,
+                      "Read pool batches answered, by outcome.");
+  sample_by(m, "outcome", "ok", r.ok);
+  sample_by(m, "outcome", "error", r.failed);
+  wire_metrics_gauge(m, "pg_read_connections_up", "Read pool connections ready.", r.up);
+  wire_metrics_counter(
+      m, "pg_read_fallbacks_total",
+      "Stale-tolerant reads sent to the primary because the read pool had no connection.",
+      fallbacks);
+}
+
+static void metrics_outbox(wire_metrics_t *m) {
+  const svc_bus_stats_t *b = &svc_bus_stats;
+  wire_metrics_counter(m, "outbox_published_total", "Outbox rows published and marked.",
+                       LOAD(b->relay_published));
+  wire_metrics_counter(m, "outbox_sent_total",
+                       "Outbox rows handed to the bus client (re-sends included).",
+                       LOAD(b->relay_sent));
+  wire_metrics_gauge(m, "outbox_pending", "Unpublished outbox rows at the relay's last count.",
+                     LOAD(b->relay_pending));
+  wire_metrics_family(m, "outbox_oldest_age_seconds", WIRE_METRICS_GAUGE,
+                      "Age of the oldest unpublished outbox row at the last count (0: none).");
+  wire_metrics_f64(m, NULL, 0, (double)LOAD(b->relay_oldest_ms) / 1e3);
+  wire_metrics_counter(m, "outbox_errors_total", "Relay scans, marks or publishes that failed.",
+                       LOAD(b->relay_errors));
+  wire_metrics_gauge(m, "outbox_last_error_timestamp_seconds",
+                     "When the relay last failed (0: never).", LOAD(b->relay_last_error_s));
+  wire_metrics_counter(m, "outbox_notifies_total", "Outbox NOTIFYs received by the relay.",
+                       LOAD(b->relay_notifies));
+}
+
+static void metrics_inbox(wire_metrics_t *m) {
+  const svc_bus_stats_t *b = &svc_bus_stats;
+  uint64_t applied = 0;
+  for (size_t t = 0; t < SVC_EV_COUNT; t++)
+    applied += LOAD(b->inbox_applied[t]) + LOAD(b->inbox_absorbed[t]);
+  wire_metrics_family(m, "inbox_events_total", WIRE_METRICS_COUNTER,
+                      "Delivered events, by outcome.");
+  sample_by(m, "outcome", "applied", applied);
+  sample_by(m, "outcome", "duplicate", LOAD(b->inbox_duplicates));
+  sample_by(m, "outcome", "failed", LOAD(b->inbox_failed));
+  wire_metrics_counter(
+      m, "inbox_retries_total",
+      "Deliveries tried again because the database was down or busy (not NACKed).",
+      LOAD(b->inbox_retried));
+  wire_metrics_counter(m, "inbox_arena_spills_total",
+                       "Event payloads too large for their pooled arena (parsed on the heap).",
+                       LOAD(b->inbox_arena_spills));
 }
 
 /* Per event type: transitions made and events absorbed. */
-static int metrics_events(http_buf_t *out) {
-  int rc = http_buf_appendf(out, "# HELP svc_events_total Events consumed, by type and outcome"
-                                 " (absorbed: no transition allowed, nothing changed).\n"
-                                 "# TYPE svc_events_total counter\n");
-  for (size_t i = 0; i < svc_g.def->consumers_count && rc == 0; i++) {
+static void metrics_events(wire_metrics_t *m) {
+  wire_metrics_family(m, "svc_events_total", WIRE_METRICS_COUNTER,
+                      "Events consumed, by type and outcome"
+                      " (absorbed: no transition allowed, nothing changed).");
+  for (size_t i = 0; i < svc_g.def->consumers_count; i++) {
     svc_event_type_t t = svc_g.def->consumers[i].type;
     const char *topic = svc_event_def(t)->topic;
-    rc = http_buf_appendf(out, "svc_events_total{type=\"%s\",outcome=\"applied\"} %llu\n"
-                               "svc_events_total{type=\"%s\",outcome=\"absorbed\"} %llu\n",
-                          topic, (unsigned long long)LOAD(svc_bus_stats.inbox_applied[t]), topic,
-                          (unsigned long long)LOAD(svc_bus_stats.inbox_absorbed[t]));
+    wire_metrics_u64(m, WIRE_METRICS_LABELS({"type", topic}, {"outcome", "applied"}),
+                     LOAD(svc_bus_stats.inbox_applied[t]));
+    wire_metrics_u64(m, WIRE_METRICS_LABELS({"type", topic}, {"outcome", "absorbed"}),
+                     LOAD(svc_bus_stats.inbox_absorbed[t]));
   }
-  return rc;
 }
 
-static int metrics_render(http_buf_t *out) {
+static void metrics_render(wire_metrics_t *m, void *ctx) {
   svc_th_t *ths[SVC_THREADS_MAX];
   http_server_t *servers[SVC_THREADS_MAX];
   uint32_t n = 0;
@@ -102,114 +195,24 @@ static int metrics_render(http_buf_t *out) {
     ths[n] = th;
     servers[n++] = th->pub.server;
   }
-  int rc = http_server_metrics(out, "http_", servers, n);
-  pg_sum_t s, r;
-  pg_sum(&s, ths, n, false);
-  pg_sum(&r, ths, n, true);
-  uint64_t requests = 0, auth = 0, overloaded = 0, inflight = 0, applied = 0, fallbacks = 0;
-  for (size_t t = 0; t < SVC_EV_COUNT; t++)
-    applied += LOAD(svc_bus_stats.inbox_applied[t]) + LOAD(svc_bus_stats.inbox_absorbed[t]);
-  for (uint32_t i = 0; i < n; i++) {
-    requests += LOAD(ths[i]->requests);
-    auth += LOAD(ths[i]->auth_rejected);
-    overloaded += LOAD(ths[i]->overloaded);
-    inflight += LOAD(ths[i]->inflight_gauge);
-    fallbacks += LOAD(ths[i]->read_fallbacks);
-  }
-  struct {
-    const char *name, *type, *help, *labels;
-    double v;
-  } m[] = {
-      {"svc_requests_total", "counter", "Requests routed to handlers.", NULL, (double)requests},
-      {"svc_requests_in_flight", "gauge", "Requests being handled.", NULL, (double)inflight},
-      {"svc_auth_rejected_total", "counter", "Requests refused with 401.", NULL, (double)auth},
-      {"svc_overloaded_total", "counter", "Requests refused with 503 for lack of room.", NULL,
-       (double)overloaded},
-      {"pg_batches_total", "counter", "Database batches (transactions) submitted.", NULL,
-       (double)s.batches},
-      {"pg_batches_done_total", "counter", "Database batches answered, by outcome.",
-       "{outcome=\"ok\"}", (double)s.ok},
-      {"pg_batches_done_total", NULL, NULL, "{outcome=\"error\"}", (double)s.failed},
-      {"pg_statements_total", "counter", "Statements sent.", NULL, (double)s.statements},
-      {"pg_rejected_total", "counter", "Batches refused at submission.", "{reason=\"full\"}",
-       (double)s.full},
-      {"pg_rejected_total", NULL, NULL, "{reason=\"down\"}", (double)s.down},
-      {"pg_timeouts_total", "counter", "Batch deadlines that passed.", NULL, (double)s.timeouts},
-      {"pg_conn_lost_total", "counter", "Batches lost with their connection.", NULL,
-       (double)s.lost},
-      {"pg_connects_total", "counter", "Connections made.", NULL, (double)s.connects},
-      {"pg_connect_failures_total", "counter", "Connection attempts that failed.", NULL,
-       (double)s.connect_failures},
-      {"pg_writes_total", "counter", "Pipeline writes (round trips shared by batches).", NULL,
-       (double)s.flushes},
-      {"pg_batch_seconds_sum", "counter", "Time from submission to answer, summed.", NULL,
-       (double)s.latency_us / 1e6},
-      {"pg_connections_up", "gauge", "Connections ready.", NULL, (double)s.up},
-      {"pg_queued", "gauge", "Batches waiting for a pipeline.", NULL, (double)s.queued},
-      {"pg_in_flight", "gauge", "Batches in pipelines.", NULL, (double)s.in_flight},
-      {"pg_read_batches_total", "counter",
-       "Stale-tolerant reads submitted to the read pool (<SVC>_DB_READ_URL).", NULL,
-       (double)r.batches},
-      {"pg_read_batches_done_total", "counter", "Read pool batches answered, by outcome.",
-       "{outcome=\"ok\"}", (double)r.ok},
-      {"pg_read_batches_done_total", NULL, NULL, "{outcome=\"error\"}", (double)r.failed},
-      {"pg_read_connections_up", "gauge", "Read pool connections ready.", NULL, (double)r.up},
-      {"pg_read_fallbacks_total", "counter",
-       "Stale-tolerant reads sent to the primary because the read pool had no connection.",
-       NULL, (double)fallbacks},
-      {"outbox_published_total", "counter", "Outbox rows published and marked.", NULL,
-       (double)LOAD(svc_bus_stats.relay_published)},
-      {"outbox_sent_total", "counter", "Outbox rows handed to the bus client (re-sends included).",
-       NULL, (double)LOAD(svc_bus_stats.relay_sent)},
-      {"outbox_pending", "gauge", "Unpublished outbox rows at the relay's last count.", NULL,
-       (double)LOAD(svc_bus_stats.relay_pending)},
-      {"outbox_oldest_age_seconds", "gauge",
-       "Age of the oldest unpublished outbox row at the last count (0: none).", NULL,
-       (double)LOAD(svc_bus_stats.relay_oldest_ms) / 1e3},
-      {"outbox_errors_total", "counter", "Relay scans, marks or publishes that failed.", NULL,
-       (double)LOAD(svc_bus_stats.relay_errors)},
-      {"outbox_last_error_timestamp_seconds", "gauge", "When the relay last failed (0: never).",
-       NULL, (double)LOAD(svc_bus_stats.relay_last_error_s)},
-      {"outbox_notifies_total", "counter", "Outbox NOTIFYs received by the relay.", NULL,
-       (double)LOAD(svc_bus_stats.relay_notifies)},
-      {"inbox_events_total", "counter", "Delivered events, by outcome.",
-       "{outcome=\"applied\"}", (double)applied},
-      {"inbox_events_total", NULL, NULL, "{outcome=\"duplicate\"}",
-       (double)LOAD(svc_bus_stats.inbox_duplicates)},
-      {"inbox_events_total", NULL, NULL, "{outcome=\"failed\"}",
-       (double)LOAD(svc_bus_stats.inbox_failed)},
-      {"inbox_retries_total", "counter",
-       "Deliveries tried again because the database was down or busy (not NACKed).", NULL,
-       (double)LOAD(svc_bus_stats.inbox_retried)},
-      {"inbox_arena_spills_total", "counter",
-       "Event payloads too large for their pooled arena (parsed on the heap).", NULL,
-       (double)LOAD(svc_bus_stats.inbox_arena_spills)},
-      {"svc_impossible_total", "counter", "NEVER/ALWAYS conditions that fired.", NULL,
-       (double)rt_never_count()},
-  };
-  for (size_t i = 0; i < sizeof m / sizeof m[0] && rc == 0; i++)
-    rc = metric(out, m[i].name, m[i].type, m[i].help, m[i].labels, m[i].v);
-  if (rc == 0) rc = metrics_events(out);
-  if (rc == 0 && svc_g.def->metrics != NULL) rc = svc_g.def->metrics(out);
-  return rc;
+  http_server_metrics(m, "http_", servers, n);
+  metrics_requests(m, ths, n);
+  metrics_pg(m, ths, n);
+  metrics_outbox(m);
+  metrics_inbox(m);
+  wire_metrics_counter(m, "svc_impossible_total", "NEVER/ALWAYS conditions that fired.",
+                       rt_never_count());
+  metrics_events(m);
+  if (svc_g.def->metrics != NULL) svc_g.def->metrics(m);
 }
 
+/* Answered as the gateway and busd answer theirs, under the request's id
+ * for any line logged on the way. */
 static void on_metrics(svc_req_t *req) {
-  http_buf_t out;
-  if (http_buf_init(&out, 8192, 1 << 20) < 0) {
-    svc_reply_error(req, 503, "overloaded", "out of memory");
-    return;
-  }
-  int rc = metrics_render(&out);
-  if (rc < 0) {
-    svc_reply_error(req, 500, "internal", "metrics too large");
-  } else {
-    rt_log_set_request_id(http_request_id(req->ex));
-    http_respond(req->ex, 200, "text/plain; version=0.0.4", out.data, out.len, NULL);
-    rt_log_set_request_id(NULL);
-    svc_req_release(req);
-  }
-  http_buf_deinit(&out);
+  rt_log_set_request_id(http_request_id(req->ex));
+  http_respond_metrics(req->ex, metrics_render, NULL, 1 << 20);
+  rt_log_set_request_id(NULL);
+  svc_req_release(req);
 }
 
 const svc_route_t svc_health_routes[] = {

@@ -664,19 +664,16 @@ void event_chain_stop(svc_thread_t *th) {
   rt_timer_stop(th->loop, &ch.soon);
 }
 
-int event_chain_metrics(http_buf_t *out) {
-  return http_buf_appendf(
-      out,
-      "# HELP audit_chain_length Records in the audit hash chain.\n"
-      "# TYPE audit_chain_length gauge\naudit_chain_length %llu\n"
-      "# HELP audit_chain_lag Audited events not yet in the chain.\n"
-      "# TYPE audit_chain_lag gauge\naudit_chain_lag %llu\n"
-      "# HELP audit_chain_lag_seconds How long the oldest of them has waited.\n"
-      "# TYPE audit_chain_lag_seconds gauge\naudit_chain_lag_seconds %.3f\n"
-      "# HELP audit_checkpoints_total Checkpoints signed by this process.\n"
-      "# TYPE audit_checkpoints_total counter\naudit_checkpoints_total %llu\n",
-      (unsigned long long)atomic_load(&ch.length), (unsigned long long)atomic_load(&ch.lag),
-      (double)atomic_load(&ch.lag_ms) / 1000.0, (unsigned long long)atomic_load(&ch.checkpoints));
+void event_chain_metrics(wire_metrics_t *m) {
+  wire_metrics_gauge(m, "audit_chain_length", "Records in the audit hash chain.",
+                     atomic_load(&ch.length));
+  wire_metrics_gauge(m, "audit_chain_lag", "Audited events not yet in the chain.",
+                     atomic_load(&ch.lag));
+  wire_metrics_family(m, "audit_chain_lag_seconds", WIRE_METRICS_GAUGE,
+                      "How long the oldest of them has waited.");
+  wire_metrics_f64(m, NULL, 0, (double)atomic_load(&ch.lag_ms) / 1000.0);
+  wire_metrics_counter(m, "audit_checkpoints_total", "Checkpoints signed by this process.",
+                       atomic_load(&ch.checkpoints));
 }
 
 /* ------------------------------------------------------------------------ */

@@ -270,15 +270,13 @@ int event_dead_start(svc_thread_t *th) {
 
 void event_dead_stop(svc_thread_t *th) { rt_timer_stop(th->loop, &depth.timer); }
 
-int event_dead_metrics(http_buf_t *out) {
-  int rc = http_buf_appendf(out, "# HELP dead_letters Events given up on and not redriven, by"
-                                 " topic.\n# TYPE dead_letters gauge\n");
-  for (int t = 0; t < SVC_EV_COUNT && rc == 0; t++) {
-    rc = http_buf_appendf(out, "dead_letters{topic=\"%s\"} %llu\n",
-                          svc_event_def((svc_event_type_t)t)->topic,
-                          (unsigned long long)atomic_load(&depth.depth[t]));
+void event_dead_metrics(wire_metrics_t *m) {
+  wire_metrics_family(m, "dead_letters", WIRE_METRICS_GAUGE,
+                      "Events given up on and not redriven, by topic.");
+  for (int t = 0; t < SVC_EV_COUNT; t++) {
+    wire_metrics_u64(m, WIRE_METRICS_LABELS({"topic", svc_event_def((svc_event_type_t)t)->topic}),
+                     atomic_load(&depth.depth[t]));
   }
-  return rc;
 }
 
 /* ------------------------------------------------------------------------ */

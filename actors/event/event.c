@@ -522,9 +522,9 @@ static void thread_drain(svc_thread_t *th) {
   th->user = NULL;
 }
 
-static int metrics(http_buf_t *out) {
-  int rc = event_dead_metrics(out);
-  return rc < 0 ? rc : event_chain_metrics(out);
+static void metrics(wire_metrics_t *m) {
+  event_dead_metrics(m);
+  event_chain_metrics(m);
 }
 
 /* Every file's statements, as one table. */

@@ -19,7 +19,7 @@ int event_dead_start(svc_thread_t *th);
 void event_dead_stop(svc_thread_t *th);
 
 /* dead_letters{topic} for /metrics. */
-int event_dead_metrics(http_buf_t *out);
+void event_dead_metrics(wire_metrics_t *m);
 
 /* ------------------------------------------------------------------------ */
 /* The hash chain (chain.c)                                                 */
@@ -49,7 +49,7 @@ bool event_chain_hash(const uint8_t prev[32], int64_t pos, const char *event_id,
 int event_chain_start(svc_thread_t *th);
 void event_chain_wake(void);
 void event_chain_stop(svc_thread_t *th);
-int event_chain_metrics(http_buf_t *out);
+void event_chain_metrics(wire_metrics_t *m);
 
 /* The statement listing checkpoints: $1 cursor (position), $2 limit + 1. */
 int event_chain_checkpoint_list_stmt(void);

@@ -573,15 +573,11 @@ static void stuck_tick(rt_timer_t *t) {
   if (rt_pg_submit(b, 0, stuck_done, NULL) == 0) stuck.checking = true;
 }
 
-static int metrics(http_buf_t *out) {
-  return http_buf_appendf(out,
-                          "# HELP payment_stuck Payments not final after SAGA_STUCK_AFTER.\n"
-                          "# TYPE payment_stuck gauge\npayment_stuck %llu\n"
-                          "# HELP payment_stuck_oldest_seconds Age of the oldest of them.\n"
-                          "# TYPE payment_stuck_oldest_seconds gauge\n"
-                          "payment_stuck_oldest_seconds %llu\n",
-                          (unsigned long long)atomic_load(&stuck.count),
-                          (unsigned long long)atomic_load(&stuck.oldest_s));
+static void metrics(wire_metrics_t *m) {
+  wire_metrics_gauge(m, "payment_stuck", "Payments not final after SAGA_STUCK_AFTER.",
+                     atomic_load(&stuck.count));
+  wire_metrics_gauge(m, "payment_stuck_oldest_seconds", "Age of the oldest of them.",
+                     atomic_load(&stuck.oldest_s));
 }
 
 /* ------------------------------------------------------------------------ */

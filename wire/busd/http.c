@@ -5,6 +5,8 @@
  * loop), so they read broker state directly, without locks or copies.
  */
 #include <inttypes.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "busd.h"
@@ -35,133 +37,138 @@ static void on_readyz(http_exchange_t *ex, void *arg) {
   http_respond(ex, 200, "application/json", body, sizeof body - 1, NULL);
 }
 
-#define COUNTER(name, help, value)                                                       \
-  http_buf_appendf(out, "# HELP busd_" name " " help "\n# TYPE busd_" name " counter\n" \
-                        "busd_" name " %" PRIu64 "\n", (uint64_t)(value))
-#define GAUGE(name, help, value)                                                         \
-  http_buf_appendf(out, "# HELP busd_" name " " help "\n# TYPE busd_" name " gauge\n"   \
-                        "busd_" name " %" PRIu64 "\n", (uint64_t)(value))
+#define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
 
-static int metrics_broker(http_buf_t *out, const busd_t *b) {
-  const busd_stats_t *s = &b->stats;
+#define S(field) offsetof(busd_stats_t, field)
+static const struct counter_def {
+  const char *name;
+  const char *help;
+  size_t offset;
+} counter_defs[] = {
+    {"busd_published_total", "PUBs appended to the log.", S(published)},
+    {"busd_pub_acked_total", "PUB_ACKs sent (records durable).", S(pub_acked)},
+    {"busd_pub_refused_total", "PUBs answered with ERR (not stored).", S(pub_refused)},
+    {"busd_delivered_total", "DELIVERs sent, redeliveries included.", S(delivered)},
+    {"busd_redelivered_total", "DELIVERs with attempt > 1.", S(redelivered)},
+    {"busd_acked_total", "ACKs that completed a delivery.", S(acked)},
+    {"busd_nacked_total", "NACKs that scheduled a redelivery.", S(nacked)},
+    {"busd_ack_timeouts_total", "Deliveries not acknowledged in time.", S(ack_timeouts)},
+    {"busd_dead_letters_total", "Events moved to <topic>.dead.", S(dead_letters)},
+    {"busd_batches_total", "Group commits (one fdatasync each).", S(batches)},
+    {"busd_batch_records_total", "Records written by group commits.", S(batch_records)},
+    {"busd_cache_misses_total", "Deliveries that had to read the disk.", S(cache_misses)},
+    {"busd_corrupt_records_total", "Records skipped: checksum failed on read.", S(corrupt)},
+    {"busd_retention_skipped_total", "Offsets a group skipped after retention.", S(retention_lost)},
+    {"busd_segments_deleted_total", "Segments deleted by retention.", S(segments_deleted)},
+    {"busd_torn_bytes_cut_total", "Bytes of torn tails cut at start-up.", S(torn_bytes_cut)},
+    {"busd_connections_accepted_total", "Connections accepted.", S(conns_accepted)},
+    {"busd_connections_rejected_total", "Connections refused over the limit.", S(conns_rejected)},
+    {"busd_protocol_errors_total", "Connections closed for a protocol error.", S(proto_errors)},
+};
+#undef S
+
+static void metrics_broker(wire_metrics_t *m, const busd_t *b) {
+  for (size_t i = 0; i < sizeof counter_defs / sizeof counter_defs[0]; i++) {
+    const uint64_t *v = (const uint64_t *)((const char *)&b->stats + counter_defs[i].offset);
+    wire_metrics_counter(m, counter_defs[i].name, counter_defs[i].help, *v);
+  }
   const busd_io_t *io = &b->io;
-  int rc = 0;
-  rc |= COUNTER("published_total", "PUBs appended to the log.", s->published);
-  rc |= COUNTER("pub_acked_total", "PUB_ACKs sent (records durable).", s->pub_acked);
-  rc |= COUNTER("pub_refused_total", "PUBs answered with ERR (not stored).", s->pub_refused);
-  rc |= COUNTER("delivered_total", "DELIVERs sent, redeliveries included.", s->delivered);
-  rc |= COUNTER("redelivered_total", "DELIVERs with attempt > 1.", s->redelivered);
-  rc |= COUNTER("acked_total", "ACKs that completed a delivery.", s->acked);
-  rc |= COUNTER("nacked_total", "NACKs that scheduled a redelivery.", s->nacked);
-  rc |= COUNTER("ack_timeouts_total", "Deliveries not acknowledged in time.", s->ack_timeouts);
-  rc |= COUNTER("dead_letters_total", "Events moved to <topic>.dead.", s->dead_letters);
-  rc |= COUNTER("batches_total", "Group commits (one fdatasync each).", s->batches);
-  rc |= COUNTER("batch_records_total", "Records written by group commits.", s->batch_records);
-  rc |= COUNTER("fsyncs_total", "fdatasync calls on segments.",
-                atomic_load_explicit(&io->fsyncs, memory_order_relaxed));
-  rc |= http_buf_appendf(out,
-                         "# HELP busd_fsync_seconds_total Time spent in fdatasync.\n"
-                         "# TYPE busd_fsync_seconds_total counter\n"
-                         "busd_fsync_seconds_total %.6f\n",
-                         (double)atomic_load_explicit(&io->fsync_ns, memory_order_relaxed) / 1e9);
-  rc |= COUNTER("written_bytes_total", "Bytes written to segments.",
-                atomic_load_explicit(&io->written_bytes, memory_order_relaxed));
-  rc |= COUNTER("read_bytes_total", "Bytes read back from segments.",
-                atomic_load_explicit(&io->read_bytes, memory_order_relaxed));
-  rc |= COUNTER("io_errors_total", "Failed file operations.",
-                atomic_load_explicit(&io->errors, memory_order_relaxed));
+  wire_metrics_counter(m, "busd_fsyncs_total", "fdatasync calls on segments.", LOAD(io->fsyncs));
+  wire_metrics_family(m, "busd_fsync_seconds_total", WIRE_METRICS_COUNTER,
+                      "Time spent in fdatasync.");
+  wire_metrics_f64(m, NULL, 0, (double)LOAD(io->fsync_ns) / 1e9);
+  wire_metrics_counter(m, "busd_written_bytes_total", "Bytes written to segments.",
+                       LOAD(io->written_bytes));
+  wire_metrics_counter(m, "busd_read_bytes_total", "Bytes read back from segments.",
+                       LOAD(io->read_bytes));
+  wire_metrics_counter(m, "busd_io_errors_total", "Failed file operations.", LOAD(io->errors));
   rt_work_stats_t ws;
   rt_work_pool_stats(io->pool, &ws);
-  rc |= GAUGE("io_jobs_queued", "File jobs waiting for an I/O thread.", ws.queued);
-  rc |= GAUGE("io_jobs_queued_max", "Most file jobs ever waiting at once.", ws.queued_max);
-  rc |= COUNTER("io_jobs_refused_total", "File jobs refused: queue full, tried later.",
-                ws.rejected);
-  rc |= COUNTER("cache_misses_total", "Deliveries that had to read the disk.", s->cache_misses);
-  rc |= COUNTER("corrupt_records_total", "Records skipped: checksum failed on read.", s->corrupt);
-  rc |= COUNTER("retention_skipped_total", "Offsets a group skipped after retention.",
-                s->retention_lost);
-  rc |= COUNTER("segments_deleted_total", "Segments deleted by retention.", s->segments_deleted);
-  rc |= COUNTER("torn_bytes_cut_total", "Bytes of torn tails cut at start-up.", s->torn_bytes_cut);
-  rc |= COUNTER("connections_accepted_total", "Connections accepted.", s->conns_accepted);
-  rc |= COUNTER("connections_rejected_total", "Connections refused over the limit.",
-                s->conns_rejected);
-  rc |= COUNTER("protocol_errors_total", "Connections closed for a protocol error.",
-                s->proto_errors);
-  rc |= GAUGE("connections", "Connections open now.", b->conns_count);
-  rc |= GAUGE("pending_bytes", "Bytes appended and not yet durable.", b->pending_bytes);
-  rc |= GAUGE("topics", "Topics.", b->topics_count);
-  return rc;
+  wire_metrics_gauge(m, "busd_io_jobs_queued", "File jobs waiting for an I/O thread.", ws.queued);
+  wire_metrics_gauge(m, "busd_io_jobs_queued_max", "Most file jobs ever waiting at once.",
+                     ws.queued_max);
+  wire_metrics_counter(m, "busd_io_jobs_refused_total",
+                       "File jobs refused: queue full, tried later.", ws.rejected);
+  wire_metrics_gauge(m, "busd_connections", "Connections open now.", b->conns_count);
+  wire_metrics_gauge(m, "busd_pending_bytes", "Bytes appended and not yet durable.",
+                     b->pending_bytes);
+  wire_metrics_gauge(m, "busd_topics", "Topics.", b->topics_count);
 }
 
-static int metrics_partitions(http_buf_t *out, const busd_t *b) {
-  int rc = http_buf_appendf(out,
-                            "# HELP busd_partition_end_offset Offset after the last durable record.\n"
-                            "# TYPE busd_partition_end_offset gauge\n");
-  for (uint32_t i = 0; i < b->topics_count && rc == 0; i++) {
+static void metrics_partitions(wire_metrics_t *m, const busd_t *b) {
+  wire_metrics_family(m, "busd_partition_end_offset", WIRE_METRICS_GAUGE,
+                      "Offset after the last durable record.");
+  for (uint32_t i = 0; i < b->topics_count; i++) {
     const busd_topic_t *t = &b->topics[i];
-    for (uint32_t p = 0; p < t->parts_count && rc == 0; p++)
-      rc = http_buf_appendf(out, "busd_partition_end_offset{topic=\"%s\",partition=\"%u\"} %" PRIu64 "\n",
-                            t->name, p, t->parts[p].durable);
-  }
-  return rc;
-}
-
-/* One line per group and partition: lag and in-flight; per group: the
- * counters. Names are [A-Za-z0-9._-], safe inside label quotes. */
-static int metrics_groups(http_buf_t *out, const busd_t *b) {
-  int rc = http_buf_appendf(out,
-                            "# HELP busd_group_lag Durable records the group has not completed.\n"
-                            "# TYPE busd_group_lag gauge\n"
-                            "# HELP busd_group_in_flight Deliveries waiting for ACK.\n"
-                            "# TYPE busd_group_in_flight gauge\n"
-                            "# HELP busd_group_dead_letters_total Events the group sent to <topic>.dead.\n"
-                            "# TYPE busd_group_dead_letters_total counter\n"
-                            "# HELP busd_group_delivered_total DELIVERs sent to the group.\n"
-                            "# TYPE busd_group_delivered_total counter\n"
-                            "# HELP busd_group_redelivered_total Redeliveries to the group.\n"
-                            "# TYPE busd_group_redelivered_total counter\n"
-                            "# HELP busd_group_members Members (subscriptions) now.\n"
-                            "# TYPE busd_group_members gauge\n");
-  for (uint32_t i = 0; i < b->topics_count && rc == 0; i++) {
-    const busd_topic_t *t = &b->topics[i];
-    for (const busd_group_t *g = t->groups; g != NULL && rc == 0; g = g->next) {
-      for (uint32_t p = 0; p < t->parts_count && rc == 0; p++) {
-        const busd_gp_t *gp = &g->gps[p];
-        uint64_t lag = gp->part->durable > gp->committed ? gp->part->durable - gp->committed : 0;
-        rc = http_buf_appendf(out,
-                              "busd_group_lag{topic=\"%s\",group=\"%s\",partition=\"%u\"} %" PRIu64 "\n"
-                              "busd_group_in_flight{topic=\"%s\",group=\"%s\",partition=\"%u\"} %u\n",
-                              t->name, g->name, p, lag, t->name, g->name, p, gp->in_flight);
-      }
-      if (rc == 0)
-        rc = http_buf_appendf(out,
-                              "busd_group_dead_letters_total{topic=\"%s\",group=\"%s\"} %" PRIu64 "\n"
-                              "busd_group_delivered_total{topic=\"%s\",group=\"%s\"} %" PRIu64 "\n"
-                              "busd_group_redelivered_total{topic=\"%s\",group=\"%s\"} %" PRIu64 "\n"
-                              "busd_group_members{topic=\"%s\",group=\"%s\"} %u\n",
-                              t->name, g->name, g->dead, t->name, g->name, g->delivered, t->name,
-                              g->name, g->redelivered, t->name, g->name, g->members_count);
+    for (uint32_t p = 0; p < t->parts_count; p++) {
+      char part[12];
+      snprintf(part, sizeof part, "%" PRIu32, p);
+      wire_metrics_u64(m, WIRE_METRICS_LABELS({"topic", t->name}, {"partition", part}),
+                       t->parts[p].durable);
     }
   }
-  return rc;
+}
+
+/* The metrics of a group: per partition, or one for the whole group. */
+static uint64_t group_lag(const busd_group_t *g, uint32_t p) {
+  const busd_gp_t *gp = &g->gps[p];
+  return gp->part->durable > gp->committed ? gp->part->durable - gp->committed : 0;
+}
+static uint64_t group_in_flight(const busd_group_t *g, uint32_t p) { return g->gps[p].in_flight; }
+static uint64_t group_dead(const busd_group_t *g, uint32_t p) { return g->dead; }
+static uint64_t group_delivered(const busd_group_t *g, uint32_t p) { return g->delivered; }
+static uint64_t group_redelivered(const busd_group_t *g, uint32_t p) { return g->redelivered; }
+static uint64_t group_members(const busd_group_t *g, uint32_t p) { return g->members_count; }
+
+#define GAUGE WIRE_METRICS_GAUGE
+#define COUNTER WIRE_METRICS_COUNTER
+static const struct group_def {
+  const char *name;
+  wire_metrics_type_t type;
+  const char *help;
+  bool per_partition;
+  uint64_t (*value)(const busd_group_t *g, uint32_t p);
+} group_defs[] = {
+    {"busd_group_lag", GAUGE, "Durable records the group has not completed.", true, group_lag},
+    {"busd_group_in_flight", GAUGE, "Deliveries waiting for ACK.", true, group_in_flight},
+    {"busd_group_dead_letters_total", COUNTER, "Events the group sent to <topic>.dead.", false,
+     group_dead},
+    {"busd_group_delivered_total", COUNTER, "DELIVERs sent to the group.", false, group_delivered},
+    {"busd_group_redelivered_total", COUNTER, "Redeliveries to the group.", false, group_redelivered},
+    {"busd_group_members", GAUGE, "Members (subscriptions) now.", false, group_members},
+};
+#undef GAUGE
+#undef COUNTER
+
+static void metrics_groups(wire_metrics_t *m, const busd_t *b) {
+  for (size_t d = 0; d < sizeof group_defs / sizeof group_defs[0]; d++) {
+    const struct group_def *def = &group_defs[d];
+    wire_metrics_family(m, def->name, def->type, def->help);
+    for (uint32_t i = 0; i < b->topics_count; i++) {
+      const busd_topic_t *t = &b->topics[i];
+      uint32_t parts = def->per_partition ? t->parts_count : 1;
+      for (const busd_group_t *g = t->groups; g != NULL; g = g->next) {
+        for (uint32_t p = 0; p < parts; p++) {
+          char part[12];
+          snprintf(part, sizeof part, "%" PRIu32, p);
+          const wire_metrics_label_t labels[] = {
+              {"topic", t->name}, {"group", g->name}, {"partition", part}};
+          wire_metrics_u64(m, labels, def->per_partition ? 3 : 2, def->value(g, p));
+        }
+      }
+    }
+  }
+}
+
+static void metrics_render(wire_metrics_t *m, void *arg) {
+  metrics_broker(m, broker);
+  metrics_partitions(m, broker);
+  metrics_groups(m, broker);
+  http_server_metrics(m, "busd_http_", &broker->http, 1);
 }
 
 static void on_metrics(http_exchange_t *ex, void *arg) {
-  http_buf_t out;
-  if (http_buf_init(&out, 16384, 8u << 20) < 0) {
-    http_respond_error(ex, 503, "overloaded", "out of memory");
-    return;
-  }
-  int rc = metrics_broker(&out, broker);
-  if (rc == 0) rc = metrics_partitions(&out, broker);
-  if (rc == 0) rc = metrics_groups(&out, broker);
-  if (rc == 0) rc = http_server_metrics(&out, "busd_http_", &broker->http, 1);
-  if (rc < 0) {
-    http_respond_error(ex, 500, "internal", "metrics too large");
-  } else {
-    http_respond(ex, 200, "text/plain; version=0.0.4", out.data, out.len, NULL);
-  }
-  http_buf_deinit(&out);
+  http_respond_metrics(ex, metrics_render, NULL, 8u << 20);
 }
 
 int busd_http_routes(busd_t *b) {

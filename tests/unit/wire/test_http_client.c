@@ -2,9 +2,11 @@
  * The HTTP client against our HTTP server, both on one loop over loopback:
  * keep-alive reuse, a bounded pool under concurrency, upstream down,
  * request deadline, an upstream that closed an idle connection, a full
- * queue, and a byte filter with a handshake of its own on both sides.
+ * queue, a byte filter with a handshake of its own on both sides, and
+ * /metrics pages served whole or refused whole.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -331,6 +333,75 @@ static void test_filter_refuses_peer(void) {
   destroy_and_settle(c);
 }
 
+/* ---- /metrics pages ------------------------------------------------------ */
+
+/* The server's counters, then n samples of one gauge, 25 bytes each from
+ * i = 1000 on: 2000 of them (45780 bytes) fit in 64 KiB, 5000 do not. */
+static void render_samples(wire_metrics_t *m, void *ctx) {
+  uint32_t n = (uint32_t)(uintptr_t)ctx;
+  http_server_metrics(m, "t_http_", &server, 1);
+  wire_metrics_family(m, "t_sample", WIRE_METRICS_GAUGE, "One per i.");
+  for (uint32_t i = 0; i < n; i++) {
+    char label[12];
+    snprintf(label, sizeof label, "%u", (unsigned)i);
+    wire_metrics_u64(m, WIRE_METRICS_LABELS({"i", label}), i);
+  }
+}
+
+static void on_metrics(http_exchange_t *ex, void *arg) {
+  uint32_t n = (uint32_t)strtoul(http_param(ex, "n"), NULL, 10);
+  http_respond_metrics(ex, render_samples, (void *)(uintptr_t)n, 64u << 10);
+}
+
+static int page_status;
+static char page[128u << 10];
+static char page_type[64];
+
+static void page_cb(void *ctx, int err, const http_msg_t *resp) {
+  page_status = err == 0 ? resp->status : err;
+  page[0] = page_type[0] = '\0';
+  if (err == 0 && resp->body_len < sizeof page) memcpy(page, resp->body, resp->body_len + 1);
+  const char *type = err == 0 ? http_msg_header(resp, "Content-Type") : NULL;
+  if (type != NULL) snprintf(page_type, sizeof page_type, "%s", type);
+  rt_loop_stop(loop);
+}
+
+static void get_page(http_client_t *c, const char *path) {
+  page_status = 0;
+  T_REQUIRE(http_client_request(c, "GET", path, NULL, NULL, 0, page_cb, NULL) == 0);
+  T_CHECK_EQ_INT(rt_loop_run(loop), 0);
+}
+
+static void test_metrics_pages(void) {
+  http_client_t *c = NULL;
+  http_client_config_t cfg = {.host = "127.0.0.1", .port = http_server_port(server)};
+  T_REQUIRE(http_client_create(&c, loop, &cfg) == 0);
+
+  get_page(c, "/metrics/2000");
+  T_CHECK_EQ_INT(page_status, 200);
+  T_CHECK_STR(page_type, "text/plain; version=0.0.4");
+  T_CHECK(strlen(page) > 45780); /* the samples alone */
+  static const char first[] = "# HELP t_http_connections_accepted_total Connections accepted.\n"
+                              "# TYPE t_http_connections_accepted_total counter\n";
+  T_CHECK(strncmp(page, first, sizeof first - 1) == 0);
+  T_CHECK(strstr(page, "\nt_http_responses_total{code=\"2xx\"} ") != NULL);
+  T_CHECK(strstr(page, "# HELP t_sample One per i.\n# TYPE t_sample gauge\n"
+                       "t_sample{i=\"0\"} 0\nt_sample{i=\"1\"} 1\n") != NULL);
+  static const char last[] = "\nt_sample{i=\"1999\"} 1999\n";
+  size_t len = strlen(page);
+  T_CHECK(len > sizeof last && strcmp(page + len - (sizeof last - 1), last) == 0);
+
+  get_page(c, "/metrics/5000"); /* over 64 KiB: refused whole, not cut */
+  T_CHECK_EQ_INT(page_status, 500);
+  T_CHECK(strstr(page, "metrics too large") != NULL);
+
+  get_page(c, "/metrics/0");
+  T_CHECK_EQ_INT(page_status, 200);
+  T_CHECK(strstr(page, "# TYPE t_sample gauge\n") != NULL);
+  T_CHECK(strstr(page, "t_sample{") == NULL);
+  destroy_and_settle(c);
+}
+
 int main(void) {
   rt_log_init("test_http_client", RT_LOG_ERROR, NULL, 0);
   if (rt_loop_create(&loop, NULL) != 0) return 1;
@@ -338,6 +409,7 @@ int main(void) {
   http_router_add(&router, "POST", "/echo", HTTP_HANDLER(on_echo), NULL);
   http_router_add(&router, "GET", "/hello", HTTP_HANDLER(on_hello), NULL);
   http_router_add(&router, "GET", "/never", HTTP_HANDLER(on_never), NULL);
+  http_router_add(&router, "GET", "/metrics/{n}", HTTP_HANDLER(on_metrics), NULL);
   http_server_config_t scfg = {.host = "127.0.0.1", .idle_timeout_ms = 150};
   if (http_server_create(&server, loop, &scfg, &router) != 0) return 1;
   if (http_server_start(server) != 0) return 1;
@@ -349,6 +421,7 @@ int main(void) {
   T_RUN(test_queue_full);
   T_RUN(test_filter_both_sides);
   T_RUN(test_filter_refuses_peer);
+  T_RUN(test_metrics_pages);
   destroy_and_settle(client);
   rt_loop_destroy(loop);
   http_server_destroy(server);
