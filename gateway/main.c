@@ -48,10 +48,20 @@ static void on_jwks(http_exchange_t *ex, void *arg) {
                "Cache-Control: public, max-age=300\r\n");
 }
 
+/* GET /v1/openapi.json: the API's contract, the file the build embedded.
+ * Public: a client reads it before it has a token. */
+static void on_openapi(http_exchange_t *ex, void *arg) {
+  (void)arg;
+  http_respond(ex, 200, "application/json", gw_openapi_json, gw_openapi_json_len,
+               "Cache-Control: public, max-age=300\r\n");
+}
+
 static int build_routes(void) {
   http_router_init(&app.router);
   int rc = http_router_add(&app.router, "GET", "/.well-known/jwks.json", HTTP_HANDLER(on_jwks),
                            NULL);
+  if (rc == 0)
+    rc = http_router_add(&app.router, "GET", "/v1/openapi.json", HTTP_HANDLER(on_openapi), NULL);
   for (size_t i = 0; i < gw_routes_count && rc == 0; i++) rc = add_route(&gw_routes[i]);
   for (size_t i = 0; i < app.cfg.extra_count && rc == 0; i++) rc = add_route(&app.cfg.extra[i]);
   if (rc < 0) RT_ERROR("cannot build the route table", RT_LF_STR("error", rt_strerror(rc)));
