@@ -152,6 +152,11 @@ size_t gw_token_ctx_bytes(void);
 int gw_admin_routes(gw_app_t *app);
 void gw_health_start(gw_thread_t *th);
 
+/* The OpenAPI document (gateway/openapi.json, embedded at build time by
+ * embed_text.py), served at GET /v1/openapi.json. */
+extern const char gw_openapi_json[];
+extern const size_t gw_openapi_json_len;
+
 /* The thread running the calling code. */
 gw_thread_t *gw_thread_self(void);
 

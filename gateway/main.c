@@ -3,6 +3,7 @@
  * per loop thread (SO_REUSEPORT) with the TLS filter, the admin server on
  * thread 0, and an orderly drain on SIGTERM.
  */
+#include <assert.h>
 #include <getopt.h>
 #include <errno.h>
 #include <stdio.h>
@@ -38,20 +39,40 @@ static int add_route(const gw_route_t *r) {
   return http_router_add(&app.router, r->method, r->pattern, HTTP_HANDLER(fn), (void *)r);
 }
 
+/* The headers of the gateway's public documents: the request id, as on
+ * every other answer, and a cache lifetime. */
+static void public_headers(http_exchange_t *ex, char *out, size_t out_bytes) {
+  int n = snprintf(out, out_bytes, "X-Request-Id: %s\r\nCache-Control: public, max-age=300\r\n",
+                   http_request_id(ex));
+  assert(n > 0 && (size_t)n < out_bytes);
+}
+
 /* GET /.well-known/jwks.json: the token-verification public keys, so that
  * other verifiers need no copy of them. Public, like any JWKS. */
 static void on_jwks(http_exchange_t *ex, void *arg) {
   (void)arg;
   const char *jwks = atomic_load(&app.jwks);
   const char *body = jwks != NULL ? jwks : "{\"keys\":[]}";
-  http_respond(ex, 200, "application/jwk-set+json", body, strlen(body),
-               "Cache-Control: public, max-age=300\r\n");
+  char extra[96];
+  public_headers(ex, extra, sizeof extra);
+  http_respond(ex, 200, "application/jwk-set+json", body, strlen(body), extra);
+}
+
+/* GET /v1/openapi.json: the API's contract, the file the build embedded.
+ * Public: a client reads it before it has a token. */
+static void on_openapi(http_exchange_t *ex, void *arg) {
+  (void)arg;
+  char extra[96];
+  public_headers(ex, extra, sizeof extra);
+  http_respond(ex, 200, "application/json", gw_openapi_json, gw_openapi_json_len, extra);
 }
 
 static int build_routes(void) {
   http_router_init(&app.router);
   int rc = http_router_add(&app.router, "GET", "/.well-known/jwks.json", HTTP_HANDLER(on_jwks),
                            NULL);
+  if (rc == 0)
+    rc = http_router_add(&app.router, "GET", "/v1/openapi.json", HTTP_HANDLER(on_openapi), NULL);
   for (size_t i = 0; i < gw_routes_count && rc == 0; i++) rc = add_route(&gw_routes[i]);
   for (size_t i = 0; i < app.cfg.extra_count && rc == 0; i++) rc = add_route(&app.cfg.extra[i]);
   if (rc < 0) RT_ERROR("cannot build the route table", RT_LF_STR("error", rt_strerror(rc)));

@@ -15,7 +15,7 @@ PROJECT_PACKAGES=(
   libjansson-dev node-llhttp libargon2-dev libssl-dev
   postgresql
   patroni etcd-server pgbackrest
-  curl wrk nginx-light python3 openssl procps gnuplot-nox
+  curl wrk nginx-light python3 python3-jsonschema openssl procps gnuplot-nox
   rabbitmq-server librabbitmq-dev
 )
 

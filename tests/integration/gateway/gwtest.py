@@ -6,7 +6,9 @@ whole test after a deadline. Everything lives in one temporary directory,
 removed at the end unless GW_TEST_KEEP=1. Checks are counted and the test
 ends with "N passed, N failed" (exit 77 means skipped).
 
-Standard library only: the tests run wherever python3, openssl and curl do.
+Every request made through Gateway.request() is checked against the API's
+contract (tests/integration/lib/contract.py, gateway/openapi.json); finish()
+fails the test when any exchange broke it.
 """
 import atexit
 import hashlib
@@ -25,6 +27,11 @@ import sys
 import tempfile
 import threading
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import contract  # noqa: E402
+
+CONTRACT = contract.Contract()
 
 # ---------------------------------------------------------------------------
 # Results
@@ -49,7 +56,16 @@ def check(name, cond, detail=""):
     return ok
 
 
+def check_contract():
+    """One check for every exchange recorded so far; run by finish()."""
+    if CONTRACT.checked == 0:
+        return
+    check("every exchange through the gateway keeps the contract: " + CONTRACT.summary(),
+          not CONTRACT.problems, "; ".join(CONTRACT.problems[:10]))
+
+
 def finish():
+    check_contract()
     print("%d passed, %d failed" % (passed, failed))
     sys.stdout.flush()
     if failed:
@@ -260,7 +276,9 @@ class Gateway:
             c.request(method, path, body=body, headers=headers or {})
             r = c.getresponse()
             data = r.read()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+            got = {k.lower(): v for k, v in r.getheaders()}
+            CONTRACT.record(method, path, r.status, headers, body, got, data)
+            return r.status, got, data
         finally:
             if conn is None:
                 c.close()

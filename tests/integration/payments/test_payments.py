@@ -33,6 +33,7 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 import paytest as t  # noqa: E402
+import contract  # noqa: E402
 
 MAX_AMOUNT = 50000
 DAILY_MAX = 80000
@@ -516,6 +517,7 @@ def test_correlation(saga, certs_sh):
     import http.client
     import ssl
     ctx = ssl.create_default_context(cafile=os.path.join(certs, "tls-ecdsa.crt"))
+    api = contract.Contract()  # every exchange below is checked against the document
 
     def https(method, path, body=None, token=None, rid=None, key=None):
         c = http.client.HTTPSConnection("localhost", gw_port, timeout=20, context=ctx)
@@ -526,10 +528,13 @@ def test_correlation(saga, certs_sh):
             h["X-Request-Id"] = rid
         if key:
             h["Idempotency-Key"] = key
+        data = json.dumps(body) if body is not None else None
         try:
-            c.request(method, path, body=json.dumps(body) if body is not None else None, headers=h)
+            c.request(method, path, body=data, headers=h)
             r = c.getresponse()
-            return r.status, json.loads(r.read() or b"null")
+            raw = r.read()
+            api.record(method, path, r.status, h, data, dict(r.getheaders()), raw)
+            return r.status, json.loads(raw or b"null")
         finally:
             c.close()
 
@@ -575,6 +580,9 @@ def test_correlation(saga, certs_sh):
         proc = gw if name == "gateway" else saga.plat.proc(name)
         t.check(any(r.get("rid") == rid for r in proc.log_records()),
                 "the %s log has lines with the correlation id" % name)
+    t.check(api.checked > 0 and not api.problems,
+            "every exchange through the gateway keeps the contract: %s (%s)"
+            % (api.summary(), "; ".join(api.problems[:10])))
     gw.stop()
 
 
