@@ -22,8 +22,9 @@
  *      grow by themselves, as in group commit, and the database does one
  *      round of work per batch instead of per movement.
  *   3. The slot's document: one JSON array, an element per movement (ids
- *      and the event made here, in C, as for a movement alone), written
- *      into the slot's own buffer, sized at start-up for a full batch.
+ *      and the event made here, in C, as for a movement alone, and its
+ *      wave: see number_waves()), written into the slot's own buffer,
+ *      sized at start-up for a full batch.
  *   4. The answer: one row per movement, in order. 201 with the body the
  *      database rendered; a refusal with its code (nothing written, no key
  *      claimed, as for a movement alone); insufficient funds (stored under
@@ -80,6 +81,7 @@ typedef struct mover_batch {
   uint32_t count;
   svc_req_t **reqs;  /* batch_max */
   bool *answered;    /* batch_max: a row came back for it */
+  uint32_t *waves;   /* batch_max: each movement's wave (move_batch()) */
   char *doc;         /* batch_max * MOVER_ITEM_BYTES */
 } mover_batch_t;
 
@@ -126,7 +128,7 @@ static bool plain(const char *s) { return s == NULL || strpbrk(s, "\"\\") == NUL
 
 /* Appends movement i of the batch; returns its length, or 0 when it does
  * not fit (cannot happen: the element's size is bounded above). */
-static size_t put_item(char *out, size_t cap, uint32_t i, svc_req_t *req) {
+static size_t put_item(char *out, size_t cap, uint32_t i, uint32_t wave, svc_req_t *req) {
   account_move_t *mv = SVC_STATE(req, account_move_t);
   const char *debit = mv->kind == ACCOUNT_MOVE_TOPUP ? mv->other : mv->account;
   const char *credit = mv->kind == ACCOUNT_MOVE_TOPUP ? mv->account : mv->other;
@@ -145,8 +147,10 @@ static size_t put_item(char *out, size_t cap, uint32_t i, svc_req_t *req) {
   assert(plain(scope));
   assert(plain(key));
   size_t len = 0;
-  int n = snprintf(out, cap, "{\"i\":%" PRIu32 ",\"amount\":%" PRId64 ",\"payload\":%s,\"headers\":%s",
-                   i, mv->amount, payload, ev.headers);
+  int n = snprintf(out, cap,
+                   "{\"i\":%" PRIu32 ",\"w\":%" PRIu32 ",\"amount\":%" PRId64
+                   ",\"payload\":%s,\"headers\":%s",
+                   i, wave, mv->amount, payload, ev.headers);
   if (n < 0 || (size_t)n >= cap) return 0;
   len = (size_t)n;
   len += put_str(out + len, cap - len, "kind", account_move_kind_name(mv->kind));
@@ -269,13 +273,36 @@ static void fail_batch(mover_batch_t *bt, int err) {
   bt->count = 0;
 }
 
+static bool shares_account(const account_move_t *a, const account_move_t *b) {
+  return strcmp(a->account, b->account) == 0 || strcmp(a->account, b->other) == 0 ||
+         strcmp(a->other, b->account) == 0 || strcmp(a->other, b->other) == 0;
+}
+
+/* Numbers the waves: one more than the last wave of an earlier movement
+ * that touches either account. No account twice in a wave; an account's
+ * movements in arrival order. O(n^2) over at most batch_max movements,
+ * a few microseconds against the batch's round trip. */
+static void number_waves(mover_batch_t *bt) {
+  for (uint32_t i = 0; i < bt->count; i++) {
+    const account_move_t *mi = SVC_STATE(bt->reqs[i], account_move_t);
+    uint32_t w = 1;
+    for (uint32_t j = 0; j < i; j++) {
+      if (bt->waves[j] >= w && shares_account(mi, SVC_STATE(bt->reqs[j], account_move_t))) {
+        w = bt->waves[j] + 1;
+      }
+    }
+    bt->waves[i] = w;
+  }
+}
+
 /* Sends the slot's requests as one call. */
 static void batch_send(account_mover_t *m, mover_batch_t *bt) {
   size_t cap = (size_t)cfg.batch_max * MOVER_ITEM_BYTES, len = 0;
+  number_waves(bt);
   bt->doc[len++] = '[';
   for (uint32_t i = 0; i < bt->count; i++) {
     if (i > 0) bt->doc[len++] = ',';
-    size_t n = put_item(bt->doc + len, cap - len - 1, i, bt->reqs[i]);
+    size_t n = put_item(bt->doc + len, cap - len - 1, i, bt->waves[i], bt->reqs[i]);
     assert(n > 0); /* bounded by MOVER_ITEM_BYTES per movement */
     len += n;
   }
@@ -372,8 +399,10 @@ account_mover_t *account_mover_create(svc_thread_t *th) {
     m->slots[s].m = m;
     m->slots[s].reqs = calloc(cfg.batch_max, sizeof *m->slots[s].reqs);
     m->slots[s].answered = calloc(cfg.batch_max, sizeof *m->slots[s].answered);
+    m->slots[s].waves = calloc(cfg.batch_max, sizeof *m->slots[s].waves);
     m->slots[s].doc = malloc((size_t)cfg.batch_max * MOVER_ITEM_BYTES + 2);
-    if (m->slots[s].reqs == NULL || m->slots[s].answered == NULL || m->slots[s].doc == NULL) {
+    if (m->slots[s].reqs == NULL || m->slots[s].answered == NULL || m->slots[s].waves == NULL ||
+        m->slots[s].doc == NULL) {
       account_mover_free(m);
       return NULL;
     }
@@ -389,6 +418,7 @@ void account_mover_free(account_mover_t *m) {
   for (uint32_t s = 0; s < cfg.batches && m->slots != NULL; s++) {
     free(m->slots[s].reqs);
     free(m->slots[s].answered);
+    free(m->slots[s].waves);
     free(m->slots[s].doc);
   }
   free(m->slots);
