@@ -116,9 +116,10 @@ void busd_rec_write(uint8_t *dst, uint64_t offset, uint64_t stored_ms,
 int64_t busd_rec_parse(const uint8_t *p, size_t avail, uint32_t rec_bytes_max,
                        bool verify, busd_rec_t *out);
 
-/* The offset -> file position index of one segment: an entry at least
- * every BUSD_INDEX_STRIDE bytes, so a read starts at most one stride
- * before the record it wants. */
+/* The offset -> file position index of one segment, in memory: an entry
+ * at least every BUSD_INDEX_STRIDE bytes, so a read starts at most one
+ * stride before the record it wants. Its copy on disk is the segment's
+ * index file (index.c). */
 typedef struct busd_index {
   uint64_t *offsets;
   uint64_t *positions;
@@ -144,23 +145,35 @@ typedef struct busd_scan {
   uint64_t valid_bytes; /* whole, valid records from the start */
   uint64_t next_offset; /* after the last valid record; base when none */
   uint64_t records;
+  uint64_t read_bytes;  /* bytes of the file read */
   int stop;             /* 0: clean end; BUS_E_TRUNCATED: an incomplete
                          * record at the end; BUS_E_CORRUPT: a bad length,
                          * checksum or offset sequence */
 } busd_scan_t;
 
-/* Reads a segment whose first offset is `base` from the start, checking
- * each record's length, checksum and offset (base, base + 1, ...), and
- * fills `index` when non-NULL. Blocking: start-up or I/O threads only.
- * Returns 0 (the scan result says where it stopped) or -errno. */
+/* Reads a segment from file position `pos`, where the record with
+ * `offset` starts, to its end, checking each record's length, checksum and
+ * offset (offset, offset + 1, ...), and adds every record to `index` when
+ * non-NULL (busd_index_add() keeps one a stride). Blocking: start-up or I/O
+ * threads only. Returns 0 (the scan result says where it stopped) or -errno. */
+int busd_seg_scan_from(int fd, uint64_t pos, uint64_t offset, uint32_t rec_bytes_max,
+                       busd_scan_t *out, busd_index_t *index);
+
+/* busd_seg_scan_from() the start of a segment whose first offset is `base`. */
 int busd_seg_scan(int fd, uint64_t base, uint32_t rec_bytes_max, busd_scan_t *out,
                   busd_index_t *index);
 
-/* Scans as above, and when the segment ends in anything but whole valid
- * records, cuts it there (ftruncate + fdatasync): the torn-tail recovery.
- * Returns the bytes cut (>= 0) or -errno. */
+/* Cuts the file where the scan stopped, when it ends in anything but whole
+ * valid records (ftruncate + fdatasync): the torn-tail recovery. Returns the
+ * bytes cut (>= 0) or -errno. */
+int64_t busd_seg_cut(int fd, const busd_scan_t *scan);
+
+/* busd_seg_scan() and busd_seg_cut(). Returns the bytes cut or -errno. */
 int64_t busd_seg_recover(int fd, uint64_t base, uint32_t rec_bytes_max,
                          busd_scan_t *out, busd_index_t *index);
+
+/* pread until `len` bytes or the end of the file; *got says how many. */
+int busd_pread_full(int fd, uint8_t *buf, size_t len, uint64_t pos, size_t *got);
 
 /* Formats "<dir>/<base, 20 digits>.log". Returns 0 or -ENAMETOOLONG. */
 int busd_seg_path(char *out, size_t cap, const char *dir, uint64_t base);
@@ -170,6 +183,83 @@ bool busd_seg_name_parse(const char *name, uint64_t *base);
 
 /* fsyncs a directory, so names created or removed in it are durable. */
 int busd_fsync_dir(const char *dir);
+
+/* ------------------------------------------------------------------------ */
+/* Segment index files (index.c)                                            */
+/* ------------------------------------------------------------------------ */
+
+/* "<base>.idx" beside "<base>.log", little-endian (life of an index file:
+ * index.c):
+ *   header, 32 bytes: 0 "BUSIDX01"  8 u32 version (1)  12 u32 stride
+ *                     16 u64 base   24 u32 entry bytes (16)
+ *                     28 u32 crc32c of bytes [0, 28)
+ *   entries, 16 bytes: 0 u32 offset - base  4 u32 crc32c of bytes [0, 4)
+ *                     and [8, 16)  8 u64 file position of that record
+ * An entry whose position is the log's size says where the next record
+ * would go: written when the segment is closed, it seals the index. */
+#define BUSD_IDX_HEADER_BYTES 32u
+#define BUSD_IDX_ENTRY_BYTES 16u
+#define BUSD_IDX_VERSION 1u
+
+/* Bytes of index a write of `len` bytes of records can add: an entry per
+ * stride and one more, after a header when the write starts a segment. */
+#define BUSD_IDX_PLAN_BYTES(len) \
+  (BUSD_IDX_HEADER_BYTES + ((len) / BUSD_INDEX_STRIDE + 1u) * BUSD_IDX_ENTRY_BYTES)
+
+/* Formats "<dir>/<base, 20 digits>.idx". Returns 0 or -ENAMETOOLONG. */
+int busd_idx_path(char *out, size_t cap, const char *dir, uint64_t base);
+
+/* Writes an index file's header for the segment starting at `base`. */
+void busd_idx_header(uint8_t out[BUSD_IDX_HEADER_BYTES], uint64_t base);
+
+/* Writes one entry: the record with `offset` starts at `pos`. */
+void busd_idx_entry(uint8_t out[BUSD_IDX_ENTRY_BYTES], uint64_t base, uint64_t offset,
+                    uint64_t pos);
+
+/* Reads an index file's bytes into `idx` (which must be empty), checking
+ * the header (magic, version, stride, base, checksum), every entry's
+ * checksum, that the first entry is (base, 0), that offsets and positions
+ * only grow, and that no position is past `log_bytes`. A torn append (a
+ * partial last entry, or entries of zeros at the end, what a crash may
+ * leave since the file is never synced) ends the entries without being an
+ * error. Returns the entries read (>= 0), BUS_E_CORRUPT or -ENOMEM. */
+int busd_idx_parse(const uint8_t *p, size_t len, uint64_t base, uint64_t log_bytes,
+                   busd_index_t *idx);
+
+/* Encodes the entries that records at file positions file_pos + pos[i]
+ * (offsets first + i) will add to `idx` through busd_index_add(), without
+ * changing it; after a header when `header`. Returns the bytes written to
+ * `out`, at most BUSD_IDX_PLAN_BYTES(bytes those records span). */
+uint32_t busd_idx_plan(const busd_index_t *idx, uint64_t base, bool header, uint64_t first,
+                       uint64_t file_pos, const uint32_t *pos, uint32_t count, uint8_t *out);
+
+/* How start-up came to know a segment. */
+typedef enum busd_idx_how {
+  BUSD_IDX_TRUSTED = 1, /* closed, its index sealed: the log was not read */
+  BUSD_IDX_TAIL,        /* read from the index's last entry to the end */
+  BUSD_IDX_MISSING,     /* no index file: the whole log read, index written */
+  BUSD_IDX_DAMAGED,     /* index unusable: the whole log read, index rewritten */
+} busd_idx_how_t;
+
+/* What busd_seg_load() found. */
+typedef struct busd_seg_loaded {
+  busd_scan_t scan;      /* as a scan of the whole log would say */
+  busd_index_t index;    /* the caller takes it */
+  busd_idx_how_t how;
+  int64_t cut;           /* torn-tail bytes cut from the log */
+  int idx_fd;            /* the last segment: its index, open to append; -1 */
+  uint64_t idx_bytes;    /* length of the index file */
+  int idx_err;           /* 0, or why the index file could not be written
+                          * (the log is fine; the next start rebuilds it) */
+} busd_seg_loaded_t;
+
+/* Start-up of one segment (blocking): through its index file at
+ * `idx_path` when that is sound, else by scanning the whole log and
+ * writing the index anew. `last`: the partition's last segment, whose
+ * end is always found by reading from its last index entry, and whose
+ * torn tail is cut. Returns 0 or -errno (out->index freed then). */
+int busd_seg_load(int fd, const char *idx_path, uint64_t base, bool last,
+                  uint32_t rec_bytes_max, busd_seg_loaded_t *out);
 
 /* ------------------------------------------------------------------------ */
 /* I/O threads (io.c)                                                       */
@@ -210,9 +300,22 @@ struct busd_job {
   uint32_t partitions;  /* MKTOPIC */
   uint32_t gen;         /* SNAPSHOT: its number (the topic's snap_gen_next) */
   char path[PATH_MAX];  /* new segment, file to unlink or replace, topic dir */
+  /* WRITE: the segment's index, written after the records are synced and
+   * never synced itself (it can always be rebuilt from the log). With a
+   * roll, idx_data starts with a header and goes to a new file named like
+   * `path`, and `seal` ends the previous segment's index. */
+  int idx_fd;           /* no roll: the index to append to, or -1 */
+  uint64_t idx_pos;
+  const uint8_t *idx_data;
+  uint32_t idx_len;
+  int seal_fd;          /* roll: the previous segment's index, or -1 */
+  uint64_t seal_pos;
+  uint8_t seal[BUSD_IDX_ENTRY_BYTES];
   /* out */
   int result;           /* 0 / bytes read, or -errno (-ECANCELED: not run) */
   int new_fd;           /* WRITE with roll */
+  int new_idx_fd;       /* WRITE with roll: the new index, or -1 */
+  int idx_result;       /* WRITE: 0 or -errno writing index entries */
   uint64_t took_ns;
 };
 
@@ -286,6 +389,8 @@ typedef struct busd_seg {
   uint32_t refs;           /* reads in flight */
   bool deleting;
   busd_index_t index;
+  int idx_fd;              /* its index file while appended to, else -1 */
+  uint64_t idx_bytes;      /* length of the index file */
   busd_job_t unlink_job;
 } busd_seg_t;
 
@@ -304,6 +409,8 @@ struct busd_part {
   busd_batch_t *writing;   /* being written and synced */
   busd_batch_t *spare;     /* a recycled batch */
   busd_job_t write_job;
+  uint8_t *idx_buf;        /* the write's index entries (write_job.idx_data) */
+  uint32_t idx_cap;
   bool kick_queued;        /* on the broker's kick list */
   busd_part_t *kick_next;
   bool failed;             /* a write failed: refuse PUBs until restart */
@@ -325,10 +432,10 @@ int busd_part_init(busd_part_t *part, busd_t *b, busd_topic_t *topic, uint32_t i
 /* Frees memory and closes files (after the loop has stopped). */
 void busd_part_deinit(busd_part_t *part);
 
-/* Adds a recovered segment (start-up): takes ownership of fd and index. */
+/* Adds a recovered segment (start-up): takes ownership of fd, and of the
+ * index and index file in `loaded`. */
 int busd_part_add_segment(busd_part_t *part, int fd, uint64_t base,
-                          const busd_scan_t *scan, busd_index_t *index,
-                          uint64_t mtime_ms);
+                          busd_seg_loaded_t *loaded, uint64_t mtime_ms);
 
 /* Appends a record; `w` is told when it is durable. The write starts at
  * the next busd_log_kick() (after the current input chunk), so records
@@ -680,6 +787,12 @@ typedef struct busd_stats {
   uint64_t retention_lost; /* offsets a group skipped (deleted first) */
   uint64_t segments_deleted;
   uint64_t torn_bytes_cut; /* at start-up */
+  uint64_t start_ms;       /* start-up: recovering the data directory */
+  uint64_t start_read_bytes; /* start-up: log bytes read */
+  uint64_t segs_trusted;   /* start-up: known from their index alone */
+  uint64_t segs_tail;      /* start-up: read from their last index entry */
+  uint64_t idx_rebuilt;    /* start-up: index missing or damaged, rebuilt */
+  uint64_t idx_errors;     /* index files that could not be written */
   uint64_t conns_accepted;
   uint64_t conns_rejected;
   uint64_t proto_errors;

@@ -61,6 +61,9 @@ static const struct counter_def {
     {"busd_retention_skipped_total", "Offsets a group skipped after retention.", S(retention_lost)},
     {"busd_segments_deleted_total", "Segments deleted by retention.", S(segments_deleted)},
     {"busd_torn_bytes_cut_total", "Bytes of torn tails cut at start-up.", S(torn_bytes_cut)},
+    {"busd_start_read_bytes_total", "Log bytes read at start-up.", S(start_read_bytes)},
+    {"busd_index_rebuilt_total", "Segment indexes missing or damaged, rebuilt.", S(idx_rebuilt)},
+    {"busd_index_errors_total", "Segment index files that could not be written.", S(idx_errors)},
     {"busd_connections_accepted_total", "Connections accepted.", S(conns_accepted)},
     {"busd_connections_rejected_total", "Connections refused over the limit.", S(conns_rejected)},
     {"busd_protocol_errors_total", "Connections closed for a protocol error.", S(proto_errors)},
@@ -93,6 +96,8 @@ static void metrics_broker(wire_metrics_t *m, const busd_t *b) {
   wire_metrics_gauge(m, "busd_pending_bytes", "Bytes appended and not yet durable.",
                      b->pending_bytes);
   wire_metrics_gauge(m, "busd_topics", "Topics.", b->topics_count);
+  wire_metrics_gauge(m, "busd_start_ms", "Milliseconds start-up took recovering the data directory.",
+                     b->stats.start_ms);
 }
 
 static void metrics_partitions(wire_metrics_t *m, const busd_t *b) {

@@ -61,6 +61,42 @@ static int fsync_parent(const char *path) {
   return busd_fsync_dir(dir[0] ? dir : "/");
 }
 
+/* "<base>.idx" for the segment "<base>.log" at `log_path`. */
+static int idx_path_of(char *out, size_t cap, const char *log_path) {
+  size_t n = strlen(log_path);
+  if (n < 4 || n >= cap || strcmp(log_path + n - 4, ".log") != 0) return -EINVAL;
+  memcpy(out, log_path, n - 4);
+  memcpy(out + n - 4, ".idx", 5);
+  return 0;
+}
+
+/* After the records are durable: their index entries, never synced (the
+ * index is rebuilt from the log whenever it falls short). A failed seal
+ * is not reported: that index is finished from the log at the next start.
+ * Failures of the new entries go to idx_result: the segment then stops
+ * writing its index. */
+static void job_write_index(busd_io_t *io, busd_job_t *job) {
+  if (job->seal_fd >= 0 && write_full(job->seal_fd, job->seal, sizeof job->seal, job->seal_pos) < 0)
+    atomic_fetch_add_explicit(&io->errors, 1, memory_order_relaxed);
+  if (job->idx_data == NULL) return;
+  int fd = job->idx_fd;
+  uint64_t pos = job->idx_pos;
+  if (job->roll) {
+    char path[PATH_MAX];
+    int rc = idx_path_of(path, sizeof path, job->path);
+    /* O_TRUNC: an index left by a segment of this base deleted earlier. */
+    fd = rc < 0 ? rc : open(path, O_CREAT | O_TRUNC | O_RDWR | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      job->idx_result = rc < 0 ? rc : -errno;
+      return;
+    }
+    job->new_idx_fd = fd;
+    pos = 0;
+  }
+  if (job->idx_len > 0) job->idx_result = write_full(fd, job->idx_data, job->idx_len, pos);
+  if (job->idx_result < 0) atomic_fetch_add_explicit(&io->errors, 1, memory_order_relaxed);
+}
+
 static int job_write(busd_io_t *io, busd_job_t *job) {
   int fd = job->fd;
   uint64_t pos = job->pos;
@@ -81,6 +117,7 @@ static int job_write(busd_io_t *io, busd_job_t *job) {
   atomic_fetch_add_explicit(&io->fsyncs, 1, memory_order_relaxed);
   atomic_fetch_add_explicit(&io->fsync_ns, rt_now_ns() - t0, memory_order_relaxed);
   atomic_fetch_add_explicit(&io->written_bytes, job->len, memory_order_relaxed);
+  job_write_index(io, job);
   return 0;
 }
 
@@ -97,9 +134,13 @@ static int job_read(busd_io_t *io, busd_job_t *job) {
   return (int)got;
 }
 
+/* The log first: an index without its log is never read. */
 static int job_unlink(busd_job_t *job) {
   if (job->fd >= 0) close(job->fd);
   if (unlink(job->path) < 0 && errno != ENOENT) return -errno;
+  char idx[PATH_MAX];
+  if (idx_path_of(idx, sizeof idx, job->path) < 0) return 0;
+  if (unlink(idx) < 0 && errno != ENOENT) return -errno;
   return 0;
 }
 

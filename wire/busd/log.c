@@ -18,6 +18,7 @@
  * unwritten records are refused, their offsets given back. Recovery at the
  * next start decides what is on disk.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,6 +107,7 @@ static busd_seg_t *seg_new(int fd, uint64_t base) {
   busd_seg_t *seg = calloc(1, sizeof *seg);
   if (seg == NULL) return NULL;
   seg->fd = fd;
+  seg->idx_fd = -1;
   seg->base = base;
   seg->end = base;
   return seg;
@@ -113,6 +115,7 @@ static busd_seg_t *seg_new(int fd, uint64_t base) {
 
 static void seg_free(busd_seg_t *seg) {
   if (seg->fd >= 0) close(seg->fd);
+  if (seg->idx_fd >= 0) close(seg->idx_fd);
   busd_index_free(&seg->index);
   free(seg);
 }
@@ -128,15 +131,18 @@ static void seg_append(busd_part_t *part, busd_seg_t *seg) {
   part->segs_count++;
 }
 
-int busd_part_add_segment(busd_part_t *part, int fd, uint64_t base, const busd_scan_t *scan,
-                          busd_index_t *index, uint64_t mtime_ms) {
+int busd_part_add_segment(busd_part_t *part, int fd, uint64_t base, busd_seg_loaded_t *loaded,
+                          uint64_t mtime_ms) {
   busd_seg_t *seg = seg_new(fd, base);
   if (seg == NULL) return -ENOMEM;
-  seg->end = scan->next_offset;
-  seg->bytes = scan->valid_bytes;
+  seg->end = loaded->scan.next_offset;
+  seg->bytes = loaded->scan.valid_bytes;
   seg->mtime_ms = mtime_ms;
-  seg->index = *index;
-  memset(index, 0, sizeof *index);
+  seg->index = loaded->index;
+  memset(&loaded->index, 0, sizeof loaded->index);
+  seg->idx_fd = loaded->idx_fd;
+  seg->idx_bytes = loaded->idx_bytes;
+  loaded->idx_fd = -1;
   seg_append(part, seg);
   part->start = part->segs->base;
   part->next = seg->end;
@@ -185,6 +191,9 @@ void busd_part_deinit(busd_part_t *part) {
   batch_free(part->writing);
   batch_free(part->spare);
   part->acc = part->writing = part->spare = NULL;
+  free(part->idx_buf);
+  part->idx_buf = NULL;
+  part->idx_cap = 0;
   busd_seg_t *seg = part->segs;
   while (seg != NULL) {
     busd_seg_t *next = seg->next;
@@ -247,6 +256,51 @@ void busd_log_kick(busd_t *b) {
 
 static void write_done(busd_job_t *job);
 
+/* Room in idx_buf for the index bytes of a write of `len` bytes. */
+static bool idx_buf_reserve(busd_part_t *part, uint32_t len) {
+  uint64_t need = BUSD_IDX_PLAN_BYTES((uint64_t)len);
+  if (need <= part->idx_cap) return true;
+  if (need > UINT32_MAX) return false;
+  uint8_t *p = realloc(part->idx_buf, need);
+  if (p == NULL) return false;
+  part->idx_buf = p;
+  part->idx_cap = (uint32_t)need;
+  return true;
+}
+
+/* The index side of a write job (index.c, "life of an index file"): the
+ * entries of the batch for the segment it goes to, and on a roll the seal
+ * of the segment it leaves. No memory for the entries: the segment goes
+ * without an index file and the next start rebuilds it. */
+static void write_job_index(busd_part_t *part, busd_job_t *job, busd_batch_t *batch) {
+  busd_seg_t *seg = part->segs_tail;
+  static const busd_index_t empty;
+  job->idx_fd = -1;
+  job->idx_len = 0;
+  job->idx_data = NULL;
+  job->seal_fd = -1;
+  job->new_idx_fd = -1;
+  job->idx_result = 0;
+  if (job->roll && seg != NULL && seg->idx_fd >= 0 &&
+      (seg->index.len == 0 || seg->index.last_pos < seg->bytes)) {
+    job->seal_fd = seg->idx_fd;
+    job->seal_pos = seg->idx_bytes;
+    busd_idx_entry(job->seal, seg->base, seg->end, seg->bytes);
+  }
+  if (!job->roll && seg->idx_fd < 0) return;
+  if (!idx_buf_reserve(part, batch->len)) return;
+  const busd_index_t *idx = job->roll ? &empty : &seg->index;
+  uint64_t base = job->roll ? batch->first : seg->base;
+  job->idx_len = busd_idx_plan(idx, base, job->roll, batch->first, job->pos, batch->pos,
+                               batch->count, part->idx_buf);
+  assert(job->idx_len <= part->idx_cap);
+  job->idx_data = part->idx_buf;
+  if (!job->roll) {
+    job->idx_fd = seg->idx_fd;
+    job->idx_pos = seg->idx_bytes;
+  }
+}
+
 void busd_part_kick(busd_part_t *part) {
   busd_t *b = part->b;
   busd_batch_t *batch = part->acc;
@@ -259,6 +313,7 @@ void busd_part_kick(busd_part_t *part) {
   job->ctx = part;
   job->data = batch->data;
   job->len = batch->len;
+  job->new_fd = -1;
   /* Roll at a batch boundary: a batch always lands in one segment. */
   job->roll = seg == NULL || (seg->bytes > 0 && seg->bytes + batch->len > b->cfg.segment_bytes);
   if (job->roll) {
@@ -269,6 +324,7 @@ void busd_part_kick(busd_part_t *part) {
     job->fd = seg->fd;
     job->pos = seg->bytes;
   }
+  write_job_index(part, job, batch);
   if (busd_io_submit(&b->io, job) < 0) return; /* retried by the tick */
   part->acc = NULL;
   part->writing = batch;
@@ -370,21 +426,54 @@ static busd_seg_t *written_segment(busd_part_t *part, const busd_job_t *job,
   return seg;
 }
 
+/* A write's index entries are on file (or not): the in-memory index takes
+ * the same entries, and a segment whose index could not be written stops
+ * writing it (the next start finishes it from the log). */
+static void written_index(busd_part_t *part, busd_seg_t *seg, const busd_job_t *job,
+                          const busd_batch_t *batch, uint64_t file_pos) {
+  uint32_t before = seg->index.len;
+  for (uint32_t i = 0; i < batch->count; i++)
+    busd_index_add(&seg->index, batch->first + i, file_pos + batch->pos[i]);
+  if (job->roll) seg->idx_fd = job->new_idx_fd;
+  if (job->idx_data == NULL) return; /* none planned: none kept */
+  uint32_t entries = job->idx_len - (job->roll ? BUSD_IDX_HEADER_BYTES : 0);
+  /* The plan mirrors busd_index_add(): the file and memory agree. */
+  bool agree = ALWAYS(seg->index.len - before == entries / BUSD_IDX_ENTRY_BYTES);
+  if (agree && job->idx_result == 0 && seg->idx_fd >= 0) {
+    seg->idx_bytes = (job->roll ? 0 : seg->idx_bytes) + job->idx_len;
+    return;
+  }
+  part->b->stats.idx_errors++;
+  RT_WARN("segment index not written: rebuilt at the next start",
+          RT_LF_STR("topic", part->topic->name), RT_LF_INT("partition", part->index),
+          RT_LF_INT("base", (int64_t)seg->base),
+          RT_LF_STR("error", rt_strerror(job->idx_result < 0 ? job->idx_result : -EINVAL)));
+  if (seg->idx_fd >= 0) close(seg->idx_fd);
+  seg->idx_fd = -1;
+}
+
 static void write_done(busd_job_t *job) {
   busd_part_t *part = job->ctx;
   busd_t *b = part->b;
   busd_batch_t *batch = part->writing;
   part->writing = NULL;
   b->pending_bytes -= batch->len;
+  busd_seg_t *prev = part->segs_tail;
   busd_seg_t *seg = job->result < 0 ? NULL : written_segment(part, job, batch);
   if (seg == NULL) {
     if (job->roll && job->new_fd >= 0) close(job->new_fd);
+    if (job->roll && job->new_idx_fd >= 0) close(job->new_idx_fd);
     write_failed(part, batch, job->result < 0 ? job->result : -ENOMEM);
     return;
   }
+  /* The segment left behind is complete: its index is sealed (or, when
+   * that failed, finished at the next start). */
+  if (job->roll && prev != NULL && prev->idx_fd >= 0) {
+    close(prev->idx_fd);
+    prev->idx_fd = -1;
+  }
   uint64_t file_pos = job->roll ? 0 : job->pos;
-  for (uint32_t i = 0; i < batch->count; i++)
-    busd_index_add(&seg->index, batch->first + i, file_pos + batch->pos[i]);
+  written_index(part, seg, job, batch, file_pos);
   seg->bytes = file_pos + batch->len;
   seg->end = batch->first + batch->count;
   seg->mtime_ms = busd_wall_ms();

@@ -2,8 +2,9 @@
  * main.c - busd: configuration, start-up recovery, run, shutdown.
  *
  * Start-up happens on the main thread, where blocking is fine: read the
- * configuration, recover the data directory (scan segments, cut torn
- * tails, load committed offsets), start the I/O threads. Then rt_run()
+ * configuration, recover the data directory (segments through their index
+ * files, the last one of each partition read to its end and a torn tail
+ * cut, load committed offsets), start the I/O threads. Then rt_run()
  * runs one loop thread until SIGTERM/SIGINT and its drain; afterwards the
  * I/O threads are joined and everything is freed.
  */
@@ -159,7 +160,9 @@ int main(int argc, char **argv) {
   b->listen_fd = -1;
   bus_buf_init(&b->dead_hdr, 64u * 1024);
   rt_signals_block(); /* before the I/O threads, which inherit it */
+  uint64_t t0 = rt_now_ns();
   rc = busd_store_open(b);
+  b->stats.start_ms = (rt_now_ns() - t0) / 1000000u;
   if (rc == 0) rc = busd_io_start(&b->io, b);
   if (rc < 0) {
     RT_ERROR("start-up failed", RT_LF_STR("error", rt_strerror(rc)));
@@ -168,6 +171,11 @@ int main(int argc, char **argv) {
     return 1;
   }
   RT_INFO("recovery done", RT_LF_INT("topics", b->topics_count),
+          RT_LF_INT("took_ms", (int64_t)b->stats.start_ms),
+          RT_LF_INT("segments_trusted", (int64_t)b->stats.segs_trusted),
+          RT_LF_INT("segments_read_from_index", (int64_t)b->stats.segs_tail),
+          RT_LF_INT("indexes_rebuilt", (int64_t)b->stats.idx_rebuilt),
+          RT_LF_INT("log_bytes_read", (int64_t)b->stats.start_read_bytes),
           RT_LF_INT("torn_bytes_cut", (int64_t)b->stats.torn_bytes_cut));
   rt_loop_config_t loop_cfg;
   memset(&loop_cfg, 0, sizeof loop_cfg);

@@ -148,54 +148,10 @@ int64_t busd_rec_parse(const uint8_t *p, size_t avail, uint32_t rec_bytes_max,
 }
 
 /* ------------------------------------------------------------------------ */
-/* Index                                                                    */
-/* ------------------------------------------------------------------------ */
-
-int busd_index_add(busd_index_t *idx, uint64_t offset, uint64_t pos) {
-  if (idx->len > 0 && pos < idx->last_pos + BUSD_INDEX_STRIDE) return 0;
-  if (idx->len == idx->cap) {
-    uint32_t cap = idx->cap ? idx->cap * 2 : 16;
-    uint64_t *o = realloc(idx->offsets, cap * sizeof *o);
-    if (o == NULL) return -ENOMEM;
-    idx->offsets = o;
-    uint64_t *p = realloc(idx->positions, cap * sizeof *p);
-    if (p == NULL) return -ENOMEM;
-    idx->positions = p;
-    idx->cap = cap;
-  }
-  idx->offsets[idx->len] = offset;
-  idx->positions[idx->len] = pos;
-  idx->len++;
-  idx->last_pos = pos;
-  return 0;
-}
-
-uint64_t busd_index_find(const busd_index_t *idx, uint64_t offset, uint64_t base,
-                         uint64_t *entry_offset) {
-  uint32_t lo = 0, hi = idx->len; /* first entry with offsets[i] > offset */
-  while (lo < hi) {
-    uint32_t mid = lo + (hi - lo) / 2;
-    if (idx->offsets[mid] <= offset) {
-      lo = mid + 1;
-    } else {
-      hi = mid;
-    }
-  }
-  *entry_offset = lo == 0 ? base : idx->offsets[lo - 1];
-  return lo == 0 ? 0 : idx->positions[lo - 1];
-}
-
-void busd_index_free(busd_index_t *idx) {
-  free(idx->offsets);
-  free(idx->positions);
-  memset(idx, 0, sizeof *idx);
-}
-
-/* ------------------------------------------------------------------------ */
 /* Scan and recovery                                                        */
 /* ------------------------------------------------------------------------ */
 
-static int pread_full(int fd, uint8_t *buf, size_t len, uint64_t pos, size_t *got) {
+int busd_pread_full(int fd, uint8_t *buf, size_t len, uint64_t pos, size_t *got) {
   *got = 0;
   while (*got < len) {
     ssize_t n = pread(fd, buf + *got, len - *got, (off_t)(pos + *got));
@@ -224,23 +180,28 @@ static bool scan_accept(busd_scan_t *s, const busd_rec_t *rec, uint64_t pos,
   return true;
 }
 
-int busd_seg_scan(int fd, uint64_t base, uint32_t rec_bytes_max, busd_scan_t *s,
-                  busd_index_t *index) {
+int busd_seg_scan_from(int fd, uint64_t pos, uint64_t offset, uint32_t rec_bytes_max,
+                       busd_scan_t *s, busd_index_t *index) {
   memset(s, 0, sizeof *s);
-  s->next_offset = base;
+  s->next_offset = offset;
+  s->valid_bytes = pos;
   struct stat st;
   if (fstat(fd, &st) < 0) return -errno;
   s->file_bytes = (uint64_t)st.st_size;
+  if (pos > s->file_bytes) {
+    s->stop = BUS_E_CORRUPT; /* a start past the end: nothing there to read */
+    return 0;
+  }
   size_t cap = SCAN_CHUNK_BYTES > rec_bytes_max ? SCAN_CHUNK_BYTES : rec_bytes_max;
   uint8_t *buf = malloc(cap);
   if (buf == NULL) return -ENOMEM;
-  uint64_t pos = 0; /* file position of buf[0] */
   int rc = 0;
   /* Bounded: each turn either accepts a record (advancing pos) or stops. */
   while (s->stop == 0 && pos < s->file_bytes) {
     size_t got;
-    rc = pread_full(fd, buf, cap, pos, &got);
+    rc = busd_pread_full(fd, buf, cap, pos, &got);
     if (rc < 0) break;
+    s->read_bytes += got;
     size_t used = 0;
     for (;;) {
       busd_rec_t rec;
@@ -261,14 +222,22 @@ int busd_seg_scan(int fd, uint64_t base, uint32_t rec_bytes_max, busd_scan_t *s,
   return rc;
 }
 
-int64_t busd_seg_recover(int fd, uint64_t base, uint32_t rec_bytes_max, busd_scan_t *s,
-                         busd_index_t *index) {
-  int rc = busd_seg_scan(fd, base, rec_bytes_max, s, index);
-  if (rc < 0) return rc;
+int busd_seg_scan(int fd, uint64_t base, uint32_t rec_bytes_max, busd_scan_t *s,
+                  busd_index_t *index) {
+  return busd_seg_scan_from(fd, 0, base, rec_bytes_max, s, index);
+}
+
+int64_t busd_seg_cut(int fd, const busd_scan_t *s) {
   if (s->valid_bytes == s->file_bytes) return 0;
   if (ftruncate(fd, (off_t)s->valid_bytes) < 0) return -errno;
   if (fdatasync(fd) < 0) return -errno;
   return (int64_t)(s->file_bytes - s->valid_bytes);
+}
+
+int64_t busd_seg_recover(int fd, uint64_t base, uint32_t rec_bytes_max, busd_scan_t *s,
+                         busd_index_t *index) {
+  int rc = busd_seg_scan(fd, base, rec_bytes_max, s, index);
+  return rc < 0 ? rc : busd_seg_cut(fd, s);
 }
 
 /* ------------------------------------------------------------------------ */

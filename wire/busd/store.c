@@ -3,13 +3,17 @@
  *
  *   $BUSD_DATA_DIR/topics/<topic>/meta          "partitions=N", written last
  *   $BUSD_DATA_DIR/topics/<topic>/<p>/<base>.log segments of partition p
+ *   $BUSD_DATA_DIR/topics/<topic>/<p>/<base>.idx its sparse index (index.c)
  *   $BUSD_DATA_DIR/topics/<topic>/offsets       committed offsets, all groups
  *
  * Start-up (busd_store_open) runs on the main thread before the loop, so it
- * may block: it scans every segment, checking each record's checksum and
- * offset, cuts a torn tail where the scan stops, rebuilds the in-memory
- * index, and loads the groups' committed offsets. At run time, new topics
- * are created and offsets stored through I/O jobs.
+ * may block: each closed segment is known from its index file alone; the
+ * last segment of each partition is read from its last index entry to its
+ * end, checking each record's checksum and offset, and cut where that read
+ * stops (a torn tail); a segment whose index is missing or damaged is read
+ * whole and its index rebuilt. Then the groups' committed offsets are
+ * loaded. At run time, new topics are created and offsets stored through
+ * I/O jobs.
  *
  * The offsets file, little-endian, replaced atomically (tmp, fsync, rename):
  *   "BUSOFFS2" | u32 count | count x (u16 name length, name, u32 partition,
@@ -195,11 +199,40 @@ static int list_segments(const char *dir, uint64_t **out, uint32_t *count) {
   return rc;
 }
 
-/* Opens and recovers one segment, then hands it to the partition. */
-static int load_segment(busd_part_t *part, uint64_t base) {
+/* Logs how a segment's index served at start-up, and counts it. */
+static void load_report(busd_t *b, const char *path, const busd_seg_loaded_t *l) {
+  busd_stats_t *st = &b->stats;
+  st->start_read_bytes += l->scan.read_bytes;
+  if (l->how == BUSD_IDX_TRUSTED) st->segs_trusted++;
+  if (l->how == BUSD_IDX_TAIL) st->segs_tail++;
+  if (l->how == BUSD_IDX_MISSING || l->how == BUSD_IDX_DAMAGED) {
+    st->idx_rebuilt++;
+    RT_WARN(l->how == BUSD_IDX_MISSING ? "segment index missing: rebuilt from the log"
+                                       : "segment index damaged: rebuilt from the log",
+            RT_LF_STR("path", path), RT_LF_INT("records", (int64_t)l->scan.records),
+            RT_LF_INT("bytes_read", (int64_t)l->scan.read_bytes));
+  }
+  if (l->idx_err < 0) {
+    st->idx_errors++;
+    RT_WARN("cannot write segment index: the next start reads the log again",
+            RT_LF_STR("path", path), RT_LF_STR("error", rt_strerror(l->idx_err)));
+  }
+  if (l->cut > 0) {
+    st->torn_bytes_cut += (uint64_t)l->cut;
+    RT_WARN("torn tail cut", RT_LF_STR("path", path), RT_LF_INT("bytes_cut", l->cut),
+            RT_LF_INT("records_kept", (int64_t)l->scan.records),
+            RT_LF_STR("reason", l->scan.stop == BUS_E_TRUNCATED ? "incomplete record at the end"
+                                                                : "bad length, checksum or offset"));
+  }
+}
+
+/* Opens and recovers one segment through its index file (index.c), then
+ * hands it to the partition. `last`: the one appended to. */
+static int load_segment(busd_part_t *part, uint64_t base, bool last) {
   busd_t *b = part->b;
-  char path[PATH_MAX + 32];
+  char path[PATH_MAX + 32], idx_path[PATH_MAX + 32];
   if (busd_seg_path(path, sizeof path, part->dir, base) < 0) return -ENAMETOOLONG;
+  if (busd_idx_path(idx_path, sizeof idx_path, part->dir, base) < 0) return -ENAMETOOLONG;
   if (part->segs_tail != NULL && base < part->segs_tail->end) {
     RT_ERROR("segment overlaps the previous one: skipped", RT_LF_STR("path", path));
     return 0;
@@ -207,25 +240,24 @@ static int load_segment(busd_part_t *part, uint64_t base) {
   int fd = open(path, O_RDWR | O_CLOEXEC);
   if (fd < 0) return -errno;
   struct stat st;
-  busd_scan_t scan;
-  busd_index_t index = {0};
-  int64_t cut = fstat(fd, &st) < 0 ? -errno : busd_seg_recover(fd, base, b->rec_bytes_max, &scan, &index);
-  if (cut < 0) {
-    busd_index_free(&index);
+  busd_seg_loaded_t loaded;
+  int rc = fstat(fd, &st) < 0 ? -errno
+                              : busd_seg_load(fd, idx_path, base, last, b->rec_bytes_max, &loaded);
+  if (rc < 0) {
     close(fd);
-    return (int)cut;
+    return rc;
   }
-  if (cut > 0) {
-    b->stats.torn_bytes_cut += (uint64_t)cut;
-    RT_WARN("torn tail cut", RT_LF_STR("path", path), RT_LF_INT("bytes_cut", cut),
-            RT_LF_INT("records_kept", (int64_t)scan.records),
-            RT_LF_STR("reason", scan.stop == BUS_E_TRUNCATED ? "incomplete record at the end"
-                                                             : "bad length, checksum or offset"));
+  load_report(b, path, &loaded);
+  /* An index that failed half-way is not appended to. */
+  if (loaded.idx_err < 0 && loaded.idx_fd >= 0) {
+    close(loaded.idx_fd);
+    loaded.idx_fd = -1;
   }
   uint64_t mtime_ms = (uint64_t)st.st_mtim.tv_sec * 1000u + (uint64_t)st.st_mtim.tv_nsec / 1000000u;
-  int rc = busd_part_add_segment(part, fd, base, &scan, &index, mtime_ms);
+  rc = busd_part_add_segment(part, fd, base, &loaded, mtime_ms);
   if (rc < 0) {
-    busd_index_free(&index);
+    busd_index_free(&loaded.index);
+    if (loaded.idx_fd >= 0) close(loaded.idx_fd);
     close(fd);
   }
   return rc;
@@ -235,7 +267,7 @@ static int load_partition(busd_part_t *part) {
   uint64_t *bases;
   uint32_t count;
   int rc = list_segments(part->dir, &bases, &count);
-  for (uint32_t i = 0; i < count && rc == 0; i++) rc = load_segment(part, bases[i]);
+  for (uint32_t i = 0; i < count && rc == 0; i++) rc = load_segment(part, bases[i], i + 1 == count);
   free(bases);
   if (rc < 0) {
     RT_ERROR("cannot load partition", RT_LF_STR("dir", part->dir),

@@ -33,6 +33,7 @@ typedef struct busd_proc {
   uint16_t http_port;
   char dir[128];
   const char *env[16]; /* extra "NAME=value" entries, NULL-terminated */
+  const char *log_path; /* when set, busd's output is appended there */
   int starts;
 } busd_proc_t;
 
@@ -92,6 +93,13 @@ static inline int busd_start(busd_proc_t *p, bool wait) {
     putenv(dir);
     if (getenv("LOG_LEVEL") == NULL) putenv("LOG_LEVEL=warn");
     for (int i = 0; i < 16 && p->env[i] != NULL; i++) putenv((char *)p->env[i]);
+    if (p->log_path != NULL) {
+      int fd = open(p->log_path, O_CREAT | O_WRONLY | O_APPEND | O_CLOEXEC, 0644);
+      if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+      }
+    }
     execl(p->bin, p->bin, (char *)NULL);
     _exit(127);
   }

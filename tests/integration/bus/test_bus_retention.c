@@ -73,6 +73,18 @@ static int segments(void) {
   return n;
 }
 
+static int indexes(void) {
+  char dir[256];
+  snprintf(dir, sizeof dir, "%s/topics/ret/0", busd.dir);
+  DIR *d = opendir(dir);
+  if (d == NULL) return -1;
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) n += strstr(e->d_name, ".idx") != NULL;
+  closedir(d);
+  return n;
+}
+
 /* Subscribes a group and consumes until `n` deliveries (or a timeout). */
 static consumer_t consume(const char *group, uint32_t n) {
   consumer_t k;
@@ -137,6 +149,7 @@ static void test_retention(void) {
   T_CHECK(deleted >= before - 1);
   T_CHECK_EQ_INT(after, before - (int)deleted);
   T_CHECK(after >= 1); /* the segment appended to stays */
+  T_CHECK_EQ_INT(indexes(), after); /* index files go with their segments */
 
   consumer_t late = consume("late", 1);
   run_for(loop, 300);
