@@ -830,7 +830,8 @@ static bool conn_take_result(pg_conn_t *c, rt_pg_batch_t *b, PGresult *r) {
   uint8_t item = b->items[b->cursor];
   ExecStatusType st = r ? PQresultStatus(r) : PGRES_EMPTY_QUERY;
   if (item == ITEM_SYNC) {
-    if (r == NULL) return false; /* ALWAYS: a NULL never precedes a Sync */
+    /* The reader stops at a NULL where a Sync is due (see below). */
+    if (NEVER(r == NULL)) return false;
     if (st == PGRES_PIPELINE_SYNC) {
       PQclear(r);
       return true;
@@ -878,7 +879,8 @@ static void conn_read_results(pg_conn_t *c) {
     if (b == NULL || PQisBusy(c->pg)) break;
     PGresult *r = PQgetResult(c->pg);
     bool sync_item = b->items[b->cursor] == ITEM_SYNC;
-    if (r == NULL && sync_item) break; /* NEVER: nothing is ready after all */
+    /* Not busy means a result is ready; a Sync is never preceded by a NULL. */
+    if (sync_item && NEVER(r == NULL)) break;
     if (!conn_take_result(c, b, r)) continue;
     conn_pop(c);
     batch_finish(b);
@@ -1183,7 +1185,8 @@ static int conn_start(rt_actor_t *actor, rt_loop_t *loop, void *arg) {
   pg_conn_t *c = arg;
   rt_pg_pool_t *p = c->pool;
   if (p->closing) return 0; /* no more restarts; the close sees it down */
-  if (c->state != CONN_DOWN) return -EBUSY; /* NEVER: closed before restart */
+  /* The supervisor restarts only a connection that went down. */
+  if (NEVER(c->state != CONN_DOWN)) return -EBUSY;
   assert(c->pg == NULL);
   c->close_reason = 0;
   if (p->hosts_count > 1) {

@@ -441,7 +441,8 @@ static void move_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
     svc_reply_error(req, 422, "amount_out_of_range", "the resulting balance would overflow");
     return;
   }
-  if (err == RT_PG_E_CHECK) { /* NEVER: the guard comes first */
+  /* The statement's guard refuses an overdraft before the CHECK could. */
+  if (NEVER(err == RT_PG_E_CHECK)) {
     svc_reply_error(req, 422, "insufficient_funds", "the balance does not cover the amount");
     return;
   }

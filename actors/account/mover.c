@@ -37,6 +37,7 @@
  *      The slot is free again, and the queue is flushed at once.
  */
 #include <assert.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -125,7 +126,8 @@ static size_t put_str(char *out, size_t cap, const char *name, const char *value
 static bool plain(const char *s) { return s == NULL || strpbrk(s, "\"\\") == NULL; }
 
 /* Appends movement i of the batch; returns its length, or 0 when it does
- * not fit (cannot happen: the element's size is bounded above). */
+ * not fit, which cannot happen: the element's size is bounded above
+ * (MOVER_ITEM_BYTES), and the caller treats 0 with NEVER. */
 static size_t put_item(char *out, size_t cap, uint32_t i, svc_req_t *req) {
   account_move_t *mv = SVC_STATE(req, account_move_t);
   const char *debit = mv->kind == ACCOUNT_MOVE_TOPUP ? mv->other : mv->account;
@@ -276,7 +278,10 @@ static void batch_send(account_mover_t *m, mover_batch_t *bt) {
   for (uint32_t i = 0; i < bt->count; i++) {
     if (i > 0) bt->doc[len++] = ',';
     size_t n = put_item(bt->doc + len, cap - len - 1, i, bt->reqs[i]);
-    assert(n > 0); /* bounded by MOVER_ITEM_BYTES per movement */
+    if (NEVER(n == 0)) { /* bounded by MOVER_ITEM_BYTES per movement */
+      fail_batch(bt, -ENOSPC);
+      return;
+    }
     len += n;
   }
   bt->doc[len++] = ']';
