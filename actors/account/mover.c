@@ -132,6 +132,8 @@ static size_t put_item(char *out, size_t cap, uint32_t i, svc_req_t *req) {
   account_move_t *mv = SVC_STATE(req, account_move_t);
   const char *debit = mv->kind == ACCOUNT_MOVE_TOPUP ? mv->other : mv->account;
   const char *credit = mv->kind == ACCOUNT_MOVE_TOPUP ? mv->account : mv->other;
+  assert(i < cfg.batch_max); /* the row index names a movement of the batch */
+  assert(mv->amount > 0);    /* validated before it was queued */
   char tx[37], e1[37], e2[37], payload[400];
   svc_uuid7(tx);
   svc_uuid7(e1);
@@ -253,6 +255,7 @@ static void batch_done(rt_pg_batch_t *b, int err, void *ctx) {
   }
   bt->busy = false;
   bt->count = 0;
+  assert(m->in_flight > 0);
   m->in_flight--;
   mover_kick(m);
 }
@@ -274,6 +277,9 @@ static void fail_batch(mover_batch_t *bt, int err) {
 /* Sends the slot's requests as one call. */
 static void batch_send(account_mover_t *m, mover_batch_t *bt) {
   size_t cap = (size_t)cfg.batch_max * MOVER_ITEM_BYTES, len = 0;
+  assert(bt->busy);
+  assert(bt->count > 0);
+  assert(bt->count <= cfg.batch_max);
   bt->doc[len++] = '[';
   for (uint32_t i = 0; i < bt->count; i++) {
     if (i > 0) bt->doc[len++] = ',';
@@ -332,6 +338,7 @@ static void on_flush(rt_timer_t *t) {
 
 void account_mover_add(account_mover_t *m, svc_req_t *req) {
   account_move_t *mv = SVC_STATE(req, account_move_t);
+  assert(mv->amount > 0);
   mv->next = NULL;
   if (m->tail != NULL) SVC_STATE(m->tail, account_move_t)->next = req;
   else m->head = req;
