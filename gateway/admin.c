@@ -48,10 +48,10 @@ static void probe_all(rt_timer_t *t) {
   }
 }
 
-void gw_health_start(gw_thread_t *th) {
+int gw_health_start(gw_thread_t *th) {
   rt_timer_init(&th->probe_timer, probe_all, th);
   uint32_t every = th->app->cfg.health_interval_ms;
-  rt_timer_start(th->loop, &th->probe_timer, 1, every);
+  return rt_timer_start(th->loop, &th->probe_timer, 1, every);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -150,7 +150,8 @@ size_t gw_token_ctx_bytes(void);
 
 /* admin.c: the admin router, the health probes (thread 0), metrics. */
 int gw_admin_routes(gw_app_t *app);
-void gw_health_start(gw_thread_t *th);
+/* Arms the periodic health probes. Returns 0 or RT_E_LIMIT (no timer). */
+int gw_health_start(gw_thread_t *th);
 
 /* The OpenAPI document (gateway/openapi.json, embedded at build time by
  * embed_text.py), served at GET /v1/openapi.json. */

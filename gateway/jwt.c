@@ -587,6 +587,9 @@ static int check_header(const gw_jwt_keys_t *ks, json_t *h, const jwt_key_t **ke
   const jwt_key_t *k = key_by_kid(ks, kid);
   if (k == NULL) return GW_E_TOKEN_KID;
   if (strcmp(alg, alg_name(k->alg)) != 0) return GW_E_TOKEN_ALG;
+  /* The key is the token's own, by kid, and can verify. */
+  assert(strcmp(k->kid, kid) == 0);
+  assert(k->public_pem != NULL);
   *key = k;
   return 0;
 }
@@ -699,9 +702,12 @@ int gw_jwt_verify(const gw_jwt_keys_t *ks, const gw_jwt_policy_t *p, const char 
   json_t *h = decode_part(token, dots[0], HEADER_BYTES_MAX);
   if (h == NULL) return GW_E_TOKEN_MALFORMED;
   const jwt_key_t *key = NULL;
+  assert(dots[0] < dots[1]);
+  assert(dots[1] + 1 < len);
   rc = check_header(ks, h, &key);
   json_decref(h);
   if (rc < 0) return rc;
+  assert(key != NULL);
   rc = check_signature_encoding(key, token + dots[1] + 1, len - dots[1] - 1);
   if (rc == 0) rc = check_signature(key, token, len);
   if (rc < 0) return rc;
@@ -709,5 +715,10 @@ int gw_jwt_verify(const gw_jwt_keys_t *ks, const gw_jwt_policy_t *p, const char 
   if (c == NULL) return GW_E_TOKEN_MALFORMED;
   rc = check_claims(c, p, now_s, out);
   json_decref(c);
+  if (rc == 0) {
+    /* What a verified identity always has, whoever reads it next. */
+    assert(out->sub[0] != '\0');
+    assert(out->roles != 0);
+  }
   return rc;
 }

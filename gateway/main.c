@@ -284,7 +284,10 @@ static void drain(rt_loop_t *loop, void *arg) {
   rt_timer_stop(loop, &th->probe_timer);
   gw_tls_filter_stop(th->filter);
   rt_timer_init(&th->drain_timer, drain_poll, th);
-  rt_timer_start(loop, &th->drain_timer, DRAIN_POLL_MS, DRAIN_POLL_MS);
+  /* Without the poll nothing would report this thread drained: report it
+   * now rather than hold the process to its drain deadline. */
+  if (rt_timer_start(loop, &th->drain_timer, DRAIN_POLL_MS, DRAIN_POLL_MS) < 0)
+    rt_loop_drained(loop);
 }
 
 static int start_server(gw_thread_t *th) {
@@ -328,13 +331,13 @@ static int thread_setup(rt_loop_t *loop, uint32_t index, void *arg) {
   if (rc == 0) rc = create_clients(th);
   if (rc == 0) rc = start_server(th);
   if (rc == 0) rc = rt_loop_on_drain(loop, drain, th);
+  if (rc == 0 && index == 0) rc = gw_health_start(th);
   if (rc < 0) {
     RT_ERROR("thread start-up failed", RT_LF_INT("thread", index),
              RT_LF_STR("host", c->host), RT_LF_INT("port", c->port),
              RT_LF_STR("error", rt_strerror(rc)));
     return rc;
   }
-  if (index == 0) gw_health_start(th);
   atomic_store(&app.servers[index], th->server);
   return 0;
 }

@@ -344,7 +344,14 @@ int gw_tls_filter_create(gw_tls_filter_t **out, gw_tls_t *tls, rt_loop_t *loop,
   if (period > SWEEP_MS_MAX) period = SWEEP_MS_MAX;
   if (period == 0) period = 1;
   rt_timer_init(&f->sweep, sweep, f);
-  rt_timer_start(loop, &f->sweep, period, period);
+  /* The sweep is what ends stalled handshakes: no sweep, no filter. */
+  rc = rt_timer_start(loop, &f->sweep, period, period);
+  if (rc < 0) {
+    rt_pool_deinit(&f->conns);
+    free(f->bindings);
+    free(f);
+    return rc;
+  }
   *out = f;
   return 0;
 }

@@ -9,6 +9,7 @@
  * rate limit (credential stuffing). Neither the email, the password nor
  * the token is ever logged.
  */
+#include <assert.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -73,11 +74,15 @@ static void issue(login_t *l, const http_msg_t *resp) {
     login_error(l, 502, "bad_gateway", "the profile service sent an invalid answer");
     return;
   }
+  /* parse_verified() accepted only a subject and a role we know. */
+  assert(sub[0] != '\0');
+  assert(roles != 0);
   char *token = NULL;
   if (gw_jwt_sign(atomic_load(&app->keys), &app->cfg.jwt, sub, roles, (int64_t)time(NULL), &token) < 0) {
     login_error(l, 500, "internal", "the token could not be signed");
     return;
   }
+  assert(token != NULL);
   json_t *body = json_pack("{s:s, s:s, s:i}", "access_token", token, "token_type", "Bearer",
                            "expires_in", (json_int_t)app->cfg.jwt.ttl_s);
   explicit_bzero(token, strlen(token));

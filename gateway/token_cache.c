@@ -8,8 +8,10 @@
  * exp. When the window is full the entry closest to expiry is replaced,
  * which is the one that would have left soonest anyway.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <bearssl.h>
 
@@ -70,6 +72,8 @@ static uint32_t home(const gw_token_cache_t *tc, const uint8_t d[32]) {
 }
 
 static void remove_entry(gw_token_cache_t *tc, entry_t *e) {
+  assert(e->id.exp != 0);
+  assert(tc->stats.size > 0);
   *e = (entry_t){0};
   tc->stats.size--;
 }
@@ -86,6 +90,9 @@ bool gw_token_cache_get(gw_token_cache_t *tc, const uint8_t digest[32], int64_t 
       remove_entry(tc, e);
       break;
     }
+    /* Only verified identities go in, subject terminated in its field. */
+    assert(memchr(e->id.sub, '\0', sizeof e->id.sub) != NULL);
+    assert(e->id.sub[0] != '\0');
     *out = e->id;
     tc->stats.hits++;
     return true;
@@ -97,6 +104,8 @@ bool gw_token_cache_get(gw_token_cache_t *tc, const uint8_t digest[32], int64_t 
 void gw_token_cache_put(gw_token_cache_t *tc, const uint8_t digest[32], const gw_identity_t *id,
                         int64_t now_s) {
   if (id->exp <= now_s) return;
+  assert(id->sub[0] != '\0');
+  assert(memchr(id->sub, '\0', sizeof id->sub) != NULL);
   uint32_t start = home(tc, digest);
   entry_t *victim = NULL;
   for (uint32_t k = 0; k < WINDOW; k++) {
@@ -109,6 +118,7 @@ void gw_token_cache_put(gw_token_cache_t *tc, const uint8_t digest[32], const gw
       victim = e;
     }
   }
+  assert(victim != NULL); /* a window of at least one slot */
   if (victim->id.exp != 0) {
     tc->stats.evictions++;
     tc->stats.size--;
@@ -116,6 +126,7 @@ void gw_token_cache_put(gw_token_cache_t *tc, const uint8_t digest[32], const gw
   memcpy(victim->digest, digest, 32);
   victim->id = *id;
   tc->stats.size++;
+  assert(tc->stats.size <= (uint64_t)tc->mask + 1);
   tc->stats.inserts++;
 }
 

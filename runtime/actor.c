@@ -192,6 +192,13 @@ bool rt__actors_run(rt_loop_t *loop) {
 /* Supervision                                                              */
 /* ------------------------------------------------------------------------ */
 
+/* A child whose restart could not be scheduled stays down; said loudly,
+ * since nothing will bring it back. */
+static void child_restart_lost(const rt_child_t *child) {
+  RT_ERROR("child restart not scheduled: timer heap full", RT_LF_STR("actor", child->spec.name),
+           RT_LF_INT("restarts", child->restarts));
+}
+
 static void child_restart(rt_timer_t *timer) {
   rt_child_t *child = timer->ctx;
   rt_actor_t *actor = child->actor;
@@ -207,7 +214,10 @@ static void child_restart(rt_timer_t *timer) {
     actor->stopped = true;
     uint32_t next = child->backoff_ms * 2;
     child->backoff_ms = next > child->spec.backoff_max_ms ? child->spec.backoff_max_ms : next;
-    rt_timer_start(loop, &child->restart_timer, child->backoff_ms, 0);
+    /* From our own timer's callback this start finds the slot it left;
+     * called at once by child_down(), it may not. */
+    if (rt_timer_start(loop, &child->restart_timer, child->backoff_ms, 0) < 0)
+      child_restart_lost(child);
   }
 }
 
@@ -228,7 +238,10 @@ static void child_down(rt_sup_t *sup, uint32_t index, int reason) {
   RT_WARN("child down", RT_LF_STR("actor", child->spec.name),
           RT_LF_STR("reason", rt_strerror(reason)),
           RT_LF_INT("restart_in_ms", child->backoff_ms));
-  rt_timer_start(loop, &child->restart_timer, child->backoff_ms, 0);
+  if (rt_timer_start(loop, &child->restart_timer, child->backoff_ms, 0) < 0) {
+    /* No timer for the back-off: restart at once rather than never. */
+    child_restart(&child->restart_timer);
+  }
 }
 
 static int sup_handler(rt_actor_t *self, rt_msg_t *msg) {

@@ -634,8 +634,11 @@ static void batch_deadline(rt_timer_t *t) {
   batch_set_error(b, RT_PG_E_TIMEOUT, -1, NULL, NULL);
   b->abandoned = true;
   STAT_ADD(p, batches_failed, 1);
-  conn_watch(b->conn);
+  /* Answer first: watching may reset the connection, which releases the
+   * abandoned batch. */
+  pg_conn_t *c = b->conn;
   b->cb(b, RT_PG_E_TIMEOUT, b->ctx);
+  if (c->state == CONN_READY) conn_watch(c);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -655,10 +658,13 @@ static void conn_set_prepared(pg_conn_t *c, int32_t s, bool on) {
   }
 }
 
+static void conn_flush(pg_conn_t *c);
+
 static void flush_soon(rt_pg_pool_t *p, pg_conn_t *c) {
   c->needs_flush = true;
-  if (!p->in_flush && !rt_timer_armed(&p->flush_timer))
-    rt_timer_start(p->loop, &p->flush_timer, 0, 0);
+  if (p->in_flush || rt_timer_armed(&p->flush_timer)) return;
+  /* No timer to gather the flushes of this iteration: flush this one now. */
+  if (rt_timer_start(p->loop, &p->flush_timer, 0, 0) < 0) conn_flush(c);
 }
 
 /* Queues a batch's messages in libpq's buffer. Parses come first, so that
@@ -789,7 +795,13 @@ static void conn_watch(pg_conn_t *c) {
   uint32_t st = c->pool->config.statement_timeout_ms;
   uint32_t ms = (st == RT_PG_TIMEOUT_NONE ? c->pool->config.deadline_ms : st) + STALL_GRACE_MS;
   c->stall_seq = c->head->seq;
-  rt_timer_start(c->pool->loop, &c->stall_timer, ms, 0);
+  if (rt_timer_start(c->pool->loop, &c->stall_timer, ms, 0) < 0) {
+    /* A connection nothing would reset if the server stopped answering:
+     * reset it now. Its abandoned batches were answered already. */
+    RT_WARN("database connection without stall watchdog, resetting",
+            RT_LF_STR("pool", c->pool->name), RT_LF_INT("conn", c->index));
+    conn_fail(c, RT_PG_E_TIMEOUT, RT_PG_E_TIMEOUT);
+  }
 }
 
 static bool conn_has_abandoned(const pg_conn_t *c) {
@@ -818,7 +830,8 @@ static bool conn_take_result(pg_conn_t *c, rt_pg_batch_t *b, PGresult *r) {
   uint8_t item = b->items[b->cursor];
   ExecStatusType st = r ? PQresultStatus(r) : PGRES_EMPTY_QUERY;
   if (item == ITEM_SYNC) {
-    if (r == NULL) return false; /* ALWAYS: a NULL never precedes a Sync */
+    /* The reader stops at a NULL where a Sync is due (see below). */
+    if (NEVER(r == NULL)) return false;
     if (st == PGRES_PIPELINE_SYNC) {
       PQclear(r);
       return true;
@@ -866,7 +879,8 @@ static void conn_read_results(pg_conn_t *c) {
     if (b == NULL || PQisBusy(c->pg)) break;
     PGresult *r = PQgetResult(c->pg);
     bool sync_item = b->items[b->cursor] == ITEM_SYNC;
-    if (r == NULL && sync_item) break; /* NEVER: nothing is ready after all */
+    /* Not busy means a result is ready; a Sync is never preceded by a NULL. */
+    if (sync_item && NEVER(r == NULL)) break;
     if (!conn_take_result(c, b, r)) continue;
     conn_pop(c);
     batch_finish(b);
@@ -1171,7 +1185,8 @@ static int conn_start(rt_actor_t *actor, rt_loop_t *loop, void *arg) {
   pg_conn_t *c = arg;
   rt_pg_pool_t *p = c->pool;
   if (p->closing) return 0; /* no more restarts; the close sees it down */
-  if (c->state != CONN_DOWN) return -EBUSY; /* NEVER: closed before restart */
+  /* The supervisor restarts only a connection that went down. */
+  if (NEVER(c->state != CONN_DOWN)) return -EBUSY;
   assert(c->pg == NULL);
   c->close_reason = 0;
   if (p->hosts_count > 1) {
@@ -1186,7 +1201,12 @@ static int conn_start(rt_actor_t *actor, rt_loop_t *loop, void *arg) {
     conn_connect_failed(c, "start");
     return 0; /* the failure already went to the supervisor */
   }
-  rt_timer_start(loop, &c->connect_timer, p->config.connect_timeout_ms, 0);
+  if (rt_timer_start(loop, &c->connect_timer, p->config.connect_timeout_ms, 0) < 0) {
+    /* A connect without a deadline could hang for good: give up on it,
+     * and the supervisor tries again after its back-off. */
+    conn_connect_failed(c, "no timer for the connect deadline");
+    return 0;
+  }
   /* As if PQconnectPoll had answered PGRES_POLLING_WRITING. */
   c->fd = PQsocket(c->pg);
   rt_poll(loop, &c->poll_out, c->fd, POLLOUT, conn_connect_ready, c);
@@ -1386,7 +1406,9 @@ static void pool_closed_timer(rt_timer_t *t) {
   for (uint32_t i = 0; p->started && i < conns_total(p); i++)
     idle = idle && actor_idle(&p->conns[i].actor);
   if (!idle) {
-    rt_timer_start(p->loop, &p->close_timer, 1, 0);
+    /* Our own slot, left just before this callback: cannot fail. Should it,
+     * the close goes unreported and the loop's drain deadline ends it. */
+    (void)NEVER(rt_timer_start(p->loop, &p->close_timer, 1, 0) < 0);
     return;
   }
   void (*done)(void *) = p->close_done;
@@ -1414,7 +1436,13 @@ static void pool_maybe_closed(rt_pg_pool_t *p) {
   p->in_maybe_closed = false;
   if (!all_down || rt_timer_armed(&p->close_timer)) return;
   rt_timer_stop(p->loop, &p->flush_timer);
-  rt_timer_start(p->loop, &p->close_timer, 0, 0);
+  if (rt_timer_start(p->loop, &p->close_timer, 0, 0) < 0) {
+    /* `done` may free the pool, so it is never called from here; without
+     * a timer the close stays unreported, and the loop's drain deadline
+     * is what ends it. */
+    RT_ERROR("database pool closed but not reported: timer heap full",
+             RT_LF_STR("pool", p->name));
+  }
 }
 
 void rt_pg_pool_close(rt_pg_pool_t *p, void (*done)(void *arg), void *arg) {

@@ -301,6 +301,7 @@ typedef struct rt_loop_stats {
   uint32_t msgs_in_use;
   uint32_t msgs_capacity;
   uint64_t msgs_exhausted;
+  uint64_t timers_exhausted; /* rt_timer_start() calls that found the heap full */
 } rt_loop_stats_t;
 
 void rt_loop_stats(const rt_loop_t *loop, rt_loop_stats_t *out);
@@ -327,7 +328,18 @@ struct rt_timer {
 void rt_timer_init(rt_timer_t *timer, rt_timer_cb cb, void *ctx);
 
 /* Arms (or re-arms) the timer: first fire after `after_ms`, then every
- * `period_ms` when non-zero. Returns 0 or RT_E_LIMIT (heap full). */
+ * `period_ms` when non-zero. Returns 0 or RT_E_LIMIT when the heap
+ * (config.timers_count) is full; the timer is then not armed, and the
+ * caller must act on it: whatever the timer was to bound (a connection, a
+ * request) is refused or closed, a start-up fails. Counted in
+ * rt_loop_stats_t.timers_exhausted.
+ *
+ * Two starts cannot fail, and callers may lean on that:
+ *   - re-arming a timer that is armed (its own slot is given back first);
+ *   - the first start made by a one-shot timer's callback, of any timer:
+ *     the firing timer left the heap just before its callback ran.
+ * Starting a timer that was never rt_timer_init()ed, or that is armed on
+ * another loop, is a programming error and asserts. */
 int rt_timer_start(rt_loop_t *loop, rt_timer_t *timer, uint64_t after_ms,
                    uint64_t period_ms);
 

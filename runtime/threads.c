@@ -58,10 +58,13 @@ void rt__drain_check(rt_loop_t *loop) {
     return;
   }
   rt_timer_init(&loop->drain_timer, drain_deadline, loop);
-  rt_timer_start(loop, &loop->drain_timer, atomic_load(&loop->drain_deadline_ms), 0);
+  int rc = rt_timer_start(loop, &loop->drain_timer, atomic_load(&loop->drain_deadline_ms), 0);
   /* Hooks may report done from inside the call. */
   uint32_t n = loop->drain_hooks_count;
   for (uint32_t i = 0; i < n; i++) loop->drain_hooks[i].fn(loop, loop->drain_hooks[i].arg);
+  /* A drain without a deadline could hang for good: with no timer to be
+   * had, the deadline is now, once the hooks have had their one call. */
+  if (rc < 0 && loop->drain_pending > 0) drain_deadline(&loop->drain_timer);
 }
 
 /* ------------------------------------------------------------------------ */

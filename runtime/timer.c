@@ -71,21 +71,43 @@ static void heap_remove(rt_loop_t *loop, rt_timer_t *t) {
 }
 
 static int heap_insert(rt_loop_t *loop, rt_timer_t *t) {
+  assert(loop->timers_len <= loop->config.timers_count);
   if (loop->timers_len == loop->config.timers_count) return RT_E_LIMIT;
   place(loop, loop->timers_len++, t);
   sift_up(loop, t->heap_index);
   return 0;
 }
 
+/* Delays are bounded well below the point where ms * 10^6 overflows: a
+ * caller passing such a value has mixed up units or signs. */
+#define AFTER_MS_MAX (UINT64_C(1) << 40) /* about 35 years */
+
 int rt_timer_start(rt_loop_t *loop, rt_timer_t *timer, uint64_t after_ms,
                    uint64_t period_ms) {
+  /* Programmer errors, not limits: a timer never initialised (its fire
+   * would call NULL), one armed on another loop, an absurd delay. */
+  assert(timer->cb != NULL);
+  assert(after_ms < AFTER_MS_MAX);
+  assert(period_ms < AFTER_MS_MAX);
+  assert(!rt_timer_armed(timer) || timer->heap_index < loop->timers_len);
+  assert(!rt_timer_armed(timer) || loop->timers[timer->heap_index] == timer);
+  /* Re-arming an armed timer gives back its own slot first, so only a
+   * timer that was not armed can find the heap full. */
   if (rt_timer_armed(timer)) heap_remove(loop, timer);
   /* A fresh clock read: the cached loop time can be stale when a timer is
    * armed outside a loop iteration or after a long handler. */
   timer->deadline_ns = rt_now_ns() + after_ms * 1000000u;
   timer->period_ns = period_ms * 1000000u;
   int rc = heap_insert(loop, timer);
-  if (rc < 0) RT_ERROR("timer heap full", RT_LF_INT("capacity", loop->config.timers_count));
+  if (rc < 0) {
+    /* Counted always, logged at 1, 2, 4, 8, ...: a full heap comes in
+     * floods, and each caller reports its own consequence. */
+    uint64_t n = ++loop->stats.timers_exhausted;
+    if ((n & (n - 1)) == 0) {
+      RT_ERROR("timer heap full", RT_LF_INT("capacity", loop->config.timers_count),
+               RT_LF_INT("count", n));
+    }
+  }
   return rc;
 }
 
@@ -102,11 +124,13 @@ void rt__timers_run(rt_loop_t *loop) {
     rt_timer_t *t = loop->timers[0];
     if (t->deadline_ns > loop->now_ns) break;
     heap_remove(loop, t);
+    assert(!rt_timer_armed(t));
     if (t->period_ns > 0) {
       t->deadline_ns += t->period_ns;
       /* After a long stall fire once, not once per missed period. */
       if (t->deadline_ns <= loop->now_ns) t->deadline_ns = loop->now_ns + t->period_ns;
-      (void)heap_insert(loop, t); /* cannot fail: we just removed it */
+      /* Its own slot, freed just above. */
+      if (NEVER(heap_insert(loop, t) < 0)) t->period_ns = 0;
     }
     t->cb(t);
   }

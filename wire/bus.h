@@ -348,7 +348,8 @@ int bus_client_create(bus_client_t **out, rt_loop_t *loop,
 
 /* Starts connecting. Losing the connection later is not an error: the
  * client reconnects with back-off, says HELLO, subscribes again and
- * re-sends every unconfirmed publish (so delivery is at-least-once). */
+ * re-sends every unconfirmed publish (so delivery is at-least-once).
+ * Returns 0, BUS_E_CLOSED, or RT_E_LIMIT when no timer could be armed. */
 int bus_client_start(bus_client_t *client);
 
 /* What to publish; the bytes are copied before bus_publish() returns. */

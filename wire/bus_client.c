@@ -24,6 +24,7 @@
  * reconnect after a back-off that doubles from reconnect_min_ms to
  * reconnect_max_ms and resets on a HELLO answer.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,8 +86,12 @@ struct bus_client {
   rt_op_t cancel_op;
   rt_op_t close_op;
   rt_timer_t timer;        /* reconnect back-off, connect/HELLO deadline */
+  /* Armed from start to destroy, connected or not: pings while up, and
+   * does whatever a full timer heap kept the other two from scheduling
+   * (a reconnect, a retry). Being always armed, its re-arm cannot fail. */
   rt_timer_t ping_timer;
   rt_timer_t retry_timer;  /* refused PUBs */
+  bool retry_missed;       /* a refusal found no timer: the ping tick retries */
   uint32_t backoff_ms;
   uint64_t last_rx_ns;
   uint64_t ping_seq;
@@ -307,7 +312,13 @@ static void on_hello(bus_client_t *c, const bus_frame_t *f) {
   c->backoff_ms = 0;
   c->stats.connects++;
   rt_timer_stop(c->loop, &c->timer);
-  rt_timer_start(c->loop, &c->ping_timer, c->cfg.ping_interval_ms, c->cfg.ping_interval_ms);
+  /* Re-armed, so that the first ping is a full interval away. */
+  assert(rt_timer_armed(&c->ping_timer));
+  if (NEVER(rt_timer_start(c->loop, &c->ping_timer, c->cfg.ping_interval_ms,
+                           c->cfg.ping_interval_ms) < 0)) {
+    conn_drop(c);
+    return;
+  }
   RT_INFO("bus connected", RT_LF_STR("host", c->host), RT_LF_INT("port", c->cfg.port),
           RT_LF_INT("unconfirmed", c->pending_count));
   send_subscriptions(c);
@@ -351,7 +362,8 @@ static void on_err(bus_client_t *c, const bus_frame_t *f) {
   uint32_t slot = hash_find(c, f->id);
   if (slot == NONE) return;
   c->pend[c->hash[slot]].refused = true;
-  if (!rt_timer_armed(&c->retry_timer)) rt_timer_start(c->loop, &c->retry_timer, RETRY_REFUSED_MS, 0);
+  if (rt_timer_armed(&c->retry_timer)) return;
+  if (rt_timer_start(c->loop, &c->retry_timer, RETRY_REFUSED_MS, 0) < 0) c->retry_missed = true;
 }
 
 static void on_frame(bus_client_t *c, const bus_frame_t *f) {
@@ -424,7 +436,9 @@ static void connect_start(bus_client_t *c);
 static void reconnect_later(bus_client_t *c) {
   uint32_t next = c->backoff_ms == 0 ? c->cfg.reconnect_min_ms : c->backoff_ms * 2;
   c->backoff_ms = next > c->cfg.reconnect_max_ms ? c->cfg.reconnect_max_ms : next;
-  rt_timer_start(c->loop, &c->timer, c->backoff_ms, 0);
+  /* Without a timer the next ping tick reconnects (see ping_cb). */
+  if (rt_timer_start(c->loop, &c->timer, c->backoff_ms, 0) < 0)
+    RT_WARN("bus reconnect left to the ping tick: timer heap full", RT_LF_INT("port", c->cfg.port));
 }
 
 static void closed_cb(rt_op_t *op, int res, uint32_t flags) {
@@ -448,7 +462,6 @@ static void conn_drop(bus_client_t *c) {
     bool was_up = c->state == ST_UP;
     c->state = ST_CLOSING;
     rt_timer_stop(c->loop, &c->timer);
-    rt_timer_stop(c->loop, &c->ping_timer);
     c->out.len = 0;
     if (was_up && !c->destroyed) {
       c->stats.disconnects++;
@@ -522,9 +535,14 @@ static void connect_start(bus_client_t *c) {
     reconnect_later(c);
     return;
   }
+  /* A connect without a deadline may not be attempted: the next ping
+   * tick tries again. */
+  if (rt_timer_start(c->loop, &c->timer, c->cfg.connect_timeout_ms, 0) < 0) {
+    close(fd);
+    return;
+  }
   c->fd = fd;
   c->state = ST_CONNECTING;
-  rt_timer_start(c->loop, &c->timer, c->cfg.connect_timeout_ms, 0);
   rt_connect(c->loop, &c->connect_op, fd, (const struct sockaddr *)&c->addr, c->addr_len,
              connected_cb, c);
 }
@@ -540,9 +558,20 @@ static void timer_cb(rt_timer_t *t) {
   }
 }
 
+static void retry_cb(rt_timer_t *t);
+
 static void ping_cb(rt_timer_t *t) {
   bus_client_t *c = t->ctx;
+  if (c->state == ST_IDLE && !rt_timer_armed(&c->timer)) {
+    connect_start(c); /* a reconnect no timer could be had for */
+    return;
+  }
   if (c->state != ST_UP) return;
+  if (c->retry_missed) {
+    c->retry_missed = false;
+    retry_cb(&c->retry_timer);
+    if (c->state != ST_UP) return;
+  }
   uint64_t idle_ns = rt_loop_now_ns(c->loop) - c->last_rx_ns;
   if (idle_ns > 3ull * c->cfg.ping_interval_ms * 1000000u) {
     RT_WARN("bus silent for three ping intervals: reconnecting", RT_LF_INT("port", c->cfg.port));
@@ -623,6 +652,10 @@ int bus_client_create(bus_client_t **out, rt_loop_t *loop, const bus_client_conf
 int bus_client_start(bus_client_t *c) {
   if (c->destroyed) return BUS_E_CLOSED;
   if (c->started) return 0;
+  /* The ping tick is armed for the client's whole life (see its field). */
+  int rc = rt_timer_start(c->loop, &c->ping_timer, c->cfg.ping_interval_ms,
+                          c->cfg.ping_interval_ms);
+  if (rc < 0) return rc;
   c->started = true;
   connect_start(c);
   return 0;

@@ -448,7 +448,7 @@ typedef struct http_server_config {
 typedef struct http_server_stats {
   _Atomic uint64_t conns_accepted;
   _Atomic uint64_t conns_active;
-  _Atomic uint64_t conns_rejected;  /* over conns_max: 503 and closed */
+  _Atomic uint64_t conns_rejected;  /* refused at set-up: over conns_max (503), no timer, filter */
   _Atomic uint64_t requests;
   _Atomic uint64_t responses_2xx;
   _Atomic uint64_t responses_3xx;

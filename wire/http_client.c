@@ -215,7 +215,13 @@ int http_client_request(http_client_t *c, const char *method, const char *target
   r->idempotent = method_idempotent(method);
   r->head = strcmp(method, "HEAD") == 0;
   rt_timer_init(&r->deadline, req_deadline, r);
-  rt_timer_start(c->loop, &r->deadline, c->config.request_timeout_ms, 0);
+  if (rt_timer_start(c->loop, &r->deadline, c->config.request_timeout_ms, 0) < 0) {
+    /* A request without a deadline could wait for good: refuse it, as
+     * when the queue is full. */
+    http_buf_deinit(&r->bytes);
+    rt_pool_put(&c->reqs, r);
+    return HTTP_E_UPSTREAM_BUSY;
+  }
   queue_push(c, r, false);
   pump(c);
   return 0;
@@ -506,6 +512,15 @@ static int conn_open(http_client_t *c) {
   http_buf_init(&cc->plain, 0, 0);
   http_buf_init(&cc->wire_out, 0, 0);
   http_buf_init(&cc->wire_next, 0, 0);
+  /* A connect without a deadline may not be attempted. */
+  rt_timer_init(&cc->connect_timer, conn_connect_timeout, cc);
+  rc = rt_timer_start(c->loop, &cc->connect_timer, c->config.connect_timeout_ms, 0);
+  if (rc < 0) {
+    http_parser_deinit(&cc->parser);
+    close(fd);
+    rt_pool_put(&c->conns, cc);
+    return rc;
+  }
   cc->client = c;
   cc->fd = fd;
   cc->state = CC_CONNECTING;
@@ -514,8 +529,6 @@ static int conn_open(http_client_t *c) {
   c->open = cc;
   c->stats.conns_open++;
   c->stats.connects++;
-  rt_timer_init(&cc->connect_timer, conn_connect_timeout, cc);
-  rt_timer_start(c->loop, &cc->connect_timer, c->config.connect_timeout_ms, 0);
   rt_connect(c->loop, &cc->connect_op, fd, (struct sockaddr *)&c->addr, c->addr_len,
              conn_connected, cc);
   return 0;

@@ -365,9 +365,8 @@ int http_write_json(http_buf_t *out, int status, const json_t *body,
   size_t len0 = out->len;
   rc = write_head(out, status, "application/json", extra_headers, n, keep_alive);
   if (rc == 0) rc = http_buf_reserve(out, n);
-  if (rc == 0 && json_dumpb(body, out->data + out->len, n, flags) != n) {
-    rc = -EINVAL; /* cannot happen: the same value dumped twice */
-  }
+  /* The same value dumped twice gives the same length. */
+  if (rc == 0 && NEVER(json_dumpb(body, out->data + out->len, n, flags) != n)) rc = -EINVAL;
   if (rc) return rollback(out, len0, rc);
   out->len += n;
   out->data[out->len] = '\0';

@@ -169,19 +169,33 @@ static uint64_t mode_timeout_ms(const http_conn_t *c, timer_mode_t mode) {
   return 0;
 }
 
-static void conn_timer_arm(http_conn_t *c, uint64_t deadline_ns) {
+/* Returns 0 or RT_E_LIMIT (no timer to be had; the timer is not armed). */
+static int conn_timer_arm(http_conn_t *c, uint64_t deadline_ns) {
   uint64_t now = rt_loop_now_ns(c->server->loop);
   uint64_t after_ms = deadline_ns > now ? (deadline_ns - now + 999999u) / 1000000u : 0;
   c->timer_armed_ns = deadline_ns;
-  rt_timer_start(c->server->loop, &c->timer, after_ms, 0);
+  return rt_timer_start(c->server->loop, &c->timer, after_ms, 0);
 }
 
-static void conn_timer_set(http_conn_t *c, timer_mode_t mode) {
+/* No deadline: the armed timer, if any, will find nothing to do. */
+static void conn_timer_clear(http_conn_t *c) { c->timer_mode = TIMER_NONE; }
+
+/* Enters a mode with a deadline. Moving a deadline earlier re-arms an
+ * armed timer, which cannot fail; arming a disarmed one can. */
+static int conn_timer_set(http_conn_t *c, timer_mode_t mode) {
+  assert(mode != TIMER_NONE);
   c->timer_mode = mode;
-  if (mode == TIMER_NONE) return; /* the armed timer will find nothing to do */
   c->deadline_ns = rt_loop_now_ns(c->server->loop) + mode_timeout_ms(c, mode) * 1000000u;
-  if (!rt_timer_armed(&c->timer) || c->timer_armed_ns > c->deadline_ns)
-    conn_timer_arm(c, c->deadline_ns);
+  if (rt_timer_armed(&c->timer) && c->timer_armed_ns <= c->deadline_ns) return 0;
+  return conn_timer_arm(c, c->deadline_ns);
+}
+
+/* A connection without a deadline is the slowloris case: it may not stay
+ * open. Returns false when it was closed for want of a timer. */
+static bool conn_timer_keep(http_conn_t *c, timer_mode_t mode) {
+  if (conn_timer_set(c, mode) == 0) return true;
+  conn_close(c);
+  return false;
 }
 
 static void conn_fail_response(http_conn_t *c, int status, const char *code,
@@ -192,7 +206,9 @@ static void conn_timer_fired(rt_timer_t *t) {
   timer_mode_t mode = c->timer_mode;
   if (mode == TIMER_NONE) return;
   if (rt_loop_now_ns(c->server->loop) < c->deadline_ns) {
-    conn_timer_arm(c, c->deadline_ns); /* activity since: not due yet */
+    /* Activity since: not due yet. The first start from our own callback
+     * takes the slot this timer left, so it cannot fail. */
+    if (NEVER(conn_timer_arm(c, c->deadline_ns) < 0)) conn_close(c);
     return;
   }
   c->timer_mode = TIMER_NONE;
@@ -249,7 +265,7 @@ static void conn_sent(rt_op_t *op, int res, uint32_t flags) {
 static void conn_linger(http_conn_t *c) {
   shutdown(c->fd, SHUT_WR);
   c->state = CONN_LINGER;
-  conn_timer_set(c, TIMER_LINGER);
+  if (!conn_timer_keep(c, TIMER_LINGER)) return;
   if (c->eof && !c->recv_op.in_flight) conn_close(c);
 }
 
@@ -265,6 +281,7 @@ static int conn_encode(http_conn_t *c) {
 
 static void conn_send(http_conn_t *c) {
   if (c->send_op.in_flight) return;
+  if (c->close_op.in_flight) return; /* the fd is going: nothing more on it */
   if (conn_encode(c) < 0) {
     conn_close(c);
     return;
@@ -402,7 +419,7 @@ static void conn_fail_response(http_conn_t *c, int status, const char *code,
   http_write_error(&c->out, status, code, message, false);
   count_status(c->server, status);
   c->state = CONN_FLUSHING;
-  conn_timer_set(c, TIMER_NONE);
+  conn_timer_clear(c);
   conn_send(c);
 }
 
@@ -496,11 +513,11 @@ static size_t conn_feed(http_conn_t *c, const char *data, size_t len) {
       return len; /* the rest is discarded */
     }
     if (msg != NULL) {
-      conn_timer_set(c, TIMER_NONE);
+      conn_timer_clear(c);
       dispatch(c, msg);
       continue;
     }
-    if (was_idle && !http_parser_idle(&c->parser)) conn_timer_set(c, TIMER_REQUEST);
+    if (was_idle && !http_parser_idle(&c->parser) && !conn_timer_keep(c, TIMER_REQUEST)) break;
     if (used == len) break;
   }
   return used;
@@ -542,7 +559,7 @@ static void conn_pump(http_conn_t *c) {
       conn_close(c);
       return;
     }
-    conn_timer_set(c, TIMER_IDLE);
+    (void)conn_timer_keep(c, TIMER_IDLE);
   }
 }
 
@@ -568,7 +585,7 @@ static void conn_on_bytes(http_conn_t *c, const char *data, size_t len) {
   }
   /* Handshake bytes count against the request deadline, not the (longer)
    * idle one, so a slow handshake cannot hold a connection for long. */
-  if (c->timer_mode == TIMER_IDLE) conn_timer_set(c, TIMER_REQUEST);
+  if (c->timer_mode == TIMER_IDLE && !conn_timer_keep(c, TIMER_REQUEST)) return;
   c->plain.len = 0;
   if (f->input(c->filter_state, data, len, &c->plain, &c->wire) < 0) {
     STAT_ADD(&c->server->stats, parse_errors, 1);
@@ -667,7 +684,7 @@ static void conn_cancel_done(rt_op_t *op, int res, uint32_t flags) {
 static void conn_close(http_conn_t *c) {
   if (c->state == CONN_CLOSING) return;
   c->state = CONN_CLOSING;
-  conn_timer_set(c, TIMER_NONE);
+  conn_timer_clear(c);
   rt_timer_stop(c->server->loop, &c->timer);
   if (c->recv_op.in_flight && !c->cancel_op.in_flight)
     rt_cancel(c->server->loop, &c->cancel_op, &c->recv_op, conn_cancel_done, c);
@@ -721,6 +738,8 @@ static void conn_start(http_server_t *s, int fd) {
     c->filter_state = s->config.filter->open(s->config.filter->ctx, fd);
     if (c->filter_state == NULL) rc = RT_E_LIMIT;
   }
+  /* Its first deadline, before it counts as open: no timer, no connection. */
+  if (rc == 0) rc = conn_timer_set(c, TIMER_IDLE);
   if (rc < 0) {
     /* Refusals come in floods (a filter's per-address limit): counted
      * always, logged at 1, 2, 4, 8, ... */
@@ -740,7 +759,6 @@ static void conn_start(http_server_t *s, int fd) {
   s->live = c;
   STAT_ADD(&s->stats, conns_accepted, 1);
   STAT_ADD(&s->stats, conns_active, 1);
-  conn_timer_set(c, TIMER_IDLE);
   rt_recv_multishot(s->loop, &c->recv_op, fd, conn_recv, c);
 }
 

@@ -417,9 +417,17 @@ static const struct {
     [ACCOUNT_MOVE_TRANSFER] = {"transfer", SVC_EV_ACCOUNT_TRANSFERRED},
 };
 
-const char *account_move_kind_name(account_move_kind_t kind) { return move_names[kind].kind; }
+#define MOVE_KINDS_COUNT (sizeof move_names / sizeof move_names[0])
 
-svc_event_type_t account_move_event(account_move_kind_t kind) { return move_names[kind].event; }
+const char *account_move_kind_name(account_move_kind_t kind) {
+  assert((size_t)kind < MOVE_KINDS_COUNT);
+  return move_names[kind].kind;
+}
+
+svc_event_type_t account_move_event(account_move_kind_t kind) {
+  assert((size_t)kind < MOVE_KINDS_COUNT);
+  return move_names[kind].event;
+}
 
 const char account_insufficient_body[] =
     "{\"error\":{\"code\":\"insufficient_funds\",\"message\":\"the balance (with its "
@@ -441,7 +449,8 @@ static void move_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
     svc_reply_error(req, 422, "amount_out_of_range", "the resulting balance would overflow");
     return;
   }
-  if (err == RT_PG_E_CHECK) { /* NEVER: the guard comes first */
+  /* The statement's guard refuses an overdraft before the CHECK could. */
+  if (NEVER(err == RT_PG_E_CHECK)) {
     svc_reply_error(req, 422, "insufficient_funds", "the balance does not cover the amount");
     return;
   }
@@ -453,6 +462,8 @@ static void move_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
   const char *body = NULL;
   svc_idem_result_t r = svc_idem_outcome(b, &st->idem, &status, &body);
   if (r == SVC_IDEM_UNKEYED) {
+    assert(st->move_index >= 0); /* added in move_write() to this batch */
+    assert(st->move_index < rt_pg_count(b));
     bool moved = rt_pg_rows(b, st->move_index) == 1;
     status = moved ? 201 : 422;
     body = moved ? rt_pg_value(b, st->move_index, 0, 3) : account_insufficient_body;
@@ -489,13 +500,17 @@ static void move_write(svc_req_t *req) {
   const char *debit = st->kind == ACCOUNT_MOVE_TOPUP ? st->other : st->account;
   const char *credit = st->kind == ACCOUNT_MOVE_TOPUP ? st->account : st->other;
   char txid[37], e1[37], e2[37], amount[24], payload[400];
+  /* Validated in move_start(): money moves by a positive amount, between
+   * two different accounts. */
+  assert(st->amount > 0);
+  assert(strcmp(debit, credit) != 0);
   svc_uuid7(txid);
   svc_uuid7(e1);
   svc_uuid7(e2);
   svc_trace_t trace;
   svc_trace_of_request(req, &trace);
   svc_emit_t ev;
-  svc_emit_prepare(&ev, move_names[st->kind].event, &trace);
+  svc_emit_prepare(&ev, account_move_event(st->kind), &trace);
   snprintf(amount, sizeof amount, "%" PRId64, st->amount);
   account_move_payload(st, txid, payload, sizeof payload);
   rt_pg_batch_t *b = svc_batch(req);
@@ -566,6 +581,7 @@ static void move_start(svc_req_t *req, account_move_kind_t kind, const char *acc
   snprintf(st->account, sizeof st->account, "%s", account);
   snprintf(st->currency, sizeof st->currency, "%s", svc_json_str(req->body, "currency"));
   st->amount = svc_json_int(req->body, "amount");
+  assert(st->amount > 0); /* SVC_T_AMOUNT: svc_json_check() refused the rest */
   if (other != NULL) {
     snprintf(st->other, sizeof st->other, "%s", other);
   } else {

@@ -209,7 +209,10 @@ static int read_fields(const svc_event_t *ev, pay_fields_t *f, bool need_to, boo
     return SVC_E_EVENT;
   if (need_to && !svc_uuid_valid(f->to)) return SVC_E_EVENT;
   if (need_amount && (svc_event_int(ev, "amount", &amount) < 0 || amount <= 0)) return SVC_E_EVENT;
-  snprintf(f->amount, sizeof f->amount, "%" PRId64, amount);
+  assert(!need_amount || amount > 0); /* a hold is for a positive amount */
+  int n = snprintf(f->amount, sizeof f->amount, "%" PRId64, amount);
+  assert(n > 0);
+  assert((size_t)n < sizeof f->amount);
   return 0;
 }
 
@@ -278,6 +281,10 @@ static int on_authorized(svc_event_t *ev, rt_pg_batch_t *b) {
 static int add_release(rt_pg_batch_t *b, const char *payment, const char *payer, const char *payee,
                        const char *currency, const char *reason, bool only_expired,
                        const svc_trace_t *trace) {
+  /* The only reasons a hold is released for (its `reason` column). */
+  assert(strcmp(reason, "cancelled") == 0 || strcmp(reason, "expired") == 0);
+  /* Only the sweeper may insist that the hold be expired. */
+  assert(!only_expired || strcmp(reason, "expired") == 0);
   char txid[37], l1[37], l2[37];
   svc_uuid7(txid);
   svc_uuid7(l1);
@@ -345,6 +352,8 @@ static void sweep_release_done(rt_pg_batch_t *b, int err, void *ctx) {
 
 static void sweep_scan_done(rt_pg_batch_t *b, int err, void *ctx) {
   sweeper_t *s = ctx;
+  assert(s->scanning);
+  assert(s->in_flight == 0); /* a scan starts only once the releases are back */
   s->scanning = false;
   if (err != 0 || s->stopped) return;
   int n = rt_pg_rows(b, 0);

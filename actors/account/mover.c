@@ -38,6 +38,7 @@
  *      The slot is free again, and the queue is flushed at once.
  */
 #include <assert.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -127,11 +128,14 @@ static size_t put_str(char *out, size_t cap, const char *name, const char *value
 static bool plain(const char *s) { return s == NULL || strpbrk(s, "\"\\") == NULL; }
 
 /* Appends movement i of the batch; returns its length, or 0 when it does
- * not fit (cannot happen: the element's size is bounded above). */
+ * not fit, which cannot happen: the element's size is bounded above
+ * (MOVER_ITEM_BYTES), and the caller treats 0 with NEVER. */
 static size_t put_item(char *out, size_t cap, uint32_t i, uint32_t wave, svc_req_t *req) {
   account_move_t *mv = SVC_STATE(req, account_move_t);
   const char *debit = mv->kind == ACCOUNT_MOVE_TOPUP ? mv->other : mv->account;
   const char *credit = mv->kind == ACCOUNT_MOVE_TOPUP ? mv->account : mv->other;
+  assert(i < cfg.batch_max); /* the row index names a movement of the batch */
+  assert(mv->amount > 0);    /* validated before it was queued */
   char tx[37], e1[37], e2[37], payload[400];
   svc_uuid7(tx);
   svc_uuid7(e1);
@@ -255,6 +259,7 @@ static void batch_done(rt_pg_batch_t *b, int err, void *ctx) {
   }
   bt->busy = false;
   bt->count = 0;
+  assert(m->in_flight > 0);
   m->in_flight--;
   mover_kick(m);
 }
@@ -298,12 +303,18 @@ static void number_waves(mover_batch_t *bt) {
 /* Sends the slot's requests as one call. */
 static void batch_send(account_mover_t *m, mover_batch_t *bt) {
   size_t cap = (size_t)cfg.batch_max * MOVER_ITEM_BYTES, len = 0;
+  assert(bt->busy);
+  assert(bt->count > 0);
+  assert(bt->count <= cfg.batch_max);
   number_waves(bt);
   bt->doc[len++] = '[';
   for (uint32_t i = 0; i < bt->count; i++) {
     if (i > 0) bt->doc[len++] = ',';
     size_t n = put_item(bt->doc + len, cap - len - 1, i, bt->waves[i], bt->reqs[i]);
-    assert(n > 0); /* bounded by MOVER_ITEM_BYTES per movement */
+    if (NEVER(n == 0)) { /* bounded by MOVER_ITEM_BYTES per movement */
+      fail_batch(bt, -ENOSPC);
+      return;
+    }
     len += n;
   }
   bt->doc[len++] = ']';
@@ -354,6 +365,7 @@ static void on_flush(rt_timer_t *t) {
 
 void account_mover_add(account_mover_t *m, svc_req_t *req) {
   account_move_t *mv = SVC_STATE(req, account_move_t);
+  assert(mv->amount > 0);
   mv->next = NULL;
   if (m->tail != NULL) SVC_STATE(m->tail, account_move_t)->next = req;
   else m->head = req;

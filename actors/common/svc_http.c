@@ -57,7 +57,8 @@ static const char *reply_begin(svc_req_t *req, int status, const char *extra, ch
   req_log(req, status);
   int n = snprintf(buf, buf_bytes, "X-Request-Id: %s\r\n%s", http_request_id(req->ex),
                    extra ? extra : "");
-  if (n < 0 || (size_t)n >= buf_bytes) return extra; /* NEVER: sized for both */
+  /* The buffer is sized for both. */
+  if (NEVER(n < 0) || NEVER((size_t)n >= buf_bytes)) return extra;
   return buf;
 }
 

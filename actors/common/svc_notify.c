@@ -188,7 +188,9 @@ void svc_on_call(svc_th_t *th, rt_msg_t *msg) {
 void svc_parking_on_notify(svc_th_t *th, rt_msg_t *msg) {
   svc_parking_t *pk = th->parking;
   const char *key = (const char *)msg->data;
-  if (msg->bytes == 0 || key[msg->bytes - 1] != '\0') return; /* NEVER: we wrote it */
+  /* We wrote it: a key and its terminator. */
+  if (NEVER(msg->bytes == 0)) return;
+  if (NEVER(key[msg->bytes - 1] != '\0')) return;
   uint32_t h = key_hash(key);
   /* Woken handlers may park again on the same key: take the matches off
    * the chain first, then wake them. Bounded by the pool's capacity. */

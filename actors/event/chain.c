@@ -637,7 +637,9 @@ static void wake_here(svc_thread_t *th, void *arg) {
   atomic_store(&wake_posted, false);
   if (ch.th == NULL || ch.stopped) return;
   /* A few ms to let more events join the same round. */
-  if (!rt_timer_armed(&ch.soon)) (void)rt_timer_start(ch.th->loop, &ch.soon, 2, 0);
+  if (rt_timer_armed(&ch.soon)) return;
+  /* No timer to wait for company: the round now, alone. */
+  if (rt_timer_start(ch.th->loop, &ch.soon, 2, 0) < 0) chain_round();
 }
 
 void event_chain_wake(void) {

@@ -111,8 +111,8 @@ static void *side_main(void *arg, bool publisher) {
   if (s->rc >= 0) s->rc = bus_client_start(s->client);
   if (s->rc < 0) return NULL;
   rt_timer_init(&s->timer, publisher ? pub_tick : sub_tick, s);
-  rt_timer_start(s->loop, &s->timer, 5, 5);
-  rt_loop_run(s->loop);
+  s->rc = rt_timer_start(s->loop, &s->timer, 5, 5);
+  if (s->rc == 0) rt_loop_run(s->loop);
   rt_timer_stop(s->loop, &s->timer);
   bus_client_destroy(s->client);
   rt_loop_destroy(s->loop);

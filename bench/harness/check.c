@@ -95,7 +95,7 @@ static void slot_retry_fire(rt_timer_t *t) { slot_start(t->ctx); }
 
 static void slot_retry(slot_t *s, uint32_t ms) {
   rt_timer_init(&s->timer, slot_retry_fire, s);
-  rt_timer_start(s->b->loop, &s->timer, ms, 0);
+  (void)bench_timer_start(s->b, &s->timer, ms, 0);
 }
 
 static bool past_deadline(const bench_t *b) { return rt_now_ns() >= b->check_deadline_ns; }
@@ -312,7 +312,7 @@ static void on_metrics(void *ctx, int err, const http_msg_t *resp) {
     stage_next(b);
     return;
   }
-  rt_timer_start(b->loop, &stage_timer, OUTBOX_POLL_MS, 0);
+  (void)bench_timer_start(b, &stage_timer, OUTBOX_POLL_MS, 0);
 }
 
 static void outbox_fire(rt_timer_t *t) { outbox_round(t->ctx); }
@@ -482,7 +482,7 @@ void bench_check_start(bench_t *b) {
   /* From a callback of its own, so that a stage never starts inside the
    * completion that ended the previous one's caller. */
   rt_timer_init(&stage_timer, stage_fire, b);
-  rt_timer_start(b->loop, &stage_timer, 0, 0);
+  (void)bench_timer_start(b, &stage_timer, 0, 0);
 }
 
 /* ------------------------------------------------------------------------ */

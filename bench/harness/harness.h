@@ -287,6 +287,11 @@ enum { PHASE_SETUP = 1, PHASE_RUN, PHASE_DRAIN, PHASE_CHECK, PHASE_DONE };
  * Returns 0 or a negative error (b->fatal_msg says what). */
 int bench_run(bench_t *b, bench_config_t *cfg, volatile sig_atomic_t *stop_flag);
 
+/* rt_timer_start() for the run's own timers: a timer the run cannot arm
+ * ends it as a fatal error (b->fatal_msg), since a stage or retry would
+ * otherwise wait for good. Returns what rt_timer_start() returned. */
+int bench_timer_start(bench_t *b, rt_timer_t *timer, uint64_t after_ms, uint64_t period_ms);
+
 /* Frees what bench_run allocated. */
 void bench_free(bench_t *b);
 

@@ -109,6 +109,12 @@ static void fatal(bench_t *b, const char *fmt, ...) {
   rt_loop_stop(b->loop);
 }
 
+int bench_timer_start(bench_t *b, rt_timer_t *timer, uint64_t after_ms, uint64_t period_ms) {
+  int rc = rt_timer_start(b->loop, timer, after_ms, period_ms);
+  if (rc < 0) fatal(b, "no timer could be armed: %s", rt_strerror(rc));
+  return rc;
+}
+
 static void new_key(bench_t *b, char *out, size_t n) {
   snprintf(out, n, "bench-%s-%" PRIu64, b->run_id, ++b->key_seq);
 }
@@ -440,7 +446,7 @@ static void on_pay_poll(op_t *op, int err, const http_msg_t *resp) {
     return;
   }
   op->retry.cb = poll_again;
-  rt_timer_start(b->loop, &op->retry, 50, 0);
+  (void)bench_timer_start(b, &op->retry, 50, 0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -468,7 +474,7 @@ static void setup_retry(op_t *op, int err, const http_msg_t *resp) {
   }
   uint32_t ms = 100u * op->attempts;
   op->retry.cb = setup_retry_fire;
-  rt_timer_start(b->loop, &op->retry, ms > RETRY_MS_MAX ? RETRY_MS_MAX : ms, 0);
+  (void)bench_timer_start(b, &op->retry, ms > RETRY_MS_MAX ? RETRY_MS_MAX : ms, 0);
 }
 
 static void setup_customer_done(op_t *op);
@@ -753,7 +759,7 @@ static void start_run(bench_t *b) {
     for (uint32_t k = 0; k < b->steps_count; k++)
       b->steps[k].rate = bench_sched_rate_of(&b->sched, k);
   }
-  if (cfg->progress > 0) rt_timer_start(b->loop, &b->progress_timer, 1000, 1000);
+  if (cfg->progress > 0 && bench_timer_start(b, &b->progress_timer, 1000, 1000) < 0) return;
   refill(b);
 }
 
@@ -892,7 +898,7 @@ int bench_run(bench_t *b, bench_config_t *cfg, volatile sig_atomic_t *stop_flag)
   }
   rt_timer_init(&b->tick, tick, b);
   rt_timer_init(&b->progress_timer, progress, b);
-  rt_timer_start(b->loop, &b->tick, TICK_MS, TICK_MS);
+  if (bench_timer_start(b, &b->tick, TICK_MS, TICK_MS) < 0) return BENCH_E_SETUP;
   start_setup(b);
   rc = rt_loop_run(b->loop);
   if (b->fatal) return BENCH_E_SETUP;
@@ -910,8 +916,8 @@ void bench_free(bench_t *b) {
     http_client_destroy(b->poll_client);
     rt_timer_t t;
     rt_timer_init(&t, settle, b);
-    rt_timer_start(b->loop, &t, 100, 0);
-    rt_loop_run(b->loop);
+    /* Without the settle timer the loop would not stop: skip the wait. */
+    if (rt_timer_start(b->loop, &t, 100, 0) == 0) rt_loop_run(b->loop);
   }
   bench_tls_destroy(b->tls);
   for (int k = 0; k < KIND_COUNT; k++) bench_hist_deinit(&b->hist[k]);

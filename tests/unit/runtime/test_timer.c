@@ -110,17 +110,59 @@ static void test_capacity(void) {
     T_CHECK_EQ_INT(rt_timer_start(small, &ts[i], 100, 0), 0);
   }
   rt_timer_init(&ts[8], noop_cb, NULL);
+  rt_loop_stats_t st;
+  rt_loop_stats(small, &st);
+  T_CHECK_EQ_INT(st.timers_exhausted, 0);
   T_CHECK_EQ_INT(rt_timer_start(small, &ts[8], 100, 0), RT_E_LIMIT);
   T_CHECK(!rt_timer_armed(&ts[8]));
+  rt_loop_stats(small, &st);
+  T_CHECK_EQ_INT(st.timers_exhausted, 1); /* reported, not only refused */
+  /* Full, yet an armed timer can always be moved: it gives its slot back. */
+  T_CHECK_EQ_INT(rt_timer_start(small, &ts[0], 50, 0), 0);
+  T_CHECK(rt_timer_armed(&ts[0]));
   rt_timer_stop(small, &ts[3]);
   T_CHECK_EQ_INT(rt_timer_start(small, &ts[8], 100, 0), 0);
   for (int i = 0; i < 9; i++) rt_timer_stop(small, &ts[i]);
   rt_loop_destroy(small);
 }
 
+/* ---- a one-shot's callback always finds one slot ------------------------ */
+
+static rt_loop_t *full;
+static rt_timer_t full_ts[4], full_other;
+static int full_rc_own = 1, full_rc_next = 1;
+
+static void full_fire(rt_timer_t *t) {
+  /* The heap was full when this timer fired: its own slot is the only one. */
+  full_rc_own = rt_timer_start(full, &full_other, 1000, 0);
+  full_rc_next = rt_timer_start(full, t, 1000, 0);
+  rt_loop_stop(full);
+}
+
+static void test_full_callback_slot(void) {
+  rt_loop_config_t cfg = {.timers_count = 4, .bufs_count = 16, .msgs_count = 16,
+                          .sq_entries = 16};
+  T_REQUIRE(rt_loop_create(&full, &cfg) == 0);
+  rt_timer_init(&full_ts[0], full_fire, NULL);
+  T_CHECK_EQ_INT(rt_timer_start(full, &full_ts[0], 1, 0), 0);
+  for (int i = 1; i < 4; i++) {
+    rt_timer_init(&full_ts[i], noop_cb, NULL);
+    T_CHECK_EQ_INT(rt_timer_start(full, &full_ts[i], 60000, 0), 0);
+  }
+  rt_timer_init(&full_other, noop_cb, NULL);
+  T_CHECK_EQ_INT(rt_loop_run(full), 0);
+  T_CHECK_EQ_INT(full_rc_own, 0);             /* the first start takes the slot */
+  T_CHECK_EQ_INT(full_rc_next, RT_E_LIMIT);   /* and there is no second one */
+  T_CHECK(!rt_timer_armed(&full_ts[0]));
+  for (int i = 0; i < 4; i++) rt_timer_stop(full, &full_ts[i]);
+  rt_timer_stop(full, &full_other);
+  rt_loop_destroy(full);
+}
+
 int main(void) {
   rt_log_init("test_timer", RT_LOG_ERROR, NULL, 0);
   T_RUN(test_capacity);
+  T_RUN(test_full_callback_slot);
   if (rt_loop_create(&loop, NULL) != 0) return 1;
   T_RUN(test_order);
   T_RUN(test_periodic_cancel_rearm);
