@@ -241,6 +241,11 @@ int gw_tls_create(gw_tls_t **out, const gw_tls_config_t *config);
  * filter using it is gone. NULL is allowed. */
 void gw_tls_destroy(gw_tls_t *tls);
 
+/* Reads the certificate chain and key files again (SIGHUP). New
+ * handshakes use them; connections already open keep the set they
+ * started on. Returns 0, or an error and nothing changes. Any thread. */
+int gw_tls_reload(gw_tls_t *tls);
+
 /* "ecdsa-p256" or "rsa-<bits>", for the start-up log. */
 const char *gw_tls_key_desc(const gw_tls_t *tls);
 

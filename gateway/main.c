@@ -143,6 +143,22 @@ static int make_keys(gw_jwt_keys_t **out, char **jwks) {
  * from then on, and one of a kept key passes as before. */
 #define RELOAD_GAP_MS 1000
 
+/* The TLS certificate and key files, read again: new handshakes use them,
+ * open connections keep theirs (gw_tls_reload()). A pair that cannot be
+ * loaded changes nothing. */
+static void reload_tls(void) {
+  int rc = gw_tls_reload(app.tls);
+  if (rc < 0) {
+    RT_ERROR("SIGHUP: the TLS certificate was not reloaded; the one in use stays",
+             RT_LF_STR("cert", app.cfg.tls.cert_path), RT_LF_STR("key", app.cfg.tls.key_path),
+             RT_LF_STR("error", rt_strerror(rc)));
+    return;
+  }
+  RT_INFO("SIGHUP: TLS certificate reloaded", RT_LF_STR("cert", app.cfg.tls.cert_path),
+          RT_LF_STR("cert_key", gw_tls_key_desc(app.tls)),
+          RT_LF_STR("cert_sha256", gw_tls_cert_sha256(app.tls)));
+}
+
 static void reload(void *arg) {
   (void)arg;
   uint64_t since = rt_now_ns() - app.reloaded_ns;
@@ -150,6 +166,7 @@ static void reload(void *arg) {
     struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)(RELOAD_GAP_MS * 1000000ull - since)};
     nanosleep(&ts, NULL);
   }
+  reload_tls();
   gw_jwt_keys_t *keys = NULL;
   char *jwks = NULL;
   if (make_keys(&keys, &jwks) < 0) {

@@ -10,6 +10,7 @@
  * (AES-NI makes it the cheapest), then ChaCha20 for clients without AES
  * hardware, then AES-256-GCM.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -116,7 +117,7 @@ static void cache_deinit(gw__session_cache_t *c) {
 /* Certificate chain and key                                                */
 /* ------------------------------------------------------------------------ */
 
-static int load_chain(gw_tls_t *t, const char *path) {
+static int load_chain(gw__tls_creds_t *t, const char *path) {
   char *text = NULL;
   size_t len = 0;
   int rc = gw__read_file(path, &text, &len);
@@ -139,7 +140,7 @@ static bool is_key_label(const char *name) {
          strcmp(name, "PRIVATE KEY") == 0;
 }
 
-static int load_key(gw_tls_t *t, const char *path) {
+static int load_key(gw__tls_creds_t *t, const char *path) {
   char *text = NULL;
   size_t len = 0;
   int rc = gw__read_file(path, &text, &len);
@@ -165,7 +166,7 @@ static int load_key(gw_tls_t *t, const char *path) {
 
 /* The leaf's public key must be the one of our private key, of a type and
  * size we accept. */
-static int check_pair(gw_tls_t *t) {
+static int check_pair(gw__tls_creds_t *t) {
   br_x509_decoder_context dc;
   br_x509_decoder_init(&dc, NULL, NULL);
   br_x509_decoder_push(&dc, t->chain[0].data, t->chain[0].data_len);
@@ -199,13 +200,44 @@ static int check_pair(gw_tls_t *t) {
   return 0;
 }
 
-static void fingerprint(gw_tls_t *t) {
+static void fingerprint(gw__tls_creds_t *t) {
   br_sha256_context h;
   unsigned char d[32];
   br_sha256_init(&h);
   br_sha256_update(&h, t->chain[0].data, t->chain[0].data_len);
   br_sha256_out(&h, d);
   for (int i = 0; i < 32; i++) snprintf(t->cert_sha256 + 2 * i, 3, "%02x", d[i]);
+}
+
+static void creds_free(gw__tls_creds_t *k) {
+  if (k == NULL) return;
+  gw__pem_free(k->cert_objs, k->cert_objs_count);
+  explicit_bzero(&k->skey, sizeof k->skey);
+  free(k);
+}
+
+static void creds_release(gw__tls_creds_t *k) {
+  if (k == NULL) return;
+  unsigned before = atomic_fetch_sub_explicit(&k->refs, 1, memory_order_acq_rel);
+  assert(before > 0);
+  if (before == 1) creds_free(k);
+}
+
+/* Reads a chain and its key; checks they belong together. */
+static int creds_load(gw__tls_creds_t **out, const char *cert_path, const char *key_path) {
+  gw__tls_creds_t *k = calloc(1, sizeof *k);
+  if (k == NULL) return -ENOMEM;
+  int rc = load_chain(k, cert_path);
+  if (rc == 0) rc = load_key(k, key_path);
+  if (rc == 0) rc = check_pair(k);
+  if (rc < 0) {
+    creds_free(k);
+    return rc;
+  }
+  fingerprint(k);
+  atomic_init(&k->refs, 1); /* the gateway's, while it is the current set */
+  *out = k;
+  return 0;
 }
 
 /* "Strict-Transport-Security: <value>\r\n", refusing CR, LF and controls
@@ -223,13 +255,15 @@ static int make_inject_lines(gw_tls_t *t, const char *hsts) {
 
 /* libcrypto's curve arithmetic when built in and not declined, else
  * BearSSL's (see tls_ec_openssl.c for why). */
-static int choose_ec(gw_tls_t *t, bool bearssl) {
+static int choose_ec(gw_tls_t *t, const gw__tls_creds_t *k, bool bearssl) {
   t->ec = br_ec_get_default();
   t->ecdsa = br_ecdsa_sign_asn1_get_default();
 #ifdef GW_HAVE_LIBCRYPTO
   if (!bearssl) {
+    /* libcrypto signs with this key only; a key loaded later by a reload
+     * is signed for by BearSSL's code (tls_ec_openssl.c's ecdsa_sign()). */
     const br_ec_private_key *sk =
-        t->key_type == BR_KEYTYPE_EC ? br_skey_decoder_get_ec(&t->skey) : NULL;
+        k->key_type == BR_KEYTYPE_EC ? br_skey_decoder_get_ec(&k->skey) : NULL;
     int rc = gw__tls_ec_libcrypto_init(sk);
     if (rc < 0) return rc;
     t->ec = gw__tls_ec_libcrypto();
@@ -237,6 +271,7 @@ static int choose_ec(gw_tls_t *t, bool bearssl) {
     t->ec_libcrypto = true;
   }
 #else
+  (void)k;
   (void)bearssl;
 #endif
   return 0;
@@ -258,10 +293,14 @@ static void choose_records(gw_tls_t *t) {
 int gw_tls_create(gw_tls_t **out, const gw_tls_config_t *cfg) {
   gw_tls_t *t = calloc(1, sizeof *t);
   if (t == NULL) return -ENOMEM;
-  int rc = load_chain(t, cfg->cert_path);
-  if (rc == 0) rc = load_key(t, cfg->key_path);
-  if (rc == 0) rc = check_pair(t);
-  if (rc == 0) rc = choose_ec(t, cfg->ec_bearssl);
+  pthread_mutex_init(&t->reload_mu, NULL);
+  gw__tls_creds_t *k = NULL;
+  t->cert_path = strdup(cfg->cert_path);
+  t->key_path = strdup(cfg->key_path);
+  int rc = t->cert_path != NULL && t->key_path != NULL ? 0 : -ENOMEM;
+  if (rc == 0) rc = creds_load(&k, t->cert_path, t->key_path);
+  if (rc == 0) atomic_init(&t->creds, k);
+  if (rc == 0) rc = choose_ec(t, k, cfg->ec_bearssl);
   if (rc == 0) rc = make_inject_lines(t, cfg->hsts);
   /* No entries: no resumption at all (every handshake is a full one). */
   if (rc == 0 && cfg->session_cache_entries > 0)
@@ -273,9 +312,17 @@ int gw_tls_create(gw_tls_t **out, const gw_tls_config_t *cfg) {
   }
   t->handshake_timeout_ms = cfg->handshake_timeout_ms ? cfg->handshake_timeout_ms : 10000;
   choose_records(t);
-  fingerprint(t);
   *out = t;
   return 0;
+}
+
+int gw_tls_reload(gw_tls_t *t) {
+  pthread_mutex_lock(&t->reload_mu);
+  gw__tls_creds_t *k = NULL;
+  int rc = creds_load(&k, t->cert_path, t->key_path);
+  if (rc == 0) creds_release(atomic_exchange_explicit(&t->creds, k, memory_order_acq_rel));
+  pthread_mutex_unlock(&t->reload_mu);
+  return rc;
 }
 
 void gw_tls_destroy(gw_tls_t *t) {
@@ -284,15 +331,17 @@ void gw_tls_destroy(gw_tls_t *t) {
   if (t->ec_libcrypto) gw__tls_ec_libcrypto_free();
 #endif
   cache_deinit(&t->cache);
-  gw__pem_free(t->cert_objs, t->cert_objs_count);
-  explicit_bzero(&t->skey, sizeof t->skey);
+  creds_release(atomic_load(&t->creds));
+  pthread_mutex_destroy(&t->reload_mu);
+  free(t->cert_path);
+  free(t->key_path);
   free(t->inject_lines);
   free(t);
 }
 
-const char *gw_tls_key_desc(const gw_tls_t *t) { return t->key_desc; }
+const char *gw_tls_key_desc(const gw_tls_t *t) { return atomic_load(&t->creds)->key_desc; }
 
-const char *gw_tls_cert_sha256(const gw_tls_t *t) { return t->cert_sha256; }
+const char *gw_tls_cert_sha256(const gw_tls_t *t) { return atomic_load(&t->creds)->cert_sha256; }
 
 const char *gw_tls_ec_desc(const gw_tls_t *t) { return t->ec_libcrypto ? "libcrypto" : "bearssl"; }
 
@@ -320,6 +369,16 @@ static void engine_crypto(const gw_tls_t *t, br_ssl_engine_context *eng) {
   br_ssl_engine_set_ec(eng, t->ec);
 }
 
+/* The current set, with a reference for the caller. The mutex keeps a
+ * reload from releasing the set between the load and the increment. */
+static gw__tls_creds_t *creds_acquire(gw_tls_t *t) {
+  pthread_mutex_lock(&t->reload_mu);
+  gw__tls_creds_t *k = atomic_load_explicit(&t->creds, memory_order_acquire);
+  atomic_fetch_add_explicit(&k->refs, 1, memory_order_relaxed);
+  pthread_mutex_unlock(&t->reload_mu);
+  return k;
+}
+
 int gw__tls_engine_init(gw_tls_t *t, gw_tls_conn_t *c) {
   br_ssl_server_context *sc = &c->sc;
   br_ssl_engine_context *eng = &sc->eng;
@@ -327,18 +386,25 @@ int gw__tls_engine_init(gw_tls_t *t, gw_tls_conn_t *c) {
   br_ssl_engine_set_versions(eng, BR_TLS12, BR_TLS12);
   br_ssl_engine_set_suites(eng, suites, sizeof suites / sizeof suites[0]);
   engine_crypto(t, eng);
+  assert(c->creds == NULL);
+  gw__tls_creds_t *k = c->creds = creds_acquire(t);
   /* BR_KEYTYPE_SIGN only: the key signs ECDHE parameters and is never
    * used for key exchange itself (that would be static RSA or ECDH). */
-  if (t->key_type == BR_KEYTYPE_EC) {
-    br_ssl_server_set_single_ec(sc, t->chain, t->chain_len, br_skey_decoder_get_ec(&t->skey),
+  if (k->key_type == BR_KEYTYPE_EC) {
+    br_ssl_server_set_single_ec(sc, k->chain, k->chain_len, br_skey_decoder_get_ec(&k->skey),
                                 BR_KEYTYPE_SIGN, BR_KEYTYPE_EC, t->ec, t->ecdsa);
   } else {
-    br_ssl_server_set_single_rsa(sc, t->chain, t->chain_len,
-                                 br_skey_decoder_get_rsa(&t->skey), BR_KEYTYPE_SIGN,
+    br_ssl_server_set_single_rsa(sc, k->chain, k->chain_len,
+                                 br_skey_decoder_get_rsa(&k->skey), BR_KEYTYPE_SIGN,
                                  br_rsa_private_get_default(), br_rsa_pkcs1_sign_get_default());
   }
   br_ssl_engine_add_flags(eng, BR_OPT_ENFORCE_SERVER_PREFERENCES | BR_OPT_NO_RENEGOTIATION);
   br_ssl_engine_set_buffers_bidi(eng, c->ibuf, sizeof c->ibuf, c->obuf, sizeof c->obuf);
   if (t->cache.vtable != NULL) br_ssl_server_set_cache(sc, &t->cache.vtable);
   return br_ssl_server_reset(sc) ? 0 : GW_E_TLS;
+}
+
+void gw__tls_engine_done(gw_tls_conn_t *c) {
+  creds_release(c->creds);
+  c->creds = NULL;
 }

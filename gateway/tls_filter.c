@@ -283,6 +283,7 @@ static void *tls_open(void *ctx, int fd) {
   if (c == NULL) return NULL;
   c->filter = f;
   c->fd = fd;
+  c->creds = NULL;
   if (gw_addr_of_peer(&c->peer, fd) < 0) {
     rt_pool_put(&f->conns, c);
     return NULL;
@@ -312,6 +313,7 @@ static void tls_free(void *state) {
   if (c->bound_actor != NULL) binding_remove(f, c->bound_actor);
   if (f->current == c) f->current = NULL;
   if (c->limited) gw_connlimit_release(f->connlimit, &c->peer);
+  gw__tls_engine_done(c);
   /* The engine holds the session keys. */
   explicit_bzero(&c->sc, sizeof c->sc);
   rt_pool_put(&f->conns, c);

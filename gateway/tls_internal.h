@@ -6,6 +6,7 @@
 #define GW_TLS_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include <bearssl.h>
 
@@ -37,8 +38,29 @@ typedef struct gw__session_cache {
   gw_tls_stats_t *stats;
 } gw__session_cache_t;
 
-struct gw_tls {
+/* A certificate chain and its key: what a handshake signs with. Shared by
+ * the connections that started on it and replaced whole on a reload
+ * (gw_tls_reload()): each connection holds a reference from its engine's
+ * set-up to its end, the gateway one for the current set, and the last
+ * reference frees it. BearSSL's server context points into it for as long
+ * as the connection lives. */
+typedef struct gw__tls_creds {
+  atomic_uint refs;
   int key_type; /* BR_KEYTYPE_EC or BR_KEYTYPE_RSA */
+  br_x509_certificate chain[GW__TLS_CHAIN_MAX];
+  size_t chain_len;
+  gw__pem_obj_t cert_objs[GW__PEM_OBJS_MAX];
+  size_t cert_objs_count;
+  br_skey_decoder_context skey; /* holds the key bytes the key points into */
+  char key_desc[32];
+  char cert_sha256[65];
+} gw__tls_creds_t;
+
+struct gw_tls {
+  _Atomic(gw__tls_creds_t *) creds; /* the current set */
+  char *cert_path;                  /* read again by gw_tls_reload() */
+  char *key_path;
+  pthread_mutex_t reload_mu;        /* one reload at a time */
   const br_ec_impl *ec;   /* ECDHE (and ECDSA) arithmetic */
   br_ecdsa_sign ecdsa;    /* signs with an EC certificate's key */
   bool ec_libcrypto;      /* both from libcrypto (tls_ec_openssl.c) */
@@ -49,13 +71,6 @@ struct gw_tls {
   br_ghash ghash;
   br_chacha20_run chacha20;
   br_poly1305_run poly1305;
-  br_x509_certificate chain[GW__TLS_CHAIN_MAX];
-  size_t chain_len;
-  gw__pem_obj_t cert_objs[GW__PEM_OBJS_MAX];
-  size_t cert_objs_count;
-  br_skey_decoder_context skey; /* holds the key bytes the key points into */
-  char key_desc[32];
-  char cert_sha256[65];
   char *inject_lines;           /* "Strict-Transport-Security: ...\r\n" */
   uint32_t handshake_timeout_ms;
   gw__session_cache_t cache;
@@ -67,6 +82,7 @@ struct gw_tls {
  * can find the connection and mark it resumed. */
 struct gw_tls_conn {
   br_ssl_server_context sc;
+  gw__tls_creds_t *creds; /* the chain and key its handshake uses */
   gw_tls_filter_t *filter;
   gw_tls_conn_t *next; /* the filter's live list, for the stall sweep */
   gw_tls_conn_t *prev;
@@ -86,6 +102,9 @@ struct gw_tls_conn {
  * AEAD suites only, our chain and key, the shared cache. Returns 0 or
  * GW_E_TLS when the engine refuses to reset. */
 int gw__tls_engine_init(gw_tls_t *tls, gw_tls_conn_t *c);
+
+/* Drops the connection's reference to its chain and key (at its end). */
+void gw__tls_engine_done(gw_tls_conn_t *c);
 
 #ifdef GW_HAVE_LIBCRYPTO
 /* tls_ec_openssl.c: checks libcrypto's curve arithmetic against BearSSL's

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""JWT key rotation without a restart, under load.
+"""JWT key and TLS certificate rotation without a restart, under load.
 
     test_rotation.py GATEWAY CERTS_SH
 
@@ -13,12 +13,21 @@ the newest token they got. Then:
   2. a broken key file is added, SIGHUP: the reload is refused, the keys in
      use stay and every token still passes; the file is removed;
   3. k1 is removed, SIGHUP: the k1 token gets 401 at once (even the one
-     its cache had verified), the k2 token passes, the JWKS shows only k2.
+     its cache had verified), the k2 token passes, the JWKS shows only k2;
+  4. a new TLS certificate is written over the old file with the old key
+     left: the pair does not match, SIGHUP refuses it and the old
+     certificate is still served; then the new key too, SIGHUP: new
+     handshakes get the new certificate, while the keep-alive connections
+     opened before go on (every request 200, none dropped).
 """
 import base64
+import hashlib
 import json
 import os
+import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -104,6 +113,28 @@ def sighup(gw, word, before):
     return t.wait_for(lambda: reloads(gw, word) > before, 10)
 
 
+def served_cert(gw):
+    """SHA-256 of the certificate a new full handshake gets (not checked)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        with ctx.wrap_socket(s, server_hostname="localhost") as tls:
+            return hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
+
+
+def file_cert(path):
+    with open(path) as f:
+        return hashlib.sha256(ssl.PEM_cert_to_DER_cert(f.read())).hexdigest()
+
+
+def replace(src, dst):
+    """dst's content becomes src's, by rename (a reader never sees half)."""
+    tmp = dst + ".new"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
@@ -162,6 +193,33 @@ def main():
     statuses, errors = load.finish()
     t.check("the k2 clients through both reloads: every request 200, none dropped (%s)"
             % statuses, set(statuses) == {200} and not errors, "%s %s" % (statuses, errors[:3]))
+
+    # 4. A new TLS certificate and key over the old files.
+    crt, key = gw.ca, gw.ca[:-len(".crt")] + ".key"
+    old_cert = served_cert(gw)
+    t.check("the certificate served is the file's", old_cert == file_cert(crt))
+    other = os.path.join(os.path.dirname(certs), "certs-next")
+    subprocess.run(["bash", certs_sh, "--kid", "k9", other], check=True,
+                   stderr=subprocess.DEVNULL, timeout=60)
+    next_crt = os.path.join(other, os.path.basename(crt))
+    next_key = os.path.join(other, os.path.basename(key))
+    load = Load(gw, fresh)
+    time.sleep(0.3)
+    replace(next_crt, crt)
+    ok = sighup(gw, "TLS certificate was not reloaded", reloads(gw, "TLS certificate was not reloaded"))
+    t.check("a certificate that does not match the key: the reload is refused (log line)", ok)
+    t.check("... and the old certificate is still served", served_cert(gw) == old_cert)
+    replace(next_key, key)
+    ok = sighup(gw, "TLS certificate reloaded", reloads(gw, "TLS certificate reloaded"))
+    t.check("SIGHUP with the new pair: the certificate is reloaded (log line)", ok)
+    now = served_cert(gw)
+    t.check("new handshakes get the new certificate", now == file_cert(next_crt) and now != old_cert)
+    t.check("a verified request over a new connection (the new certificate as CA) passes",
+            status(gw, fresh) == 200)
+    statuses, errors = load.finish()
+    t.check("clients on connections opened before the new certificate: every request 200,"
+            " none dropped (%s)" % statuses, set(statuses) == {200} and not errors,
+            "%s %s" % (statuses, errors[:3]))
     t.check("SIGTERM: exit status 0", gw.stop() == 0)
     t.finish()
 
