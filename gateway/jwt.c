@@ -47,8 +47,7 @@ struct gw_jwt_keys {
 /* Roles                                                                    */
 /* ------------------------------------------------------------------------ */
 
-static const char *const role_names[GW_ROLES_COUNT] = {"customer", "operator", "auditor",
-                                                       "admin"};
+static const char *const role_names[GW_ROLES_COUNT] = GW_ROLE_NAMES;
 
 uint32_t gw_role_parse(const char *name, size_t len) {
   for (uint32_t i = 0; i < GW_ROLES_COUNT; i++) {

@@ -84,8 +84,8 @@ static void print_routes(void) {
   for (size_t i = 0; i < app.routes_count; i++) {
     const gw_route_t *r = app.routes[i];
     json_t *roles = json_array();
-    for (uint32_t b = 1; b <= GW_ROLE_ADMIN; b <<= 1)
-      if (r->roles & b) json_array_append_new(roles, json_string(gw_role_name(b)));
+    for (uint32_t b = 0; b < GW_ROLES_COUNT; b++)
+      if (r->roles & (1u << b)) json_array_append_new(roles, json_string(gw_role_name(1u << b)));
     json_t *j = json_pack("{s:s, s:s, s:s, s:o, s:b}", "method", r->method, "pattern",
                           r->pattern, "service", gw_service_name(r->service), "roles", roles,
                           "anonymous", r->anonymous);

@@ -18,11 +18,13 @@
 static const struct {
   const char *name;
   uint32_t bit;
-} role_names[] = {
-    {"customer", SVC_ROLE_CUSTOMER}, {"operator", SVC_ROLE_OPERATOR},
-    {"auditor", SVC_ROLE_AUDITOR},   {"admin", SVC_ROLE_ADMIN},
-    {"service", SVC_ROLE_SERVICE},
-};
+} role_names[] = {SVC_ROLE_NAMES};
+
+const char *svc_role_name(uint32_t bit) {
+  for (size_t i = 0; i < sizeof role_names / sizeof role_names[0]; i++)
+    if (role_names[i].bit == bit) return role_names[i].name;
+  return NULL;
+}
 
 int svc_roles_parse(const char *csv, uint32_t *out) {
   uint32_t roles = 0;

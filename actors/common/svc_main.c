@@ -366,15 +366,35 @@ static void print_events(const svc_def_t *def) {
   if (def->consumers_count == 0) printf("  (nothing)\n");
 }
 
+/* --routes: the service's own routes as JSON lines, for the check that
+ * they agree with api/api.table, and for operators. */
+static void print_routes(const svc_def_t *def) {
+  static const char *const auth_names[] = {"required", "optional", "none"};
+  for (size_t i = 0; i < def->routes_count; i++) {
+    const svc_route_t *r = &def->routes[i];
+    assert((unsigned)r->auth < sizeof auth_names / sizeof auth_names[0]);
+    json_t *roles = json_array();
+    for (uint32_t b = 0; b < 32; b++)
+      if (r->roles & (1u << b)) json_array_append_new(roles, json_string(svc_role_name(1u << b)));
+    json_t *j = json_pack("{s:s, s:s, s:s, s:o, s:b}", "method", r->method, "pattern", r->pattern,
+                          "auth", auth_names[r->auth], "roles", roles, "json_body", r->json_body);
+    char *s = j != NULL ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    if (s != NULL) printf("%s\n", s);
+    free(s);
+    json_decref(j);
+  }
+}
+
 static void usage(FILE *f, const svc_def_t *def) {
   const char *P = def->env_prefix;
   fprintf(f,
-          "usage: %s [--migrate] [--statements] [--events] [--help] [COMMAND ARGS]\n"
+          "usage: %s [--migrate] [--statements] [--events] [--routes] [--help] [COMMAND ARGS]\n"
           "\n"
           "The %s service. Applies its database migrations, then serves HTTP.\n"
           "  --migrate      apply the migrations and exit\n"
           "  --statements   print the prepared statements (id, parameters, SQL) and exit\n"
           "  --events       print the events it produces and consumes, and exit\n"
+          "  --routes       print its routes (JSON lines: method, pattern, auth, roles), and exit\n"
           "\n"
           "Environment:\n"
           "  %s_HOST               listen address              (127.0.0.1)\n"
@@ -566,7 +586,8 @@ static void print_statements(const svc_def_t *def) {
     printf("%zu\t%d\t%s\n", n, def->stmts[i].nparams, def->stmts[i].sql);
 }
 
-enum { ARGS_RUN = 0, ARGS_HELP = 1, ARGS_STATEMENTS = 2, ARGS_EVENTS = 3, ARGS_COMMAND = 4 };
+enum { ARGS_RUN = 0, ARGS_HELP = 1, ARGS_STATEMENTS = 2, ARGS_EVENTS = 3, ARGS_COMMAND = 4,
+       ARGS_ROUTES = 5 };
 
 static const svc_def_t *g_def_for_args;
 
@@ -653,6 +674,7 @@ static int parse_args(int argc, char **argv, bool *migrate_only) {
       {"migrate", no_argument, NULL, 'm'},
       {"statements", no_argument, NULL, 's'},
       {"events", no_argument, NULL, 'e'},
+      {"routes", no_argument, NULL, 'r'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
@@ -664,6 +686,8 @@ static int parse_args(int argc, char **argv, bool *migrate_only) {
       rc = ARGS_STATEMENTS;
     } else if (c == 'e') {
       rc = ARGS_EVENTS;
+    } else if (c == 'r') {
+      rc = ARGS_ROUTES;
     } else {
       return c == 'h' ? ARGS_HELP : -1;
     }
@@ -683,6 +707,10 @@ int svc_main(int argc, char **argv, const svc_def_t *def) {
   }
   if (rc == ARGS_EVENTS) {
     print_events(def);
+    return 0;
+  }
+  if (rc == ARGS_ROUTES) {
+    print_routes(def);
     return 0;
   }
   bool command = rc == ARGS_COMMAND;

@@ -296,29 +296,20 @@ static void on_reconcile(svc_req_t *req) {
   if (event_reconcile_start(r) < 0) svc_reply_error(req, 503, "overloaded", "out of memory");
 }
 
+/* The public routes take their roles from api/api.table (svc.h). */
 static const svc_route_t routes[] = {
-    {"GET", "/v1/events", on_list, SVC_AUTH_REQUIRED, SVC_ROLE_AUDITOR | SVC_ROLE_ADMIN, false},
-    {"GET", "/v1/events/verify", on_verify, SVC_AUTH_REQUIRED, SVC_ROLE_AUDITOR | SVC_ROLE_ADMIN,
-     false},
-    {"GET", "/v1/events/checkpoints", on_checkpoints, SVC_AUTH_REQUIRED,
-     SVC_ROLE_AUDITOR | SVC_ROLE_ADMIN, false},
-    {"GET", "/v1/projections/account-daily", event_on_proj_daily, SVC_AUTH_REQUIRED,
-     SVC_ROLE_OPERATOR | SVC_ROLE_AUDITOR | SVC_ROLE_ADMIN, false},
-    {"GET", "/v1/projections/payment-volume", event_on_proj_volume, SVC_AUTH_REQUIRED,
-     SVC_ROLE_OPERATOR | SVC_ROLE_AUDITOR | SVC_ROLE_ADMIN, false},
-    {"GET", "/v1/projections/payments", event_on_proj_payments, SVC_AUTH_REQUIRED,
-     SVC_ROLE_OPERATOR | SVC_ROLE_AUDITOR | SVC_ROLE_ADMIN, false},
-    {"GET", "/v1/projections/payment-states", event_on_proj_states, SVC_AUTH_REQUIRED,
-     SVC_ROLE_OPERATOR | SVC_ROLE_AUDITOR | SVC_ROLE_ADMIN, false},
-    {"POST", "/v1/projections/{name}/rebuild", event_on_proj_rebuild, SVC_AUTH_REQUIRED,
-     SVC_ROLE_ADMIN, false},
-    {"POST", "/v1/reconciliation", on_reconcile, SVC_AUTH_REQUIRED, SVC_ROLE_ADMIN, false},
-    {"GET", "/v1/dead-letters", event_on_dead_list, SVC_AUTH_REQUIRED,
-     SVC_ROLE_OPERATOR | SVC_ROLE_ADMIN, false},
-    {"POST", "/v1/dead-letters/{id}/redrive", event_on_redrive, SVC_AUTH_REQUIRED,
-     SVC_ROLE_OPERATOR | SVC_ROLE_ADMIN, false},
-    {"POST", "/v1/dead-letters/redrive", event_on_redrive_all, SVC_AUTH_REQUIRED,
-     SVC_ROLE_OPERATOR | SVC_ROLE_ADMIN, false},
+    {SVC_API_GET_EVENTS, .fn = on_list},
+    {SVC_API_GET_EVENTS_VERIFY, .fn = on_verify},
+    {SVC_API_GET_EVENTS_CHECKPOINTS, .fn = on_checkpoints},
+    {SVC_API_GET_PROJECTIONS_ACCOUNT_DAILY, .fn = event_on_proj_daily},
+    {SVC_API_GET_PROJECTIONS_PAYMENT_VOLUME, .fn = event_on_proj_volume},
+    {SVC_API_GET_PROJECTIONS_PAYMENTS, .fn = event_on_proj_payments},
+    {SVC_API_GET_PROJECTIONS_PAYMENT_STATES, .fn = event_on_proj_states},
+    {SVC_API_POST_PROJECTIONS_NAME_REBUILD, .fn = event_on_proj_rebuild},
+    {SVC_API_POST_RECONCILIATION, .fn = on_reconcile},
+    {SVC_API_GET_DEAD_LETTERS, .fn = event_on_dead_list},
+    {SVC_API_POST_DEAD_LETTERS_ID_REDRIVE, .fn = event_on_redrive},
+    {SVC_API_POST_DEAD_LETTERS_REDRIVE, .fn = event_on_redrive_all},
 };
 
 /* ------------------------------------------------------------------------ */

@@ -443,13 +443,12 @@ static void on_verify(svc_req_t *req) {
 /* Definition                                                               */
 /* ------------------------------------------------------------------------ */
 
-#define STAFF (SVC_ROLE_OPERATOR | SVC_ROLE_ADMIN)
-
+/* The public routes take their roles from api/api.table (svc.h). */
 static const svc_route_t routes[] = {
-    {"POST", "/v1/customers", on_create, SVC_AUTH_OPTIONAL, 0, true},
-    {"GET", "/v1/customers", on_list, SVC_AUTH_REQUIRED, STAFF | SVC_ROLE_AUDITOR, false},
-    {"GET", "/v1/customers/{id}", on_get, SVC_AUTH_REQUIRED, SVC_ROLE_CUSTOMER | STAFF, false},
-    {"PATCH", "/v1/customers/{id}", on_patch, SVC_AUTH_REQUIRED, SVC_ROLE_CUSTOMER | STAFF, true},
+    {SVC_API_POST_CUSTOMERS, .fn = on_create, .json_body = true},
+    {SVC_API_GET_CUSTOMERS, .fn = on_list},
+    {SVC_API_GET_CUSTOMERS_ID, .fn = on_get},
+    {SVC_API_PATCH_CUSTOMERS_ID, .fn = on_patch, .json_body = true},
     {"GET", "/internal/customers/{id}", on_status, SVC_AUTH_REQUIRED,
      SVC_ROLE_SERVICE | SVC_ROLE_OPERATOR, false},
     {"POST", "/internal/credentials/verify", on_verify, SVC_AUTH_REQUIRED, SVC_ROLE_SERVICE, true},

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""gen_api.py - the gateway's and the services' role and route tables from
+api/api.table, the one table of the public API.
+
+    gen_api.py api.table gw_api.h svc_api.h
+
+gw_api.h (gateway/gw.h includes it):
+    GW_ROLE_<NAME>    the bits of the token roles, GW_ROLES_COUNT,
+                      GW_ROLES_ALL and GW_ROLE_NAMES (names in bit order)
+    GW_API_ROUTES(X)  X(method, pattern, service, roles, anonymous) once per
+                      route the gateway forwards or answers itself
+
+svc_api.h (actors/common/svc.h includes it):
+    SVC_ROLE_<NAME>   the bits of every role, SVC_ROLE_NAMES ({name, bit}
+                      pairs)
+    SVC_API_<METHOD>_<PATH>  the designated initializers of one public route
+                      (.method, .pattern, .auth, .roles), so a service's
+                      route table writes {SVC_API_GET_ACCOUNTS_ID, .fn =
+                      on_get} and cannot allow other roles than the gateway
+    SVC_API_<SERVICE>_COUNT  how many public routes the service serves
+
+Anything the table does not say cleanly is an error: a generated file is
+never a guess. tests/unit/api/test_service_routes.py imports parse() to
+check each service binary's routes against the same table.
+"""
+import re
+import sys
+
+SERVICES = ("gateway", "profile", "account", "payment", "event")
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+GRANTS = ("token", "service")
+
+
+class Role:
+    def __init__(self, name, bit, grant):
+        self.name, self.bit, self.grant = name, bit, grant
+
+
+class Route:
+    def __init__(self, method, pattern, service, routed, who):
+        self.method, self.pattern, self.service = method, pattern, service
+        self.routed = routed
+        self.anonymous = who == ["anyone"]
+        self.roles = [] if self.anonymous else who
+
+    def macro(self):
+        """SVC_API_GET_ACCOUNTS_ID for GET /v1/accounts/{id}."""
+        words = [self.method] + [s.strip("{}") for s in self.pattern.split("/")[2:]]
+        return "SVC_API_" + "_".join(words).replace("-", "_").upper()
+
+
+def fail(lineno, msg):
+    sys.exit("api.table:%d: %s" % (lineno, msg))
+
+
+def parse_role(lineno, cells, roles):
+    if len(cells) != 4 or not re.fullmatch(r"[a-z]+", cells[1]) or not cells[2].isdigit():
+        fail(lineno, "expected: role NAME BIT GRANT")
+    if cells[3] not in GRANTS:
+        fail(lineno, "grant must be one of %s" % ", ".join(GRANTS))
+    bit = int(cells[2])
+    if bit > 31 or any(r.bit == bit or r.name == cells[1] for r in roles):
+        fail(lineno, "role name or bit repeated or out of range")
+    roles.append(Role(cells[1], bit, cells[3]))
+
+
+def parse_route(lineno, cells, roles, routes):
+    if len(cells) != 6:
+        fail(lineno, "expected: route METHOD PATTERN SERVICE ROUTED WHO")
+    _, method, pattern, service, routed, who = cells
+    token_roles = [r.name for r in roles if r.grant == "token"]
+    if method not in METHODS:
+        fail(lineno, "unknown method %r" % method)
+    if not re.fullmatch(r"/v1(/([a-z0-9-]+|\{[a-z_]+\}))+", pattern):
+        fail(lineno, "pattern must be /v1/... with literal or {param} segments")
+    if service not in SERVICES or routed not in ("yes", "no"):
+        fail(lineno, "unknown service or ROUTED not yes/no")
+    if service == "gateway" and routed != "yes":
+        fail(lineno, "the gateway's own routes are routed")
+    names = who.split(",")
+    if names != ["anyone"] and (not names or any(n not in token_roles for n in names)):
+        fail(lineno, "WHO must be 'anyone' or token roles (%s)" % ",".join(token_roles))
+    route = Route(method, pattern, service, routed == "yes", names)
+    if any(r.method == method and r.pattern == pattern for r in routes):
+        fail(lineno, "route repeated")
+    if any(r.macro() == route.macro() for r in routes):
+        fail(lineno, "two routes would share the name %s" % route.macro())
+    routes.append(route)
+
+
+def parse(path):
+    """The roles and routes of the table at `path`, checked."""
+    roles, routes = [], []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            cells = line.split("#", 1)[0].split()
+            if not cells:
+                continue
+            if cells[0] == "role" and not routes:
+                parse_role(lineno, cells, roles)
+            elif cells[0] == "route":
+                parse_route(lineno, cells, roles, routes)
+            else:
+                fail(lineno, "expected a role (before the routes) or a route")
+    token_bits = sorted(r.bit for r in roles if r.grant == "token")
+    if token_bits != list(range(len(token_bits))) or not token_bits:
+        sys.exit("api.table: token roles must take bits 0.. without a gap")
+    return roles, routes
+
+
+def mask(route, roles, prefix):
+    bits = [prefix + r.name.upper() for r in roles if r.name in route.roles]
+    return " | ".join(bits) or "0"
+
+
+def header(out, guard, what):
+    out.write("/* %s - %s.\n * Generated by api/gen_api.py from api/api.table: do not edit,"
+              " edit the table. */\n" % (guard.lower().replace("_h", ".h"), what))
+    out.write("#ifndef %s\n#define %s\n\n" % (guard, guard))
+
+
+def write_gateway(path, roles, routes):
+    token = [r for r in roles if r.grant == "token"]
+    with open(path, "w", encoding="utf-8") as out:
+        header(out, "GW_API_H", "the token roles and the routes")
+        out.write("/* Roles as bits, so a route's allowed roles are one mask. */\nenum {\n")
+        for r in token:
+            out.write("  GW_ROLE_%s = 1u << %d,\n" % (r.name.upper(), r.bit))
+        out.write("};\n#define GW_ROLES_COUNT %d\n" % len(token))
+        out.write("#define GW_ROLES_ALL 0x%xu\n" % ((1 << len(token)) - 1))
+        out.write("/* The names, index i for bit 1u << i. */\n#define GW_ROLE_NAMES {%s}\n\n"
+                  % ", ".join('"%s"' % r.name for r in token))
+        out.write("/* X(method, pattern, service, roles, anonymous) per route. */\n")
+        out.write("#define GW_API_ROUTES(X) \\\n")
+        for rt in (r for r in routes if r.routed):
+            all_roles = "GW_ROLES_ALL" if rt.anonymous else mask(rt, roles, "GW_ROLE_")
+            out.write('  X("%s", "%s", GW_SVC_%s, %s, %s) \\\n'
+                      % (rt.method, rt.pattern,
+                         "LOCAL" if rt.service == "gateway" else rt.service.upper(),
+                         all_roles, "true" if rt.anonymous else "false"))
+        out.write("  /* end */\n\n#endif\n")
+
+
+def write_services(path, roles, routes):
+    with open(path, "w", encoding="utf-8") as out:
+        header(out, "SVC_API_H", "the roles and each service's public routes")
+        out.write("/* Roles, as a bit set. */\nenum {\n")
+        for r in roles:
+            out.write("  SVC_ROLE_%s = 1u << %d,\n" % (r.name.upper(), r.bit))
+        out.write("};\n/* {name, bit} per role. */\n#define SVC_ROLE_NAMES \\\n")
+        for r in roles:
+            out.write('  {"%s", SVC_ROLE_%s}, \\\n' % (r.name, r.name.upper()))
+        out.write("  /* end */\n")
+        for svc in SERVICES[1:]:
+            mine = [r for r in routes if r.service == svc]
+            out.write("\n/* %s */\n" % svc)
+            for rt in mine:
+                auth = "SVC_AUTH_OPTIONAL" if rt.anonymous else "SVC_AUTH_REQUIRED"
+                out.write('#define %s .method = "%s", .pattern = "%s", .auth = %s, .roles = %s\n'
+                          % (rt.macro(), rt.method, rt.pattern, auth,
+                             mask(rt, roles, "SVC_ROLE_")))
+            out.write("#define SVC_API_%s_COUNT %d\n" % (svc.upper(), len(mine)))
+        out.write("\n#endif\n")
+
+
+def main():
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    roles, routes = parse(sys.argv[1])
+    write_gateway(sys.argv[2], roles, routes)
+    write_services(sys.argv[3], roles, routes)
+
+
+if __name__ == "__main__":
+    main()
