@@ -714,7 +714,7 @@ static void on_status(svc_req_t *req) {
 /* Definition                                                               */
 /* ------------------------------------------------------------------------ */
 
-/* The public routes take their roles from api/api.table (svc.h). */
+/* The public routes take their roles from wire/api/api.table (svc.h). */
 static const svc_route_t routes[] = {
     {SVC_API_POST_ACCOUNTS, .fn = on_open, .json_body = true},
     {SVC_API_GET_ACCOUNTS, .fn = on_list},

@@ -367,7 +367,7 @@ static void print_events(const svc_def_t *def) {
 }
 
 /* --routes: the service's own routes as JSON lines, for the check that
- * they agree with api/api.table, and for operators. */
+ * they agree with wire/api/api.table, and for operators. */
 static void print_routes(const svc_def_t *def) {
   static const char *const auth_names[] = {"required", "optional", "none"};
   for (size_t i = 0; i < def->routes_count; i++) {

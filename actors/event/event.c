@@ -296,7 +296,7 @@ static void on_reconcile(svc_req_t *req) {
   if (event_reconcile_start(r) < 0) svc_reply_error(req, 503, "overloaded", "out of memory");
 }
 
-/* The public routes take their roles from api/api.table (svc.h). */
+/* The public routes take their roles from wire/api/api.table (svc.h). */
 static const svc_route_t routes[] = {
     {SVC_API_GET_EVENTS, .fn = on_list},
     {SVC_API_GET_EVENTS_VERIFY, .fn = on_verify},

@@ -584,7 +584,7 @@ static void metrics(wire_metrics_t *m) {
 /* Definition                                                               */
 /* ------------------------------------------------------------------------ */
 
-/* The public routes take their roles from api/api.table (svc.h). */
+/* The public routes take their roles from wire/api/api.table (svc.h). */
 static const svc_route_t routes[] = {
     {SVC_API_POST_PAYMENTS, .fn = on_create, .json_body = true},
     {SVC_API_GET_PAYMENTS, .fn = on_list},

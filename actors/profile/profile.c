@@ -443,7 +443,7 @@ static void on_verify(svc_req_t *req) {
 /* Definition                                                               */
 /* ------------------------------------------------------------------------ */
 
-/* The public routes take their roles from api/api.table (svc.h). */
+/* The public routes take their roles from wire/api/api.table (svc.h). */
 static const svc_route_t routes[] = {
     {SVC_API_POST_CUSTOMERS, .fn = on_create, .json_body = true},
     {SVC_API_GET_CUSTOMERS, .fn = on_list},

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The gateway and every service agree with api/api.table, the one table of
+"""The gateway and every service agree with wire/api/api.table, the one table of
 the public API:
 
   - `gateway --routes` lists exactly the table's routed routes, each to its
