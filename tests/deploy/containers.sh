@@ -94,8 +94,10 @@ out=$(podman exec "$BUSD" busctl pub --topic "$topic" --count "$n" --data "run-$
 timeout 60 podman exec "$BUSD" busctl sub --topic "$topic" --group before --count "$n" |
   awk '{ print $5 }' | sort >"$REPO_ROOT/.run/deploy-before.$$" || fail "reading the events before the kill"
 podman kill --signal KILL "$BUSD" >/dev/null
+# Right after the kill podman may still call the container "stopped" (its
+# clean-up under way) before "exited"; either way it died of SIGKILL.
 state=$(podman inspect "$BUSD" --format '{{.State.Status}} {{.State.ExitCode}}')
-[[ $state == "exited 137" ]] || fail "busd after SIGKILL: $state"
+[[ $state == "exited 137" || $state == "stopped 137" ]] || fail "busd after SIGKILL: $state"
 # The pod stops with its last container (kube play's exit policy); starting
 # the container starts the pod again, at the same address. The pod may take
 # a moment to settle after the kill.
