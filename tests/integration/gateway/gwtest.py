@@ -379,7 +379,9 @@ class Inspector:
 
 TOKEN_RE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}")
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+\.[A-Za-z0-9.-]+")
-DIGITS_RE = re.compile(r"(?<![0-9])(?:[0-9][ -]?){12,18}[0-9](?![0-9])")
+# A run of digits standing alone: one inside a longer word (a hex hash, an
+# id) is part of that word, not a card number written into a log.
+DIGITS_RE = re.compile(r"(?<![0-9A-Za-z])(?:[0-9][ -]?){12,18}[0-9](?![0-9A-Za-z])")
 
 
 def luhn(digits):
