@@ -216,24 +216,34 @@ static bool rolled_back(int err) {
 
 static void mover_kick(account_mover_t *m);
 
+/* Answers every request of the slot with err (503 and friends, as a
+ * movement alone would be) and frees the slot. */
+static void fail_batch(mover_batch_t *bt, int err) {
+  for (uint32_t i = 0; i < bt->count; i++) {
+    rt_log_set_request_id(http_request_id(bt->reqs[i]->ex));
+    svc_reply_db_error(bt->reqs[i], err, NULL);
+    rt_log_set_request_id(NULL);
+  }
+  bt->busy = false;
+  bt->count = 0;
+}
+
 static void batch_done(rt_pg_batch_t *b, int err, void *ctx) {
   mover_batch_t *bt = ctx;
   account_mover_t *m = bt->m;
   assert(bt->busy);
-  if (err != 0) {
-    if (rolled_back(err)) {
-      atomic_fetch_add_explicit(&stats.rolled_back, 1, memory_order_relaxed);
-      atomic_fetch_add_explicit(&stats.alone, bt->count, memory_order_relaxed);
-      const rt_pg_error_t *e = rt_pg_error(b);
-      RT_WARN("movement batch rolled back: its movements run alone",
-              RT_LF_STR("error", rt_strerror(err)), RT_LF_STR("sqlstate", e ? e->sqlstate : ""),
-              RT_LF_INT("movements", bt->count));
-    }
+  if (err != 0 && !rolled_back(err)) {
+    fail_batch(bt, err); /* its outcome is unknown */
+  } else if (err != 0) {
+    atomic_fetch_add_explicit(&stats.rolled_back, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&stats.alone, bt->count, memory_order_relaxed);
+    const rt_pg_error_t *e = rt_pg_error(b);
+    RT_WARN("movement batch rolled back: its movements run alone",
+            RT_LF_STR("error", rt_strerror(err)), RT_LF_STR("sqlstate", e ? e->sqlstate : ""),
+            RT_LF_INT("movements", bt->count));
     for (uint32_t i = 0; i < bt->count; i++) {
-      svc_req_t *req = bt->reqs[i];
-      rt_log_set_request_id(http_request_id(req->ex));
-      if (rolled_back(err)) account_move_alone(req);
-      else svc_reply_db_error(req, err, NULL);
+      rt_log_set_request_id(http_request_id(bt->reqs[i]->ex));
+      account_move_alone(bt->reqs[i]);
       rt_log_set_request_id(NULL);
     }
   } else {
@@ -267,16 +277,6 @@ static void batch_done(rt_pg_batch_t *b, int err, void *ctx) {
 /* ------------------------------------------------------------------------ */
 /* Batches                                                                  */
 /* ------------------------------------------------------------------------ */
-
-static void fail_batch(mover_batch_t *bt, int err) {
-  for (uint32_t i = 0; i < bt->count; i++) {
-    rt_log_set_request_id(http_request_id(bt->reqs[i]->ex));
-    svc_reply_db_error(bt->reqs[i], err, NULL);
-    rt_log_set_request_id(NULL);
-  }
-  bt->busy = false;
-  bt->count = 0;
-}
 
 static bool shares_account(const account_move_t *a, const account_move_t *b) {
   return strcmp(a->account, b->account) == 0 || strcmp(a->account, b->other) == 0 ||
