@@ -59,6 +59,18 @@ def finish(keep_logs_on_failure=True):
     return 1 if _counts["failed"] or _counts["passed"] == 0 else 0
 
 
+def run_cases(cases):
+    """Runs each (name, fn) in turn; one that raises is a failed check (its
+    traceback on stderr) and the rest still run."""
+    for name, fn in cases:
+        say("== " + name)
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - a crash is a failure, the rest still runs
+            traceback.print_exc()
+            check(False, "%s raised %r" % (name, e))
+
+
 def say(*args):
     print(*args, flush=True)
 

@@ -607,14 +607,7 @@ def main():
              ("duplicates and out of order", lambda: test_duplicates_out_of_order(saga, bins["busctl"])),
              ("dead letter, stuck, redrive", lambda: test_dead_letter_redrive(saga)),
              ("correlation", lambda: test_correlation(saga, bins["certs_sh"]))]
-    for name, fn in tests:
-        t.say("== " + name)
-        try:
-            fn()
-        except Exception as e:  # noqa: BLE001 - a crash is a failure, the rest still runs
-            import traceback
-            traceback.print_exc()
-            t.check(False, "%s raised %r" % (name, e))
+    t.run_cases(tests)
     t.ledger_invariants(saga.acct_url, "after the saga tests")
     open_holds = t.sql_int(saga.acct_url, "SELECT count(*) FROM holds WHERE state IN ('new', 'held')")
     t.check(open_holds == 0, "no hold left open (%d)" % open_holds)

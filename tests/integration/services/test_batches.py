@@ -198,13 +198,8 @@ def main():
     bank = t.Bank(plat.port("profile"), plat.port("account"))
     url = t.db_url("account")
     port = plat.port("account")
-    for name, fn in (("a burst of every outcome", lambda: test_burst(bank, url, port)),
-                     ("a failure stays with its movement", lambda: test_fails_alone(bank, url, port))):
-        t.say("== " + name)
-        try:
-            fn()
-        except Exception as e:  # noqa: BLE001 - a crash is a failure, the rest still runs
-            t.check(False, "%s raised %r" % (name, e))
+    t.run_cases((("a burst of every outcome", lambda: test_burst(bank, url, port)),
+                 ("a failure stays with its movement", lambda: test_fails_alone(bank, url, port))))
     for name in ("account", "profile"):
         t.check(plat.proc(name).stop() == 0, "%s drains and exits 0" % name)
     return t.finish()

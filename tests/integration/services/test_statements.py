@@ -211,14 +211,9 @@ def main():
     plat.start("profile", "account")
     bank = t.Bank(plat.port("profile"), plat.port("account"))
     url = t.db_url("account")
-    for name, fn in (("hot statements", lambda: test_hot_statements(bank, url)),
-                     ("upper-case ids", lambda: test_uppercase_ids(bank)),
-                     ("system accounts", lambda: test_system_accounts(bank, url))):
-        t.say("== " + name)
-        try:
-            fn()
-        except Exception as e:  # noqa: BLE001 - a crash is a failure, the rest still runs
-            t.check(False, "%s raised %r" % (name, e))
+    t.run_cases((("hot statements", lambda: test_hot_statements(bank, url)),
+                 ("upper-case ids", lambda: test_uppercase_ids(bank)),
+                 ("system accounts", lambda: test_system_accounts(bank, url))))
     for name in ("account", "profile"):
         t.check(plat.proc(name).stop() == 0, "%s drains and exits 0" % name)
     return t.finish()
