@@ -4,28 +4,39 @@
  * One relay per process, on loop thread 0, with the bus transport it owns
  * (svc_bus.h: busd, or RabbitMQ where BUS_URL says so; "PUB_ACK" below is
  * RabbitMQ's publisher confirm there).
- * It works in rounds, one at a time:
+ * A row's way out, with up to RELAY_INFLIGHT_MAX rows on it at once:
  *
- *   scan     SELECT the oldest RELAY_BATCH_ROWS unpublished rows (id order)
- *   publish  bus_publish() each; the client keeps them until PUB_ACK and
- *            re-sends them itself after a reconnect
- *   confirm  wait until every row of the round was PUB_ACKed
- *   mark     UPDATE ... SET published_at = now() for exactly those ids
+ *   scan     SELECT the oldest unpublished rows (id order) that are not
+ *            already on their way, as many as there are free slots
+ *   publish  bus_publish() each into a slot; the client keeps them until
+ *            PUB_ACK and re-sends them itself after a reconnect
+ *   confirm  the slot is PUB_ACKed
+ *   mark     UPDATE ... SET published_at = now() for the confirmed slots;
+ *            once it commits, the slots are free
  *
- * then scans again at once when the round was full or a NOTIFY came in
- * meanwhile, else sleeps until the next NOTIFY or tick. So at most
- * RELAY_BATCH_ROWS publishes are in flight, and while busd is down the
- * round simply waits for the client's reconnect (its own back-off); no
- * rows are read meanwhile. Rows are marked only after their PUB_ACK, so a
- * crash (ours, busd's, the database's) at any point leaves them unmarked
- * and they are sent again: at-least-once, duplicates absorbed by the
- * consumers' inbox. A failed scan or mark ends the round; the next tick
- * starts a new one, with a back-off that doubles while failures last.
+ * The steps overlap: a scan may run while earlier rows wait for their
+ * PUB_ACK or their mark, so a row committed meanwhile does not wait for
+ * the round before it. One scan and one mark at a time; a wake-up during
+ * a scan, or a scan that filled every free slot, scans again when it
+ * ends. A scan excludes the ids in the slots, and only a scan fills them,
+ * so no row is published twice by one relay. While busd is down the
+ * slots fill and the relay waits for the client's reconnect (its own
+ * back-off); no rows are read meanwhile.
  *
- * Wake-ups: the thread's database pool keeps a listener connection on
- * channel svc_outbox (rt_pg_listen; common migration 0003 notifies at
- * every commit that inserted outbox rows); each notification, and each
- * time the LISTEN takes effect again after a reconnect, starts a round.
+ * Rows are marked only after their PUB_ACK, so a crash (ours, busd's, the
+ * database's) at any point leaves them unmarked and they are sent again:
+ * at-least-once, duplicates absorbed by the consumers' inbox. A failed
+ * scan or mark frees what it held (a failed mark's rows are sent again by
+ * a later scan); scans resume at the next tick, with a back-off that
+ * doubles while failures last.
+ *
+ * Wake-ups: svc_relay_kick() when a transaction of this thread that may
+ * have written outbox rows committed (the consumers' deliveries), without
+ * waiting for the database's notification; and the thread's database
+ * pool keeps a listener connection on channel svc_outbox (rt_pg_listen;
+ * common migration 0003 notifies at every commit that inserted outbox
+ * rows) for the rows other threads commit; each notification, and each
+ * time the LISTEN takes effect again after a reconnect, starts a scan.
  * When it is down the periodic tick still finds every row, only later.
  *
  * Each row is published with the event's headers (svc.h), read from the
@@ -40,14 +51,16 @@
 #include "svc.h"
 #include "svc_internal.h"
 
-#define RELAY_BATCH_ROWS 256       /* publishes in flight, at most */
+#define RELAY_INFLIGHT_MAX 256     /* rows published and not yet marked */
 #define RELAY_TICK_MS 1000         /* fallback scan period */
 #define RELAY_BACKOFF_MAX_MS 10000 /* after repeated failures */
 #define RELAY_DEADLINE_MS 30000    /* per scan or mark transaction */
 #define RELAY_CHANNEL "svc_outbox"
 #define RELAY_COUNT_TICKS 5        /* backlog count every 5 ticks */
+#define RELAY_IDS_BYTES (2 + RELAY_INFLIGHT_MAX * 37) /* "{" + ids * (36 + ",") + "}" */
 
-_Static_assert(RELAY_BATCH_ROWS <= 1024, "the bus client keeps 1024 unconfirmed publishes");
+_Static_assert(RELAY_INFLIGHT_MAX <= 1024, "the bus client keeps 1024 unconfirmed publishes");
+_Static_assert(RELAY_INFLIGHT_MAX <= UINT16_MAX, "slot numbers are 16-bit");
 
 svc_bus_stats_t svc_bus_stats;
 
@@ -60,13 +73,15 @@ static const char *const header_names[] = {"event-id",    "type",           "sch
 #define HEADERS_COUNT (sizeof header_names / sizeof header_names[0])
 
 static const svc_stmt_t stmts[] = {
-    /* A round: the oldest unpublished rows (UUID v7 ids: time order). */
+    /* The oldest unpublished rows (UUID v7 ids: time order) not already
+     * on their way ($2, the ids in the relay's slots). */
     {&stmt_scan,
      "SELECT id::text, topic, key, payload::text, headers->>'event-id', headers->>'type',"
      " headers->>'schema-version', headers->>'occurred-at', headers->>'correlation-id',"
      " headers->>'causation-id'"
-     " FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1::int",
-     1},
+     " FROM outbox WHERE published_at IS NULL AND id <> ALL($2::uuid[])"
+     " ORDER BY id LIMIT $1::int",
+     2},
     {&stmt_mark,
      "UPDATE outbox SET published_at = now()"
      " WHERE id = ANY($1::uuid[]) AND published_at IS NULL",
@@ -81,37 +96,42 @@ static const svc_stmt_t stmts[] = {
 
 const svc_stmt_table_t svc_relay_stmts = {stmts, sizeof stmts / sizeof stmts[0]};
 
-typedef enum relay_state {
-  RELAY_IDLE = 0,
-  RELAY_SCANNING,
-  RELAY_PUBLISHING, /* waiting for PUB_ACKs */
-  RELAY_MARKING,
-  RELAY_STOPPED,
-} relay_state_t;
+/* A slot's life: FREE -> SENT (published) -> CONFIRMED (PUB_ACKed) ->
+ * MARKING (in the mark in flight) -> FREE. */
+typedef enum slot_state {
+  SLOT_FREE = 0,
+  SLOT_SENT,
+  SLOT_CONFIRMED,
+  SLOT_MARKING,
+} slot_state_t;
 
-typedef struct relay_row {
+typedef struct relay_slot {
   uint8_t id[BUS_ID_BYTES];
-  bool confirmed;
-} relay_row_t;
+  slot_state_t state;
+} relay_slot_t;
 
 struct svc_relay {
   svc_thread_t *th;
   svc_bus_t *bus;
-  relay_state_t state;
-  bool again;              /* a wake-up came during a round */
-  bool failing;            /* the last round failed: logged once */
-  uint32_t backoff_ms;     /* 0 while rounds succeed */
-  uint64_t not_before_ns;  /* no new round before (back-off) */
-  uint32_t rows_count;     /* publishes of this round */
-  uint32_t confirmed_count;
-  bool round_full;         /* the scan returned a full batch */
-  relay_row_t rows[RELAY_BATCH_ROWS];
+  bool stopped;
+  bool scanning;           /* a scan is in flight */
+  bool marking;            /* a mark is in flight */
+  bool again;              /* scan again when the scan in flight ends */
+  uint32_t scan_limit;     /* rows the scan in flight asked for */
+  bool failing;            /* the last scan or mark failed: logged once */
+  uint32_t backoff_ms;     /* 0 while scans and marks succeed */
+  uint64_t not_before_ns;  /* no scan before (back-off) */
+  uint32_t confirmed;      /* slots CONFIRMED */
+  uint32_t free_count;     /* slots FREE: free_stack[0 .. free_count) */
+  uint16_t free_stack[RELAY_INFLIGHT_MAX];
+  relay_slot_t slots[RELAY_INFLIGHT_MAX];
   rt_timer_t tick;
   uint64_t ticks;
   bool counting;           /* a backlog count is in flight */
 };
 
-static void relay_round(svc_relay_t *r);
+static void relay_scan(svc_relay_t *r);
+static void relay_mark(svc_relay_t *r);
 
 /* ------------------------------------------------------------------------ */
 /* Errors and ids                                                           */
@@ -162,84 +182,133 @@ static int uuid_parse(const char *s, uint8_t out[BUS_ID_BYTES]) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Rounds: scan, publish, confirm, mark                                     */
+/* Slots                                                                    */
 /* ------------------------------------------------------------------------ */
 
-/* Ends a round; starts the next one at once when there is more to do. */
-static void round_end(svc_relay_t *r, bool more) {
-  if (r->state == RELAY_STOPPED) return;
-  r->state = RELAY_IDLE;
-  r->rows_count = 0;
-  r->confirmed_count = 0;
-  if (more || r->again) relay_round(r);
+static void slots_init(svc_relay_t *r) {
+  for (uint32_t i = 0; i < RELAY_INFLIGHT_MAX; i++) {
+    r->slots[i].state = SLOT_FREE;
+    r->free_stack[i] = (uint16_t)(RELAY_INFLIGHT_MAX - 1 - i);
+  }
+  r->free_count = RELAY_INFLIGHT_MAX;
+  r->confirmed = 0;
 }
+
+static void slot_free(svc_relay_t *r, uint32_t i) {
+  assert(i < RELAY_INFLIGHT_MAX);
+  assert(r->slots[i].state != SLOT_FREE);
+  assert(r->free_count < RELAY_INFLIGHT_MAX);
+  if (r->slots[i].state == SLOT_CONFIRMED) r->confirmed--;
+  r->slots[i].state = SLOT_FREE;
+  r->free_stack[r->free_count++] = (uint16_t)i;
+}
+
+static bool slot_taken(slot_state_t st) { return st != SLOT_FREE; }
+static bool slot_confirmed(slot_state_t st) { return st == SLOT_CONFIRMED; }
+
+/* The ids of the slots whose state `pick` accepts, as a PostgreSQL array
+ * literal. Returns how many. */
+static uint32_t slots_ids(const svc_relay_t *r, bool (*pick)(slot_state_t),
+                          char out[RELAY_IDS_BYTES]) {
+  size_t len = 0;
+  uint32_t n = 0;
+  out[len++] = '{';
+  for (uint32_t i = 0; i < RELAY_INFLIGHT_MAX; i++) {
+    if (!pick(r->slots[i].state)) continue;
+    if (n++ > 0) out[len++] = ',';
+    bus_uuid_format(r->slots[i].id, out + len);
+    len += 36;
+  }
+  out[len++] = '}';
+  out[len] = '\0';
+  assert(len < RELAY_IDS_BYTES);
+  return n;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Mark: confirmed slots to published rows                                  */
+/* ------------------------------------------------------------------------ */
 
 static void mark_done(rt_pg_batch_t *b, int err, void *ctx) {
   svc_relay_t *r = ctx;
-  if (r->state != RELAY_MARKING) return; /* stopped meanwhile */
+  if (r->stopped) return;
+  assert(r->marking);
+  r->marking = false;
   if (err != 0) {
-    /* The rows stay unmarked: the next round sends them again. */
+    /* The rows stay unmarked: once their slots are free, a later scan
+     * sends them again. */
     relay_failed(r, "mark", err);
-    round_end(r, false);
-    return;
+  } else {
+    atomic_fetch_add_explicit(&svc_bus_stats.relay_published, (uint64_t)rt_pg_affected(b, 0),
+                              memory_order_relaxed);
+    relay_succeeded(r);
   }
-  atomic_fetch_add_explicit(&svc_bus_stats.relay_published, (uint64_t)rt_pg_affected(b, 0),
-                            memory_order_relaxed);
-  relay_succeeded(r);
-  round_end(r, r->round_full);
+  for (uint32_t i = 0; i < RELAY_INFLIGHT_MAX; i++) {
+    if (r->slots[i].state == SLOT_MARKING) slot_free(r, i);
+  }
+  if (r->confirmed > 0) relay_mark(r);
+  /* Slots came free: rows a full scan left behind may be waiting. */
+  if (r->again) relay_scan(r);
 }
 
-/* Every publish of the round is durable in busd: mark the rows. */
-static void round_mark(svc_relay_t *r) {
-  /* "{" + rows * (36 + ",") + "}" */
-  char ids[2 + RELAY_BATCH_ROWS * 37];
-  size_t len = 0;
-  ids[len++] = '{';
-  for (uint32_t i = 0; i < r->rows_count; i++) {
-    if (i > 0) ids[len++] = ',';
-    bus_uuid_format(r->rows[i].id, ids + len);
-    len += 36;
-  }
-  ids[len++] = '}';
-  ids[len] = '\0';
-  r->state = RELAY_MARKING;
+/* Marks every confirmed slot, unless a mark is in flight (its end marks
+ * what was confirmed meanwhile). */
+static void relay_mark(svc_relay_t *r) {
+  if (r->marking || r->stopped || r->confirmed == 0) return;
+  char ids[RELAY_IDS_BYTES];
+  slots_ids(r, slot_confirmed, ids);
   rt_pg_batch_t *b = rt_pg_batch_new(r->th->pool);
   if (b == NULL) {
+    /* The slots stay confirmed: the next confirm or tick tries again. */
     relay_failed(r, "mark", -ENOMEM);
-    round_end(r, false);
     return;
   }
   const char *vals[] = {ids};
   rt_pg_add(b, stmt_mark, 1, vals);
+  svc_fault("relay_before_mark");
   int rc = rt_pg_submit(b, RELAY_DEADLINE_MS, mark_done, r);
   if (rc < 0) {
     relay_failed(r, "mark", rc);
-    round_end(r, false);
+    return;
   }
+  r->marking = true;
+  for (uint32_t i = 0; i < RELAY_INFLIGHT_MAX; i++) {
+    if (r->slots[i].state == SLOT_CONFIRMED) r->slots[i].state = SLOT_MARKING;
+  }
+  r->confirmed = 0;
 }
 
 static void svc_relay_on_confirm(void *arg, const uint8_t id[BUS_ID_BYTES], int err, void *ctx) {
   svc_relay_t *r = arg;
-  uintptr_t index = (uintptr_t)ctx;
+  uintptr_t i = (uintptr_t)ctx;
   /* BUS_E_CLOSED: the client is being destroyed at drain; the row stays
    * unmarked and is sent again by the next run. */
-  if (err != 0 || r->state != RELAY_PUBLISHING) return;
-  if (index >= r->rows_count || memcmp(r->rows[index].id, id, BUS_ID_BYTES) != 0) {
-    RT_WARN("outbox relay: confirm for an unknown publish", RT_LF_INT("index", index));
+  if (r->stopped || err == BUS_E_CLOSED) return;
+  if (i >= RELAY_INFLIGHT_MAX || r->slots[i].state != SLOT_SENT ||
+      memcmp(r->slots[i].id, id, BUS_ID_BYTES) != 0) {
+    RT_WARN("outbox relay: confirm for an unknown publish", RT_LF_INT("slot", i));
     return;
   }
-  if (r->rows[index].confirmed) return;
-  r->rows[index].confirmed = true;
-  r->confirmed_count++;
-  if (r->confirmed_count == r->rows_count) {
-    svc_fault("relay_before_mark");
-    round_mark(r);
+  if (err != 0) {
+    /* Refused for good: the row stays unmarked; a later scan sends it
+     * again. */
+    relay_failed(r, "publish", err);
+    slot_free(r, (uint32_t)i);
+    return;
   }
+  r->slots[i].state = SLOT_CONFIRMED;
+  r->confirmed++;
+  relay_mark(r);
 }
 
-/* Publishes row i of the scan as publish number r->rows_count. Returns 0,
- * 1 when the row can never be sent (skipped, logged), or BUS_E_FULL. */
+/* ------------------------------------------------------------------------ */
+/* Scan and publish                                                         */
+/* ------------------------------------------------------------------------ */
+
+/* Publishes row i of the scan into a free slot. Returns 0, 1 when the row
+ * can never be sent (skipped, logged), or BUS_E_FULL. */
 static int publish_row(svc_relay_t *r, rt_pg_batch_t *b, int i) {
+  assert(r->free_count > 0);
   const char *id = rt_pg_value(b, 0, i, 0);
   const char *topic = rt_pg_value(b, 0, i, 1);
   const char *key = rt_pg_value(b, 0, i, 2);
@@ -261,10 +330,10 @@ static int publish_row(svc_relay_t *r, rt_pg_batch_t *b, int i) {
       .payload = payload,
       .payload_len = payload ? (uint32_t)strlen(payload) : 0,
   };
-  relay_row_t *row = &r->rows[r->rows_count];
+  uint32_t slot = r->free_stack[r->free_count - 1];
   int rc = uuid_parse(id, pub.id);
   if (rc == 0 && topic == NULL) rc = -EINVAL;
-  if (rc == 0) rc = svc_bus_publish(r->bus, &pub, (void *)(uintptr_t)r->rows_count);
+  if (rc == 0) rc = svc_bus_publish(r->bus, &pub, (void *)(uintptr_t)slot);
   if (rc == BUS_E_FULL) return rc;
   if (rc < 0) {
     /* A row busd can never take (bad topic, too large): it stays in the
@@ -274,72 +343,87 @@ static int publish_row(svc_relay_t *r, rt_pg_batch_t *b, int i) {
              RT_LF_STR("topic", topic ? topic : ""), RT_LF_STR("error", rt_strerror(rc)));
     return 1;
   }
-  memcpy(row->id, pub.id, BUS_ID_BYTES);
-  row->confirmed = false;
-  r->rows_count++;
+  r->free_count--;
+  memcpy(r->slots[slot].id, pub.id, BUS_ID_BYTES);
+  r->slots[slot].state = SLOT_SENT;
   atomic_fetch_add_explicit(&svc_bus_stats.relay_sent, 1, memory_order_relaxed);
   return 0;
 }
 
 static void scan_done(rt_pg_batch_t *b, int err, void *ctx) {
   svc_relay_t *r = ctx;
-  if (r->state != RELAY_SCANNING) return; /* stopped meanwhile */
+  if (r->stopped) return;
+  assert(r->scanning);
+  r->scanning = false;
   if (err != 0) {
     relay_failed(r, "scan", err);
-    round_end(r, false);
-    return;
+    return; /* the tick scans again after the back-off */
   }
   int n = rt_pg_rows(b, 0);
   if (n > 0) svc_fault("relay_before_publish");
-  r->round_full = n >= RELAY_BATCH_ROWS;
-  r->state = RELAY_PUBLISHING;
-  r->rows_count = 0;
-  r->confirmed_count = 0;
+  /* The scan asked for at most scan_limit rows, and only scans take
+   * slots: as many are still free. */
+  assert(n >= 0);
+  assert((uint32_t)n <= r->scan_limit);
+  assert(r->scan_limit <= r->free_count);
+  uint32_t sent = 0;
   bool full = false;
-  for (int i = 0; i < n && i < RELAY_BATCH_ROWS; i++) {
+  for (int i = 0; i < n; i++) {
     int rc = publish_row(r, b, i);
     if (rc == BUS_E_FULL) {
+      /* The client holds too many bytes: the rest comes with a later
+       * scan, once confirms free some. */
       full = true;
       break;
     }
+    if (rc == 0) sent++;
   }
-  if (full) {
-    /* The client holds too many bytes: send what was taken, the rest
-     * comes with the next round. */
-    r->round_full = true;
+  if (n > 0 && sent == 0) {
+    relay_failed(r, "publish", full ? BUS_E_FULL : -EINVAL);
+    return;
   }
-  if (r->rows_count == 0) {
-    if (n > 0) relay_failed(r, "publish", full ? BUS_E_FULL : -EINVAL);
-    else relay_succeeded(r);
-    round_end(r, false);
-  }
-  /* Otherwise the round goes on in svc_relay_on_confirm(). */
+  relay_succeeded(r);
+  /* A scan that returned all it asked for may have left rows. */
+  if (full || (uint32_t)n == r->scan_limit) r->again = true;
+  if (r->again) relay_scan(r);
 }
 
-/* Starts a round when none is running and the back-off allows. */
-static void relay_round(svc_relay_t *r) {
-  if (r->state != RELAY_IDLE) {
-    if (r->state != RELAY_STOPPED) r->again = true;
+/* Starts a scan when none is in flight, a slot is free and the back-off
+ * allows; otherwise remembers to scan again when the one in flight, or
+ * the mark that frees slots, ends. */
+static void relay_scan(svc_relay_t *r) {
+  if (r->stopped) return;
+  if (r->scanning || r->free_count == 0) {
+    r->again = true;
     return;
   }
   if (rt_loop_now_ns(r->th->loop) < r->not_before_ns) return; /* the tick retries */
   r->again = false;
+  char ids[RELAY_IDS_BYTES];
+  slots_ids(r, slot_taken, ids);
+  char limit[16];
+  snprintf(limit, sizeof limit, "%u", r->free_count);
   rt_pg_batch_t *b = rt_pg_batch_new(r->th->pool);
   if (b == NULL) {
     relay_failed(r, "scan", -ENOMEM);
     return;
   }
-  char limit[16];
-  snprintf(limit, sizeof limit, "%d", RELAY_BATCH_ROWS);
-  const char *vals[] = {limit};
-  rt_pg_add(b, stmt_scan, 1, vals);
-  r->state = RELAY_SCANNING;
+  const char *vals[] = {limit, ids};
+  rt_pg_add(b, stmt_scan, 2, vals);
   int rc = rt_pg_submit(b, RELAY_DEADLINE_MS, scan_done, r);
   if (rc < 0) {
-    r->state = RELAY_IDLE;
     relay_failed(r, "scan", rc);
+    return;
   }
+  r->scanning = true;
+  r->scan_limit = r->free_count;
 }
+
+void svc_relay_kick(svc_relay_t *r) {
+  if (r != NULL) relay_scan(r);
+}
+
+void svc_outbox_kick(svc_thread_t *th) { svc_relay_kick(((svc_th_t *)th)->relay); }
 
 static void count_done(rt_pg_batch_t *b, int err, void *ctx) {
   svc_relay_t *r = ctx;
@@ -365,7 +449,8 @@ static void relay_count(svc_relay_t *r) {
 static void relay_tick(rt_timer_t *t) {
   svc_relay_t *r = t->ctx;
   relay_count(r);
-  relay_round(r);
+  relay_mark(r);
+  relay_scan(r);
 }
 
 /* The pool's listener: a notification, or LISTEN (again) in effect, after
@@ -374,7 +459,7 @@ static void relay_notified(void *arg, rt_pg_notify_t what) {
   svc_relay_t *r = arg;
   if (what == RT_PG_NOTIFIED)
     atomic_fetch_add_explicit(&svc_bus_stats.relay_notifies, 1, memory_order_relaxed);
-  relay_round(r);
+  relay_scan(r);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -385,6 +470,7 @@ int svc_relay_create(svc_relay_t **out, svc_thread_t *th, const svc_bus_config_t
   svc_relay_t *r = calloc(1, sizeof *r);
   if (r == NULL) return -ENOMEM;
   r->th = th;
+  slots_init(r);
   rt_timer_init(&r->tick, relay_tick, r);
   svc_bus_config_t cfg = *bus_cfg;
   cfg.on_confirm = svc_relay_on_confirm;
@@ -409,7 +495,7 @@ int svc_relay_create(svc_relay_t **out, svc_thread_t *th, const svc_bus_config_t
 
 void svc_relay_stop(svc_relay_t *r) {
   if (r == NULL) return;
-  r->state = RELAY_STOPPED;
+  r->stopped = true;
   rt_timer_stop(r->th->loop, &r->tick);
 }
 
