@@ -2,12 +2,14 @@
 #
 # certs.sh - development certificates and token keys for the gateway.
 #
-#   deploy/certs.sh [--rsa] [--kid KID]... DIR
+#   deploy/certs.sh [--kid KID]... DIR
 #
 # Creates in DIR (made if missing), with openssl:
 #   tls-ecdsa.crt, tls-ecdsa.key   self-signed ECDSA P-256 certificate for
-#                                  localhost, 127.0.0.1 and ::1 (always)
-#   tls-rsa.crt, tls-rsa.key       the same with an RSA 2048 key (--rsa)
+#                                  localhost, 127.0.0.1 and ::1
+#   tls-rsa.crt, tls-rsa.key       the same with an RSA 2048 key; the gateway
+#                                  serves both (GW_TLS_CERT_RSA), each client
+#                                  the one it can verify
 #   jwt/<kid>.pem, jwt/<kid>.pub.pem
 #                                  ES256 (P-256) token signing key pairs, one
 #                                  per --kid (default: one kid, "dev-1")
@@ -22,15 +24,14 @@
 set -euo pipefail
 
 usage() {
-  sed -n '3,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '3,/^[^#]/{/^#/p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
-rsa=0
 kids=()
 dir=
 while (($#)); do
   case $1 in
-    --rsa) rsa=1 ;;
+    --rsa) ;; # the RSA pair is always made; kept for older callers
     --kid)
       [[ $# -ge 2 && $2 =~ ^[A-Za-z0-9._-]{1,63}$ ]] || { echo "certs.sh: --kid needs [A-Za-z0-9._-]{1,63}" >&2; exit 2; }
       kids+=("$2")
@@ -81,9 +82,7 @@ ec_pair() {
 }
 
 self_signed tls-ecdsa -algorithm EC -pkeyopt ec_paramgen_curve:P-256
-if ((rsa)); then
-  self_signed tls-rsa -algorithm RSA -pkeyopt rsa_keygen_bits:2048
-fi
+self_signed tls-rsa -algorithm RSA -pkeyopt rsa_keygen_bits:2048
 for kid in "${kids[@]}"; do
   ec_pair "$dir/jwt/$kid"
 done
