@@ -903,6 +903,12 @@ static void conn_in_ready(rt_op_t *op, int res, uint32_t flags) {
     conn_fail(c, RT_PG_E_CONN_LOST, RT_PG_E_CONN_LOST);
     return;
   }
+  /* Over TLS, POLLIN sees only what the kernel holds, not what OpenSSL
+   * has decrypted and kept: enough, because libpq always reads with room
+   * for 8 KiB and PostgreSQL sends no larger record, so each record read
+   * is taken whole. (A proxy in between that sends larger records could
+   * leave bytes in OpenSSL that no POLLIN announces: libpq's async API
+   * has that limit for every caller.) */
   if (!PQconsumeInput(c->pg)) {
     RT_WARN("database connection lost", RT_LF_STR("pool", c->pool->name),
             RT_LF_INT("conn", c->index), RT_LF_INT("in_flight", c->in_flight));
@@ -1031,8 +1037,10 @@ static void conn_connect_ready(rt_op_t *op, int res, uint32_t flags) {
 static void conn_connect_failed(pg_conn_t *c, const char *why) {
   rt_pg_pool_t *p = c->pool;
   STAT_ADD(p, connect_failures, 1);
-  /* libpq's message names host and port, never the password. */
-  char msg[160];
+  /* libpq's message names host and port, never the password. A refused
+   * certificate names the host asked for too (verify-full), which in a
+   * cluster is a long service name: room for all of it. */
+  char msg[256];
   const char *m = c->pg ? PQerrorMessage(c->pg) : "";
   snprintf(msg, sizeof msg, "%s", m ? m : "");
   msg[strcspn(msg, "\n")] = '\0';
@@ -1148,7 +1156,11 @@ static void conn_ready(pg_conn_t *c) {
 }
 
 /* One step of PQconnectPoll, then wait in the direction it asks for. The
- * socket may change between steps (another address, SSL fallback). */
+ * socket may change between steps (another address, SSL fallback). TLS
+ * (sslmode=require and up) takes the same path: the SSLRequest, the
+ * handshake and the certificate check are further steps that want to read
+ * or to write, and a refused certificate is a failed step whose message
+ * says why. */
 static void conn_connect_step(pg_conn_t *c) {
   PostgresPollingStatusType st = PQconnectPoll(c->pg);
   c->fd = PQsocket(c->pg);
