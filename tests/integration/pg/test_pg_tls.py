@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PostgreSQL over TLS, with the server's certificate and name verified.
 
-usage: test_pg_tls.py DEPLOY_PG PG_PROBE PROFILE
+usage: test_pg_tls.py DEPLOY_PG PG_PROBE PROFILE TEST_PG
 
 A private primary and one replica (deploy/pg start --replicas 1 with
 PG_TLS=1, in a directory of the test's own). Then:
@@ -17,7 +17,9 @@ PG_TLS=1, in a directory of the test's own). Then:
     does not carry ("does not match host name"), no TLS at all (the
     server's pg_hba.conf: "no encryption");
   - the profile service runs on its URL (/readyz 200, every connection of
-    its role is TLS); given the other CA it does not start, and says why.
+    its role is TLS); given the other CA it does not start, and says why;
+  - runtime/pg's own suite (test_pg: pipelining with its bound on writes,
+    deadlines, LISTEN, a SIGKILLed server) passes over TLS.
 """
 import os
 import re
@@ -129,11 +131,21 @@ def check_service(profile, cluster, other_ca):
             % log[-400:])
 
 
+def check_pg_suite(test_pg, deploy_pg, cluster):
+    env = dict(cluster.env, PAYMENT_DB_URL=cluster.urls["PAYMENT_DB_URL"])
+    p = subprocess.run([test_pg, deploy_pg], env=env, capture_output=True, text=True,
+                       timeout=150)
+    writes = re.search(r"pipelining: \d+ batches in \d+ ms over \d+ writes", p.stderr)
+    t.say(writes.group(0) if writes else "pipelining: no figure")
+    t.check(p.returncode == 0, "runtime/pg's suite passes over TLS: %s"
+            % (p.stdout.strip() + " " + p.stderr[-600:]))
+
+
 def main():
-    if len(sys.argv) != 4:
+    if len(sys.argv) != 5:
         print(__doc__, file=sys.stderr)
         return 2
-    deploy_pg, pg_probe, profile = sys.argv[1:]
+    deploy_pg, pg_probe, profile, test_pg = sys.argv[1:]
     pgcluster.pg_bin()
     pgcluster.need_programs("psql", "openssl")
     cluster = pgcluster.Cluster(deploy_pg, replicas=1, tls=True)
@@ -150,6 +162,7 @@ def main():
         ("replica over TLS", lambda: check_replica(cluster)),
         ("runtime/pg", lambda: check_probe(pg_probe, cluster, other_ca)),
         ("a service", lambda: check_service(profile, cluster, other_ca)),
+        ("runtime/pg's suite", lambda: check_pg_suite(test_pg, deploy_pg, cluster)),
     ])
     cluster.stop()
     return t.finish()
