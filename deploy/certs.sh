@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 #
-# certs.sh - development certificates and token keys for the gateway.
+# certs.sh - development certificates and token keys for the gateway, and
+# a private CA and server certificate for PostgreSQL.
 #
-#   deploy/certs.sh [--rsa] [--kid KID]... DIR
+#   deploy/certs.sh [--kid KID]... DIR
+#   deploy/certs.sh --pg DIR
 #
 # Creates in DIR (made if missing), with openssl:
 #   tls-ecdsa.crt, tls-ecdsa.key   self-signed ECDSA P-256 certificate for
-#                                  localhost, 127.0.0.1 and ::1 (always)
-#   tls-rsa.crt, tls-rsa.key       the same with an RSA 2048 key (--rsa)
+#                                  localhost, 127.0.0.1 and ::1
+#   tls-rsa.crt, tls-rsa.key       the same with an RSA 2048 key; the gateway
+#                                  serves both (GW_TLS_CERT_RSA), each client
+#                                  the one it can verify
 #   jwt/<kid>.pem, jwt/<kid>.pub.pem
 #                                  ES256 (P-256) token signing key pairs, one
 #                                  per --kid (default: one kid, "dev-1")
@@ -15,22 +19,32 @@
 #                                  the event service's ES256 (P-256) key that
 #                                  signs audit checkpoints (always)
 #
+# With --pg, only these instead (deploy/pg with PG_TLS=1):
+#   ca.crt, ca.key                 a private CA (P-256, valid 10 years) that
+#                                  clients name in sslrootcert
+#   server.crt, server.key         a server certificate the CA signed for
+#                                  localhost, 127.0.0.1 and ::1 (825 days);
+#                                  a client that asks for any other name
+#                                  (sslmode=verify-full) is refused
+#
 # Idempotent: a file that exists is kept, so running it again changes
-# nothing and tokens signed earlier stay valid. Delete a file to remake it.
-# Private keys are created mode 0600. Development only: these certificates
-# are self-signed and valid for 825 days.
+# nothing and tokens signed earlier stay valid. Delete a file to remake it
+# (a new CA makes a new server certificate too). Private keys are created
+# mode 0600. Development only: the gateway's certificates are self-signed
+# and valid for 825 days.
 set -euo pipefail
 
 usage() {
-  sed -n '3,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '3,/^[^#]/{/^#/p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
-rsa=0
 kids=()
 dir=
+pg=0
 while (($#)); do
   case $1 in
-    --rsa) rsa=1 ;;
+    --rsa) ;; # the RSA pair is always made; kept for older callers
+    --pg) pg=1 ;;
     --kid)
       [[ $# -ge 2 && $2 =~ ^[A-Za-z0-9._-]{1,63}$ ]] || { echo "certs.sh: --kid needs [A-Za-z0-9._-]{1,63}" >&2; exit 2; }
       kids+=("$2")
@@ -42,11 +56,59 @@ while (($#)); do
   shift
 done
 [[ -n $dir ]] || { usage >&2; exit 2; }
-((${#kids[@]})) || kids=(dev-1)
 command -v openssl >/dev/null || { echo "certs.sh: openssl not installed (Debian package openssl)" >&2; exit 1; }
 
 umask 077
+
+# SAN of every server certificate: the loopback names a client may ask for.
+SAN="subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"
+
+# pg_ca: ca.key and ca.crt unless present.
+pg_ca() {
+  if [[ -s $dir/ca.key && -s $dir/ca.crt ]]; then
+    echo "kept    $dir/ca.crt" >&2
+    return 0
+  fi
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/ca.key" 2>/dev/null
+  openssl req -x509 -new -key "$dir/ca.key" -out "$dir/ca.crt" -days 3650 \
+    -subj "/CN=paycore development PostgreSQL CA" \
+    -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  chmod 0644 "$dir/ca.crt"
+  rm -f "$dir/server.crt" # signed by a CA that is gone
+  echo "created $dir/ca.crt" >&2
+}
+
+# pg_server: server.key and server.crt, signed by the CA, unless present.
+pg_server() {
+  if [[ -s $dir/server.key && -s $dir/server.crt ]]; then
+    echo "kept    $dir/server.crt" >&2
+    return 0
+  fi
+  local ext
+  ext=$(mktemp)
+  printf '%s\n' "$SAN" "basicConstraints=critical,CA:FALSE" \
+    "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$ext"
+  [[ -s $dir/server.key ]] ||
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/server.key" 2>/dev/null
+  openssl req -new -key "$dir/server.key" -subj "/CN=localhost" 2>/dev/null |
+    openssl x509 -req -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+      -days 825 -extfile "$ext" -out "$dir/server.crt" 2>/dev/null
+  rm -f "$ext" "$dir/ca.srl"
+  chmod 0644 "$dir/server.crt"
+  echo "created $dir/server.crt" >&2
+}
+
+if ((pg)); then
+  ((${#kids[@]} == 0)) || { echo "certs.sh: --kid does not go with --pg" >&2; exit 2; }
+  mkdir -p "$dir"
+  pg_ca
+  pg_server
+  exit 0
+fi
+
 mkdir -p "$dir/jwt" "$dir/audit"
+((${#kids[@]})) || kids=(dev-1)
 
 # self_signed NAME KEYGEN_ARGS...: NAME.key and NAME.crt unless present.
 self_signed() {
@@ -58,8 +120,7 @@ self_signed() {
   fi
   openssl genpkey "$@" -out "$dir/$name.key" 2>/dev/null
   openssl req -x509 -new -key "$dir/$name.key" -out "$dir/$name.crt" -days 825 \
-    -subj "/CN=localhost" \
-    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1" \
+    -subj "/CN=localhost" -addext "$SAN" \
     -addext "basicConstraints=critical,CA:FALSE" \
     -addext "keyUsage=critical,digitalSignature" \
     -addext "extendedKeyUsage=serverAuth" 2>/dev/null
@@ -81,9 +142,7 @@ ec_pair() {
 }
 
 self_signed tls-ecdsa -algorithm EC -pkeyopt ec_paramgen_curve:P-256
-if ((rsa)); then
-  self_signed tls-rsa -algorithm RSA -pkeyopt rsa_keygen_bits:2048
-fi
+self_signed tls-rsa -algorithm RSA -pkeyopt rsa_keygen_bits:2048
 for kid in "${kids[@]}"; do
   ec_pair "$dir/jwt/$kid"
 done

@@ -30,6 +30,11 @@ void gw_config_usage(FILE *f) {
       "  GW_THREADS                     loop threads            (number of CPUs)\n"
       "  GW_TLS_CERT, GW_TLS_KEY        PEM chain and key, ECDSA P-256 or RSA\n"
       "                                 (.run/certs/tls-ecdsa.crt, .key)\n"
+      "  GW_TLS_CERT_RSA, GW_TLS_KEY_RSA\n"
+      "                                 a second chain and key, RSA (>= 2048 bits),\n"
+      "                                 for clients without ECDSA; the first pair is\n"
+      "                                 then ECDSA, and clients that can verify it\n"
+      "                                 get it (unset: one pair only)\n"
       "  GW_TLS_SESSION_CACHE           resumable sessions kept, 0: none (16384)\n"
       "  GW_TLS_SESSION_LIFETIME        session resumption window (60m)\n"
       "  GW_TLS_HANDSHAKE_TIMEOUT       handshake, and any one record (10s)\n"
@@ -70,6 +75,8 @@ void gw_config_usage(FILE *f) {
       "  LOG_LEVEL                      debug|info|warn|error (info)\n"
       "  LOG_HASH_KEY                   key of hashed log fields (random per run)\n"
       "\n"
+      "SIGHUP: read the TLS pairs (both at once) and the JWT keys again; new\n"
+      "  handshakes and tokens use them, open connections keep theirs.\n"
       "SIGTERM or SIGINT: stop accepting, finish requests in flight, exit 0.\n");
 }
 
@@ -102,10 +109,27 @@ static int load_hmac(gw_config_t *c) {
   return 0;
 }
 
+/* The second pair: both variables or neither (empty counts as unset). */
+static int load_tls_rsa(gw_config_t *c) {
+  const char *cert = rt_env_str("GW_TLS_CERT_RSA", NULL);
+  const char *key = rt_env_str("GW_TLS_KEY_RSA", NULL);
+  if (cert != NULL && cert[0] == '\0') cert = NULL;
+  if (key != NULL && key[0] == '\0') key = NULL;
+  if ((cert == NULL) != (key == NULL)) {
+    RT_ERROR("GW_TLS_CERT_RSA and GW_TLS_KEY_RSA go together",
+             RT_LF_BOOL("cert_set", cert != NULL), RT_LF_BOOL("key_set", key != NULL));
+    return RT_E_CONFIG;
+  }
+  c->tls.rsa_cert_path = cert;
+  c->tls.rsa_key_path = key;
+  return 0;
+}
+
 static int load_tls(gw_config_t *c) {
   uint32_t lifetime_ms = 0;
   c->tls.cert_path = rt_env_str("GW_TLS_CERT", ".run/certs/tls-ecdsa.crt");
   c->tls.key_path = rt_env_str("GW_TLS_KEY", ".run/certs/tls-ecdsa.key");
+  if (load_tls_rsa(c) < 0) return RT_E_CONFIG;
   c->tls.hsts = rt_env_str("GW_HSTS", "max-age=31536000; includeSubDomains");
   const char *ec = rt_env_str("GW_TLS_EC", "auto");
   if (strcmp(ec, "auto") != 0 && strcmp(ec, "bearssl") != 0) {

@@ -208,13 +208,18 @@ int gw_inject_push(gw_inject_t *in, const char *data, size_t len, gw_sink_fn sin
 /* TLS                                                                      */
 /* ------------------------------------------------------------------------ */
 
-/* The certificate, key and session cache, shared by every loop thread.
- * Only the session cache changes after start-up, behind its own mutex. */
+/* The certificates, keys and session cache, shared by every loop thread.
+ * The session cache changes behind its own mutex; the certificates and
+ * keys are replaced whole by gw_tls_reload(). */
 typedef struct gw_tls gw_tls_t;
 
 typedef struct gw_tls_config {
   const char *cert_path;        /* PEM chain, leaf first */
   const char *key_path;         /* PEM key: EC P-256 or RSA (>= 2048 bits) */
+  const char *rsa_cert_path;    /* NULL, or a second chain with an RSA key,
+                                 * served to clients that cannot verify
+                                 * ECDSA; then the first pair must be EC */
+  const char *rsa_key_path;     /* set with rsa_cert_path */
   uint32_t session_cache_entries; /* resumable sessions kept (100 B each); 0: none */
   uint32_t session_lifetime_s;  /* a session resumes for at most this long */
   uint32_t handshake_timeout_ms; /* also: longest wait for a whole record */
@@ -234,26 +239,30 @@ typedef struct gw_tls_stats {
   _Atomic uint64_t cache_misses;
 } gw_tls_stats_t;
 
-/* Reads the chain and key, checks that they belong together, prepares the
- * session cache. Returns 0, GW_E_PEM, GW_E_KEY or -errno (file). */
+/* Reads the chains and keys, checks that each key belongs to its chain,
+ * prepares the session cache. Returns 0, GW_E_PEM, GW_E_KEY or -errno
+ * (file); a pair that fails is logged with its paths. */
 int gw_tls_create(gw_tls_t **out, const gw_tls_config_t *config);
 /* Frees the certificate, key and cache (wiping the key); after every
  * filter using it is gone. NULL is allowed. */
 void gw_tls_destroy(gw_tls_t *tls);
 
-/* Reads the certificate chain and key files again (SIGHUP). New
- * handshakes use them; connections already open keep the set they
- * started on. Returns 0, or an error and nothing changes. Any thread. */
+/* Reads the certificate chain and key files again, every pair (SIGHUP).
+ * New handshakes use them; connections already open keep the set they
+ * started on. Returns 0, or an error and nothing changes (both pairs stay
+ * as they were). Any thread. */
 int gw_tls_reload(gw_tls_t *tls);
 
-/* "ecdsa-p256" or "rsa-<bits>", for the start-up log. */
+/* "ecdsa-p256" or "rsa-<bits>", or both comma-separated in the order
+ * configured ("ecdsa-p256,rsa-2048"), for the log. */
 const char *gw_tls_key_desc(const gw_tls_t *tls);
 
 /* Where the curve arithmetic of handshakes comes from: "libcrypto" or
  * "bearssl", for the start-up log. */
 const char *gw_tls_ec_desc(const gw_tls_t *tls);
 
-/* The SHA-256 of the leaf certificate as 64 hex digits, for the log. */
+/* The SHA-256 of each leaf certificate as 64 hex digits, comma-separated
+ * in the order of gw_tls_key_desc(), for the log. */
 const char *gw_tls_cert_sha256(const gw_tls_t *tls);
 
 /* The counters, updated by every thread with relaxed atomics. */

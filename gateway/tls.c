@@ -1,10 +1,12 @@
 /*
- * tls.c - the TLS profile: certificate chain and key from PEM files, the
- * engine set-up of each connection, and the session cache all loop
- * threads share.
+ * tls.c - the TLS profile: certificate chains and keys from PEM files (an
+ * ECDSA pair, an RSA pair, or one of each), the policy that picks one per
+ * handshake, the engine set-up of each connection, and the session cache
+ * all loop threads share.
  *
  * Profile: TLS 1.2 only; ECDHE key exchange signed by the certificate's
- * key (ECDSA P-256 or RSA); AES-GCM or ChaCha20-Poly1305 records. No CBC
+ * key (ECDSA P-256 or RSA, whichever the client can verify, ECDSA when it
+ * can do both); AES-GCM or ChaCha20-Poly1305 records. No CBC
  * (padding oracles), no static RSA (no forward secrecy), no TLS 1.0/1.1,
  * no renegotiation. The server's order of suites wins: AES-128-GCM first
  * (AES-NI makes it the cheapest), then ChaCha20 for clients without AES
@@ -114,10 +116,10 @@ static void cache_deinit(gw__session_cache_t *c) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Certificate chain and key                                                */
+/* Certificate chains and keys                                              */
 /* ------------------------------------------------------------------------ */
 
-static int load_chain(gw__tls_creds_t *t, const char *path) {
+static int load_chain(gw__tls_pair_t *t, const char *path) {
   char *text = NULL;
   size_t len = 0;
   int rc = gw__read_file(path, &text, &len);
@@ -140,7 +142,7 @@ static bool is_key_label(const char *name) {
          strcmp(name, "PRIVATE KEY") == 0;
 }
 
-static int load_key(gw__tls_creds_t *t, const char *path) {
+static int load_key(gw__tls_pair_t *t, const char *path) {
   char *text = NULL;
   size_t len = 0;
   int rc = gw__read_file(path, &text, &len);
@@ -166,7 +168,7 @@ static int load_key(gw__tls_creds_t *t, const char *path) {
 
 /* The leaf's public key must be the one of our private key, of a type and
  * size we accept. */
-static int check_pair(gw__tls_creds_t *t) {
+static int check_pair(gw__tls_pair_t *t) {
   br_x509_decoder_context dc;
   br_x509_decoder_init(&dc, NULL, NULL);
   br_x509_decoder_push(&dc, t->chain[0].data, t->chain[0].data_len);
@@ -200,7 +202,7 @@ static int check_pair(gw__tls_creds_t *t) {
   return 0;
 }
 
-static void fingerprint(gw__tls_creds_t *t) {
+static void fingerprint(gw__tls_pair_t *t) {
   br_sha256_context h;
   unsigned char d[32];
   br_sha256_init(&h);
@@ -209,10 +211,46 @@ static void fingerprint(gw__tls_creds_t *t) {
   for (int i = 0; i < 32; i++) snprintf(t->cert_sha256 + 2 * i, 3, "%02x", d[i]);
 }
 
+/* With libcrypto's curves, an EC key gets libcrypto's copy to sign with;
+ * this runs on every load, so a reloaded key signs as fast as the first. */
+static int pair_fast_key(const gw_tls_t *tls, gw__tls_pair_t *t) {
+#ifdef GW_HAVE_LIBCRYPTO
+  if (tls->ec_libcrypto && t->key_type == BR_KEYTYPE_EC)
+    return gw__tls_ec_key_make(&t->ec_fast, br_skey_decoder_get_ec(&t->skey));
+#else
+  (void)tls;
+  (void)t;
+#endif
+  return 0;
+}
+
+/* Reads a chain and its key into t (zeroed); checks they belong together. */
+static int pair_load(const gw_tls_t *tls, gw__tls_pair_t *t, const char *cert_path,
+                     const char *key_path) {
+  int rc = load_chain(t, cert_path);
+  if (rc == 0) rc = load_key(t, key_path);
+  if (rc == 0) rc = check_pair(t);
+  if (rc == 0) rc = pair_fast_key(tls, t);
+  if (rc < 0) {
+    RT_ERROR("TLS certificate and key not loaded", RT_LF_STR("cert", cert_path),
+             RT_LF_STR("key", key_path), RT_LF_STR("error", rt_strerror(rc)));
+    return rc;
+  }
+  fingerprint(t);
+  return 0;
+}
+
+static void pair_free(gw__tls_pair_t *t) {
+  gw__pem_free(t->cert_objs, t->cert_objs_count);
+#ifdef GW_HAVE_LIBCRYPTO
+  gw__tls_ec_key_free(t->ec_fast);
+#endif
+  explicit_bzero(&t->skey, sizeof t->skey);
+}
+
 static void creds_free(gw__tls_creds_t *k) {
   if (k == NULL) return;
-  gw__pem_free(k->cert_objs, k->cert_objs_count);
-  explicit_bzero(&k->skey, sizeof k->skey);
+  for (size_t i = 0; i < GW__TLS_PAIRS_MAX; i++) pair_free(&k->pairs[i]);
   free(k);
 }
 
@@ -223,18 +261,48 @@ static void creds_release(gw__tls_creds_t *k) {
   if (before == 1) creds_free(k);
 }
 
-/* Reads a chain and its key; checks they belong together. */
-static int creds_load(gw__tls_creds_t **out, const char *cert_path, const char *key_path) {
+/* Files each pair under its key type: at most one of each, and the
+ * second pair (GW_TLS_CERT_RSA) must be the RSA one. */
+static int creds_sort(gw__tls_creds_t *k) {
+  for (size_t i = 0; i < k->pairs_count; i++) {
+    const gw__tls_pair_t *t = &k->pairs[i];
+    const gw__tls_pair_t **slot = t->key_type == BR_KEYTYPE_EC ? &k->ec : &k->rsa;
+    if (*slot != NULL || (i == 1 && t->key_type != BR_KEYTYPE_RSA)) {
+      RT_ERROR("the second TLS certificate must be RSA, the first ECDSA",
+               RT_LF_STR("first", k->pairs[0].key_desc), RT_LF_STR("second", t->key_desc));
+      return GW_E_KEY;
+    }
+    *slot = t;
+  }
+  return k->ec != NULL || k->rsa != NULL ? 0 : GW_E_KEY;
+}
+
+static void creds_describe(gw__tls_creds_t *k) {
+  size_t d = 0, h = 0;
+  for (size_t i = 0; i < k->pairs_count; i++) {
+    const gw__tls_pair_t *t = &k->pairs[i];
+    d += (size_t)snprintf(k->key_desc + d, sizeof k->key_desc - d, "%s%s", i ? "," : "",
+                          t->key_desc);
+    h += (size_t)snprintf(k->cert_sha256 + h, sizeof k->cert_sha256 - h, "%s%s", i ? "," : "",
+                          t->cert_sha256);
+    assert(d < sizeof k->key_desc);
+    assert(h < sizeof k->cert_sha256);
+  }
+}
+
+/* Reads every configured pair; the set is whole or not made at all. */
+static int creds_load(const gw_tls_t *tls, gw__tls_creds_t **out) {
   gw__tls_creds_t *k = calloc(1, sizeof *k);
   if (k == NULL) return -ENOMEM;
-  int rc = load_chain(k, cert_path);
-  if (rc == 0) rc = load_key(k, key_path);
-  if (rc == 0) rc = check_pair(k);
+  int rc = pair_load(tls, &k->pairs[k->pairs_count++], tls->cert_path, tls->key_path);
+  if (rc == 0 && tls->rsa_cert_path != NULL)
+    rc = pair_load(tls, &k->pairs[k->pairs_count++], tls->rsa_cert_path, tls->rsa_key_path);
+  if (rc == 0) rc = creds_sort(k);
   if (rc < 0) {
     creds_free(k);
     return rc;
   }
-  fingerprint(k);
+  creds_describe(k);
   atomic_init(&k->refs, 1); /* the gateway's, while it is the current set */
   *out = k;
   return 0;
@@ -255,23 +323,18 @@ static int make_inject_lines(gw_tls_t *t, const char *hsts) {
 
 /* libcrypto's curve arithmetic when built in and not declined, else
  * BearSSL's (see tls_ec_openssl.c for why). */
-static int choose_ec(gw_tls_t *t, const gw__tls_creds_t *k, bool bearssl) {
+static int choose_ec(gw_tls_t *t, bool bearssl) {
   t->ec = br_ec_get_default();
   t->ecdsa = br_ecdsa_sign_asn1_get_default();
+  t->rsa_sign = br_rsa_pkcs1_sign_get_default();
 #ifdef GW_HAVE_LIBCRYPTO
   if (!bearssl) {
-    /* libcrypto signs with this key only; a key loaded later by a reload
-     * is signed for by BearSSL's code (tls_ec_openssl.c's ecdsa_sign()). */
-    const br_ec_private_key *sk =
-        k->key_type == BR_KEYTYPE_EC ? br_skey_decoder_get_ec(&k->skey) : NULL;
-    int rc = gw__tls_ec_libcrypto_init(sk);
+    int rc = gw__tls_ec_libcrypto_init();
     if (rc < 0) return rc;
     t->ec = gw__tls_ec_libcrypto();
-    t->ecdsa = gw__tls_ecdsa_libcrypto();
     t->ec_libcrypto = true;
   }
 #else
-  (void)k;
   (void)bearssl;
 #endif
   return 0;
@@ -290,17 +353,28 @@ static void choose_records(gw_tls_t *t) {
   if (t->poly1305 == 0) t->poly1305 = br_poly1305_ctmul_run;
 }
 
+/* Copies the paths the reloads read again. */
+static int keep_paths(gw_tls_t *t, const gw_tls_config_t *cfg) {
+  t->cert_path = strdup(cfg->cert_path);
+  t->key_path = strdup(cfg->key_path);
+  if (t->cert_path == NULL || t->key_path == NULL) return -ENOMEM;
+  if (cfg->rsa_cert_path == NULL) return 0;
+  if (NEVER(cfg->rsa_key_path == NULL)) return GW_E_CONFIG;
+  t->rsa_cert_path = strdup(cfg->rsa_cert_path);
+  t->rsa_key_path = strdup(cfg->rsa_key_path);
+  return t->rsa_cert_path != NULL && t->rsa_key_path != NULL ? 0 : -ENOMEM;
+}
+
 int gw_tls_create(gw_tls_t **out, const gw_tls_config_t *cfg) {
   gw_tls_t *t = calloc(1, sizeof *t);
   if (t == NULL) return -ENOMEM;
   pthread_mutex_init(&t->reload_mu, NULL);
   gw__tls_creds_t *k = NULL;
-  t->cert_path = strdup(cfg->cert_path);
-  t->key_path = strdup(cfg->key_path);
-  int rc = t->cert_path != NULL && t->key_path != NULL ? 0 : -ENOMEM;
-  if (rc == 0) rc = creds_load(&k, t->cert_path, t->key_path);
+  int rc = keep_paths(t, cfg);
+  /* The curves first: whether EC keys get libcrypto's copy depends on it. */
+  if (rc == 0) rc = choose_ec(t, cfg->ec_bearssl);
+  if (rc == 0) rc = creds_load(t, &k);
   if (rc == 0) atomic_init(&t->creds, k);
-  if (rc == 0) rc = choose_ec(t, k, cfg->ec_bearssl);
   if (rc == 0) rc = make_inject_lines(t, cfg->hsts);
   /* No entries: no resumption at all (every handshake is a full one). */
   if (rc == 0 && cfg->session_cache_entries > 0)
@@ -319,7 +393,7 @@ int gw_tls_create(gw_tls_t **out, const gw_tls_config_t *cfg) {
 int gw_tls_reload(gw_tls_t *t) {
   pthread_mutex_lock(&t->reload_mu);
   gw__tls_creds_t *k = NULL;
-  int rc = creds_load(&k, t->cert_path, t->key_path);
+  int rc = creds_load(t, &k);
   if (rc == 0) creds_release(atomic_exchange_explicit(&t->creds, k, memory_order_acq_rel));
   pthread_mutex_unlock(&t->reload_mu);
   return rc;
@@ -327,14 +401,16 @@ int gw_tls_reload(gw_tls_t *t) {
 
 void gw_tls_destroy(gw_tls_t *t) {
   if (t == NULL) return;
+  cache_deinit(&t->cache);
+  creds_release(atomic_load(&t->creds));
 #ifdef GW_HAVE_LIBCRYPTO
   if (t->ec_libcrypto) gw__tls_ec_libcrypto_free();
 #endif
-  cache_deinit(&t->cache);
-  creds_release(atomic_load(&t->creds));
   pthread_mutex_destroy(&t->reload_mu);
   free(t->cert_path);
   free(t->key_path);
+  free(t->rsa_cert_path);
+  free(t->rsa_key_path);
   free(t->inject_lines);
   free(t);
 }
@@ -369,6 +445,143 @@ static void engine_crypto(const gw_tls_t *t, br_ssl_engine_context *eng) {
   br_ssl_engine_set_ec(eng, t->ec);
 }
 
+/* ------------------------------------------------------------------------ */
+/* The policy: which chain a full handshake gets                            */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * BearSSL calls choose() once the ClientHello is read, with the suites
+ * both sides support (in our order: the engine enforces server
+ * preferences) and the signature hashes the client accepts, already
+ * narrowed to ours; then do_sign() to sign the ECDHE parameters. A
+ * resumed handshake calls neither: it reuses the suite and master secret
+ * of the session, and no certificate is sent, so a session made on either
+ * chain, or on a set a reload has since replaced, resumes as it was.
+ *
+ * An EC chain is preferred whenever the client takes ECDHE_ECDSA: its
+ * signature costs a fraction of an RSA one (see tls_ec_openssl.c) and the
+ * chain is shorter. A client that offers only ECDHE_RSA suites, or
+ * accepts no ECDSA signature, gets the RSA chain. Our suites are ECDHE
+ * only, so the key never decrypts (do_keyx() refuses).
+ */
+
+/* The hash that signs the ECDHE parameters: SHA-256, else SHA-384, else
+ * SHA-512, the first the client accepts (ids: a bit per hash id). */
+static unsigned sign_hash_id(uint32_t ids) {
+  static const unsigned order[] = {br_sha256_ID, br_sha384_ID, br_sha512_ID};
+  for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
+    if ((ids >> order[i]) & 1u) return order[i];
+  return 0;
+}
+
+static const br_hash_class *sign_hash(unsigned id) {
+  switch (id) {
+  case br_sha256_ID: return &br_sha256_vtable;
+  case br_sha384_ID: return &br_sha384_vtable;
+  case br_sha512_ID: return &br_sha512_vtable;
+  default: return NULL;
+  }
+}
+
+static const unsigned char *sign_hash_oid(unsigned id) {
+  switch (id) {
+  case br_sha256_ID: return BR_HASH_OID_SHA256;
+  case br_sha384_ID: return BR_HASH_OID_SHA384;
+  default: return BR_HASH_OID_SHA512;
+  }
+}
+
+/* The first offered suite whose key exchange is keyx, or -1. */
+static int offered_suite(const br_suite_translated *offered, size_t n, unsigned keyx) {
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned)(offered[i][1] >> 12) == keyx) return (int)i;
+  return -1;
+}
+
+static int policy_choose(const br_ssl_server_policy_class **pctx, const br_ssl_server_context *cc,
+                         br_ssl_server_choices *choices) {
+  gw__tls_policy_t *p = (gw__tls_policy_t *)(void *)pctx;
+  assert(p->creds->ec != NULL || p->creds->rsa != NULL); /* creds_sort() */
+  assert(p->chosen == NULL); /* once per full handshake; none renegotiates */
+  size_t n = 0;
+  const br_suite_translated *offered = br_ssl_server_get_client_suites(cc, &n);
+  uint32_t hashes = br_ssl_server_get_client_hashes(cc);
+  /* Bits 0-7: hashes with RSA signatures; 8-15: with ECDSA. */
+  const struct {
+    const gw__tls_pair_t *pair;
+    unsigned keyx;
+    unsigned hash;
+  } ways[] = {
+      {p->creds->ec, BR_SSLKEYX_ECDHE_ECDSA, sign_hash_id((hashes >> 8) & 0xffu)},
+      {p->creds->rsa, BR_SSLKEYX_ECDHE_RSA, sign_hash_id(hashes & 0xffu)},
+  };
+  for (size_t w = 0; w < sizeof ways / sizeof ways[0]; w++) {
+    if (ways[w].pair == NULL || ways[w].hash == 0) continue;
+    int i = offered_suite(offered, n, ways[w].keyx);
+    if (i < 0) continue;
+    choices->cipher_suite = offered[i][0];
+    choices->algo_id = 0xff00u + ways[w].hash; /* the engine hashes, we sign */
+    choices->chain = ways[w].pair->chain;
+    choices->chain_len = ways[w].pair->chain_len;
+    p->chosen = ways[w].pair;
+    return 1;
+  }
+  return 0; /* no suite for any chain we hold: handshake_failure */
+}
+
+static uint32_t policy_keyx(const br_ssl_server_policy_class **pctx, unsigned char *data,
+                            size_t *len) {
+  (void)pctx;
+  (void)data;
+  (void)len;
+  return 0; /* ECDHE suites only: never asked */
+}
+
+static size_t sign_ec(const gw__tls_policy_t *p, const br_hash_class *hf,
+                      const unsigned char *hash, unsigned char *out, size_t out_bytes) {
+  const gw__tls_pair_t *pair = p->chosen;
+  unsigned char sig[80]; /* a DER ECDSA P-256 signature is at most 72 bytes */
+  size_t n = 0;
+#ifdef GW_HAVE_LIBCRYPTO
+  if (pair->ec_fast != NULL) n = gw__tls_ec_key_sign(pair->ec_fast, hf, hash, sig);
+#endif
+  /* BearSSL's code when there is no libcrypto copy, or it failed. */
+  if (n == 0) n = p->tls->ecdsa(p->tls->ec, hf, hash, br_skey_decoder_get_ec(&pair->skey), sig);
+  if (n == 0 || n > out_bytes || n > sizeof sig) return 0;
+  memcpy(out, sig, n);
+  return n;
+}
+
+static size_t sign_rsa(const gw__tls_policy_t *p, unsigned id, const unsigned char *hash,
+                       size_t hash_len, unsigned char *out, size_t out_bytes) {
+  const br_rsa_private_key *sk = br_skey_decoder_get_rsa(&p->chosen->skey);
+  size_t n = (sk->n_bitlen + 7) / 8;
+  if (n > out_bytes) return 0;
+  return p->tls->rsa_sign(sign_hash_oid(id), hash, hash_len, sk, out) ? n : 0;
+}
+
+/* data holds the hash of the ECDHE parameters (algo_id is 0xff00 + the
+ * hash id chosen above); the signature replaces it. */
+static size_t policy_sign(const br_ssl_server_policy_class **pctx, unsigned algo_id,
+                          unsigned char *data, size_t hv_len, size_t len) {
+  const gw__tls_policy_t *p = (const gw__tls_policy_t *)(const void *)pctx;
+  const br_hash_class *hf = sign_hash(algo_id & 0xffu);
+  if (NEVER(p->chosen == NULL) || NEVER(hf == NULL)) return 0;
+  if (NEVER(algo_id >> 8 != 0xffu)) return 0;
+  unsigned char hash[64];
+  if (hv_len != ((hf->desc >> BR_HASHDESC_OUT_OFF) & BR_HASHDESC_OUT_MASK)) return 0;
+  memcpy(hash, data, hv_len);
+  if (p->chosen->key_type == BR_KEYTYPE_EC) return sign_ec(p, hf, hash, data, len);
+  return sign_rsa(p, algo_id & 0xffu, hash, hv_len, data, len);
+}
+
+static const br_ssl_server_policy_class policy_class = {
+    .context_size = sizeof(gw__tls_policy_t),
+    .choose = policy_choose,
+    .do_keyx = policy_keyx,
+    .do_sign = policy_sign,
+};
+
 /* The current set, with a reference for the caller. The mutex keeps a
  * reload from releasing the set between the load and the increment. */
 static gw__tls_creds_t *creds_acquire(gw_tls_t *t) {
@@ -387,17 +600,9 @@ int gw__tls_engine_init(gw_tls_t *t, gw_tls_conn_t *c) {
   br_ssl_engine_set_suites(eng, suites, sizeof suites / sizeof suites[0]);
   engine_crypto(t, eng);
   assert(c->creds == NULL);
-  gw__tls_creds_t *k = c->creds = creds_acquire(t);
-  /* BR_KEYTYPE_SIGN only: the key signs ECDHE parameters and is never
-   * used for key exchange itself (that would be static RSA or ECDH). */
-  if (k->key_type == BR_KEYTYPE_EC) {
-    br_ssl_server_set_single_ec(sc, k->chain, k->chain_len, br_skey_decoder_get_ec(&k->skey),
-                                BR_KEYTYPE_SIGN, BR_KEYTYPE_EC, t->ec, t->ecdsa);
-  } else {
-    br_ssl_server_set_single_rsa(sc, k->chain, k->chain_len,
-                                 br_skey_decoder_get_rsa(&k->skey), BR_KEYTYPE_SIGN,
-                                 br_rsa_private_get_default(), br_rsa_pkcs1_sign_get_default());
-  }
+  c->creds = creds_acquire(t);
+  c->policy = (gw__tls_policy_t){.vtable = &policy_class, .tls = t, .creds = c->creds};
+  br_ssl_server_set_policy(sc, &c->policy.vtable);
   br_ssl_engine_add_flags(eng, BR_OPT_ENFORCE_SERVER_PREFERENCES | BR_OPT_NO_RENEGOTIATION);
   br_ssl_engine_set_buffers_bidi(eng, c->ibuf, sizeof c->ibuf, c->obuf, sizeof c->obuf);
   if (t->cache.vtable != NULL) br_ssl_server_set_cache(sc, &t->cache.vtable);

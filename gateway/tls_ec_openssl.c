@@ -14,10 +14,12 @@
  *
  * The engine sees a br_ec_impl whose mul/mulgen for P-256 and Curve25519
  * go to libcrypto (the same 32-byte scalar for a key pair and its ECDH, so
- * the convention of the scalar does not matter), and an ECDSA signer for
- * the one P-256 key we sign with. Per-thread libcrypto objects are freed
- * by a thread-exit destructor.
+ * the convention of the scalar does not matter). Each EC certificate key
+ * gets a libcrypto copy when it is loaded (at start-up and on every
+ * reload), kept with the key, and tls.c's policy signs with it. Per-thread
+ * libcrypto objects are freed by a thread-exit destructor.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,10 +49,16 @@ typedef struct xkey {
 typedef struct thread_ec {
   EC_GROUP *p256;
   BN_CTX *bn;
-  EVP_PKEY_CTX *sign; /* for the signing key */
+  /* For the key this thread signed with last. It holds a reference to
+   * that key, so another key is never found at the same address. */
+  EVP_PKEY_CTX *sign;
   xkey_t xkeys[XKEYS];
   uint32_t xnext;
 } thread_ec_t;
+
+struct gw__tls_ec_key {
+  EVP_PKEY *pkey;
+};
 
 static void xkey_clear(xkey_t *x) {
   EVP_PKEY_free(x->pkey);
@@ -60,8 +68,6 @@ static void xkey_clear(xkey_t *x) {
 static pthread_key_t thread_key;
 static pthread_once_t thread_once = PTHREAD_ONCE_INIT;
 static bool thread_key_made;
-static EVP_PKEY *sign_key;               /* the certificate's P-256 key */
-static const unsigned char *sign_key_x;  /* its scalar, as BearSSL holds it */
 
 static void thread_free(void *p) {
   thread_ec_t *t = p;
@@ -219,16 +225,19 @@ static const br_ec_impl ec_libcrypto = {
 };
 
 /* ------------------------------------------------------------------------ */
-/* ECDSA with the certificate's key                                         */
+/* ECDSA with a certificate's key                                           */
 /* ------------------------------------------------------------------------ */
 
-static size_t ecdsa_sign(const br_ec_impl *impl, const br_hash_class *hf, const void *hash,
-                         const br_ec_private_key *sk, void *sig) {
+size_t gw__tls_ec_key_sign(gw__tls_ec_key_t *key, const br_hash_class *hf, const void *hash,
+                           void *sig) {
   thread_ec_t *t = thread_ec();
-  if (t == NULL || sign_key == NULL || sk->x != sign_key_x)
-    return br_ecdsa_i31_sign_asn1(&br_ec_all_m31, hf, hash, sk, sig);
+  if (t == NULL) return 0;
+  if (t->sign != NULL && EVP_PKEY_CTX_get0_pkey(t->sign) != key->pkey) {
+    EVP_PKEY_CTX_free(t->sign);
+    t->sign = NULL;
+  }
   if (t->sign == NULL) {
-    t->sign = EVP_PKEY_CTX_new(sign_key, NULL);
+    t->sign = EVP_PKEY_CTX_new(key->pkey, NULL);
     if (t->sign == NULL) return 0;
   }
   size_t hlen = (hf->desc >> BR_HASHDESC_OUT_OFF) & BR_HASHDESC_OUT_MASK;
@@ -279,20 +288,30 @@ static bool self_test(void) {
          ec_mul(pa, 32, kb, 32, BR_EC_curve25519) && memcmp(pa, pb, 32) == 0;
 }
 
-int gw__tls_ec_libcrypto_init(const br_ec_private_key *sk) {
-  if (thread_ec() == NULL || !self_test()) return GW_E_TLS;
-  if (sk != NULL && sk->curve == BR_EC_secp256r1) {
-    sign_key = pkey_from(sk);
-    if (sign_key == NULL) return GW_E_KEY;
-    sign_key_x = sk->x;
+int gw__tls_ec_libcrypto_init(void) {
+  return thread_ec() != NULL && self_test() ? 0 : GW_E_TLS;
+}
+
+int gw__tls_ec_key_make(gw__tls_ec_key_t **out, const br_ec_private_key *sk) {
+  if (sk == NULL || sk->curve != BR_EC_secp256r1) return GW_E_KEY;
+  gw__tls_ec_key_t *key = calloc(1, sizeof *key);
+  if (key == NULL) return -ENOMEM;
+  key->pkey = pkey_from(sk);
+  if (key->pkey == NULL) {
+    free(key);
+    return GW_E_KEY;
   }
+  *out = key;
   return 0;
 }
 
+void gw__tls_ec_key_free(gw__tls_ec_key_t *key) {
+  if (key == NULL) return;
+  EVP_PKEY_free(key->pkey);
+  free(key);
+}
+
 void gw__tls_ec_libcrypto_free(void) {
-  EVP_PKEY_free(sign_key);
-  sign_key = NULL;
-  sign_key_x = NULL;
   /* The calling thread's objects; loop threads freed theirs at exit. */
   thread_ec_t *t = thread_key_made ? pthread_getspecific(thread_key) : NULL;
   if (t != NULL) {
@@ -302,5 +321,3 @@ void gw__tls_ec_libcrypto_free(void) {
 }
 
 const br_ec_impl *gw__tls_ec_libcrypto(void) { return &ec_libcrypto; }
-
-br_ecdsa_sign gw__tls_ecdsa_libcrypto(void) { return ecdsa_sign; }

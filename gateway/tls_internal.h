@@ -38,32 +38,67 @@ typedef struct gw__session_cache {
   gw_tls_stats_t *stats;
 } gw__session_cache_t;
 
-/* A certificate chain and its key: what a handshake signs with. Shared by
- * the connections that started on it and replaced whole on a reload
- * (gw_tls_reload()): each connection holds a reference from its engine's
- * set-up to its end, the gateway one for the current set, and the last
- * reference frees it. BearSSL's server context points into it for as long
- * as the connection lives. */
-typedef struct gw__tls_creds {
-  atomic_uint refs;
+/* An EC private key as libcrypto holds it (tls_ec_openssl.c; declared
+ * in every build so that the layouts below do not depend on it). */
+typedef struct gw__tls_ec_key gw__tls_ec_key_t;
+
+/* One certificate chain and the private key of its leaf. */
+typedef struct gw__tls_pair {
   int key_type; /* BR_KEYTYPE_EC or BR_KEYTYPE_RSA */
   br_x509_certificate chain[GW__TLS_CHAIN_MAX];
   size_t chain_len;
   gw__pem_obj_t cert_objs[GW__PEM_OBJS_MAX];
   size_t cert_objs_count;
-  br_skey_decoder_context skey; /* holds the key bytes the key points into */
-  char key_desc[32];
+  /* Holds the key bytes the key points into: never moved or copied. */
+  br_skey_decoder_context skey;
+  gw__tls_ec_key_t *ec_fast; /* libcrypto's copy of an EC key, or NULL */
+  char key_desc[16];    /* "ecdsa-p256", "rsa-2048" */
   char cert_sha256[65];
+} gw__tls_pair_t;
+
+#define GW__TLS_PAIRS_MAX 2
+
+/* What handshakes sign with: one pair, or an EC pair and an RSA pair
+ * (each full handshake takes the one its client can verify, see the
+ * policy in tls.c). Shared by the connections that started on it and
+ * replaced whole on a reload (gw_tls_reload()), both pairs at once: each
+ * connection holds a reference from its engine's set-up to its end, the
+ * gateway one for the current set, and the last reference frees it.
+ * BearSSL's server context points into it for as long as the connection
+ * lives. */
+typedef struct gw__tls_creds {
+  atomic_uint refs;
+  gw__tls_pair_t pairs[GW__TLS_PAIRS_MAX]; /* in the order configured */
+  size_t pairs_count;
+  const gw__tls_pair_t *ec;  /* one of pairs[], or NULL */
+  const gw__tls_pair_t *rsa; /* one of pairs[], or NULL */
+  char key_desc[40];         /* the pairs' key_desc, comma-separated */
+  char cert_sha256[GW__TLS_PAIRS_MAX * 65];
 } gw__tls_creds_t;
+
+/* The policy BearSSL consults on each full handshake (not on a resumed
+ * one): it picks the suite and the chain from what the client offers and
+ * signs the ECDHE parameters with that chain's key. One per connection,
+ * since it remembers its choice between the two calls. */
+typedef struct gw__tls_policy {
+  const br_ssl_server_policy_class *vtable; /* first: BearSSL calls through it */
+  const gw_tls_t *tls;
+  const gw__tls_creds_t *creds;  /* the connection's set */
+  const gw__tls_pair_t *chosen;  /* by choose(), for do_sign(); NULL before */
+} gw__tls_policy_t;
 
 struct gw_tls {
   _Atomic(gw__tls_creds_t *) creds; /* the current set */
   char *cert_path;                  /* read again by gw_tls_reload() */
   char *key_path;
+  char *rsa_cert_path;              /* the second pair's, or NULL */
+  char *rsa_key_path;
   pthread_mutex_t reload_mu;        /* one reload at a time */
   const br_ec_impl *ec;   /* ECDHE (and ECDSA) arithmetic */
-  br_ecdsa_sign ecdsa;    /* signs with an EC certificate's key */
-  bool ec_libcrypto;      /* both from libcrypto (tls_ec_openssl.c) */
+  br_ecdsa_sign ecdsa;    /* BearSSL's ECDSA, when libcrypto's is not used */
+  br_rsa_pkcs1_sign rsa_sign;
+  bool ec_libcrypto;      /* ec from libcrypto, and EC keys signed by it
+                           * (tls_ec_openssl.c) */
   /* Record ciphers, chosen once: BearSSL's "default" setters ask the CPU
    * (cpuid) on every call, which costs a VM exit per connection in a
    * virtual machine. */
@@ -82,7 +117,8 @@ struct gw_tls {
  * can find the connection and mark it resumed. */
 struct gw_tls_conn {
   br_ssl_server_context sc;
-  gw__tls_creds_t *creds; /* the chain and key its handshake uses */
+  gw__tls_creds_t *creds; /* the chains and keys its handshake may use */
+  gw__tls_policy_t policy;
   gw_tls_filter_t *filter;
   gw_tls_conn_t *next; /* the filter's live list, for the stall sweep */
   gw_tls_conn_t *prev;
@@ -99,7 +135,7 @@ struct gw_tls_conn {
 };
 
 /* Configures a fresh engine for one connection: TLS 1.2 only, ECDHE with
- * AEAD suites only, our chain and key, the shared cache. Returns 0 or
+ * AEAD suites only, our chains and keys, the shared cache. Returns 0 or
  * GW_E_TLS when the engine refuses to reset. */
 int gw__tls_engine_init(gw_tls_t *tls, gw_tls_conn_t *c);
 
@@ -108,12 +144,22 @@ void gw__tls_engine_done(gw_tls_conn_t *c);
 
 #ifdef GW_HAVE_LIBCRYPTO
 /* tls_ec_openssl.c: checks libcrypto's curve arithmetic against BearSSL's
- * and prepares signing with sk (may be NULL: RSA certificate). Returns 0,
- * GW_E_TLS or GW_E_KEY. */
-int gw__tls_ec_libcrypto_init(const br_ec_private_key *sk);
+ * before it is trusted with handshakes. Returns 0 or GW_E_TLS. */
+int gw__tls_ec_libcrypto_init(void);
+/* Frees the calling thread's libcrypto objects (loop threads free theirs
+ * when they exit). */
 void gw__tls_ec_libcrypto_free(void);
 const br_ec_impl *gw__tls_ec_libcrypto(void);
-br_ecdsa_sign gw__tls_ecdsa_libcrypto(void);
+/* libcrypto's copy of a P-256 private key. Returns 0, GW_E_KEY (not
+ * P-256, or refused by libcrypto). Any thread. */
+int gw__tls_ec_key_make(gw__tls_ec_key_t **out, const br_ec_private_key *sk);
+/* NULL is allowed. A thread that signed with the key last may keep it
+ * alive until it signs with another or exits. */
+void gw__tls_ec_key_free(gw__tls_ec_key_t *key);
+/* The DER ECDSA signature of a hash made by hf, into sig (72 bytes at
+ * least). Returns its length, or 0 if libcrypto failed. */
+size_t gw__tls_ec_key_sign(gw__tls_ec_key_t *key, const br_hash_class *hf, const void *hash,
+                           void *sig);
 #endif
 
 /* The OpenSSL-style name of a suite, or "unknown". */

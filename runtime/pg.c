@@ -49,6 +49,7 @@
 #define STALL_GRACE_MS 2000
 #define BATCH_MARGIN 256          /* batches being built, beyond the queues */
 #define READ_RESULTS_MAX 100000   /* results handled per POLLIN, a bound */
+#define TLS_READS_MAX 64          /* TLS records read per POLLIN, a bound */
 #define ITEMS_MAX (2 * RT_PG_BATCH_STMTS_MAX + 1)
 
 /* ------------------------------------------------------------------------ */
@@ -873,7 +874,10 @@ static bool conn_take_result(pg_conn_t *c, rt_pg_batch_t *b, PGresult *r) {
 }
 
 /* Reads every complete result libpq holds. */
-static void conn_read_results(pg_conn_t *c) {
+/* Hands over the results libpq has parsed; returns how many batches
+ * they finished. */
+static uint32_t conn_read_results(pg_conn_t *c) {
+  uint32_t finished = 0;
   for (uint32_t n = 0; n < READ_RESULTS_MAX && c->state == CONN_READY; n++) {
     rt_pg_batch_t *b = c->head;
     if (b == NULL || PQisBusy(c->pg)) break;
@@ -884,12 +888,46 @@ static void conn_read_results(pg_conn_t *c) {
     if (!conn_take_result(c, b, r)) continue;
     conn_pop(c);
     batch_finish(b);
+    finished++;
   }
   /* Results arriving with nothing in flight are not ours: drop them. */
   if (c->state == CONN_READY && c->head == NULL && !PQisBusy(c->pg)) {
     PGresult *r;
     for (uint32_t n = 0; n < 16 && (r = PQgetResult(c->pg)) != NULL; n++) PQclear(r);
   }
+  return finished;
+}
+
+/* Reads what the socket holds and hands the results over. Returns false
+ * when the connection failed (and was handed to conn_fail()).
+ *
+ * Over TLS one PQconsumeInput takes one record, and PostgreSQL makes a
+ * record of each of its flushes: in a pipeline, one per Sync. One read
+ * per wake-up would finish one batch per loop iteration, and the batches
+ * queued behind it would leave one write each. So while a record finishes
+ * batches, read again, up to TLS_READS_MAX records: the last read finds
+ * the kernel empty, one recv a plain connection does not pay.
+ *
+ * POLLIN sees only what the kernel holds, not what OpenSSL has decrypted
+ * and kept: enough, because libpq always reads with room for 8 KiB and
+ * PostgreSQL sends no larger record, so each record read is taken whole.
+ * (A proxy in between that sends larger records could leave bytes in
+ * OpenSSL that no POLLIN announces: libpq's async API has that limit for
+ * every caller.) */
+static bool conn_read(pg_conn_t *c) {
+  uint32_t reads_max = PQsslInUse(c->pg) ? TLS_READS_MAX : 1;
+  for (uint32_t reads = 0; reads < reads_max; reads++) {
+    if (!PQconsumeInput(c->pg)) {
+      RT_WARN("database connection lost", RT_LF_STR("pool", c->pool->name),
+              RT_LF_INT("conn", c->index), RT_LF_INT("in_flight", c->in_flight));
+      conn_fail(c, RT_PG_E_CONN_LOST, RT_PG_E_CONN_LOST);
+      return false;
+    }
+    uint32_t finished = conn_read_results(c);
+    if (c->state != CONN_READY) return false;
+    if (finished == 0) break;
+  }
+  return true;
 }
 
 static void conn_in_ready(rt_op_t *op, int res, uint32_t flags) {
@@ -903,14 +941,7 @@ static void conn_in_ready(rt_op_t *op, int res, uint32_t flags) {
     conn_fail(c, RT_PG_E_CONN_LOST, RT_PG_E_CONN_LOST);
     return;
   }
-  if (!PQconsumeInput(c->pg)) {
-    RT_WARN("database connection lost", RT_LF_STR("pool", c->pool->name),
-            RT_LF_INT("conn", c->index), RT_LF_INT("in_flight", c->in_flight));
-    conn_fail(c, RT_PG_E_CONN_LOST, RT_PG_E_CONN_LOST);
-    return;
-  }
-  conn_read_results(c);
-  if (c->state != CONN_READY) return;
+  if (!conn_read(c)) return;
   if (c->listener) listen_deliver(c);
   if (PQstatus(c->pg) == CONNECTION_BAD) {
     conn_fail(c, RT_PG_E_CONN_LOST, RT_PG_E_CONN_LOST);
@@ -1031,8 +1062,10 @@ static void conn_connect_ready(rt_op_t *op, int res, uint32_t flags) {
 static void conn_connect_failed(pg_conn_t *c, const char *why) {
   rt_pg_pool_t *p = c->pool;
   STAT_ADD(p, connect_failures, 1);
-  /* libpq's message names host and port, never the password. */
-  char msg[160];
+  /* libpq's message names host and port, never the password. A refused
+   * certificate names the host asked for too (verify-full), which in a
+   * cluster is a long service name: room for all of it. */
+  char msg[256];
   const char *m = c->pg ? PQerrorMessage(c->pg) : "";
   snprintf(msg, sizeof msg, "%s", m ? m : "");
   msg[strcspn(msg, "\n")] = '\0';
@@ -1148,7 +1181,11 @@ static void conn_ready(pg_conn_t *c) {
 }
 
 /* One step of PQconnectPoll, then wait in the direction it asks for. The
- * socket may change between steps (another address, SSL fallback). */
+ * socket may change between steps (another address, SSL fallback). TLS
+ * (sslmode=require and up) takes the same path: the SSLRequest, the
+ * handshake and the certificate check are further steps that want to read
+ * or to write, and a refused certificate is a failed step whose message
+ * says why. */
 static void conn_connect_step(pg_conn_t *c) {
   PostgresPollingStatusType st = PQconnectPoll(c->pg);
   c->fd = PQsocket(c->pg);

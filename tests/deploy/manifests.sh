@@ -2,11 +2,12 @@
 #
 # The deploy suite, manifests: both overlays render with kubectl kustomize,
 # the sources and the renders pass yamllint, the renders pass
-# deploy/k8s/policy-check (prod also with no plain Secret), and the check
-# does catch what it is meant to: a fixture breaking each rule, and the dev
-# render with a `latest` image and a probe removed, both fail with the
-# expected reports. Exit 77 (skipped) when kubectl, yamllint or PyYAML is
-# missing.
+# deploy/k8s/policy-check (prod also with no plain Secret, and every
+# database URL verify-full against its cluster's CA), and the check does
+# catch what it is meant to: a fixture breaking each rule, the dev render
+# with a `latest` image and a probe removed, and the prod render with TLS
+# to the databases weakened, all fail with the expected reports. Exit 77
+# (skipped) when kubectl, yamllint or PyYAML is missing.
 set -euo pipefail
 REPO_ROOT=${1:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)}
 K8S=$REPO_ROOT/deploy/k8s
@@ -33,10 +34,10 @@ yamllint -c "$K8S/.yamllint" "$tmp/dev.yaml" "$tmp/prod.yaml" || fail "yamllint 
 echo "yamllint: sources and renders pass"
 
 "$K8S/policy-check" "$tmp/dev.yaml" || fail "policy-check of the dev overlay"
-"$K8S/policy-check" --no-secrets "$tmp/prod.yaml" || fail "policy-check of the prod overlay"
+"$K8S/policy-check" --no-secrets --db-tls "$tmp/prod.yaml" || fail "policy-check of the prod overlay"
 
 # The checker must catch each broken rule.
-if "$K8S/policy-check" --no-secrets "$HERE/fixtures/bad.yaml" >"$tmp/bad.out"; then
+if "$K8S/policy-check" --no-secrets --db-tls "$HERE/fixtures/bad.yaml" >"$tmp/bad.out"; then
   fail "policy-check passed tests/deploy/fixtures/bad.yaml"
 fi
 expected=(
@@ -63,6 +64,11 @@ expected=(
   "Cluster/small-db: no backups to object storage"
   "Cluster/small-db: no ScheduledBackup"
   "Cluster/small-db: no NetworkPolicy selects its instances"
+  "Deployment/loose: container loose: DB_URL: sslmode is 'require', not verify-full"
+  "Deployment/loose: container loose: DB_URL: no sslrootcert"
+  "StatefulSet/untagged: container untagged: SMALL_DB_URL: mounts the whole Secret small-db-ca (ca.key too); project ca.crt only"
+  "StatefulSet/untagged: container untagged: OTHER_DB_URL: no Cluster other-db in the manifests"
+  "StatefulSet/untagged: container untagged: OTHER_DB_URL: sslrootcert comes from Secret small-db-ca, not other-db-ca (the CA of other-db)"
 )
 for e in "${expected[@]}"; do
   grep -qF "$e" "$tmp/bad.out" || { cat "$tmp/bad.out"; fail "policy-check did not report: $e"; }
@@ -91,4 +97,28 @@ for e in "Deployment/account: container account: image 'localhost/paycore/accoun
   grep -qF "$e" "$tmp/broken.out" || { cat "$tmp/broken.out"; fail "policy-check did not report: $e"; }
 done
 echo "policy-check catches a latest tag, a missing probe and an HPA on CPU alone in the dev render"
+
+# And in the prod render: TLS to the databases weakened to sslmode=require,
+# and one service's CA mount widened to the whole Secret.
+python3 - "$tmp/prod.yaml" "$tmp/prod-broken.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+for d in docs:
+    if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "paycore-config":
+        d["data"]["DB_SSL_PARAMS"] = "sslmode=require&sslrootcert=/etc/paycore/db-ca/ca.crt"
+    if d["kind"] == "Deployment" and d["metadata"]["name"] == "payment":
+        for v in d["spec"]["template"]["spec"]["volumes"]:
+            if v["name"] == "db-ca":
+                del v["secret"]["items"]
+yaml.safe_dump_all(docs, open(sys.argv[2], "w"))
+PY
+if "$K8S/policy-check" --no-secrets --db-tls "$tmp/prod-broken.yaml" >"$tmp/prod-broken.out"; then
+  fail "policy-check passed a prod render with sslmode=require"
+fi
+for e in "Deployment/account: container account: ACCOUNT_DB_URL: sslmode is 'require', not verify-full" \
+  "Deployment/profile: container profile: PROFILE_DB_READ_URL: sslmode is 'require', not verify-full" \
+  "Deployment/payment: container payment: PAYMENT_DB_URL: mounts the whole Secret payment-db-ca (ca.key too); project ca.crt only"; do
+  grep -qF "$e" "$tmp/prod-broken.out" || { cat "$tmp/prod-broken.out"; fail "policy-check did not report: $e"; }
+done
+echo "policy-check catches database URLs without verify-full and a whole CA Secret mounted in the prod render"
 echo "manifests: ok"

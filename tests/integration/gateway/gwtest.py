@@ -199,9 +199,9 @@ HMAC_KEY = "itest-identity-key-0123456789abcdef0123"
 ISS, AUD = "paycore", "paycore-api"
 
 
-def make_certs(certs_sh, rsa=True, kids=("k1", "k2")):
+def make_certs(certs_sh, kids=("k1", "k2")):
     d = os.path.join(TMP, "certs")
-    argv = ["bash", certs_sh] + (["--rsa"] if rsa else [])
+    argv = ["bash", certs_sh]
     for k in kids:
         argv += ["--kid", k]
     subprocess.run(argv + [d], check=True, stderr=subprocess.DEVNULL, timeout=60)
@@ -219,7 +219,12 @@ def mint(tool, certs, kid, sub, roles, ttl=600):
 # The gateway
 
 class Gateway:
-    def __init__(self, binary, certs, upstream_url, name="gateway", env=None, rsa=False):
+    """rsa: the RSA pair only (else the ECDSA one); both: the ECDSA pair and
+    the RSA one (GW_TLS_CERT_RSA). self.ca is the certificate clients
+    trust: the RSA one with rsa, else the ECDSA one."""
+
+    def __init__(self, binary, certs, upstream_url, name="gateway", env=None, rsa=False,
+                 both=False):
         self.port = free_port()
         self.admin_port = free_port()
         cert = "tls-rsa" if rsa else "tls-ecdsa"
@@ -236,6 +241,9 @@ class Gateway:
             "GW_RATE_ADDR_RPS": "0", "GW_RATE_SUBJECT_RPS": "0", "GW_RATE_LOGIN_RPS": "0",
             "GW_HEALTH_INTERVAL": "200ms",
         }
+        if both:
+            base["GW_TLS_CERT_RSA"] = os.path.join(certs, "tls-rsa.crt")
+            base["GW_TLS_KEY_RSA"] = os.path.join(certs, "tls-rsa.key")
         base.update(env or {})
         self.proc, self.log = start(name, [binary], base)
         self.ok = wait_for(lambda: self.admin("/healthz")[0] == 200, 20) and \

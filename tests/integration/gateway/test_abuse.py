@@ -172,7 +172,7 @@ def main():
     binary, httpd, certs_sh, corpus_dir = sys.argv[1:5]
     t.need("openssl")
     t.watchdog(150)
-    certs = t.make_certs(certs_sh, rsa=False)
+    certs = t.make_certs(certs_sh)
     up_port = t.free_port()
     t.start("bench_httpd", [httpd, "--port", str(up_port)])
     gw = t.Gateway(binary, certs, "http://127.0.0.1:%d" % up_port, name="gateway-abuse",

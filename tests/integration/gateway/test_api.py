@@ -346,7 +346,7 @@ def main():
     binary, tool, certs_sh = sys.argv[1:4]
     t.need("openssl")
     t.watchdog(150)
-    certs = t.make_certs(certs_sh, rsa=False, kids=("k1", "k2"))
+    certs = t.make_certs(certs_sh, kids=("k1", "k2"))
     add_rsa_verification_key(certs, "r1")
     inspector = t.Inspector(slow_s=3)
     gw = t.Gateway(binary, certs, inspector.url, name="gateway-api",

@@ -89,7 +89,7 @@ def check_checker(c):
 
 
 def check_served(binary, certs_sh):
-    certs = t.make_certs(certs_sh, rsa=False, kids=("k1",))
+    certs = t.make_certs(certs_sh, kids=("k1",))
     inspector = t.Inspector()
     gw = t.Gateway(binary, certs, inspector.url, name="gateway-contract")
     if not t.check("gateway starts", gw.ok):

@@ -155,7 +155,7 @@ def main():
     if not (os.environ.get("PROFILE_DB_URL") and os.environ.get("ACCOUNT_DB_URL")):
         t.skip("PROFILE_DB_URL/ACCOUNT_DB_URL not set (deploy/pg start; eval \"$(deploy/pg env)\")")
     t.watchdog(170)
-    certs = t.make_certs(certs_sh, rsa=False, kids=("k1", "k2"))
+    certs = t.make_certs(certs_sh, kids=("k1", "k2"))
     ok, profile_url, account_url = start_services(profile_bin, account_bin)
     if not t.check("profile and account start and are ready", ok):
         t.finish()

@@ -141,7 +141,7 @@ def main():
     binary, certs_sh = sys.argv[1:3]
     t.need("openssl")
     t.watchdog(150)
-    certs = t.make_certs(certs_sh, rsa=False, kids=("k1",))
+    certs = t.make_certs(certs_sh, kids=("k1",))
     jwt_dir = os.path.join(certs, "jwt")
     inspector = t.Inspector()
     gw = t.Gateway(binary, certs, inspector.url, name="gateway-rotation")

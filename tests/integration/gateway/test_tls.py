@@ -10,9 +10,22 @@ answer, the gateway's own 404s included); a handshake with each allowed suite
 1.3, CBC suites and static RSA refused; session resumption across loop
 threads; slow and silent handshakes cut off; the per-address connection cap;
 a certificate that does not match its key refused at start-up; SIGTERM.
+
+A third gateway holds both pairs (GW_TLS_CERT_RSA): a client offering only
+ECDSA suites or signatures gets the ECDSA certificate, one offering only RSA
+the RSA one, one offering both the ECDSA one, and each completes a verified
+request; sessions resume on the chain they began on; SIGHUP replaces both
+pairs at once, or neither when one does not load; an RSA slot holding an EC
+pair, or a certificate without its key, is refused at start-up.
 """
+import hashlib
+import http.client
 import os
+import re
+import shutil
+import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -209,21 +222,191 @@ def check_conn_cap(binary, certs, upstream):
     t.check("SIGTERM: exit status 0 (cap gateway)", gw.stop() == 0)
 
 
-def check_mismatched_key(binary, certs, upstream):
-    env = {"GW_TLS_CERT": os.path.join(certs, "tls-ecdsa.crt"),
-           "GW_TLS_KEY": os.path.join(certs, "tls-rsa.key")}
-    gw = t.Gateway.__new__(t.Gateway)
-    gw.port, gw.admin_port = t.free_port(), t.free_port()
-    base = {"GW_PORT": str(gw.port), "GW_ADMIN_PORT": str(gw.admin_port), "AUTH_HMAC_KEY": t.HMAC_KEY,
-            "GW_JWT_KEYS_DIR": os.path.join(certs, "jwt")}
+def start_refused(binary, certs, name, env):
+    """Starts a gateway expected to refuse its configuration: (exit
+    status or None when it kept running, its log)."""
+    base = {"GW_PORT": str(t.free_port()), "GW_ADMIN_PORT": str(t.free_port()),
+            "AUTH_HMAC_KEY": t.HMAC_KEY, "GW_JWT_KEYS_DIR": os.path.join(certs, "jwt")}
     base.update(env)
-    p, log = t.start("gateway-mismatch", [binary], base)
+    p, log = t.start(name, [binary], base)
     try:
         rc = p.wait(10)
     except subprocess.TimeoutExpired:
         rc = None
+        t.stop(p)
+    return rc, open(log, errors="replace").read()
+
+
+def check_mismatched_key(binary, certs, upstream):
+    rc, log = start_refused(binary, certs, "gateway-mismatch", {
+        "GW_TLS_CERT": os.path.join(certs, "tls-ecdsa.crt"),
+        "GW_TLS_KEY": os.path.join(certs, "tls-rsa.key")})
     t.check("certificate with another key's private key: refuses to start (exit 1)", rc == 1, rc)
-    t.check("and says why", "cannot load the TLS certificate" in open(log).read())
+    t.check("and says why", "cannot load the TLS certificate" in log)
+
+
+# ---------------------------------------------------------------------------
+# Two pairs on one gateway
+
+def file_cert(path):
+    with open(path) as f:
+        return hashlib.sha256(ssl.PEM_cert_to_DER_cert(f.read())).hexdigest()
+
+
+def served(out):
+    """(SHA-256 of the leaf certificate, the key's signature type "ECDSA" or
+    "RSA") from s_client's output; None where it does not say."""
+    m = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", out, re.S)
+    sha = hashlib.sha256(ssl.PEM_cert_to_DER_cert(m.group(0))).hexdigest() if m else None
+    m = re.search(r"^Peer signature type: (\S+)", out, re.M)
+    return sha, m.group(1) if m else None
+
+
+def fetch(gw, ciphers, cafile):
+    """GET /hello verified against cafile (host name included), offering
+    only `ciphers`: (status, body, suite, SHA-256 of the peer's leaf)."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(ciphers)
+    c = http.client.HTTPSConnection("localhost", gw.port, timeout=10, context=ctx)
+    try:
+        c.request("GET", "/hello")
+        r = c.getresponse()
+        body = r.read().decode(errors="replace")
+        return (r.status, body, c.sock.cipher()[0],
+                hashlib.sha256(c.sock.getpeercert(binary_form=True)).hexdigest())
+    finally:
+        c.close()
+
+
+def pair_files(certs):
+    return {k: (os.path.join(certs, "tls-%s.crt" % k), os.path.join(certs, "tls-%s.key" % k))
+            for k in ("ecdsa", "rsa")}
+
+
+def check_choice(gw, files, label):
+    """Which certificate each kind of client is sent, and a verified request
+    through each."""
+    ec, rsa = file_cert(files["ecdsa"][0]), file_cert(files["rsa"][0])
+    cases = [
+        ("only ECDSA suites", ["-cipher", ":".join(ECDSA_SUITES)], ec, "ECDSA"),
+        ("only RSA suites", ["-cipher", ":".join(RSA_SUITES)], rsa, "RSA"),
+        ("every suite, only ECDSA signatures", ["-sigalgs", "ECDSA+SHA256:ECDSA+SHA384"], ec,
+         "ECDSA"),
+        ("every suite, only RSA signatures", ["-sigalgs", "RSA+SHA256:RSA+SHA512"], rsa, "RSA"),
+        ("both offered", [], ec, "ECDSA"),
+    ]
+    for what, args, want, sig in cases:
+        rc, out = s_client(gw.port, "-tls1_2", *args)
+        got = served(out)
+        t.check("%s: a client with %s gets the %s certificate" % (label, what, sig),
+                rc == 0 and got == (want, sig) and ("Cipher is ECDHE-%s-" % sig) in out,
+                "%s %s" % (got, out[-300:]))
+    rc, out = s_client(gw.port, "-tls1_2", "-cipher", ":".join(RSA_SUITES),
+                       "-sigalgs", "ECDSA+SHA256")
+    t.check("%s: RSA suites with only ECDSA signatures: no chain fits, refused" % label,
+            rc != 0 and "Cipher is ECDHE" not in out, out[-300:])
+    for suites, ca, want, sig in ((ECDSA_SUITES, files["ecdsa"][0], ec, "ECDSA"),
+                                  (RSA_SUITES, files["rsa"][0], rsa, "RSA")):
+        st, body, suite, peer = fetch(gw, ":".join(suites), ca)
+        t.check("%s: a client offering only %s suites verifies the certificate and is"
+                " served (%s)" % (label, sig, suite),
+                st == 200 and body == "hello, world\n" and peer == want and suite in suites,
+                "%s %r %s" % (st, body[:80], suite))
+
+
+def check_pair_resumption(gw, files):
+    ec, rsa = file_cert(files["ecdsa"][0]), file_cert(files["rsa"][0])
+    for suites, want, sig in ((ECDSA_SUITES, ec, "ECDSA"), (RSA_SUITES, rsa, "RSA")):
+        sess = os.path.join(t.TMP, "both-%s.pem" % sig)
+        rc, out = s_client(gw.port, "-tls1_2", "-cipher", ":".join(suites), sess_out=sess)
+        first = rc == 0 and "New, TLSv1.2" in out and served(out) == (want, sig)
+        rc, out = s_client(gw.port, "-tls1_2", "-cipher", ":".join(suites), sess_in=sess)
+        m = re.search(r"Reused, TLSv1.2, Cipher is (\S+)", out)
+        t.check("two pairs: a session begun on the %s chain resumes with its suite" % sig,
+                first and rc == 0 and m is not None and m.group(1) in suites, out[-300:])
+    # The RSA session, offered by a client that now takes ECDSA only: its
+    # suite is not offered, so a full handshake, on the ECDSA chain.
+    rc, out = s_client(gw.port, "-tls1_2", "-cipher", ":".join(ECDSA_SUITES),
+                       sess_in=os.path.join(t.TMP, "both-RSA.pem"))
+    t.check("two pairs: an RSA session offered with ECDSA suites only: a new handshake, ECDSA",
+            rc == 0 and "New, TLSv1.2" in out and served(out) == (ec, "ECDSA"), out[-300:])
+
+
+def replace(src, dst):
+    """dst's content becomes src's, by rename (a reader never sees half)."""
+    shutil.copyfile(src, dst + ".new")
+    os.replace(dst + ".new", dst)
+
+
+def sighup(gw, word):
+    before = open(gw.log, errors="replace").read().count(word)
+    gw.proc.send_signal(signal.SIGHUP)
+    return t.wait_for(lambda: open(gw.log, errors="replace").read().count(word) > before, 10)
+
+
+def served_now(gw, suites):
+    rc, out = s_client(gw.port, "-tls1_2", "-cipher", ":".join(suites))
+    return served(out)[0] if rc == 0 else None
+
+
+def check_pair_reload(gw, files, certs_sh):
+    old = {k: file_cert(v[0]) for k, v in files.items()}
+    nxt = pair_files(os.path.join(t.TMP, "certs-next"))
+    subprocess.run(["bash", certs_sh, os.path.dirname(nxt["rsa"][0])], check=True,
+                   stderr=subprocess.DEVNULL, timeout=60)
+    # The new RSA certificate with the old RSA key: that pair does not load,
+    # so neither pair changes.
+    replace(nxt["rsa"][0], files["rsa"][0])
+    ok = sighup(gw, "TLS certificate was not reloaded")
+    log = open(gw.log, errors="replace").read()
+    t.check("two pairs: SIGHUP with a broken RSA pair is refused, and the log names its file",
+            ok and re.search(r'"msg":"TLS certificate and key not loaded","cert":"[^"]*tls-rsa\.crt"',
+                             log) is not None)
+    t.check("... both old certificates are still served",
+            served_now(gw, ECDSA_SUITES) == old["ecdsa"] and served_now(gw, RSA_SUITES) == old["rsa"])
+    for k in ("ecdsa", "rsa"):
+        replace(nxt[k][0], files[k][0])
+        replace(nxt[k][1], files[k][1])
+    ok = sighup(gw, "TLS certificate reloaded")
+    t.check("two pairs: SIGHUP with both pairs new: reloaded, the log names both keys",
+            ok and '"cert_key":"ecdsa-p256,rsa-2048"' in open(gw.log, errors="replace").read())
+    new = {k: file_cert(v[0]) for k, v in nxt.items()}
+    t.check("... an ECDSA client gets the new ECDSA certificate",
+            served_now(gw, ECDSA_SUITES) == new["ecdsa"] != old["ecdsa"])
+    t.check("... an RSA client gets the new RSA certificate",
+            served_now(gw, RSA_SUITES) == new["rsa"] != old["rsa"])
+    check_choice(gw, files, "after the reload")
+
+
+def check_pair_refusals(binary, certs):
+    files = pair_files(certs)
+    rc, log = start_refused(binary, certs, "gateway-two-ec", {
+        "GW_TLS_CERT": files["ecdsa"][0], "GW_TLS_KEY": files["ecdsa"][1],
+        "GW_TLS_CERT_RSA": files["ecdsa"][0], "GW_TLS_KEY_RSA": files["ecdsa"][1]})
+    t.check("an EC pair in the RSA slot: refuses to start (exit 1), and says why",
+            rc == 1 and "the second TLS certificate must be RSA" in log, log[-300:])
+    rc, log = start_refused(binary, certs, "gateway-half-pair", {
+        "GW_TLS_CERT": files["ecdsa"][0], "GW_TLS_KEY": files["ecdsa"][1],
+        "GW_TLS_CERT_RSA": files["rsa"][0]})
+    t.check("GW_TLS_CERT_RSA without GW_TLS_KEY_RSA: a configuration error (exit 2), and says why",
+            rc == 2 and "GW_TLS_CERT_RSA and GW_TLS_KEY_RSA go together" in log, log[-300:])
+
+
+def check_two_pairs(binary, certs, certs_sh, upstream, env):
+    # A copy of its own: the reload rewrites the files.
+    own = os.path.join(t.TMP, "certs-both")
+    shutil.copytree(certs, own)
+    gw = t.Gateway(binary, own, upstream, name="gateway-both", env=env, both=True)
+    if not t.check("a gateway with both pairs starts", gw.ok):
+        return
+    t.check("its start-up line names both keys",
+            '"cert_key":"ecdsa-p256,rsa-2048"' in open(gw.log).read())
+    files = pair_files(own)
+    check_choice(gw, files, "two pairs")
+    check_pair_resumption(gw, files)
+    check_pair_reload(gw, files, certs_sh)
+    t.check("SIGTERM: exit status 0 (gateway with both pairs)", gw.stop() == 0)
 
 
 def main():
@@ -232,7 +415,7 @@ def main():
     binary, httpd, certs_sh = sys.argv[1:4]
     t.need("openssl", "curl")
     t.watchdog(150)
-    certs = t.make_certs(certs_sh, rsa=True)
+    certs = t.make_certs(certs_sh)
     up_port = t.free_port()
     t.start("bench_httpd", [httpd, "--port", str(up_port)])
     upstream = "http://127.0.0.1:%d" % up_port
@@ -251,6 +434,8 @@ def main():
     check_slow_handshakes(gw)
     check_conn_cap(binary, certs, upstream)
     check_mismatched_key(binary, certs, upstream)
+    check_two_pairs(binary, certs, certs_sh, upstream, env)
+    check_pair_refusals(binary, certs)
     t.check("SIGTERM: exit status 0 (ECDSA gateway)", gw.stop() == 0)
     t.check("SIGTERM: exit status 0 (RSA gateway)", gw_rsa.stop() == 0)
     t.check_logs_clean()

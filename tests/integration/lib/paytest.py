@@ -285,6 +285,13 @@ def sql_rows(url, query, sep="|"):
     return [line.split(sep) for line in sql(url, query, sep).split("\n") if line]
 
 
+def with_database(url, database):
+    """The same URL naming another database; its parameters (sslmode,
+    sslrootcert=/a/path, ...) kept."""
+    base, sep, query = url.partition("?")
+    return base.rsplit("/", 1)[0] + "/" + database + sep + query
+
+
 def db_url(service):
     name = service.upper() + "_DB_URL"
     url = os.environ.get(name)
@@ -315,13 +322,13 @@ def scratch_db(service):
                         "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name],
                        capture_output=True, timeout=60)
     atexit.register(drop)
-    return db_url(service).rsplit("/", 1)[0] + "/" + name
+    return with_database(db_url(service), name)
 
 
 def admin_url(database):
     """The superuser's URL on one database (tampering, as an attacker with
     the keys to the server would)."""
-    return os.environ["PG_ADMIN_URL"].rsplit("/", 1)[0] + "/" + database
+    return with_database(os.environ["PG_ADMIN_URL"], database)
 
 
 # ---------------------------------------------------------------------------

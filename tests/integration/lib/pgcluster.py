@@ -61,9 +61,10 @@ def with_port(url, port):
 
 class Cluster:
     """deploy/pg with PG_DIR and PG_PORT of this test: a primary and
-    `replicas` streaming replicas."""
+    `replicas` streaming replicas; tls: PG_TLS=1 (URLs with
+    sslmode=verify-full)."""
 
-    def __init__(self, deploy_pg, replicas=1, sync=None):
+    def __init__(self, deploy_pg, replicas=1, sync=None, tls=False):
         self.deploy_pg = deploy_pg
         self.dir = os.path.join(t.WORK_DIR, "pg")
         # Run as root, the servers run as the postgres user, which must be
@@ -74,6 +75,7 @@ class Cluster:
         self.env = dict(os.environ)
         self.env.update({"PG_DIR": self.dir, "PG_PORT": str(self.port)})
         self.env.pop("PG_REPLICAS", None)
+        self.env["PG_TLS"] = "1" if tls else "0"
         if sync:
             self.env["PG_SYNC"] = sync
         else:
@@ -100,7 +102,7 @@ class Cluster:
 
     def admin(self, port=None, database="postgres"):
         """The superuser's URL on the primary (or on the server at port)."""
-        url = self.urls["PG_ADMIN_URL"].rsplit("/", 1)[0] + "/" + database
+        url = t.with_database(self.urls["PG_ADMIN_URL"], database)
         return with_port(url, port) if port else url
 
     def export(self):
