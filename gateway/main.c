@@ -340,7 +340,8 @@ static int thread_setup(rt_loop_t *loop, uint32_t index, void *arg) {
   rt_timer_init(&th->drain_timer, NULL, th);
   int rc = gw_token_cache_create(&th->tokens, c->token_cache_entries);
   if (rc == 0)
-    rc = gw_tls_filter_create(&th->filter, app.tls, loop, app.connlimit, c->http.conns_max);
+    rc = gw_tls_filter_create(&th->filter, app.tls, loop, app.connlimit, c->http.conns_max,
+                              c->http.conns_max / 4 + 1);
   /* One request in flight per connection: pools as large as the server's. */
   if (rc == 0) rc = rt_pool_init(&th->reqs, "gw_reqs", gw_proxy_ctx_bytes(), c->http.conns_max);
   if (rc == 0) rc = rt_pool_init(&th->logins, "gw_logins", gw_token_ctx_bytes(), c->http.conns_max);
