@@ -54,6 +54,14 @@ def rows_gateway(r):
     for kind, res in sorted(r["results"].items()):
         out.append(("gateway", "%s req/s" % kind, res["gateway"]["rps_median"], "nginx",
                     res["nginx"]["rps_median"], r["ratio_rps"].get(kind)))
+    mem = r.get("memory") or {}
+    if "gateway" in mem and "nginx" in mem:
+        g, n, ratio = mem["gateway"], mem["nginx"], r.get("ratio_memory") or {}
+        out.append(("gateway", "RSS at start MiB (lower is better)", g["rss_start_kib"] / 1024.0,
+                    "nginx", n["rss_start_kib"] / 1024.0, ratio.get("rss_start")))
+        out.append(("gateway", "KiB per idle TLS conn (%d idle)" % g["conns"],
+                    g["rss_bytes_per_conn"] / 1024.0, "nginx", n["rss_bytes_per_conn"] / 1024.0,
+                    ratio.get("per_idle_conn")))
     return out
 
 

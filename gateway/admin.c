@@ -146,6 +146,9 @@ static void metrics_tls(wire_metrics_t *m, gw_app_t *app) {
                        atomic_load(&s->stalled));
   wire_metrics_counter(m, "gw_conns_refused_per_addr_total",
                        "Connections over the per-address cap.", atomic_load(&s->refused_per_addr));
+  wire_metrics_counter(m, "gw_tls_record_buffers_exhausted_total",
+                       "Connections closed mid-record with no record buffer left.",
+                       atomic_load(&s->bufs_exhausted));
 }
 
 static void metrics_upstreams(wire_metrics_t *m, gw_app_t *app) {

@@ -235,6 +235,7 @@ typedef struct gw_tls_stats {
   _Atomic uint64_t failed;            /* closed by a TLS error */
   _Atomic uint64_t stalled;           /* closed by the handshake/record timer */
   _Atomic uint64_t refused_per_addr;  /* over the per-address connection cap */
+  _Atomic uint64_t bufs_exhausted;    /* closed mid-record: no record buffer left */
   _Atomic uint64_t cache_hits;
   _Atomic uint64_t cache_misses;
 } gw_tls_stats_t;
@@ -277,11 +278,14 @@ typedef struct gw_tls_filter gw_tls_filter_t;
  * record 16.3 KiB, output buffer 4 KiB), from a pool sized at start-up. */
 typedef struct gw_tls_conn gw_tls_conn_t;
 
-/* A filter for `conns_max` connections on `loop`. connlimit may be NULL.
- * Starts a sweep timer that closes connections whose handshake or whose
- * current record is not complete within the handshake timeout. */
+/* A filter for `conns_max` connections on `loop`, of which `records_max`
+ * (at most conns_max) may hold record buffers between reads, each while
+ * a record of theirs is partly received; one more than that finds none and
+ * is closed (counted in bufs_exhausted). connlimit may be NULL. Starts a
+ * sweep timer that closes connections whose handshake or whose current
+ * record is not complete within the handshake timeout. */
 int gw_tls_filter_create(gw_tls_filter_t **out, gw_tls_t *tls, rt_loop_t *loop,
-                         gw_connlimit_t *connlimit, uint32_t conns_max);
+                         gw_connlimit_t *connlimit, uint32_t conns_max, uint32_t records_max);
 
 /* Stops the sweep timer (at drain). */
 void gw_tls_filter_stop(gw_tls_filter_t *f);

@@ -247,6 +247,119 @@ static void log_startup(void) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* Sizing                                                                   */
+/* ------------------------------------------------------------------------ */
+
+#define ADMIN_CONNS_MAX 256  /* scrapers and probes on the admin port */
+#define RECV_BUFS_MAX 1024   /* provided recv buffers at most, per thread */
+#define RECV_BUF_BYTES 4096  /* a page: a typical request arrives whole */
+
+_Static_assert((RECV_BUFS_MAX & (RECV_BUFS_MAX - 1)) == 0, "the buffer ring wants a power of 2");
+_Static_assert(RECV_BUFS_MAX <= 32768, "the runtime's largest buffer ring");
+_Static_assert(RECV_BUF_BYTES % 4096 == 0, "buffers of whole pages");
+
+/* What each loop thread is sized for, every count the sum of its users
+ * and each from the configuration, so that the memory taken at start-up
+ * follows the limits an operator sets (HTTP_CONNS_MAX first of all) and
+ * nothing else. Filled once by size_threads(), before any thread. */
+typedef struct sizes {
+  uint32_t conns;            /* HTTPS connections (HTTP_CONNS_MAX) */
+  uint32_t upstream_queue;   /* requests one upstream client may hold */
+  uint32_t tls_records;      /* connections holding TLS record buffers at once */
+  rt_loop_config_t loop;
+} sizes_t;
+
+static sizes_t sizes;
+
+static uint32_t pow2_at_least(uint32_t n) {
+  uint32_t p = 1;
+  while (p < n) p <<= 1;
+  return p;
+}
+
+/* Fills `sizes` from the configuration. Returns 0, or RT_E_CONFIG when a
+ * count would not fit the runtime's 32 bits (logged). */
+static int size_threads(const gw_config_t *c) {
+  sizes_t *z = &sizes;
+  uint64_t conns = c->http.conns_max;
+  uint64_t clients = 0; /* an upstream client per service address */
+  for (int s = GW_SVC_PROFILE; s < GW_SVC_COUNT; s++) clients += c->services[s].count;
+  /* An HTTPS connection has one request at a time, proxied or a login,
+   * and any one service may be asked for all of them at once; thread 0
+   * adds a health probe per address. */
+  uint64_t queue = conns   /* a request per HTTPS connection */
+                 + 1;      /* the address's health probe */
+  /* A connection holds TLS record buffers (20.9 KiB) only while a record
+   * of its is partly received (tls_filter.c): requests that come whole in
+   * one read never do; large bodies and slow clients do, for as long as
+   * the rest takes, the handshake timeout at most. A quarter of the
+   * connections at once; one more is closed and counted
+   * (gw_tls_record_buffers_exhausted_total). At start-up the pool touches
+   * one page of each buffer (its free list), the rest only when used. */
+  uint64_t records = conns / 4 + 1;
+  /* Timers armed at once. An upstream client arms one per request it holds
+   * (its pool: the queue plus one per connection) and one per connect. */
+  uint64_t timers = conns                                   /* HTTPS connections */
+                  + ADMIN_CONNS_MAX                         /* admin connections */
+                  + 1                                       /* TLS handshake sweep */
+                  + clients * (queue + c->upstream_conns)   /* upstream requests */
+                  + clients * c->upstream_conns             /* upstream connects */
+                  + 1                                       /* health probes */
+                  + 1;                                      /* drain poll */
+  /* Actor messages: no gateway code sends any, and the one the runtime
+   * sends by itself (a stopped actor's notice to its supervisor) has no
+   * taker here, connections having no supervisor. A few anyway: code that
+   * starts sending them meets the pool's exhaustion warning, not a crash. */
+  uint64_t msgs = 64;
+  /* Provided recv buffers: the kernel fills one per recv completion and
+   * the server gives it back when the completion's callback returns, so
+   * they cover one loop iteration's completions: one per connection with
+   * bytes waiting, up to RECV_BUFS_MAX. Past that a recv finds none, ends
+   * in ENOBUFS and is armed again (counted and logged by the loop): a
+   * system call lost, no byte. As the ring turns every buffer is touched:
+   * this is resident memory, hence whole pages and no more. */
+  uint64_t bufs = conns                   /* HTTPS connections */
+                + ADMIN_CONNS_MAX;        /* admin connections */
+  if (bufs > RECV_BUFS_MAX) bufs = RECV_BUFS_MAX;
+  if (timers > UINT32_MAX || queue > UINT32_MAX) {
+    RT_ERROR("the limits need more timers than a loop can have",
+             RT_LF_INT("HTTP_CONNS_MAX", conns), RT_LF_INT("upstream_addresses", clients),
+             RT_LF_INT("GW_UPSTREAM_CONNS", c->upstream_conns));
+    return RT_E_CONFIG;
+  }
+  z->conns = (uint32_t)conns;
+  z->upstream_queue = (uint32_t)queue;
+  z->tls_records = (uint32_t)records;
+  z->loop = (rt_loop_config_t){
+      .timers_count = (uint32_t)timers,
+      .msgs_count = (uint32_t)msgs,
+      .msg_bytes = 64,
+      .bufs_count = pow2_at_least((uint32_t)bufs),
+      .buf_bytes = RECV_BUF_BYTES,
+      /* Ops going in per iteration: about a send and a recv per
+       * connection with bytes waiting, the same bound as the buffers
+       * (upstream connections' ops ride along). The loop queues the rest
+       * in order, so this sets how many go in one system call, no limit. */
+      .sq_entries = pow2_at_least((uint32_t)bufs),
+      /* actor_budget and the batch wait keep the loop's defaults: they
+       * pace work, they size nothing. */
+  };
+  /* The relations the rest of the gateway relies on. */
+  assert(z->upstream_queue > z->conns);                /* a probe is never refused */
+  assert(z->tls_records > 0 && z->tls_records <= z->conns);
+  assert(z->loop.timers_count >= z->conns + ADMIN_CONNS_MAX + 3);
+  assert(z->loop.bufs_count <= RECV_BUFS_MAX);
+  assert(z->loop.sq_entries == z->loop.bufs_count);
+  RT_INFO("each loop thread sized", RT_LF_INT("conns", z->conns),
+          RT_LF_INT("tls_record_buffers", z->tls_records),
+          RT_LF_INT("upstream_queue", z->upstream_queue),
+          RT_LF_INT("timers", z->loop.timers_count), RT_LF_INT("msgs", z->loop.msgs_count),
+          RT_LF_INT("recv_buffers", z->loop.bufs_count),
+          RT_LF_INT("recv_buffer_bytes", z->loop.buf_bytes));
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Threads                                                                  */
 /* ------------------------------------------------------------------------ */
 
@@ -258,7 +371,7 @@ static int create_clients(gw_thread_t *th) {
           .host = c->services[s].addrs[i].host,
           .port = c->services[s].addrs[i].port,
           .conns_max = c->upstream_conns,
-          .queue_max = c->http.conns_max,
+          .queue_max = sizes.upstream_queue,
           .connect_timeout_ms = c->upstream_connect_timeout_ms,
           .request_timeout_ms = c->upstream_timeout_ms,
       };
@@ -312,12 +425,13 @@ static int start_server(gw_thread_t *th) {
   http_server_config_t sc = c->http;
   sc.host = c->host;
   sc.port = (uint16_t)c->port;
+  sc.conns_max = sizes.conns;
   sc.filter = gw_tls_filter_http(th->filter);
   int rc = http_server_create(&th->server, th->loop, &sc, &app.router);
   if (rc == 0) rc = http_server_start(th->server);
   if (rc < 0 || th->index != 0) return rc;
   http_server_config_t ac = {.host = c->admin_host, .port = (uint16_t)c->admin_port,
-                             .conns_max = 256};
+                             .conns_max = ADMIN_CONNS_MAX};
   rc = http_server_create(&th->admin, th->loop, &ac, &app.admin_router);
   if (rc == 0) rc = http_server_start(th->admin);
   if (rc == 0) {
@@ -340,10 +454,11 @@ static int thread_setup(rt_loop_t *loop, uint32_t index, void *arg) {
   rt_timer_init(&th->drain_timer, NULL, th);
   int rc = gw_token_cache_create(&th->tokens, c->token_cache_entries);
   if (rc == 0)
-    rc = gw_tls_filter_create(&th->filter, app.tls, loop, app.connlimit, c->http.conns_max);
+    rc = gw_tls_filter_create(&th->filter, app.tls, loop, app.connlimit, sizes.conns,
+                              sizes.tls_records);
   /* One request in flight per connection: pools as large as the server's. */
-  if (rc == 0) rc = rt_pool_init(&th->reqs, "gw_reqs", gw_proxy_ctx_bytes(), c->http.conns_max);
-  if (rc == 0) rc = rt_pool_init(&th->logins, "gw_logins", gw_token_ctx_bytes(), c->http.conns_max);
+  if (rc == 0) rc = rt_pool_init(&th->reqs, "gw_reqs", gw_proxy_ctx_bytes(), sizes.conns);
+  if (rc == 0) rc = rt_pool_init(&th->logins, "gw_logins", gw_token_ctx_bytes(), sizes.conns);
   if (rc == 0) rc = http_buf_init(&th->scratch, 4096, 256 * 1024);
   if (rc == 0) rc = create_clients(th);
   if (rc == 0) rc = start_server(th);
@@ -422,14 +537,14 @@ int main(int argc, char **argv) {
   }
   if (gw_config_load(&app.cfg) < 0) return 2;
   if (build_routes() < 0 || gw_admin_routes(&app) < 0) return 2;
+  if (size_threads(&app.cfg) < 0) return 2;
   if (create_shared() < 0) {
     destroy_shared();
     return 1;
   }
   log_startup();
-  rt_loop_config_t loop_cfg = {0};
   rt_on_reload(reload, NULL);
-  rc = rt_run(app.cfg.threads, &loop_cfg, thread_setup, NULL, DRAIN_DEADLINE_MS);
+  rc = rt_run(app.cfg.threads, &sizes.loop, thread_setup, NULL, DRAIN_DEADLINE_MS);
   for (uint32_t i = 0; i < app.cfg.threads; i++) thread_teardown(&app.threads[i]);
   destroy_shared();
   RT_INFO("stopped", RT_LF_INT("status", rc < 0 ? 1 : 0));

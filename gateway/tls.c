@@ -604,7 +604,8 @@ int gw__tls_engine_init(gw_tls_t *t, gw_tls_conn_t *c) {
   c->policy = (gw__tls_policy_t){.vtable = &policy_class, .tls = t, .creds = c->creds};
   br_ssl_server_set_policy(sc, &c->policy.vtable);
   br_ssl_engine_add_flags(eng, BR_OPT_ENFORCE_SERVER_PREFERENCES | BR_OPT_NO_RENEGOTIATION);
-  br_ssl_engine_set_buffers_bidi(eng, c->ibuf, sizeof c->ibuf, c->obuf, sizeof c->obuf);
+  br_ssl_engine_set_buffers_bidi(eng, c->bufs->in, sizeof c->bufs->in, c->bufs->out,
+                                 sizeof c->bufs->out);
   if (t->cache.vtable != NULL) br_ssl_server_set_cache(sc, &t->cache.vtable);
   return br_ssl_server_reset(sc) ? 0 : GW_E_TLS;
 }

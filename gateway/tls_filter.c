@@ -16,7 +16,32 @@
  * started; a periodic sweep shuts down those past the handshake timeout
  * (shutdown(2) makes the server's recv see end of stream, and the server
  * then closes the connection the normal way).
+ *
+ * Record buffers: BearSSL reads records into, and builds them in, buffers
+ * of 16.7 + 4.1 KiB, which an idle keep-alive connection does not need:
+ * between two requests its engine holds no byte of any record. So the
+ * buffers are lent, not owned. The life of a pair:
+ *   1. The filter keeps one spare pair, lent to whichever connection a
+ *      call (open, input, output) is for, unless that connection holds
+ *      its own.
+ *   2. At the end of the call the engine is looked at. Quiet (no byte of
+ *      an incoming record received, no outgoing record built or unsent:
+ *      engine_quiet()), the pair goes back: the spare to the filter, an
+ *      own pair to the pool.
+ *   3. Not quiet (a record partly received, which is how large bodies and
+ *      slow clients arrive), the connection keeps the pair it has; if it
+ *      was the spare, the filter takes a new spare from the pool. With
+ *      none left the connection is closed and counted: buffers are a
+ *      configured limit like connections (records_max).
+ *   4. A connection freed while holding a pair gives it back to the pool.
+ * Output never needs a pair of its own: a response is pushed through the
+ * engine and its records drained to the wire buffer within one call, so
+ * an answer given later, to a connection now idle, always finds the
+ * spare. Between calls an idle engine points at no buffer at all, so a
+ * use that these rules missed faults at once instead of reading another
+ * connection's bytes.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -24,6 +49,8 @@
 #include "tls_internal.h"
 
 #define SWEEP_MS_MAX 250
+/* BearSSL's header-sized first read of a record (ssl_engine.c). */
+#define RECORD_HEADER_BYTES 5
 
 typedef struct binding {
   const rt_actor_t *actor; /* NULL: empty */
@@ -36,6 +63,8 @@ struct gw_tls_filter {
   rt_loop_t *loop;
   gw_connlimit_t *connlimit;
   rt_pool_t conns;
+  rt_pool_t bufs;              /* record buffers held past a call, and the spare */
+  gw__tls_bufs_t *spare;       /* lent to the connection of the current call */
   gw_tls_conn_t *stalled_head; /* ordered by stall_since_ns */
   gw_tls_conn_t *stalled_tail;
   gw_tls_conn_t *current;      /* the connection whose bytes were decoded last */
@@ -142,6 +171,82 @@ const char *gw_tls_conn_suite(const gw_tls_conn_t *c) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* Record buffers                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* True when the engine's buffers hold nothing it will read again, so that
+ * they may be taken away and others of the same sizes put in their place.
+ * BearSSL (ssl_engine.c) keeps offsets into its buffers, never data
+ * elsewhere about them: with ixa = ixb = 0 and ixc = 5 it waits for the
+ * first header byte of a record (make_ready_in), with oxa = oxc < oxb it
+ * has an empty record open for payload (make_ready_out). The handshake's
+ * pointers into the buffers are taken afresh each time it runs. A closed
+ * engine reads nothing more. Called with the buffers in place. */
+static bool engine_quiet(const br_ssl_engine_context *eng) {
+  if (br_ssl_engine_current_state(eng) == BR_SSL_CLOSED) return true;
+  bool in_empty = eng->ixa == 0 && eng->ixb == 0 && eng->ixc == RECORD_HEADER_BYTES;
+  bool out_empty = eng->oxa == eng->oxc && eng->oxa < eng->oxb;
+  return in_empty && out_empty;
+}
+
+static void bufs_attach(gw_tls_conn_t *c, gw__tls_bufs_t *b) {
+  br_ssl_engine_context *eng = &c->sc.eng;
+  assert(c->bufs == NULL);
+  assert(eng->ibuf == NULL); /* idle: no buffer at all */
+  c->bufs = b;
+  eng->ibuf = b->in;
+  eng->obuf = b->out;
+}
+
+static gw__tls_bufs_t *bufs_detach(gw_tls_conn_t *c) {
+  gw__tls_bufs_t *b = c->bufs;
+  assert(b != NULL);
+  c->bufs = NULL;
+  c->sc.eng.ibuf = NULL;
+  c->sc.eng.obuf = NULL;
+  return b;
+}
+
+/* Start of a call: the connection's engine gets buffers, its own or the
+ * spare. A call never runs inside another (each returns before the server
+ * makes the next), so the spare is always there. */
+static void bufs_lend(gw_tls_filter_t *f, gw_tls_conn_t *c) {
+  if (c->bufs != NULL) return;
+  assert(f->spare != NULL);
+  bufs_attach(c, f->spare);
+  f->spare = NULL;
+}
+
+/* End of a call (life steps 2 and 3 above). Returns 0, or RT_E_LIMIT when
+ * the connection must keep its buffers and none is left to replace the
+ * spare: it has then given the spare back and is failed. */
+static int bufs_settle(gw_tls_filter_t *f, gw_tls_conn_t *c) {
+  bool lent = f->spare == NULL; /* c has the spare */
+  assert(c->bufs != NULL);
+  if (c->failed || engine_quiet(&c->sc.eng)) {
+    gw__tls_bufs_t *b = bufs_detach(c);
+    if (lent) f->spare = b;
+    else rt_pool_put(&f->bufs, b);
+    return 0;
+  }
+  if (!lent) return 0;
+  f->spare = rt_pool_get(&f->bufs); /* counted and logged by the pool when empty */
+  if (f->spare != NULL) return 0;
+  atomic_fetch_add_explicit(&f->tls->stats.bufs_exhausted, 1, memory_order_relaxed);
+  c->failed = true; /* its partial record goes with the buffers */
+  f->spare = bufs_detach(c);
+  return RT_E_LIMIT;
+}
+
+/* The end of every call: buffers settled, a failure remembered so that
+ * the engine is never run again on buffers that may not be its own. */
+static int call_end(gw_tls_conn_t *c, int rc) {
+  if (rc < 0) c->failed = true;
+  int src = bufs_settle(c->filter, c);
+  return rc < 0 ? rc : src;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Engine pumping                                                           */
 /* ------------------------------------------------------------------------ */
 
@@ -211,10 +316,12 @@ static int tls_input(void *state, const char *data, size_t len, http_buf_t *plai
                      http_buf_t *wire) {
   gw_tls_conn_t *c = state;
   gw_tls_filter_t *f = c->filter;
+  if (c->failed) return GW_E_TLS;
   f->current = c;
   size_t plain_before = plain->len;
   bool handshaking = !c->handshake_done;
-  int rc = engine_input(c, data, len, plain, wire);
+  bufs_lend(f, c);
+  int rc = call_end(c, engine_input(c, data, len, plain, wire));
   if (rc < 0) return rc;
   /* Plaintext, or the end of the handshake, ends a stall; bytes that made
    * neither start one (or let the running one go on). */
@@ -259,8 +366,8 @@ static int engine_sink(void *ctx, const char *data, size_t len) {
   return rc;
 }
 
-static int tls_output(void *state, const char *data, size_t len, http_buf_t *wire) {
-  gw_tls_conn_t *c = state;
+/* Pushes plaintext through the engine and drains every record it makes. */
+static int engine_output(gw_tls_conn_t *c, const char *data, size_t len, http_buf_t *wire) {
   sink_ctx_t s = {.conn = c, .wire = wire};
   int rc = gw_inject_push(&c->inject, data, len, engine_sink, &s);
   if (rc < 0) return rc;
@@ -271,6 +378,13 @@ static int tls_output(void *state, const char *data, size_t len, http_buf_t *wir
     rc = drain_records(&c->sc.eng, wire);
   }
   return rc;
+}
+
+static int tls_output(void *state, const char *data, size_t len, http_buf_t *wire) {
+  gw_tls_conn_t *c = state;
+  if (c->failed) return GW_E_TLS;
+  bufs_lend(c->filter, c);
+  return call_end(c, engine_output(c, data, len, wire));
 }
 
 /* ------------------------------------------------------------------------ */
@@ -296,7 +410,9 @@ static void *tls_open(void *ctx, int fd) {
     }
     c->limited = true;
   }
-  if (gw__tls_engine_init(f->tls, c) < 0) {
+  bufs_lend(f, c);
+  int rc = gw__tls_engine_init(f->tls, c) < 0 ? GW_E_TLS : 0;
+  if (call_end(c, rc) < 0) {
     tls_free(c);
     return NULL;
   }
@@ -314,6 +430,8 @@ static void tls_free(void *state) {
   if (f->current == c) f->current = NULL;
   if (c->limited) gw_connlimit_release(f->connlimit, &c->peer);
   gw__tls_engine_done(c);
+  /* Between calls a connection holds buffers only mid-record: its own. */
+  if (c->bufs != NULL) rt_pool_put(&f->bufs, bufs_detach(c));
   /* The engine holds the session keys. */
   explicit_bzero(&c->sc, sizeof c->sc);
   rt_pool_put(&f->conns, c);
@@ -323,8 +441,19 @@ static void tls_free(void *state) {
 /* The filter                                                               */
 /* ------------------------------------------------------------------------ */
 
+static void filter_free(gw_tls_filter_t *f) {
+  if (f->spare != NULL) rt_pool_put(&f->bufs, f->spare);
+  f->spare = NULL;
+  if (f->bufs.mem != NULL) rt_pool_deinit(&f->bufs);
+  if (f->conns.mem != NULL) rt_pool_deinit(&f->conns);
+  free(f->bindings);
+  free(f);
+}
+
 int gw_tls_filter_create(gw_tls_filter_t **out, gw_tls_t *tls, rt_loop_t *loop,
-                         gw_connlimit_t *connlimit, uint32_t conns_max) {
+                         gw_connlimit_t *connlimit, uint32_t conns_max, uint32_t records_max) {
+  assert(conns_max > 0);
+  assert(records_max <= conns_max); /* more could never be held */
   gw_tls_filter_t *f = calloc(1, sizeof *f);
   if (f == NULL) return -ENOMEM;
   f->tls = tls;
@@ -335,11 +464,10 @@ int gw_tls_filter_create(gw_tls_filter_t **out, gw_tls_t *tls, rt_loop_t *loop,
   f->bindings = calloc((size_t)f->bindings_mask + 1, sizeof *f->bindings);
   int rc = f->bindings != NULL ? 0 : -ENOMEM;
   if (rc == 0) rc = rt_pool_init(&f->conns, "tls_conns", sizeof(gw_tls_conn_t), conns_max);
-  if (rc < 0) {
-    free(f->bindings);
-    free(f);
-    return rc;
-  }
+  /* The spare is one of the pool's. */
+  if (rc == 0)
+    rc = rt_pool_init(&f->bufs, "tls_record_buffers", sizeof(gw__tls_bufs_t), records_max + 1);
+  if (rc == 0) f->spare = rt_pool_get(&f->bufs);
   f->http = (http_filter_t){
       .open = tls_open, .input = tls_input, .output = tls_output, .free = tls_free, .ctx = f};
   uint32_t period = tls->handshake_timeout_ms / 4;
@@ -347,11 +475,9 @@ int gw_tls_filter_create(gw_tls_filter_t **out, gw_tls_t *tls, rt_loop_t *loop,
   if (period == 0) period = 1;
   rt_timer_init(&f->sweep, sweep, f);
   /* The sweep is what ends stalled handshakes: no sweep, no filter. */
-  rc = rt_timer_start(loop, &f->sweep, period, period);
+  if (rc == 0) rc = rt_timer_start(loop, &f->sweep, period, period);
   if (rc < 0) {
-    rt_pool_deinit(&f->conns);
-    free(f->bindings);
-    free(f);
+    filter_free(f);
     return rc;
   }
   *out = f;
@@ -362,9 +488,7 @@ void gw_tls_filter_stop(gw_tls_filter_t *f) { rt_timer_stop(f->loop, &f->sweep);
 
 void gw_tls_filter_destroy(gw_tls_filter_t *f) {
   if (f == NULL) return;
-  rt_pool_deinit(&f->conns);
-  free(f->bindings);
-  free(f);
+  filter_free(f);
 }
 
 const http_filter_t *gw_tls_filter_http(gw_tls_filter_t *f) { return &f->http; }

@@ -21,6 +21,14 @@
 #define GW__TLS_OBUF_BYTES (4096 + 85)
 #define GW__TLS_IBUF_BYTES BR_SSL_BUFSIZE_INPUT
 
+/* The record buffers of one engine. A connection holds a pair only while
+ * one of its records is partly received (tls_filter.c says how): an idle
+ * connection costs its engine's state, not 20 KiB of buffers. */
+typedef struct gw__tls_bufs {
+  unsigned char in[GW__TLS_IBUF_BYTES];
+  unsigned char out[GW__TLS_OBUF_BYTES];
+} gw__tls_bufs_t;
+
 /* The session cache shared by every loop thread. Two BearSSL LRU caches
  * used as generations: sessions are saved into the current one and found
  * in either; every half lifetime the older is emptied and becomes the
@@ -112,9 +120,9 @@ struct gw_tls {
   gw_tls_stats_t stats;
 };
 
-/* One connection: the engine and its buffers. The server context comes
- * first so that the session cache, which is handed the server context,
- * can find the connection and mark it resumed. */
+/* One connection: the engine, and its record buffers while it has some.
+ * The server context comes first so that the session cache, which is
+ * handed the server context, can find the connection and mark it resumed. */
 struct gw_tls_conn {
   br_ssl_server_context sc;
   gw__tls_creds_t *creds; /* the chains and keys its handshake may use */
@@ -128,15 +136,15 @@ struct gw_tls_conn {
   bool limited;        /* counted in the connection limit */
   bool handshake_done;
   bool resumed;
+  bool failed;         /* a call failed: the engine is not to be run again */
   uint64_t stall_since_ns; /* bytes in that made no plaintext yet; 0: none */
   gw_inject_t inject;
-  unsigned char ibuf[GW__TLS_IBUF_BYTES];
-  unsigned char obuf[GW__TLS_OBUF_BYTES];
+  gw__tls_bufs_t *bufs; /* the engine's buffers; NULL between calls when idle */
 };
 
 /* Configures a fresh engine for one connection: TLS 1.2 only, ECDHE with
- * AEAD suites only, our chains and keys, the shared cache. Returns 0 or
- * GW_E_TLS when the engine refuses to reset. */
+ * AEAD suites only, our chains and keys, the shared cache, c->bufs as its
+ * buffers. Returns 0 or GW_E_TLS when the engine refuses to reset. */
 int gw__tls_engine_init(gw_tls_t *tls, gw_tls_conn_t *c);
 
 /* Drops the connection's reference to its chain and key (at its end). */

@@ -15,6 +15,12 @@
 #                wrk resumes its TLS session (session caches on both sides)
 #   full         the same with both session caches off: every connection
 #                is a full ECDHE handshake with an ECDSA signature
+#   memory       fresh processes, one loop thread / one worker, the same
+#                connection limit: resident memory at start, then with
+#                BENCH_IDLE_CONNS TLS keep-alive connections open and idle
+#                after one request each (bench/gateway/idle_conns.py)
+#
+#   bench/gateway/compare.sh memory   the memory runs alone
 #
 # Progress goes to stderr, the table to stdout, one JSON line to
 # .run/bench-gateway.json. Everything started here is stopped on exit.
@@ -33,11 +39,15 @@ BENCH_HS_CONNECTIONS=${BENCH_HS_CONNECTIONS:-16} # wrk -c, handshake runs
 BENCH_THREADS=${BENCH_THREADS:-1}           # gateway loop threads = nginx workers
 BENCH_PIN=${BENCH_PIN:-1}                   # 1: servers, upstream and wrk on own CPUs
 BENCH_ACCESS_LOG=${BENCH_ACCESS_LOG:-1}     # 1: both write an access log (to a file)
+BENCH_IDLE_CONNS=${BENCH_IDLE_CONNS:-5000}  # idle connections of the memory runs
+# The connection limit both servers get in the memory runs (the gateway's
+# HTTP_CONNS_MAX, nginx's worker_connections): what each sizes itself for.
+BENCH_IDLE_CONNS_MAX=${BENCH_IDLE_CONNS_MAX:-$((BENCH_IDLE_CONNS + 1024))}
 BUILD_DIR=build-release
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 
 usage() {
-  sed -n '3,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '3,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   echo
   echo "Environment (current value):"
   printf '  %-26s %s\n' \
@@ -48,7 +58,9 @@ usage() {
     "BENCH_HS_CONNECTIONS=$BENCH_HS_CONNECTIONS" "wrk connections, handshake runs" \
     "BENCH_THREADS=$BENCH_THREADS" "gateway loop threads and nginx workers" \
     "BENCH_PIN=$BENCH_PIN" "1: pin servers, upstream and wrk to separate CPUs" \
-    "BENCH_ACCESS_LOG=$BENCH_ACCESS_LOG" "1: access log on for both (to files)"
+    "BENCH_ACCESS_LOG=$BENCH_ACCESS_LOG" "1: access log on for both (to files)" \
+    "BENCH_IDLE_CONNS=$BENCH_IDLE_CONNS" "idle TLS connections of the memory runs" \
+    "BENCH_IDLE_CONNS_MAX=$BENCH_IDLE_CONNS_MAX" "connection limit of both servers in the memory runs"
 }
 
 # ---------------------------------------------------------------------------
@@ -133,47 +145,55 @@ start_upstream() {
   wait_http "http://127.0.0.1:$UPSTREAM_PORT/hello" 20 "$pid" || die "bench_httpd did not start"
 }
 
-# start_ours CACHE_ENTRIES: the gateway with that many session cache entries.
+# start_ours CACHE_ENTRIES [THREADS [VAR=VALUE...]]: the gateway with that
+# many session cache entries, on THREADS loop threads (BENCH_THREADS), with
+# these variables added to its environment.
 start_ours() {
-  local pid
+  local pid cache=$1 threads=${2:-$BENCH_THREADS}
+  shift $(($# < 2 ? $# : 2))
   OURS_PORT=$(free_port)
   OURS_ADMIN=$(free_port)
-  step "starting the gateway ($BENCH_THREADS thread(s), session cache $1) on 127.0.0.1:$OURS_PORT"
+  step "starting the gateway ($threads thread(s), session cache $cache) on 127.0.0.1:$OURS_PORT"
   (exec env GW_HOST=127.0.0.1 GW_PORT="$OURS_PORT" GW_ADMIN_PORT="$OURS_ADMIN" \
-    GW_THREADS="$BENCH_THREADS" GW_TLS_CERT="$CERTS/tls-ecdsa.crt" GW_TLS_KEY="$CERTS/tls-ecdsa.key" \
-    GW_TLS_SESSION_CACHE="$1" GW_JWT_KEYS_DIR="$CERTS/jwt" \
+    GW_THREADS="$threads" GW_TLS_CERT="$CERTS/tls-ecdsa.crt" GW_TLS_KEY="$CERTS/tls-ecdsa.key" \
+    GW_TLS_SESSION_CACHE="$cache" GW_JWT_KEYS_DIR="$CERTS/jwt" \
     AUTH_HMAC_KEY="bench-identity-key-0123456789abcdef-0123456789" \
     PROFILE_URL="http://127.0.0.1:$UPSTREAM_PORT" ACCOUNT_URL="http://127.0.0.1:$UPSTREAM_PORT" \
     PAYMENT_URL="http://127.0.0.1:$UPSTREAM_PORT" EVENT_URL="http://127.0.0.1:$UPSTREAM_PORT" \
     GW_EXTRA_ROUTES="GET /hello event customer" GW_UPSTREAM_CONNS=64 \
     GW_RATE_ADDR_RPS=10000000 GW_RATE_ADDR_BURST=10000000 \
     GW_RATE_SUBJECT_RPS=10000000 GW_RATE_SUBJECT_BURST=10000000 GW_CONNS_PER_ADDR=100000 \
-    GW_ACCESS_LOG="$BENCH_ACCESS_LOG" LOG_LEVEL=info \
+    GW_ACCESS_LOG="$BENCH_ACCESS_LOG" LOG_LEVEL=info "$@" \
     "${SERVER_PIN[@]}" "$REPO_ROOT/$BUILD_DIR/gateway/gateway") </dev/null \
     >"$TMP_DIR/gateway.log" 2>&1 &
   pid=$!
   started gateway "$pid"
+  OURS_PID=$pid
   wait_http "http://127.0.0.1:$OURS_ADMIN/healthz" 20 "$pid" || {
     tail -n 20 "$TMP_DIR/gateway.log" >&2
     die "the gateway did not start"
   }
 }
 
-# start_nginx on|off: nginx with its session cache on or off.
+# start_nginx on|off [WORKERS [CONNECTIONS KEEPALIVE_TIMEOUT]]: nginx with its
+# session cache on or off, WORKERS worker processes (BENCH_THREADS),
+# worker_connections and keepalive_timeout (4096, 65s).
 start_nginx() {
-  local pid cache access affinity
+  local pid cache access affinity workers=${2:-$BENCH_THREADS} conns=${3:-4096}
+  local keepalive=${4:-65s}
   NGINX_PORT=$(free_port)
   [[ -x $NGINX ]] || die "nginx not found (Debian package nginx-light)"
-  step "starting nginx ($BENCH_THREADS worker(s), session cache $1) on 127.0.0.1:$NGINX_PORT"
+  step "starting nginx ($workers worker(s), session cache $1) on 127.0.0.1:$NGINX_PORT"
   cache="shared:SSL:10m"
   [[ $1 == off ]] && cache="off"
   access="$TMP_DIR/nginx-access.log bench"
   [[ $BENCH_ACCESS_LOG == 1 ]] || access="off"
   affinity="auto"
   mkdir -p "$TMP_DIR/nginx"
-  sed -e "s|@DIR@|$TMP_DIR/nginx|g" -e "s|@PORT@|$NGINX_PORT|g" -e "s|@WORKERS@|$BENCH_THREADS|g" \
+  sed -e "s|@DIR@|$TMP_DIR/nginx|g" -e "s|@PORT@|$NGINX_PORT|g" -e "s|@WORKERS@|$workers|g" \
     -e "s|@AFFINITY@|$affinity|g" -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|g" \
     -e "s|@CERT@|$CERTS/tls-ecdsa.crt|g" -e "s|@KEY@|$CERTS/tls-ecdsa.key|g" \
+    -e "s|@CONNECTIONS@|$conns|g" -e "s|@KEEPALIVE_TIMEOUT@|$keepalive|g" \
     -e "s|@ACCESS_LOG@|$access|g" -e "s|shared:SSL:10m|$cache|g" \
     "$REPO_ROOT/bench/gateway/nginx.conf.in" >"$TMP_DIR/nginx/nginx.conf"
   "$NGINX" -t -q -p "$TMP_DIR/nginx" -c "$TMP_DIR/nginx/nginx.conf" -e "$TMP_DIR/nginx/error.log" \
@@ -182,6 +202,7 @@ start_nginx() {
     -e "$TMP_DIR/nginx/error.log") </dev/null >"$TMP_DIR/nginx.out" 2>&1 &
   pid=$!
   started nginx "$pid"
+  NGINX_PID=$pid
   wait_https "$NGINX_PORT" 20 "$pid" || die "nginx did not answer over HTTPS"
 }
 
@@ -308,16 +329,50 @@ phase_full() {
   stop_named gateway
 }
 
+# hold_idle NAME PORT PID...: idle_conns.py against the server on PORT whose
+# processes are PID...; prints its JSON line.
+hold_idle() {
+  local name=$1 port=$2 out
+  shift 2
+  step "memory: $name, $BENCH_IDLE_CONNS idle TLS connections (pids $*)"
+  out=$(python3 "$REPO_ROOT/bench/gateway/idle_conns.py" "$port" "$BENCH_IDLE_CONNS" \
+    "$CERTS/tls-ecdsa.crt" "$@") || die "$name: the idle connections could not be held"
+  info "$out"
+  echo "$out"
+}
+
+# Phase 3: memory. Fresh processes, one loop thread and one worker, both
+# sized for the same number of connections, idle timeouts long enough for
+# every connection to be open at once. The start figure is taken after
+# check_same's requests, so one-time costs (the first handshake, the
+# upstream connection) are not counted per connection.
+phase_memory() {
+  local workers
+  start_ours 16384 1 HTTP_CONNS_MAX="$BENCH_IDLE_CONNS_MAX" HTTP_IDLE_TIMEOUT_MS=600000
+  check_same gateway "$OURS_PORT"
+  MEMORY[gateway]=$(hold_idle gateway "$OURS_PORT" "$OURS_PID")
+  stop_named gateway
+  start_nginx on 1 "$BENCH_IDLE_CONNS_MAX" 600s
+  check_same nginx "$NGINX_PORT"
+  workers=$(pgrep -P "$NGINX_PID" | tr '\n' ' ')
+  [[ -n $workers ]] || die "nginx has no worker process"
+  # shellcheck disable=SC2086  # the workers are a list of pids
+  MEMORY[nginx]=$(hold_idle nginx "$NGINX_PORT" "$NGINX_PID" $workers)
+  stop_named nginx
+}
+
 report() {
   mkdir -p "$RUN_DIR"
   local k
   for k in keepalive-gateway keepalive-nginx resumed-gateway resumed-nginx full-gateway full-nginx; do
-    export "R_${k//-/_}=${RESULTS[$k]}" "C_${k//-/_}=${COMMANDS[$k]}"
+    export "R_${k//-/_}=${RESULTS[$k]:-}" "C_${k//-/_}=${COMMANDS[$k]:-}"
   done
   LOAD_BEFORE=$LOAD_BEFORE LOAD_AFTER=$(cut -d' ' -f1 /proc/loadavg) \
     PINNING=$PINNING RESUMED_SHARE=$RESUMED_SHARE NGINX_VERSION=$("$NGINX" -v 2>&1) \
     BENCH_DURATION=$BENCH_DURATION BENCH_ROUNDS=$BENCH_ROUNDS BENCH_WARMUP=$BENCH_WARMUP \
     BENCH_THREADS=$BENCH_THREADS BENCH_ACCESS_LOG=$BENCH_ACCESS_LOG \
+    BENCH_IDLE_CONNS_MAX=$BENCH_IDLE_CONNS_MAX \
+    M_gateway=${MEMORY[gateway]:-} M_nginx=${MEMORY[nginx]:-} \
     python3 - "$RUN_DIR/bench-gateway.json" <<'PY'
 import json, os, platform, statistics, sys, time
 
@@ -329,12 +384,15 @@ def series(text):
     s["p99_ms_median"] = statistics.median(s["p99_ms"])
     return s
 
-kinds = ("keepalive", "resumed", "full")
+# The kinds that ran: all three, or none with `compare.sh memory`.
+kinds = [k for k in ("keepalive", "resumed", "full") if os.environ["R_%s_gateway" % k]]
 res = {k: {srv: series(os.environ["R_%s_%s" % (k, srv)]) for srv in ("gateway", "nginx")}
        for k in kinds}
 cmds = {k: {srv: os.environ["C_%s_%s" % (k, srv)] for srv in ("gateway", "nginx")} for k in kinds}
 ratio = {k: round(res[k]["gateway"]["rps_median"] / res[k]["nginx"]["rps_median"], 4)
          if res[k]["nginx"]["rps_median"] else 0.0 for k in kinds}
+memory = {srv: json.loads(os.environ["M_" + srv]) for srv in ("gateway", "nginx")
+          if os.environ["M_" + srv]}
 cpu = ""
 for line in open("/proc/cpuinfo"):
     if line.startswith("model name"):
@@ -348,31 +406,64 @@ print("bench/gateway/compare.sh: authenticated GET /hello through a TLS 1.2 prox
 print("ECDHE-ECDSA-AES128-GCM-SHA256, same P-256 certificate, same upstream (bench_httpd)")
 print("machine: %d CPUs, Linux %s %s%s" % (machine["nproc"], machine["kernel"], machine["arch"],
       ", " + cpu if cpu else ""))
-print("runs:    %s per server and kind, alternating, %s each after a %s warm-up; medians"
-      % (os.environ["BENCH_ROUNDS"], os.environ["BENCH_DURATION"], os.environ["BENCH_WARMUP"]))
-print("threads: gateway %s loop thread(s), nginx %s worker(s); access log %s"
-      % (threads, threads, "on (files)" if os.environ["BENCH_ACCESS_LOG"] == "1" else "off"))
+if kinds:
+    print("runs:    %s per server and kind, alternating, %s each after a %s warm-up; medians"
+          % (os.environ["BENCH_ROUNDS"], os.environ["BENCH_DURATION"], os.environ["BENCH_WARMUP"]))
+    print("threads: gateway %s loop thread(s), nginx %s worker(s); access log %s"
+          % (threads, threads, "on (files)" if os.environ["BENCH_ACCESS_LOG"] == "1" else "off"))
 print("pinning: " + os.environ["PINNING"])
 # Other work on the machine shows up here first: a load above the CPUs the
 # runs use means the figures are noisy, whatever the medians say.
 print("load:    1-minute load average %s before the runs, %s after"
       % (os.environ["LOAD_BEFORE"], os.environ["LOAD_AFTER"]))
-print("resumed: %.0f%% of the gateway's handshakes in the resumed runs were resumptions"
-      % (100 * float(os.environ["RESUMED_SHARE"])))
+if kinds:
+    print("resumed: %.0f%% of the gateway's handshakes in the resumed runs were resumptions"
+          % (100 * float(os.environ["RESUMED_SHARE"])))
 for k in kinds:
     for srv in ("gateway", "nginx"):
         print("%-8s %-8s %s" % (k, srv, cmds[k][srv]))
-print()
-print("%-34s %12s %10s %8s" % ("", "req/s", "p99", "errors"))
 labels = {"keepalive": "keep-alive", "resumed": "new conns, resumed", "full": "new conns, full handshake"}
+if kinds:
+    print()
+    print("%-34s %12s %10s %8s" % ("", "req/s", "p99", "errors"))
 for k in kinds:
     for srv, name in (("gateway", "gateway"), ("nginx", "nginx " + nginx_version)):
         s = res[k][srv]
         print("%-34s %12.0f %7.2f ms %8d" % ("%s: %s" % (labels[k], name), s["rps_median"],
               s["p99_ms_median"], s["socket_errors"] + s["non_2xx"]))
-print()
+if kinds:
+    print()
 for k in kinds:
     print("ratio gateway/nginx, %-26s %.2f" % (labels[k] + ":", ratio[k]))
+
+# Memory: the gateway's process; nginx's master and worker together (the
+# master's pages are mostly shared with the worker, so RSS counts them
+# twice; PSS, in the JSON, shares them out).
+mem, mem_ratio = {}, {}
+if len(memory) == 2:
+    for srv, m in memory.items():
+        mem[srv] = {"rss_start_kib": m["start"]["rss_kb"], "rss_idle_kib": m["idle"]["rss_kb"],
+                    "pss_start_kib": m["start"]["pss_kb"], "pss_idle_kib": m["idle"]["pss_kb"],
+                    "rss_bytes_per_conn": m["rss_bytes_per_conn"],
+                    "pss_bytes_per_conn": m["pss_bytes_per_conn"], "conns": m["conns"],
+                    "open_s": m["open_s"]}
+    g, n = mem["gateway"], mem["nginx"]
+    mem_ratio = {"rss_start": round(g["rss_start_kib"] / n["rss_start_kib"], 4),
+                 "per_idle_conn": round(g["rss_bytes_per_conn"] / n["rss_bytes_per_conn"], 4)
+                 if n["rss_bytes_per_conn"] > 0 else 0.0}
+    print()
+    print("memory: %d idle TLS keep-alive connections after one request each; fresh processes,"
+          % g["conns"])
+    print("        1 loop thread / 1 worker, both sized for %s connections; RSS (VmRSS)"
+          % os.environ["BENCH_IDLE_CONNS_MAX"])
+    print("%-34s %14s %16s %14s" % ("", "RSS at start", "per idle conn", "RSS idle"))
+    for srv, name in (("gateway", "gateway"), ("nginx", "nginx %s (master+worker)" % nginx_version)):
+        m = mem[srv]
+        print("%-34s %10.1f MiB %12.1f KiB %10.1f MiB" % (name, m["rss_start_kib"] / 1024.0,
+              m["rss_bytes_per_conn"] / 1024.0, m["rss_idle_kib"] / 1024.0))
+    print("ratio gateway/nginx, RSS at start:          %.2f" % mem_ratio["rss_start"])
+    print("ratio gateway/nginx, per idle connection:   %.2f" % mem_ratio["per_idle_conn"])
+
 record = {"bench": "gateway", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
           "machine": machine, "duration": os.environ["BENCH_DURATION"],
           "rounds": int(os.environ["BENCH_ROUNDS"]), "threads": int(threads),
@@ -380,7 +471,8 @@ record = {"bench": "gateway", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.g
           "suite": "ECDHE-ECDSA-AES128-GCM-SHA256", "nginx_version": nginx_version,
           "resumed_share": float(os.environ["RESUMED_SHARE"]), "wrk": cmds, "results": res,
           "load_before": float(os.environ["LOAD_BEFORE"]), "load_after": float(os.environ["LOAD_AFTER"]),
-          "ratio_rps": ratio}
+          "ratio_rps": ratio, "memory": mem, "ratio_memory": mem_ratio,
+          "memory_conns_max": int(os.environ["BENCH_IDLE_CONNS_MAX"])}
 with open(sys.argv[1], "w") as f:
     f.write(json.dumps(record, sort_keys=True) + "\n")
 PY
@@ -388,13 +480,21 @@ PY
 }
 
 main() {
-  case ${1:-} in
+  local what=${1:-all}
+  case $what in
     -h | --help | help) usage; exit 0 ;;
-    "") ;;
+    all | memory) ;;
     *) usage >&2; exit 2 ;;
   esac
   [[ $BENCH_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive integer"
   [[ $BENCH_THREADS =~ ^[1-9][0-9]*$ ]] || die "BENCH_THREADS must be a positive integer"
+  [[ $BENCH_IDLE_CONNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_IDLE_CONNS must be a positive integer"
+  if ! [[ $BENCH_IDLE_CONNS_MAX =~ ^[1-9][0-9]*$ ]] || ((BENCH_IDLE_CONNS_MAX <= BENCH_IDLE_CONNS)); then
+    die "BENCH_IDLE_CONNS_MAX must be above BENCH_IDLE_CONNS"
+  fi
+  # Each idle connection is a descriptor here and one in the server.
+  (($(ulimit -n) > BENCH_IDLE_CONNS_MAX + 64)) ||
+    die "ulimit -n is $(ulimit -n): the memory runs need more than $((BENCH_IDLE_CONNS_MAX + 64))"
   ensure_packages
   release_build "$BUILD_DIR" gateway/gateway bench/bench_httpd \
     tests/integration/gateway/gw_jwt_tool
@@ -409,11 +509,14 @@ main() {
   export TOKEN
   plan_cpus
   LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
-  declare -gA RESULTS=() COMMANDS=()
+  declare -gA RESULTS=() COMMANDS=() MEMORY=()
   RESUMED_SHARE=0
   start_upstream
-  phase_cached
-  phase_full
+  if [[ $what == all ]]; then
+    phase_cached
+    phase_full
+  fi
+  phase_memory
   report
 }
 
