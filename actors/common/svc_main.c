@@ -410,6 +410,8 @@ static void usage(FILE *f, const svc_def_t *def) {
           "  DB_CONNS              connections per thread      (4)\n"
           "  DB_PIPELINE_DEPTH     transactions in flight per connection (64)\n"
           "  DB_QUEUE_MAX          waiting transactions per thread, 503 above (1024)\n"
+          "  DB_LARGE_BATCHES      transactions with over 2 KiB of parameters at once\n"
+          "                        per thread, 503 above (16)\n"
           "  DB_STATEMENT_TIMEOUT  server-side, per statement  (5s)\n"
           "  DB_DEADLINE           per transaction, client side (10s)\n"
           "  DB_CONNECT_TIMEOUT    (5s)\n"
