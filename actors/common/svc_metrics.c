@@ -1,7 +1,8 @@
 /*
  * svc_metrics.c - /healthz (the process is up), /readyz (a round trip to
- * the database), /metrics (Prometheus text: HTTP, database pool, requests,
- * outbox relay, consumers per event type, and the service's own).
+ * the database), /metrics (Prometheus text: HTTP, the loops' limits,
+ * database pool, requests, outbox relay, consumers per event type, and
+ * the service's own).
  */
 #include <stdio.h>
 #include <string.h>
@@ -190,14 +191,17 @@ static void metrics_events(wire_metrics_t *m) {
 static void metrics_render(wire_metrics_t *m, void *ctx) {
   svc_th_t *ths[SVC_THREADS_MAX];
   http_server_t *servers[SVC_THREADS_MAX];
+  rt_loop_t *loops[SVC_THREADS_MAX];
   uint32_t n = 0;
   for (uint32_t i = 0; i < SVC_THREADS_MAX; i++) {
     svc_th_t *th = atomic_load(&svc_g.ready[i]);
     if (th == NULL) continue;
     ths[n] = th;
+    loops[n] = th->pub.loop;
     servers[n++] = th->pub.server;
   }
   http_server_metrics(m, "http_", servers, n);
+  wire_metrics_loops(m, loops, n);
   metrics_requests(m, ths, n);
   metrics_pg(m, ths, n);
   metrics_outbox(m);
