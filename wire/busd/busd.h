@@ -36,6 +36,8 @@
 
 #define BUSD_PARTITIONS_MAX 256
 #define BUSD_IO_THREADS_MAX 32
+/* Connections to the HTTP port (health and metrics: a few scrapers). */
+#define BUSD_HTTP_CONNS_MAX 64
 /* Internal topic names may be longer than wire names: "<topic>.dead". */
 #define BUSD_TOPIC_BYTES_MAX (BUS_NAME_BYTES_MAX + 5)
 

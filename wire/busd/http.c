@@ -170,6 +170,7 @@ static void metrics_render(wire_metrics_t *m, void *arg) {
   metrics_partitions(m, broker);
   metrics_groups(m, broker);
   http_server_metrics(m, "busd_http_", &broker->http, 1);
+  wire_metrics_loops(m, &broker->loop, 1);
 }
 
 static void on_metrics(http_exchange_t *ex, void *arg) {
