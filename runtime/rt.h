@@ -76,13 +76,16 @@ uint64_t rt_never_count(void);
 
 /* A fixed pool of equally sized objects, one allocation made at start-up.
  * Not thread-safe: a pool belongs to one loop thread. Exhaustion is counted
- * and logged (once per burst), never fatal. */
+ * and logged (once per burst), never fatal. A slot's memory is first
+ * touched when the slot is first handed out, so a pool sized for the worst
+ * case occupies, until then, address space and not memory. */
 typedef struct rt_pool {
   const char *name;
   unsigned char *mem;
   void *free_head;
   size_t obj_bytes;
   uint32_t capacity;
+  uint32_t fresh;            /* slots [fresh, capacity) never handed out */
   uint32_t in_use;
   uint32_t in_use_max;       /* high-water mark, for metrics */
   uint64_t exhausted_count;  /* rt_pool_get() calls that found it empty */
