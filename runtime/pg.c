@@ -442,7 +442,7 @@ static int arena_reserve(rt_pg_batch_t *b, uint32_t n) {
   if (b->arena_len + n <= b->arena_cap) return 0;
   if (NEVER(b->arena != b->arena_inline)) return RT_PG_E_BATCH_FULL;
   rt_pg_pool_t *p = b->pool;
-  char *large = rt_pool_get(&p->large);
+  char *large = rt_pool_take(&p->large); /* written before it is read */
   if (large == NULL) {
     STAT_ADD(p, rejected_large, 1);
     return RT_PG_E_POOL_FULL;

@@ -116,7 +116,7 @@ static free_hdr_t *take(rt_pool_t *pool) {
   return h;
 }
 
-void *rt_pool_get(rt_pool_t *pool) {
+void *rt_pool_take(rt_pool_t *pool) {
   free_hdr_t *h = take(pool);
   if (h == NULL) {
     pool->exhausted_count++;
@@ -127,10 +127,18 @@ void *rt_pool_get(rt_pool_t *pool) {
     }
     return NULL;
   }
-  memset(h, 0, pool->obj_bytes);
+  /* The free-list header is the only thing known of a slot's bytes: no
+   * longer true once handed out, and a later put must not think so. */
+  memset(h, 0, sizeof *h);
   pool->in_use++;
   if (pool->in_use > pool->in_use_max) pool->in_use_max = pool->in_use;
   return h;
+}
+
+void *rt_pool_get(rt_pool_t *pool) {
+  void *obj = rt_pool_take(pool);
+  if (obj != NULL) memset(obj, 0, pool->obj_bytes);
+  return obj;
 }
 
 /* True when obj is on the free list. O(free objects): only called when the

@@ -99,6 +99,11 @@ int rt_pool_init(rt_pool_t *pool, const char *name, size_t obj_bytes,
 /* Returns a zeroed object, or NULL when the pool is exhausted. */
 void *rt_pool_get(rt_pool_t *pool);
 
+/* As rt_pool_get() without zeroing (only its first 16 bytes are): for a
+ * buffer written before it is read, whose size would make zeroing cost
+ * more than its use (and touch all its pages). */
+void *rt_pool_take(rt_pool_t *pool);
+
 /* Gives an object back. It must have come from this pool. */
 void rt_pool_put(rt_pool_t *pool, void *obj);
 

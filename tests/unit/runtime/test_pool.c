@@ -260,6 +260,28 @@ static void test_untouched_until_used(void) {
   rt_pool_deinit(&p);
 }
 
+/* rt_pool_take() leaves a buffer's bytes as they were, but for the
+ * free-list header; rt_pool_get() zeroes them all. */
+static void test_take_does_not_zero(void) {
+  rt_pool_t p;
+  T_REQUIRE(rt_pool_init(&p, "bufs", 256, 2) == 0);
+  unsigned char *a = rt_pool_take(&p);
+  T_REQUIRE(a != NULL);
+  memset(a, 0xAB, 256);
+  rt_pool_put(&p, a);
+  unsigned char *b = rt_pool_take(&p);
+  T_REQUIRE(b == a);
+  T_CHECK(all_bytes(b, 16, 0));
+  T_CHECK(all_bytes(b + 16, 256 - 16, 0xAB));
+  T_CHECK_EQ_INT(p.in_use, 1);
+  rt_pool_put(&p, b);
+  unsigned char *c = rt_pool_get(&p);
+  T_REQUIRE(c == a);
+  T_CHECK(all_bytes(c, 256, 0));
+  rt_pool_put(&p, c);
+  rt_pool_deinit(&p);
+}
+
 /* Runs fn in a child; true when the child died of SIGABRT (a failed
  * assert). The child's stderr is silenced: the message is expected. */
 static bool aborts(void (*fn)(void)) {
@@ -345,6 +367,7 @@ int main(void) {
   T_RUN(test_churn);
   T_RUN(test_exhaustion_logged_once_per_burst);
   T_RUN(test_untouched_until_used);
+  T_RUN(test_take_does_not_zero);
   T_RUN(test_misuse_aborts);
   return t_done();
 }
