@@ -806,6 +806,7 @@ typedef struct busd_stats {
   uint64_t ack_timeouts;
   uint64_t dead_letters;
   uint64_t cache_misses;   /* deliveries read back from disk */
+  uint64_t ring_full;      /* appends refused: a ring of records not yet durable */
   uint64_t corrupt;        /* records skipped: failed checksum on read */
   uint64_t retention_lost; /* offsets a group skipped (deleted first) */
   uint64_t segments_deleted;

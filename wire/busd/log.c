@@ -290,7 +290,17 @@ int64_t busd_part_append(busd_part_t *part, const uint8_t id[BUS_ID_BYTES], bus_
   assert(bytes <= part->ring_bytes / 2);
   uint32_t at;
   int rc = ring_reserve(part, (uint32_t)bytes, &at);
-  if (rc < 0) return rc;
+  if (rc < 0) {
+    /* Counted always, logged at 1, 2, 4, 8, ...: a full ring comes with a
+     * burst, and the client sends each refused PUB again. */
+    uint64_t n = ++b->stats.ring_full;
+    if ((n & (n - 1)) == 0) {
+      RT_WARN("partition ring full of records not yet durable: PUBs refused for now",
+              RT_LF_STR("topic", part->topic->name), RT_LF_INT("partition", part->index),
+              RT_LF_INT("ring_bytes", part->ring_bytes), RT_LF_INT("count", (int64_t)n));
+    }
+    return rc;
+  }
   uint64_t offset = part->next++;
   busd_rec_write(part->ring + at, offset, busd_wall_ms(), id, key, headers, payload);
   part->rec_at[rec_slot(part, offset)] = at;

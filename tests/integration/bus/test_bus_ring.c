@@ -125,6 +125,7 @@ static void test_burst_through_a_small_ring(void) {
   /* A burst of ~900 KiB into a ring of ~8 KiB cannot all be taken. */
   T_CHECK(st.refused > 0);
   T_CHECK(busd_metric(&busd, "busd_pub_refused_total") > 0);
+  T_CHECK(busd_metric(&busd, "busd_ring_full_total") > 0);
   T_CHECK(run_until(loop, all_read, &live, 30000));
   T_CHECK_EQ_INT(live.unique, N);
   T_CHECK_EQ_INT(live.wrong, 0);
