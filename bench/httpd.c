@@ -21,6 +21,7 @@ typedef struct app {
   /* One server per loop thread, published as each thread finishes set-up;
    * /metrics may run on one thread while another is still starting. */
   _Atomic(http_server_t *) servers[THREADS_MAX];
+  _Atomic(rt_loop_t *) loops[THREADS_MAX];
 } app_t;
 
 static app_t app;
@@ -46,12 +47,16 @@ static void on_echo(http_exchange_t *ex, void *arg) {
 
 static void metrics_render(wire_metrics_t *m, void *arg) {
   http_server_t *servers[THREADS_MAX];
-  uint32_t n = 0;
+  rt_loop_t *loops[THREADS_MAX];
+  uint32_t n = 0, nl = 0;
   for (uint32_t i = 0; i < THREADS_MAX; i++) {
     http_server_t *s = atomic_load(&app.servers[i]);
     if (s != NULL) servers[n++] = s;
+    rt_loop_t *l = atomic_load(&app.loops[i]);
+    if (l != NULL) loops[nl++] = l;
   }
   http_server_metrics(m, "http_", servers, n);
+  wire_metrics_loops(m, loops, nl);
   rt_loop_stats_t st;
   rt_loop_stats(rt_loop_current(), &st);
   wire_metrics_counter(m, "rt_loop_iterations_total", "Loop iterations of this thread.",
@@ -79,6 +84,7 @@ static int thread_setup(rt_loop_t *loop, uint32_t index, void *arg) {
     return rc;
   }
   atomic_store(&app.servers[index], server);
+  atomic_store(&app.loops[index], loop);
   if (index == 0) {
     RT_INFO("listening", RT_LF_STR("host", app.host),
             RT_LF_INT("port", http_server_port(server)),
@@ -150,6 +156,26 @@ static int load_config(void) {
   return rc;
 }
 
+/* Provided buffers of 4 KiB: what a benchmark sends is small (GET /hello,
+ * an echo of a few KiB); a larger body spans buffers. */
+#define HTTPD_BUF_BYTES 4096
+
+/* Each loop's tables, from the configuration: what may use each at once. */
+static void loop_config(rt_loop_config_t *lc) {
+  http_server_config_t http = app.http;
+  http_server_config_defaults(&http);
+  uint64_t timers =
+      (uint64_t)http.conns_max  /* a connection's idle or request deadline */
+      + 1;                      /* the loop's drain */
+  *lc = (rt_loop_config_t){
+      .timers_count = (uint32_t)timers,
+      .msgs_count = 16, /* none are sent: a few, counted should they run out */
+      .buf_bytes = HTTPD_BUF_BYTES,
+  };
+  /* A buffer per connection that may be sending a request. */
+  lc->bufs_count = rt_loop_bufs_for(lc, http.conns_max);
+}
+
 static int build_routes(void) {
   http_router_init(&app.router);
   int rc = http_router_add(&app.router, "GET", "/healthz", HTTP_HANDLER(on_healthz), NULL);
@@ -171,7 +197,8 @@ int main(int argc, char **argv) {
     return rc > 0 ? 0 : 2;
   }
   if (build_routes() < 0) return 1;
-  rt_loop_config_t loop_cfg = {0};
+  rt_loop_config_t loop_cfg;
+  loop_config(&loop_cfg);
   if (rt_loop_config_from_env(&loop_cfg) < 0) return 2;
   rc = rt_run(app.threads, &loop_cfg, thread_setup, NULL, 10000);
   for (uint32_t i = 0; i < THREADS_MAX; i++) http_server_destroy(atomic_load(&app.servers[i]));

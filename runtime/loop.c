@@ -53,6 +53,26 @@ void rt_loop_config_defaults(rt_loop_config_t *c) {
   if (c->batch_wait_max == 0) c->batch_wait_max = 32;
 }
 
+uint32_t rt_loop_bufs_for(const rt_loop_config_t *c, uint64_t receivers) {
+  uint64_t sq = c->sq_entries != 0 ? c->sq_entries : 1024;
+  uint64_t want = receivers < 4 * sq ? receivers : 4 * sq;
+  uint32_t n = 16;
+  while (n < want && n < RT_LOOP_BUFS_MAX) n *= 2;
+  return n;
+}
+
+/* A configuration the loop cannot be made with, said in words: the caller
+ * computed it from its own, and should learn which number is wrong. */
+static int config_check(const rt_loop_config_t *c) {
+  uint32_t n = c->bufs_count;
+  if (n > RT_LOOP_BUFS_MAX || (n & (n - 1)) != 0) {
+    RT_ERROR("loop: bufs_count must be a power of 2 up to 32768",
+             RT_LF_INT("bufs_count", n));
+    return RT_E_CONFIG;
+  }
+  return 0;
+}
+
 int rt_loop_config_from_env(rt_loop_config_t *c) {
   const char *v = rt_env_str("RT_BATCH_WAIT_US", NULL);
   if (v != NULL && strcmp(v, "off") == 0) {
@@ -153,7 +173,8 @@ int rt_loop_create(rt_loop_t **out, const rt_loop_config_t *config) {
   loop->wake_fd = -1;
   loop->now_ns = rt_now_ns();
 
-  int rc = ring_init(loop);
+  int rc = config_check(&loop->config);
+  if (rc == 0) rc = ring_init(loop);
   if (rc < 0) {
     free(loop);
     return rc;
@@ -360,6 +381,63 @@ static int submit_and_wait(rt_loop_t *loop, bool ready, uint64_t timer_ns) {
   return rc < 0 ? rc : 0;
 }
 
+/* The limits as the loop's own thread sees them now. The high-water mark
+ * of messages is taken here, at the end of iterations: messages come back
+ * from other threads at any time, so an exact one would cost every free. */
+static void limits_now(rt_loop_t *loop, rt_loop_limits_t *out) {
+  uint32_t msgs = rt__msgs_in_use(loop);
+  if (msgs > loop->msgs_in_use_max) loop->msgs_in_use_max = msgs;
+  *out = (rt_loop_limits_t){
+      .timers_capacity = loop->config.timers_count,
+      .timers_armed = loop->timers_len,
+      .timers_armed_max = loop->timers_len_max,
+      .timers_refused = loop->stats.timers_exhausted,
+      .msgs_capacity = loop->config.msgs_count,
+      .msgs_in_use = msgs,
+      .msgs_in_use_max = loop->msgs_in_use_max,
+      .msgs_refused = loop->stats.msgs_exhausted,
+      .bufs_capacity = loop->config.bufs_count,
+      .bufs_exhausted = loop->stats.bufs_exhausted,
+  };
+}
+
+#define PUBLISH(loop, l, field) \
+  atomic_store_explicit(&(loop)->published.field, (l).field, memory_order_relaxed)
+#define PUBLISHED(loop, field) \
+  atomic_load_explicit(&(loop)->published.field, memory_order_relaxed)
+
+/* Copies what rt_loop_limits() tells other threads. */
+static void limits_publish(rt_loop_t *loop) {
+  rt_loop_limits_t l;
+  limits_now(loop, &l);
+  PUBLISH(loop, l, timers_armed);
+  PUBLISH(loop, l, timers_armed_max);
+  PUBLISH(loop, l, timers_refused);
+  PUBLISH(loop, l, msgs_in_use);
+  PUBLISH(loop, l, msgs_in_use_max);
+  PUBLISH(loop, l, msgs_refused);
+  PUBLISH(loop, l, bufs_exhausted);
+}
+
+void rt_loop_limits(const rt_loop_t *loop, rt_loop_limits_t *out) {
+  if (rt_loop_current() == loop) {
+    limits_now((rt_loop_t *)loop, out); /* only a high-water mark moves */
+    return;
+  }
+  *out = (rt_loop_limits_t){
+      .timers_capacity = loop->config.timers_count,
+      .timers_armed = PUBLISHED(loop, timers_armed),
+      .timers_armed_max = PUBLISHED(loop, timers_armed_max),
+      .timers_refused = PUBLISHED(loop, timers_refused),
+      .msgs_capacity = loop->config.msgs_count,
+      .msgs_in_use = PUBLISHED(loop, msgs_in_use),
+      .msgs_in_use_max = PUBLISHED(loop, msgs_in_use_max),
+      .msgs_refused = PUBLISHED(loop, msgs_refused),
+      .bufs_capacity = loop->config.bufs_count,
+      .bufs_exhausted = PUBLISHED(loop, bufs_exhausted),
+  };
+}
+
 int rt_loop_run(rt_loop_t *loop) {
   assert(tls_loop == loop);
   rt_log_set_buffered(true);
@@ -373,6 +451,7 @@ int rt_loop_run(rt_loop_t *loop) {
     bool ready = rt__actors_run(loop);
     overflow_flush(loop);
     rt_log_flush();
+    limits_publish(loop);
     /* Asked last: actors may have armed timers during their turn. */
     rc = submit_and_wait(loop, ready, rt__timers_next_ns(loop));
     if (rc < 0) {

@@ -35,6 +35,7 @@ struct rt_loop {
   /* Timer min-heap ordered by deadline. */
   rt_timer_t **timers;
   uint32_t timers_len;
+  uint32_t timers_len_max; /* high-water mark */
 
   /* Actors ready to run (this thread only), FIFO. */
   rt_actor_t *run_head;
@@ -58,6 +59,7 @@ struct rt_loop {
   _Atomic(rt_mlink_t *) msgs_remote_free;
   atomic_uint msgs_remote_freed;
   uint32_t msgs_taken; /* handed out minus freed locally */
+  uint32_t msgs_in_use_max; /* seen at the ends of iterations */
 
   /* Work requests submitted here whose after_cb has not run yet (loop
    * thread only), and those a worker has finished: a LIFO stack pushed
@@ -76,6 +78,19 @@ struct rt_loop {
 
   uint32_t last_reaped; /* completions of the last pass, for batching */
   rt_loop_stats_t stats;
+
+  /* rt_loop_limits() for other threads: copied from the fields above by
+   * the loop before it waits (rt_loop_run), read with relaxed loads. A
+   * reader wants each number, not a consistent set of them. */
+  struct {
+    _Atomic uint32_t timers_armed;
+    _Atomic uint32_t timers_armed_max;
+    _Atomic uint64_t timers_refused;
+    _Atomic uint32_t msgs_in_use;
+    _Atomic uint32_t msgs_in_use_max;
+    _Atomic uint64_t msgs_refused;
+    _Atomic uint64_t bufs_exhausted;
+  } published;
 };
 
 /* loop.c: queue an op for submission (or the overflow queue). */

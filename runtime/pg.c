@@ -3,7 +3,9 @@
  * mode, a pool of supervised connections and a bounded wait queue.
  *
  * Life of a batch:
- *   new -> add statements (parameters copied into the batch's arena)
+ *   new -> add statements (parameters copied into the batch's arena: its
+ *          own RT_PG_BATCH_INLINE_BYTES, or once they outgrow it a large
+ *          arena from the pool's fixed set, until the batch is released)
  *       -> submit: deadline timer armed, queued (FIFO), and a zero-delay
  *          pool timer armed; it runs at the top of the next loop iteration,
  *          after every completion of this one has been handled, and moves
@@ -103,11 +105,17 @@ struct rt_pg_batch {
   uint8_t items[ITEMS_MAX];
   uint8_t items_count;
   uint8_t cursor;      /* next item expected */
-  char *arena;
+  char *arena;         /* arena_inline, or a large arena of the pool's */
   uint32_t arena_len;
   uint32_t arena_cap;
   rt_pg_error_t error;
+  _Alignas(16) char arena_inline[RT_PG_BATCH_INLINE_BYTES];
 };
+
+/* Arena offsets are 4-aligned (arena_put): both kinds of arena start so. */
+_Static_assert(RT_PG_BATCH_INLINE_BYTES % 16 == 0, "inline arena keeps the alignment");
+_Static_assert(RT_PG_BATCH_INLINE_BYTES < RT_PG_BATCH_BYTES_MAX,
+               "a large arena is larger than the inline one");
 
 typedef struct pg_conn {
   rt_actor_t actor;    /* child of the pool's supervisor */
@@ -165,6 +173,7 @@ struct rt_pg_pool {
   pg_stmt_t stmts[RT_PG_STMTS_MAX];
   uint32_t stmts_count;
   rt_pool_t batches;
+  rt_pool_t large;      /* arenas of RT_PG_BATCH_BYTES_MAX, large_batches */
   rt_pg_batch_t *queue_head;
   rt_pg_batch_t *queue_tail;
   uint32_t queued;
@@ -286,6 +295,7 @@ void rt_pg_config_defaults(rt_pg_config_t *c) {
   if (c->conns_count == 0) c->conns_count = 4;
   if (c->pipeline_depth == 0) c->pipeline_depth = 64;
   if (c->queue_max == 0) c->queue_max = 1024;
+  if (c->large_batches == 0) c->large_batches = 16;
   if (c->statement_timeout_ms == 0) c->statement_timeout_ms = 5000;
   if (c->deadline_ms == 0) c->deadline_ms = 10000;
   if (c->connect_timeout_ms == 0) c->connect_timeout_ms = 5000;
@@ -305,6 +315,9 @@ int rt_pg_config_from_env(rt_pg_config_t *c, const char *prefix) {
   if (rc == 0)
     rc = rt_env_u32(ENV_NAME("QUEUE_MAX"), c->queue_max ? c->queue_max : 1024, 1,
                     1u << 20, &c->queue_max);
+  if (rc == 0)
+    rc = rt_env_u32(ENV_NAME("LARGE_BATCHES"), c->large_batches ? c->large_batches : 16, 1,
+                    4096, &c->large_batches);
   uint32_t st = 0;
   if (rc == 0) rc = rt_env_ms(ENV_NAME("STATEMENT_TIMEOUT"), 5000, &st);
   if (rc == 0) c->statement_timeout_ms = st == 0 ? RT_PG_TIMEOUT_NONE : st;
@@ -417,20 +430,27 @@ rt_pg_batch_t *rt_pg_batch_new(rt_pg_pool_t *p) {
   b->pool = p;
   b->state = BATCH_BUILDING;
   b->error.stmt_index = -1;
+  b->arena = b->arena_inline;
+  b->arena_cap = sizeof b->arena_inline;
   rt_timer_init(&b->deadline, NULL, b);
   return b;
 }
 
+/* Room for n more bytes: the inline arena, else once a large one, which
+ * holds everything a batch may carry. */
 static int arena_reserve(rt_pg_batch_t *b, uint32_t n) {
   if (n > RT_PG_BATCH_BYTES_MAX - b->arena_len) return RT_PG_E_BATCH_FULL;
-  uint32_t need = b->arena_len + n;
-  if (need <= b->arena_cap) return 0;
-  uint32_t cap = b->arena_cap ? b->arena_cap : 1024;
-  while (cap < need) cap *= 2;
-  char *mem = realloc(b->arena, cap);
-  if (mem == NULL) return -ENOMEM;
-  b->arena = mem;
-  b->arena_cap = cap;
+  if (b->arena_len + n <= b->arena_cap) return 0;
+  if (NEVER(b->arena != b->arena_inline)) return RT_PG_E_BATCH_FULL;
+  rt_pg_pool_t *p = b->pool;
+  char *large = rt_pool_take(&p->large); /* written before it is read */
+  if (large == NULL) {
+    STAT_ADD(p, rejected_large, 1);
+    return RT_PG_E_POOL_FULL;
+  }
+  memcpy(large, b->arena_inline, b->arena_len);
+  b->arena = large;
+  b->arena_cap = RT_PG_BATCH_BYTES_MAX;
   return 0;
 }
 
@@ -575,9 +595,8 @@ static void batch_release(rt_pg_batch_t *b) {
   for (int i = 0; i < b->count; i++) {
     if (b->results[i] != NULL) PQclear(b->results[i]);
   }
-  /* rt_pool_get() zeroes slots, so an arena is not kept for the next use;
-   * one malloc per batch is cheap next to a database round trip. */
-  free(b->arena);
+  if (b->arena != b->arena_inline) rt_pool_put(&p->large, b->arena);
+  b->arena = NULL;
   b->state = BATCH_FREE;
   rt_pool_put(&p->batches, b);
 }
@@ -1258,6 +1277,16 @@ static int conn_actor(rt_actor_t *self, rt_msg_t *msg) {
 /* Pool                                                                     */
 /* ------------------------------------------------------------------------ */
 
+uint64_t rt_pg_pool_timers(const rt_pg_config_t *config) {
+  rt_pg_config_t c = *config;
+  rt_pg_config_defaults(&c);
+  uint64_t conns = (uint64_t)c.conns_count + 1; /* the listener's too */
+  return (uint64_t)c.queue_max + (uint64_t)c.conns_count * c.pipeline_depth /* deadlines */
+         + 1                                                           /* the LISTEN */
+         + 3 * conns /* connect deadline, stall watchdog, restart back-off */
+         + 2;        /* flush, close */
+}
+
 int rt_pg_pool_create(rt_pg_pool_t **out, rt_loop_t *loop,
                       const rt_pg_config_t *config) {
   rt_strerror_register(RT_PG_E_RANGE_LO, RT_PG_E_RANGE_HI, rt_pg_strerror);
@@ -1287,7 +1316,11 @@ int rt_pg_pool_create(rt_pg_pool_t **out, rt_loop_t *loop,
     rc = n > UINT32_MAX ? RT_E_CONFIG
                         : rt_pool_init(&p->batches, "pg_batches", sizeof(rt_pg_batch_t), (uint32_t)n);
   }
+  if (rc == 0)
+    rc = rt_pool_init(&p->large, "pg_large_batches", RT_PG_BATCH_BYTES_MAX,
+                      p->config.large_batches);
   if (rc < 0) {
+    if (p->batches.mem != NULL) rt_pool_deinit(&p->batches);
     free(p->conns);
     free(p->url);
     free(p);
@@ -1526,6 +1559,7 @@ void rt_pg_pool_destroy(rt_pg_pool_t *p) {
   }
   for (uint32_t i = 0; i < p->stmts_count; i++) free(p->stmts[i].sql);
   if (p->batches.mem != NULL) rt_pool_deinit(&p->batches);
+  if (p->large.mem != NULL) rt_pool_deinit(&p->large);
   free(p->conns);
   free(p->url);
   free(p);

@@ -106,6 +106,11 @@ bool rt_pg_retryable(int err);
 #define RT_PG_BATCH_STMTS_MAX 16            /* statements per batch */
 #define RT_PG_PARAMS_MAX 32                 /* parameters per statement */
 #define RT_PG_BATCH_BYTES_MAX (1u << 20)    /* parameter bytes per batch */
+/* Parameter bytes a batch holds in itself. Most batches need far less (a
+ * few ids, an amount, an event of about 1 KiB); one that needs more takes
+ * a large arena of RT_PG_BATCH_BYTES_MAX from its pool (large_batches of
+ * them), and gives it back with the batch. */
+#define RT_PG_BATCH_INLINE_BYTES 2048
 
 typedef struct rt_pg_pool rt_pg_pool_t;
 typedef struct rt_pg_batch rt_pg_batch_t;
@@ -116,6 +121,9 @@ typedef struct rt_pg_config {
   uint32_t conns_count;          /* 1..RT_PG_CONNS_MAX; default 4 */
   uint32_t pipeline_depth;       /* batches in flight per connection; 64 */
   uint32_t queue_max;            /* batches waiting for a pipeline; 1024 */
+  uint32_t large_batches;        /* batches with more than
+                                  * RT_PG_BATCH_INLINE_BYTES of parameters,
+                                  * built or in flight at once; 16 */
   uint32_t statement_timeout_ms; /* set at connect; default 5000;
                                   * RT_PG_TIMEOUT_NONE: the server's own */
   uint32_t deadline_ms;          /* per batch when submit passes 0; 10000 */
@@ -130,6 +138,7 @@ typedef struct rt_pg_config {
 void rt_pg_config_defaults(rt_pg_config_t *config);
 
 /* Reads <prefix>_CONNS, <prefix>_PIPELINE_DEPTH, <prefix>_QUEUE_MAX,
+ * <prefix>_LARGE_BATCHES,
  * <prefix>_STATEMENT_TIMEOUT (duration; "0": none), <prefix>_DEADLINE (duration),
  * <prefix>_CONNECT_TIMEOUT (duration) into config (e.g. prefix "DB"); the
  * URL is left to the caller. Returns 0 or RT_E_CONFIG (already logged). */
@@ -144,6 +153,8 @@ typedef struct rt_pg_stats {
   _Atomic uint64_t statements;       /* sent to the server */
   _Atomic uint64_t rejected_full;    /* refused: RT_PG_E_POOL_FULL */
   _Atomic uint64_t rejected_down;    /* refused: RT_PG_E_UNAVAILABLE */
+  _Atomic uint64_t rejected_large;   /* rt_pg_add() found no large arena
+                                      * (RT_PG_E_POOL_FULL) */
   _Atomic uint64_t timeouts;         /* deadlines that passed */
   _Atomic uint64_t conn_lost;        /* batches lost with their connection */
   _Atomic uint64_t connects;         /* connections made */
@@ -155,6 +166,13 @@ typedef struct rt_pg_stats {
   _Atomic uint32_t queued;
   _Atomic uint32_t in_flight;
 } rt_pg_stats_t;
+
+/* Timers a pool with this configuration (defaults for zero fields) may
+ * keep armed at once on its loop, for the loop's sizing: a deadline per
+ * batch queued or in a pipeline, the listener's LISTEN, a connect
+ * deadline, a stall watchdog and a restart back-off per connection (the
+ * listener's included), its flush and its close. */
+uint64_t rt_pg_pool_timers(const rt_pg_config_t *config);
 
 /* Creates a pool on `loop` (the calling thread's). Checks the URL (never
  * logs it: it holds a password). Connections are made by
@@ -219,7 +237,8 @@ void rt_pg_pool_destroy(rt_pg_pool_t *pool);
 typedef void (*rt_pg_cb)(rt_pg_batch_t *batch, int err, void *ctx);
 
 /* A new empty batch, or NULL when the pool's batches are exhausted (sized
- * queue_max + conns_count * pipeline_depth + 256): answer 503. */
+ * queue_max + conns_count * pipeline_depth + 256): answer 503. Nothing is
+ * allocated: batches and their arenas are the pool's, made at creation. */
 rt_pg_batch_t *rt_pg_batch_new(rt_pg_pool_t *pool);
 
 /* Frees a batch that will not be submitted. */
@@ -228,7 +247,10 @@ void rt_pg_batch_free(rt_pg_batch_t *batch);
 /* Appends a registered statement with its parameters in text form (NULL
  * for SQL NULL); they are copied. Returns the statement's index in the
  * batch, or a negative error, which is also kept and returned by
- * rt_pg_submit(): a caller may add several statements and check once. */
+ * rt_pg_submit(): a caller may add several statements and check once.
+ * RT_PG_E_BATCH_FULL past the limits above; RT_PG_E_POOL_FULL when the
+ * batch outgrows RT_PG_BATCH_INLINE_BYTES and every large arena is taken
+ * (backpressure, as a full queue: answer 503, or try again later). */
 int rt_pg_add(rt_pg_batch_t *batch, int stmt, int nparams,
               const char *const *values);
 

@@ -3,8 +3,12 @@
  *
  * One allocation at init, aligned to a cache line; object sizes are rounded
  * up to 16 bytes so every object is 16-aligned (enough for any scalar and
- * for rt_msg_t's payload). Free objects form an intrusive singly linked
- * list through their first bytes:
+ * for rt_msg_t's payload). A slot is first written when it is first handed
+ * out: objects are taken from the free list, else from the slots never
+ * used (`fresh` onwards, in address order). So a pool sized for the worst
+ * case costs address space up front and memory only as far as it is ever
+ * used: its pages are not touched at init. Objects given back form an
+ * intrusive singly linked list through their first bytes:
  *
  *   offset 0  next free object (or NULL)
  *   offset 8  free_tag(pool): says "this object is probably free"
@@ -89,21 +93,31 @@ int rt_pool_init(rt_pool_t *pool, const char *name, size_t obj_bytes,
   pool->mem = mem;
   pool->obj_bytes = slot;
   pool->capacity = capacity;
-  /* Linked back to front so objects are handed out in address order. */
-  void *head = NULL;
-  for (uint32_t i = capacity; i-- > 0;) {
-    free_hdr_t *h = (free_hdr_t *)(mem + (size_t)i * slot);
-    h->next = head;
-    h->tag = free_tag(pool);
-    obj_poison(pool, h);
-    head = h;
-  }
-  pool->free_head = head;
+  pool->free_head = NULL;
+  pool->fresh = 0;
+#ifdef POOL_ASAN
+  /* Every slot is free: poisoned (shadow memory only, not the pages). */
+  ASAN_POISON_MEMORY_REGION(mem, slot * (size_t)capacity);
+#endif
   return 0;
 }
 
-void *rt_pool_get(rt_pool_t *pool) {
+/* A free object: the last one given back, else a slot never used. */
+static free_hdr_t *take(rt_pool_t *pool) {
   free_hdr_t *h = pool->free_head;
+  if (h != NULL) {
+    obj_unpoison(pool, h);
+    pool->free_head = h->next;
+    return h;
+  }
+  if (pool->fresh == pool->capacity) return NULL;
+  h = (free_hdr_t *)(pool->mem + (size_t)pool->fresh++ * pool->obj_bytes);
+  obj_unpoison(pool, h);
+  return h;
+}
+
+void *rt_pool_take(rt_pool_t *pool) {
+  free_hdr_t *h = take(pool);
   if (h == NULL) {
     pool->exhausted_count++;
     if (!pool->exhausted_logged) {
@@ -113,12 +127,18 @@ void *rt_pool_get(rt_pool_t *pool) {
     }
     return NULL;
   }
-  obj_unpoison(pool, h);
-  pool->free_head = h->next;
-  memset(h, 0, pool->obj_bytes);
+  /* The free-list header is the only thing known of a slot's bytes: no
+   * longer true once handed out, and a later put must not think so. */
+  memset(h, 0, sizeof *h);
   pool->in_use++;
   if (pool->in_use > pool->in_use_max) pool->in_use_max = pool->in_use;
   return h;
+}
+
+void *rt_pool_get(rt_pool_t *pool) {
+  void *obj = rt_pool_take(pool);
+  if (obj != NULL) memset(obj, 0, pool->obj_bytes);
+  return obj;
 }
 
 /* True when obj is on the free list. O(free objects): only called when the
@@ -151,6 +171,10 @@ void rt_pool_put(rt_pool_t *pool, void *obj) {
   bool owned = rt_pool_owns(pool, obj);
   assert(owned);
   assert(pool->in_use > 0);
+  /* A slot never handed out cannot come back. */
+  bool handed_out = (size_t)((unsigned char *)obj - pool->mem) / pool->obj_bytes < pool->fresh;
+  assert(handed_out);
+  (void)handed_out;
   bool double_put = obj_poisoned(obj);
   assert(!double_put);
   free_hdr_t *h = obj;
@@ -193,4 +217,5 @@ void rt_pool_deinit(rt_pool_t *pool) {
   pool->mem = NULL;
   pool->free_head = NULL;
   pool->capacity = 0;
+  pool->fresh = 0;
 }

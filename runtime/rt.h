@@ -76,13 +76,16 @@ uint64_t rt_never_count(void);
 
 /* A fixed pool of equally sized objects, one allocation made at start-up.
  * Not thread-safe: a pool belongs to one loop thread. Exhaustion is counted
- * and logged (once per burst), never fatal. */
+ * and logged (once per burst), never fatal. A slot's memory is first
+ * touched when the slot is first handed out, so a pool sized for the worst
+ * case occupies, until then, address space and not memory. */
 typedef struct rt_pool {
   const char *name;
   unsigned char *mem;
   void *free_head;
   size_t obj_bytes;
   uint32_t capacity;
+  uint32_t fresh;            /* slots [fresh, capacity) never handed out */
   uint32_t in_use;
   uint32_t in_use_max;       /* high-water mark, for metrics */
   uint64_t exhausted_count;  /* rt_pool_get() calls that found it empty */
@@ -95,6 +98,11 @@ int rt_pool_init(rt_pool_t *pool, const char *name, size_t obj_bytes,
 
 /* Returns a zeroed object, or NULL when the pool is exhausted. */
 void *rt_pool_get(rt_pool_t *pool);
+
+/* As rt_pool_get() without zeroing (only its first 16 bytes are): for a
+ * buffer written before it is read, whose size would make zeroing cost
+ * more than its use (and touch all its pages). */
+void *rt_pool_take(rt_pool_t *pool);
 
 /* Gives an object back. It must have come from this pool. */
 void rt_pool_put(rt_pool_t *pool, void *obj);
@@ -245,9 +253,27 @@ enum {
   RT_OPC_WRITE,
 };
 
+/*
+ * Sizing a loop. Three of its tables are fixed at creation, and each is a
+ * limit: timers_count timers armed at once, msgs_count messages out of
+ * this loop's pool at once (they come back when their receiver is done
+ * with them, on whatever thread), bufs_count provided buffers filled by
+ * the kernel and not yet given back. A program sizes each in its main as
+ * the sum of its users, one commented line per user (its connections, its
+ * database queue and pipelines, its requests, its consumers' windows...),
+ * computed from its own configuration; the defaults are for tests.
+ *
+ * A limit that is hit is never fatal, and never silent: the timer or the
+ * message is refused to its caller, which answers 503 or tries again
+ * later; a multishot recv that finds no buffer ends with -ENOBUFS and is
+ * armed again. Each refusal is counted (rt_loop_limits(), for /metrics)
+ * and logged at the 1st, 2nd, 4th, 8th... occurrence.
+ */
 typedef struct rt_loop_config {
-  uint32_t sq_entries;     /* io_uring submission queue size (default 1024) */
-  uint32_t bufs_count;     /* provided recv buffers (default 1024, power of 2) */
+  uint32_t sq_entries;     /* io_uring submission queue size (default 1024);
+                            * the CQ holds 4 x as many completions */
+  uint32_t bufs_count;     /* provided recv buffers (default 1024, a power of
+                            * 2 up to RT_LOOP_BUFS_MAX; rt_loop_bufs_for()) */
   uint32_t buf_bytes;      /* bytes per provided buffer (default 16384) */
   uint32_t msgs_count;     /* pooled actor messages (default 65536) */
   uint32_t msg_bytes;      /* payload bytes per pooled message (default 192) */
@@ -267,6 +293,17 @@ int rt_loop_config_from_env(rt_loop_config_t *config);
 
 /* Fills defaults for zero fields. */
 void rt_loop_config_defaults(rt_loop_config_t *config);
+
+/* Most provided buffers one loop may have: the kernel's limit for a
+ * buffer ring. */
+#define RT_LOOP_BUFS_MAX 32768u
+
+/* A bufs_count for `receivers` connections that may have bytes arriving
+ * at once through multishot recv: one buffer each, but no more than the
+ * completions the CQ holds (4 x sq_entries, its default when 0), since a
+ * buffer comes back as soon as its completion is reaped; rounded up to a
+ * power of 2, within [16, RT_LOOP_BUFS_MAX]. */
+uint32_t rt_loop_bufs_for(const rt_loop_config_t *config, uint64_t receivers);
 
 /* Creates a loop owned by the calling thread (which becomes its only
  * submitter). */
@@ -305,6 +342,26 @@ typedef struct rt_loop_stats {
 } rt_loop_stats_t;
 
 void rt_loop_stats(const rt_loop_t *loop, rt_loop_stats_t *out);
+
+/* A loop's limits and how close it came to them (see "Sizing a loop"
+ * above). */
+typedef struct rt_loop_limits {
+  uint32_t timers_capacity;  /* config.timers_count */
+  uint32_t timers_armed;
+  uint32_t timers_armed_max; /* the most armed at once since creation */
+  uint64_t timers_refused;   /* rt_timer_start() calls that found it full */
+  uint32_t msgs_capacity;    /* config.msgs_count */
+  uint32_t msgs_in_use;
+  uint32_t msgs_in_use_max;  /* the most seen at the end of an iteration */
+  uint64_t msgs_refused;     /* rt_msg_new() calls that found it empty */
+  uint32_t bufs_capacity;    /* config.bufs_count */
+  uint64_t bufs_exhausted;   /* multishot recvs that found no buffer */
+} rt_loop_limits_t;
+
+/* Any thread (for /metrics): on the loop's own thread the values of now;
+ * elsewhere those the loop published at the end of its last iteration,
+ * which it does before it waits for completions. */
+void rt_loop_limits(const rt_loop_t *loop, rt_loop_limits_t *out);
 
 /* True when a completion's flags say more completions follow (multishot). */
 bool rt_op_more(uint32_t flags);

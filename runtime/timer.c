@@ -74,6 +74,7 @@ static int heap_insert(rt_loop_t *loop, rt_timer_t *t) {
   assert(loop->timers_len <= loop->config.timers_count);
   if (loop->timers_len == loop->config.timers_count) return RT_E_LIMIT;
   place(loop, loop->timers_len++, t);
+  if (loop->timers_len > loop->timers_len_max) loop->timers_len_max = loop->timers_len;
   sift_up(loop, t->heap_index);
   return 0;
 }

@@ -4,11 +4,14 @@
  *
  * Publishing keeps every PUB until its PUB_ACK: the encoded frame sits in a
  * pending table (fixed at creation: pending_max entries, each with room for
- * a small frame inline; larger frames are allocated), found by event id
- * when its PUB_ACK arrives (PUB_ACKs of different partitions come in any
- * order) and threaded on a list in publish order. When the connection is
- * lost every pending PUB counts as unsent; after the next HELLO they are
- * sent again in their original order, then the subscriptions. So a
+ * an event's frame inline; a frame larger than events are is allocated),
+ * found by event id when its PUB_ACK arrives (PUB_ACKs of different
+ * partitions come in any order) and threaded on a list in publish order.
+ * A publish of an event allocates nothing: its frame is encoded in the
+ * client's own scratch buffers, made at creation at their largest, and
+ * copied to its entry. When the connection is lost every pending PUB
+ * counts as unsent; after the next HELLO they are sent again in their
+ * original order, then the subscriptions. So a
  * publish is confirmed exactly once (callback), and the event reaches the
  * log at least once: a PUB whose PUB_ACK was lost is stored twice, which
  * consumers absorb (idempotent inbox).
@@ -35,7 +38,11 @@
 #include "bus.h"
 
 #define SUBS_MAX 64 /* the event service: every topic and its dead letters */
-#define PEND_INLINE_BYTES 512
+/* A PUB of an event, its headers included, is about 1 KiB. */
+#define PEND_INLINE_BYTES 2048
+/* The most a headers map packs to: every header at its longest. */
+#define HEADERS_PACKED_BYTES_MAX \
+  (5u + BUS_HEADERS_MAX * (5u + BUS_HEADER_NAME_BYTES_MAX + 5u + BUS_HEADER_VALUE_BYTES_MAX))
 #define RETRY_REFUSED_MS 100
 #define NONE UINT32_MAX
 
@@ -102,7 +109,10 @@ struct bus_client {
   pend_t *pend;
   uint32_t *hash;          /* id -> pend index, linear probing */
   uint32_t hash_mask;
-  uint32_t free_head;      /* free entries, linked through next */
+  uint32_t free_head;      /* entries given back, linked through next */
+  uint32_t pend_fresh;     /* entries [pend_fresh, pending_max) never used */
+  bus_buf_t hdr_scratch;   /* a publish's headers, packed */
+  bus_buf_t pub_scratch;   /* a publish's frame, encoded */
   uint32_t order_head;     /* oldest pending */
   uint32_t order_tail;
   uint32_t pending_count;
@@ -218,6 +228,8 @@ static void pend_confirm(bus_client_t *c, const uint8_t id[BUS_ID_BYTES], int er
   if (c->cfg.on_confirm != NULL) c->cfg.on_confirm(c->cfg.confirm_arg, id, err, ctx);
 }
 
+/* The pending table, and the scratch buffers a publish is encoded in,
+ * made now at their largest. Entries are first touched when first used. */
 static int pend_init(bus_client_t *c) {
   uint32_t n = c->cfg.pending_max;
   uint32_t size = 16;
@@ -227,10 +239,41 @@ static int pend_init(bus_client_t *c) {
   if (c->pend == NULL || c->hash == NULL) return -ENOMEM;
   memset(c->hash, 0xff, size * sizeof *c->hash);
   c->hash_mask = size - 1;
-  for (uint32_t i = 0; i < n; i++) c->pend[i].next = i + 1 < n ? i + 1 : NONE;
-  c->free_head = 0;
+  c->free_head = NONE;
+  c->pend_fresh = 0;
   c->order_head = c->order_tail = NONE;
-  return 0;
+  size_t frame_max = (size_t)c->cfg.frame_bytes_max + 4;
+  bus_buf_init(&c->hdr_scratch, HEADERS_PACKED_BYTES_MAX);
+  bus_buf_init(&c->pub_scratch, frame_max);
+  int rc = bus_buf_reserve(&c->hdr_scratch, HEADERS_PACKED_BYTES_MAX);
+  if (rc == 0) rc = bus_buf_reserve(&c->pub_scratch, frame_max);
+  return rc;
+}
+
+/* The entry a publish would take: one given back, else one never used;
+ * NONE when all are pending. */
+static uint32_t pend_next(const bus_client_t *c) {
+  if (c->free_head != NONE) return c->free_head;
+  return c->pend_fresh < c->cfg.pending_max ? c->pend_fresh : NONE;
+}
+
+/* Takes the entry pend_next() said. */
+static void pend_take(bus_client_t *c, uint32_t index) {
+  if (index == c->free_head) {
+    c->free_head = c->pend[index].next;
+  } else {
+    assert(index == c->pend_fresh);
+    c->pend_fresh++;
+  }
+}
+
+static void pend_deinit(bus_client_t *c) {
+  free(c->pend);
+  free(c->hash);
+  c->pend = NULL;
+  c->hash = NULL;
+  bus_buf_deinit(&c->hdr_scratch);
+  bus_buf_deinit(&c->pub_scratch);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -633,8 +676,7 @@ int bus_client_create(bus_client_t **out, rt_loop_t *loop, const bus_client_conf
   int rc = rt_tcp_addr(c->host, c->cfg.port, &c->addr, &c->addr_len);
   if (rc == 0) rc = pend_init(c);
   if (rc < 0) {
-    free(c->pend);
-    free(c->hash);
+    pend_deinit(c);
     free(c);
     return rc;
   }
@@ -661,23 +703,23 @@ int bus_client_start(bus_client_t *c) {
   return 0;
 }
 
-/* Encodes a PUB into the entry's own buffer (inline when it fits). */
-static int pend_encode(pend_t *p, const bus_frame_t *f, uint32_t frame_max) {
-  bus_buf_t b;
-  bus_buf_init(&b, (size_t)frame_max + 4);
-  int rc = bus_frame_encode(&b, f, frame_max);
-  if (rc < 0) {
-    bus_buf_deinit(&b);
-    return rc;
+/* Encodes a PUB in the scratch buffer, then keeps it in the entry: inline
+ * when it fits, else in an allocation of its own. */
+static int pend_encode(bus_client_t *c, pend_t *p, const bus_frame_t *f) {
+  bus_buf_t *b = &c->pub_scratch;
+  b->len = 0;
+  int rc = bus_frame_encode(b, f, c->cfg.frame_bytes_max);
+  if (rc < 0) return rc;
+  /* Made to hold the largest frame: encoding never grows it. */
+  assert(b->cap == (size_t)c->cfg.frame_bytes_max + 4);
+  uint8_t *dst = p->inline_buf;
+  if (b->len > PEND_INLINE_BYTES) {
+    dst = malloc(b->len);
+    if (dst == NULL) return -ENOMEM;
   }
-  p->frame_len = (uint32_t)b.len;
-  if (b.len <= PEND_INLINE_BYTES) {
-    memcpy(p->inline_buf, b.data, b.len);
-    p->frame = p->inline_buf;
-    bus_buf_deinit(&b);
-  } else {
-    p->frame = b.data; /* ownership moves to the entry */
-  }
+  memcpy(dst, b->data, b->len);
+  p->frame = dst;
+  p->frame_len = (uint32_t)b->len;
   return 0;
 }
 
@@ -695,10 +737,11 @@ int bus_publish(bus_client_t *c, const bus_pub_t *pub, void *ctx) {
   if (c->destroyed) return BUS_E_CLOSED;
   int rc = pub_check(pub);
   if (rc < 0) return rc;
-  if (c->free_head == NONE || c->pending_bytes >= c->cfg.pending_bytes_max) return BUS_E_FULL;
-  bus_buf_t hdr;
-  bus_buf_init(&hdr, 256u * 1024);
-  rc = pub->headers_count > 0 ? bus_headers_pack(&hdr, pub->headers, pub->headers_count) : 0;
+  uint32_t index = pend_next(c);
+  if (index == NONE || c->pending_bytes >= c->cfg.pending_bytes_max) return BUS_E_FULL;
+  bus_buf_t *hdr = &c->hdr_scratch;
+  hdr->len = 0;
+  rc = pub->headers_count > 0 ? bus_headers_pack(hdr, pub->headers, pub->headers_count) : 0;
   bus_frame_t f;
   memset(&f, 0, sizeof f);
   f.type = BUS_PUB;
@@ -706,17 +749,15 @@ int bus_publish(bus_client_t *c, const bus_pub_t *pub, void *ctx) {
   f.key = (bus_bytes_t){.ptr = pub->key, .len = pub->key_len};
   memcpy(f.id, pub->id, BUS_ID_BYTES);
   f.has_id = true;
-  f.headers = (bus_bytes_t){.ptr = hdr.data, .len = (uint32_t)hdr.len};
+  f.headers = (bus_bytes_t){.ptr = hdr->data, .len = (uint32_t)hdr->len};
   f.payload = (bus_bytes_t){.ptr = pub->payload, .len = pub->payload_len};
   if (rc == 0 && f.topic.len + f.key.len + f.headers.len + f.payload.len + BUS_DELIVER_OVERHEAD_BYTES >
                      c->cfg.frame_bytes_max)
     rc = BUS_E_FRAME_TOO_LARGE;
-  uint32_t index = c->free_head;
   pend_t *p = &c->pend[index];
-  if (rc == 0) rc = pend_encode(p, &f, c->cfg.frame_bytes_max);
-  bus_buf_deinit(&hdr);
+  if (rc == 0) rc = pend_encode(c, p, &f);
   if (rc < 0) return rc;
-  c->free_head = p->next;
+  pend_take(c, index);
   memcpy(p->id, pub->id, BUS_ID_BYTES);
   p->ctx = ctx;
   p->refused = false;
@@ -809,8 +850,7 @@ static void client_maybe_free(bus_client_t *c) {
   bus_decoder_deinit(&c->dec);
   bus_buf_deinit(&c->out);
   bus_buf_deinit(&c->sending);
-  free(c->pend);
-  free(c->hash);
+  pend_deinit(c);
   free(c);
 }
 

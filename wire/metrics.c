@@ -161,4 +161,45 @@ void wire_metrics_gauge(wire_metrics_t *m, const char *name, const char *help, u
   wire_metrics_u64(m, NULL, 0, value);
 }
 
+static void loops_sample(wire_metrics_t *m, const char *resource, uint64_t v) {
+  wire_metrics_u64(m, WIRE_METRICS_LABELS({"resource", resource}), v);
+}
+
+void wire_metrics_loops(wire_metrics_t *m, rt_loop_t *const *loops, uint32_t count) {
+  rt_loop_limits_t sum = {0};
+  for (uint32_t i = 0; i < count; i++) {
+    rt_loop_limits_t l;
+    rt_loop_limits(loops[i], &l);
+    sum.timers_capacity += l.timers_capacity;
+    sum.timers_armed += l.timers_armed;
+    sum.timers_armed_max += l.timers_armed_max;
+    sum.timers_refused += l.timers_refused;
+    sum.msgs_capacity += l.msgs_capacity;
+    sum.msgs_in_use += l.msgs_in_use;
+    sum.msgs_in_use_max += l.msgs_in_use_max;
+    sum.msgs_refused += l.msgs_refused;
+    sum.bufs_capacity += l.bufs_capacity;
+    sum.bufs_exhausted += l.bufs_exhausted;
+  }
+  wire_metrics_family(m, "rt_loop_capacity", WIRE_METRICS_GAUGE,
+                      "Fixed tables of the event loops, summed over loop threads.");
+  loops_sample(m, "timers", sum.timers_capacity);
+  loops_sample(m, "messages", sum.msgs_capacity);
+  loops_sample(m, "recv_buffers", sum.bufs_capacity);
+  wire_metrics_family(m, "rt_loop_in_use", WIRE_METRICS_GAUGE,
+                      "Armed timers and pooled messages out, summed over loop threads.");
+  loops_sample(m, "timers", sum.timers_armed);
+  loops_sample(m, "messages", sum.msgs_in_use);
+  wire_metrics_family(m, "rt_loop_in_use_max", WIRE_METRICS_GAUGE,
+                      "The most in use at once on each loop thread since start, summed.");
+  loops_sample(m, "timers", sum.timers_armed_max);
+  loops_sample(m, "messages", sum.msgs_in_use_max);
+  wire_metrics_family(m, "rt_loop_exhausted_total", WIRE_METRICS_COUNTER,
+                      "Timers and messages refused, and receives that found no buffer,"
+                      " for lack of room.");
+  loops_sample(m, "timers", sum.timers_refused);
+  loops_sample(m, "messages", sum.msgs_refused);
+  loops_sample(m, "recv_buffers", sum.bufs_exhausted);
+}
+
 int wire_metrics_end(const wire_metrics_t *m) { return m->truncated ? -ENOBUFS : 0; }

@@ -36,6 +36,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "rt.h"
+
 /* Longest metric name, prefix included (a bound, not a format limit). */
 #define WIRE_METRICS_NAME_BYTES_MAX 128
 /* Most labels on one sample. */
@@ -92,6 +94,13 @@ void wire_metrics_counter(wire_metrics_t *m, const char *name, const char *help,
 
 /* A gauge with one unlabelled sample: family and sample in one call. */
 void wire_metrics_gauge(wire_metrics_t *m, const char *name, const char *help, uint64_t value);
+
+/* The fixed tables of `count` loops (rt_loop_limits(), any thread),
+ * summed over them: for timers, messages and provided recv buffers, the
+ * capacity, what is in use and the most that was (timers and messages),
+ * and how often one was wanted when none was left. A program writes its
+ * loops' on its page, so that a limit that is hit shows. */
+void wire_metrics_loops(wire_metrics_t *m, rt_loop_t *const *loops, uint32_t count);
 
 /* Returns 0 when every line was written, -ENOBUFS when the page was
  * truncated (it then holds the whole lines written before the first that

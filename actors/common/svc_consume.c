@@ -369,6 +369,12 @@ static void attempt(consume_ctx_t *x) {
 /* Life cycle                                                               */
 /* ------------------------------------------------------------------------ */
 
+/* One context per delivery the bus may have outstanding:
+ *   consumers_count subscriptions x CONSUME_IN_FLIGHT each. */
+uint64_t svc_consume_deliveries_max(void) {
+  return (uint64_t)svc_g.def->consumers_count * svc_g.consume_in_flight;
+}
+
 int svc_consume_create(svc_consume_t **out, svc_th_t *th) {
   const svc_def_t *def = svc_g.def;
   assert(th->pub.bus != NULL);
@@ -376,9 +382,7 @@ int svc_consume_create(svc_consume_t **out, svc_th_t *th) {
   svc_consume_t *c = calloc(1, sizeof *c);
   if (c == NULL) return -ENOMEM;
   c->th = th;
-  /* One context per delivery busd may have outstanding:
-   *   consumers_count subscriptions x CONSUME_IN_FLIGHT each. */
-  uint64_t cap = (uint64_t)def->consumers_count * svc_g.consume_in_flight;
+  uint64_t cap = svc_consume_deliveries_max();
   int rc = cap > UINT32_MAX ? RT_E_CONFIG
                             : rt_pool_init(&c->ctxs, "svc_deliveries", sizeof(consume_ctx_t),
                                            (uint32_t)cap);

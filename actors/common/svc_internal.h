@@ -114,6 +114,11 @@ enum {
   SVC_MSG_CALL,                     /* data: svc_call_t */
 };
 
+/* Payload bytes of a loop's pooled messages (rt_loop_config_t.msg_bytes):
+ * the largest the skeleton sends is a parked key. */
+#define SVC_MSG_BYTES 64
+_Static_assert(SVC_PARK_KEY_BYTES <= SVC_MSG_BYTES, "a notify carries a parked key");
+
 /* svc_notify.c: SVC_MSG_CALL on the receiving thread. */
 void svc_on_call(svc_th_t *th, rt_msg_t *msg);
 
@@ -194,6 +199,10 @@ void svc_relay_free(svc_relay_t *r);
 /* The consumer table on thread 0: subscribes with the service's name as
  * group. Call after svc_relay_create() (it uses th->bus). */
 int svc_consume_create(svc_consume_t **out, svc_th_t *th);
+
+/* Deliveries the consumer table may be applying at once (and the size of
+ * its context pool): every subscription's window. 0 without consumers. */
+uint64_t svc_consume_deliveries_max(void);
 
 /* Makes jansson allocate from the delivery's arena while a payload is
  * parsed (svc_consume.c); call once at start-up, before any JSON. */

@@ -410,6 +410,8 @@ static void usage(FILE *f, const svc_def_t *def) {
           "  DB_CONNS              connections per thread      (4)\n"
           "  DB_PIPELINE_DEPTH     transactions in flight per connection (64)\n"
           "  DB_QUEUE_MAX          waiting transactions per thread, 503 above (1024)\n"
+          "  DB_LARGE_BATCHES      transactions with over 2 KiB of parameters at once\n"
+          "                        per thread, 503 above (16)\n"
           "  DB_STATEMENT_TIMEOUT  server-side, per statement  (5s)\n"
           "  DB_DEADLINE           per transaction, client side (10s)\n"
           "  DB_CONNECT_TIMEOUT    (5s)\n"
@@ -592,6 +594,88 @@ enum { ARGS_RUN = 0, ARGS_HELP = 1, ARGS_STATEMENTS = 2, ARGS_EVENTS = 3, ARGS_C
 static const svc_def_t *g_def_for_args;
 
 /* ------------------------------------------------------------------------ */
+/* Loop sizing                                                              */
+/* ------------------------------------------------------------------------ */
+
+/* The service's own timers on a loop thread, beyond those of its requests:
+ * its periodic ticks (account: sweeper, mover; payment: stuck check;
+ * event: chainer, dead-letter count) and the connect deadlines of its
+ * peer clients (svc_peer_client(): 16 connections each at most today).
+ * One more than this is refused and reported like any other. */
+#define SVC_OWN_TIMERS 64
+
+/* Provided buffers of a service's loops: requests to a service and the
+ * events delivered to it are small (about 1 KiB), and a larger one spans
+ * buffers at the cost of a completion each. */
+#define SVC_BUF_BYTES 4096
+
+/* Past these a loop's tables would take more memory than the work they
+ * serve could ever use: the configuration is wrong. */
+#define SVC_LOOP_TIMERS_MAX (1u << 24)
+#define SVC_LOOP_MSGS_MAX (1u << 20)
+
+/* The loop of each serving thread, from the configuration, as the sum of
+ * what may use it at once; `serving` false: a command's (svc_cmd_t), with
+ * its database pool and nothing else. All loop threads get the same,
+ * sized for thread 0, which has the bus as well. */
+static int loop_config(rt_loop_config_t *lc, bool serving) {
+  http_server_config_t http = svc_g.http;
+  http_server_config_defaults(&http);
+  rt_pg_config_t pg = svc_g.pg;
+  rt_pg_config_defaults(&pg);
+  uint64_t pools = serving && svc_g.cfg.db_read_url != NULL ? 2 : 1;
+  uint64_t bus = serving && svc_g.cfg.bus_on ? 1 : 0;
+  uint64_t deliveries = bus != 0 ? svc_consume_deliveries_max() : 0;
+  uint64_t conns = serving ? http.conns_max : 0;
+  uint64_t reqs = serving ? svc_g.reqs_max : 0;
+  uint64_t threads = serving ? svc_g.cfg.threads : 1;
+  uint64_t timers =
+      conns                             /* a connection's idle or request deadline */
+      + reqs                            /* a request's own wait: its long-poll's deadline
+                                         * or its call to a peer service, one at a time */
+      + pools * rt_pg_pool_timers(&pg)  /* batch deadlines, connects, stalls, restarts */
+      + deliveries                      /* a delivery waiting to be tried again */
+      + bus * 4                         /* the bus client's three, the relay's tick */
+      + 3                               /* drain grace, claim pruning, the loop's drain */
+      + SVC_OWN_TIMERS;                 /* the service's own, and a command's waits */
+  uint64_t msgs =
+      2 * deliveries * threads          /* an applied delivery wakes the long-polls on its
+                                         * key on every thread (svc_notify), handled there
+                                         * an iteration later: two iterations' worth */
+      + pools * (pg.conns_count + 1)    /* a connection down tells its supervisor */
+      + 1;                              /* svc_thread_call(): the one caller, the event
+                                         * chainer's wake-up, keeps one in flight */
+  uint64_t receivers =
+      (conns < reqs ? conns : reqs)     /* connections with a request on its way: past
+                                         * reqs_max, requests are answered 503 anyway */
+      + bus;                            /* the bus client */
+  if (timers > SVC_LOOP_TIMERS_MAX) {
+    RT_ERROR("loop sizing: too many timers per thread; lower HTTP_CONNS_MAX, SVC_REQUESTS_MAX,"
+             " DB_QUEUE_MAX, DB_CONNS x DB_PIPELINE_DEPTH or CONSUME_IN_FLIGHT",
+             RT_LF_INT("timers", timers), RT_LF_INT("max", SVC_LOOP_TIMERS_MAX));
+    return RT_E_CONFIG;
+  }
+  if (msgs > SVC_LOOP_MSGS_MAX) {
+    RT_ERROR("loop sizing: too many messages per thread; lower CONSUME_IN_FLIGHT or the threads",
+             RT_LF_INT("messages", msgs), RT_LF_INT("max", SVC_LOOP_MSGS_MAX));
+    return RT_E_CONFIG;
+  }
+  *lc = (rt_loop_config_t){
+      .timers_count = (uint32_t)timers,
+      .msgs_count = (uint32_t)msgs,
+      .msg_bytes = SVC_MSG_BYTES,
+      .buf_bytes = SVC_BUF_BYTES,
+  };
+  lc->bufs_count = rt_loop_bufs_for(lc, receivers);
+  if (serving) {
+    RT_INFO("loop sized", RT_LF_INT("timers", lc->timers_count),
+            RT_LF_INT("messages", lc->msgs_count), RT_LF_INT("recv_buffers", lc->bufs_count),
+            RT_LF_INT("buffer_bytes", lc->buf_bytes));
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Commands                                                                 */
 /* ------------------------------------------------------------------------ */
 
@@ -634,8 +718,9 @@ static void cmd_pool_closed(void *arg) {
 
 static int run_command(const svc_command_t *c, int argc, char **argv) {
   svc_cmd_t cmd = {.argc = argc, .argv = argv};
-  rt_loop_config_t lc = {0};
-  int rc = rt_loop_create(&cmd.loop, &lc);
+  rt_loop_config_t lc;
+  int rc = loop_config(&lc, false);
+  if (rc == 0) rc = rt_loop_create(&cmd.loop, &lc);
   rt_pg_config_t pc = svc_g.pg;
   pc.url = svc_g.cfg.db_url;
   pc.name = svc_g.def->name;
@@ -747,8 +832,9 @@ int svc_main(int argc, char **argv, const svc_def_t *def) {
   }
   if (build_router() < 0) return 1;
   rt_signals_block(); /* before the workers, which inherit it */
-  rc = svc_workers_start(svc_g.workers);
-  rt_loop_config_t loop_cfg = {0};
+  rt_loop_config_t loop_cfg;
+  rc = loop_config(&loop_cfg, true);
+  if (rc == 0) rc = svc_workers_start(svc_g.workers);
   if (rc == 0) rc = rt_run(svc_g.cfg.threads, &loop_cfg, thread_setup, NULL, DRAIN_DEADLINE_MS);
   svc_workers_stop();
   threads_free();

@@ -1,7 +1,8 @@
 /*
  * svc_metrics.c - /healthz (the process is up), /readyz (a round trip to
- * the database), /metrics (Prometheus text: HTTP, database pool, requests,
- * outbox relay, consumers per event type, and the service's own).
+ * the database), /metrics (Prometheus text: HTTP, the loops' limits,
+ * database pool, requests, outbox relay, consumers per event type, and
+ * the service's own).
  */
 #include <stdio.h>
 #include <string.h>
@@ -38,7 +39,7 @@ static void on_readyz(svc_req_t *req) {
 }
 
 typedef struct pg_sum {
-  uint64_t batches, ok, failed, statements, full, down, timeouts, lost, connects,
+  uint64_t batches, ok, failed, statements, full, down, large, timeouts, lost, connects,
       connect_failures, flushes, latency_us;
   uint64_t up, queued, in_flight;
 } pg_sum_t;
@@ -56,6 +57,7 @@ static void pg_sum(pg_sum_t *s, svc_th_t *const *ths, uint32_t n, bool read) {
     s->statements += LOAD(st->statements);
     s->full += LOAD(st->rejected_full);
     s->down += LOAD(st->rejected_down);
+    s->large += LOAD(st->rejected_large);
     s->timeouts += LOAD(st->timeouts);
     s->lost += LOAD(st->conn_lost);
     s->connects += LOAD(st->connects);
@@ -101,9 +103,10 @@ static void metrics_pg(wire_metrics_t *m, svc_th_t *const *ths, uint32_t n) {
   sample_by(m, "outcome", "error", s.failed);
   wire_metrics_counter(m, "pg_statements_total", "Statements sent.", s.statements);
   wire_metrics_family(m, "pg_rejected_total", WIRE_METRICS_COUNTER,
-                      "Batches refused at submission.");
+                      "Batches refused: queue full, database down, no large arena left.");
   sample_by(m, "reason", "full", s.full);
   sample_by(m, "reason", "down", s.down);
+  sample_by(m, "reason", "large", s.large);
   wire_metrics_counter(m, "pg_timeouts_total", "Batch deadlines that passed.", s.timeouts);
   wire_metrics_counter(m, "pg_conn_lost_total", "Batches lost with their connection.", s.lost);
   wire_metrics_counter(m, "pg_connects_total", "Connections made.", s.connects);
@@ -188,14 +191,17 @@ static void metrics_events(wire_metrics_t *m) {
 static void metrics_render(wire_metrics_t *m, void *ctx) {
   svc_th_t *ths[SVC_THREADS_MAX];
   http_server_t *servers[SVC_THREADS_MAX];
+  rt_loop_t *loops[SVC_THREADS_MAX];
   uint32_t n = 0;
   for (uint32_t i = 0; i < SVC_THREADS_MAX; i++) {
     svc_th_t *th = atomic_load(&svc_g.ready[i]);
     if (th == NULL) continue;
     ths[n] = th;
+    loops[n] = th->pub.loop;
     servers[n++] = th->pub.server;
   }
   http_server_metrics(m, "http_", servers, n);
+  wire_metrics_loops(m, loops, n);
   metrics_requests(m, ths, n);
   metrics_pg(m, ths, n);
   metrics_outbox(m);

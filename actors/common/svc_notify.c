@@ -166,6 +166,8 @@ typedef struct svc_call {
   void *arg;
 } svc_call_t;
 
+_Static_assert(sizeof(svc_call_t) <= SVC_MSG_BYTES, "a call fits a loop's message");
+
 int svc_thread_call(uint32_t index, void (*fn)(svc_thread_t *th, void *arg), void *arg) {
   svc_th_t *th = index < SVC_THREADS_MAX ? atomic_load(&svc_g.ready[index]) : NULL;
   if (th == NULL) return -ENOENT;

@@ -790,19 +790,28 @@ void bench_check_done(bench_t *b) {
  * their own with room for one per operation under way, up to this. */
 #define POLL_CONNS_MAX 256
 
+/* Connections of a client: the configured ones, or for the long-polls'
+ * client one per operation under way up to POLL_CONNS_MAX. */
+static uint32_t client_conns(const bench_t *b, bool poll) {
+  uint32_t conns = b->cfg->connections;
+  if (poll && slots(b) > conns) conns = slots(b) < POLL_CONNS_MAX ? slots(b) : POLL_CONNS_MAX;
+  if (poll && conns < b->cfg->connections) conns = b->cfg->connections;
+  return conns;
+}
+
+/* Every operation under way may wait for a connection. */
+static uint32_t client_queue_max(const bench_t *b) {
+  return slots(b) + CHECK_PARALLEL + SETUP_PARALLEL;
+}
+
 static int client_for(bench_t *b, upstream_t up, const addr_t *a, bool tls, uint32_t timeout_ms,
                       http_client_t **out) {
-  const bench_config_t *cfg = b->cfg;
   bool poll = out == &b->poll_client;
-  uint32_t conns = cfg->connections;
-  if (poll && slots(b) > conns) conns = slots(b) < POLL_CONNS_MAX ? slots(b) : POLL_CONNS_MAX;
-  if (poll && conns < cfg->connections) conns = cfg->connections;
   http_client_config_t hc = {
       .host = a->host,
       .port = a->port,
-      .conns_max = conns,
-      /* Every operation under way may wait for a connection. */
-      .queue_max = slots(b) + CHECK_PARALLEL + SETUP_PARALLEL,
+      .conns_max = client_conns(b, poll),
+      .queue_max = client_queue_max(b),
       .connect_timeout_ms = 2000,
       .request_timeout_ms = timeout_ms,
       .filter = tls ? bench_tls_filter(b->tls) : NULL,
@@ -831,6 +840,44 @@ static int make_clients(bench_t *b) {
       rc = client_for(b, (upstream_t)u, &cfg->svc[u], false, poll_timeout, &b->poll_client);
   }
   return rc;
+}
+
+/* Ops: the run's slots, or the check phase's requests, whichever is
+ * more (the phases do not overlap), plus the setup's customers at once. */
+static uint32_t ops_count(const bench_t *b) {
+  return (slots(b) > CHECK_PARALLEL ? slots(b) : CHECK_PARALLEL) + SETUP_PARALLEL;
+}
+
+/* Timers an HTTP client may hold armed (http_client.c): a deadline per
+ * request it holds, waiting or on a connection, and a connect deadline
+ * per connection. */
+static uint64_t client_timers(const bench_t *b, bool poll) {
+  uint64_t conns = client_conns(b, poll);
+  return client_queue_max(b) + conns + conns;
+}
+
+/* The loop's tables, from the run's configuration, as make_clients()
+ * will make its clients. */
+static void loop_config(const bench_t *b, rt_loop_config_t *lc) {
+  const bench_config_t *cfg = b->cfg;
+  uint64_t clients = 0;
+  if (!cfg->direct) clients += client_timers(b, false) + client_timers(b, true);
+  for (int u = UP_PROFILE; u < UP_COUNT; u++) {
+    if (!cfg->svc[u].set) continue;
+    clients += client_timers(b, false);
+    if (cfg->direct && u == UP_PAYMENT) clients += client_timers(b, true);
+  }
+  uint64_t timers =
+      ops_count(b)     /* an operation's retry back-off */
+      + CHECK_PARALLEL /* a check slot's retry (check.c: CHECK_SLOTS) */
+      + clients        /* the HTTP clients' deadlines */
+      + 4;             /* the tick, the progress line, the check's stage, the settle */
+  *lc = (rt_loop_config_t){
+      .timers_count = timers > UINT32_MAX ? UINT32_MAX : (uint32_t)timers,
+      .msgs_count = 16, /* none are sent: a few, counted should they run out */
+  };
+  /* No multishot recv: the clients read into their connections' own. */
+  lc->bufs_count = rt_loop_bufs_for(lc, 0);
 }
 
 static int alloc_measures(bench_t *b) {
@@ -881,13 +928,10 @@ int bench_run(bench_t *b, bench_config_t *cfg, volatile sig_atomic_t *stop_flag)
   uint8_t id[8];
   if (getrandom(id, sizeof id, 0) != (ssize_t)sizeof id) memset(id, 7, sizeof id);
   for (int i = 0; i < 8; i++) snprintf(b->run_id + 2 * i, 3, "%02x", id[i]);
-  rt_loop_config_t lc = {0};
-  rt_loop_config_defaults(&lc);
+  rt_loop_config_t lc;
+  loop_config(b, &lc);
   int rc = rt_loop_create(&b->loop, &lc);
-  /* Ops: the run's slots, or the check phase's requests, whichever is
-   * more (the phases do not overlap), plus the setup's customers at once. */
-  uint32_t ops_count = (slots(b) > CHECK_PARALLEL ? slots(b) : CHECK_PARALLEL) + SETUP_PARALLEL;
-  if (rc == 0) rc = rt_pool_init(&ops, "bench_ops", sizeof(op_t), ops_count);
+  if (rc == 0) rc = rt_pool_init(&ops, "bench_ops", sizeof(op_t), ops_count(b));
   if (rc == 0) rc = alloc_measures(b);
   if (rc == 0) rc = alloc_model(b);
   if (rc == 0) rc = make_clients(b);

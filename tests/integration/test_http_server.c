@@ -983,6 +983,15 @@ static void test_conns_limit(int max) {
     if (!settled) sleep_ms(20);
   }
   T_CHECK(settled);
+  /* The loop was sized from HTTP_CONNS_MAX: a deadline per connection and
+   * the drain's, and it ran short of none. */
+  char want[64];
+  snprintf(want, sizeof want, "rt_loop_capacity{resource=\"timers\"} %d\n", max + 1);
+  resp_t m = {0};
+  T_CHECK_EQ_INT(request_once(GET("/metrics"), &m), 200);
+  T_CHECK(m.body != NULL && strstr(m.body, want) != NULL);
+  T_CHECK(m.body != NULL && strstr(m.body, "rt_loop_exhausted_total{resource=\"timers\"} 0\n") != NULL);
+  resp_free(&m);
 }
 
 /* SIGTERM: a request already in flight is finished, idle connections are

@@ -123,7 +123,11 @@ static void on_drain(rt_loop_t *loop, void *arg) {
   b->ready = false;
   busd_server_stop_listening(b);
   rt_timer_init(&b->drain_timer, drain_deadline, b);
-  rt_timer_start(loop, &b->drain_timer, (uint64_t)b->cfg.drain_ms * 3 / 4, 0);
+  if (rt_timer_start(loop, &b->drain_timer, (uint64_t)b->cfg.drain_ms * 3 / 4, 0) < 0) {
+    /* The loop's own drain deadline still ends it, without our last
+     * word to the connections left. */
+    RT_WARN("drain: no timer for busd's own deadline", RT_LF_INT("drain_ms", b->cfg.drain_ms));
+  }
   busd_after_event(b);
 }
 
@@ -136,7 +140,7 @@ static int http_start(busd_t *b) {
   memset(&cfg, 0, sizeof cfg);
   cfg.host = b->cfg.host;
   cfg.port = (uint16_t)b->cfg.http_port;
-  cfg.conns_max = 64;
+  cfg.conns_max = BUSD_HTTP_CONNS_MAX;
   int rc = busd_http_routes(b);
   if (rc == 0) rc = http_server_create(&b->http, b->loop, &cfg, &b->router);
   if (rc == 0) rc = http_server_start(b->http);

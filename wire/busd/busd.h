@@ -36,6 +36,8 @@
 
 #define BUSD_PARTITIONS_MAX 256
 #define BUSD_IO_THREADS_MAX 32
+/* Connections to the HTTP port (health and metrics: a few scrapers). */
+#define BUSD_HTTP_CONNS_MAX 64
 /* Internal topic names may be longer than wire names: "<topic>.dead". */
 #define BUSD_TOPIC_BYTES_MAX (BUS_NAME_BYTES_MAX + 5)
 
@@ -131,6 +133,14 @@ typedef struct busd_index {
 /* Records the record at `pos` when a stride has passed since the last
  * entry (or it is the first). Returns 0 or -ENOMEM. */
 int busd_index_add(busd_index_t *idx, uint64_t offset, uint64_t pos);
+
+/* Makes room for `entries` entries in all, so that adding up to that many
+ * allocates nothing. Returns 0 or -ENOMEM. */
+int busd_index_reserve(busd_index_t *idx, uint32_t entries);
+
+/* Entries a segment of `bytes` bytes may have: one a stride, the first,
+ * and its seal. */
+#define BUSD_INDEX_ENTRIES_MAX(bytes) ((uint32_t)((bytes) / BUSD_INDEX_STRIDE) + 2u)
 
 /* Position of the last entry at or before `offset` (0 when none); its
  * offset goes to *entry_offset (`base` when none). */
@@ -300,6 +310,8 @@ struct busd_job {
   uint32_t partitions;  /* MKTOPIC */
   uint32_t gen;         /* SNAPSHOT: its number (the topic's snap_gen_next) */
   char path[PATH_MAX];  /* new segment, file to unlink or replace, topic dir */
+  const uint8_t *data2; /* WRITE: the records that wrapped around the ring */
+  uint32_t len2;
   /* WRITE: the segment's index, written after the records are synced and
    * never synced itself (it can always be rebuilt from the log). With a
    * roll, idx_data starts with a header and goes to a new file named like
@@ -364,18 +376,11 @@ typedef struct busd_waiter {
   uint64_t source_offset;
 } busd_waiter_t;
 
-/* Records appended together and written with one fdatasync (group
- * commit). Once durable, the same buffer serves deliveries from memory. */
-typedef struct busd_batch {
-  uint8_t *data;
-  uint32_t len;
-  uint32_t cap;
-  uint64_t first;          /* offset of the first record */
-  uint32_t count;
-  uint32_t slots_cap;
-  uint32_t *pos;           /* record i starts at data + pos[i] */
-  busd_waiter_t *waiters;  /* per record */
-} busd_batch_t;
+/* Records a partition can hold in memory at once, at most one per this
+ * many bytes of its ring: a record of ours (an event with its headers) is
+ * a few hundred bytes. A flood of smaller ones fills the table first: the
+ * cache then keeps fewer records, and past it appends wait. */
+#define BUSD_RING_BYTES_PER_RECORD 256u
 
 /* One segment file of a partition. Loop thread only; I/O jobs get copies
  * of what they need (fd, positions). */
@@ -405,27 +410,41 @@ struct busd_part {
   uint64_t start;          /* oldest retained offset */
   uint64_t next;           /* offset of the next record appended */
   uint64_t durable;        /* records below are fsynced: deliverable */
-  busd_batch_t *acc;       /* accumulating, not yet written */
-  busd_batch_t *writing;   /* being written and synced */
-  busd_batch_t *spare;     /* a recycled batch */
+  /* Records in memory (log.c, "life of a record"): one ring, made with
+   * the partition, holding offsets [mem_first, next) in order: durable
+   * ones kept for delivery (the cache), the batch being written
+   * [durable, w_end), and those accumulating [w_end, next). */
+  uint8_t *ring;
+  uint32_t ring_bytes;
+  uint32_t ring_tail;      /* the record at mem_first */
+  uint32_t ring_head;      /* where the next record goes */
+  uint32_t ring_gap;       /* while wrapped: where the records at the top end */
+  bool ring_wrapped;       /* [ring_tail, ring_gap) then [0, ring_head) */
+  uint64_t mem_first;
+  uint64_t keep_from;      /* records from here may not be dropped now */
+  /* Per record in the ring, at offset & recs_mask. */
+  uint32_t *rec_at;        /* where it is in the ring */
+  busd_waiter_t *rec_waiter; /* whom to tell once it is durable */
+  uint32_t recs_mask;
+  uint64_t w_end;          /* the write in flight ends here (== durable: none) */
+  bool writing;
+  uint32_t w_bytes;        /* its bytes, and those accumulating */
+  uint32_t acc_bytes;
+  uint32_t *wpos;          /* each written record's place in its write */
   busd_job_t write_job;
   uint8_t *idx_buf;        /* the write's index entries (write_job.idx_data) */
   uint32_t idx_cap;
   bool kick_queued;        /* on the broker's kick list */
   busd_part_t *kick_next;
   bool failed;             /* a write failed: refuse PUBs until restart */
-  /* Durable batches kept for delivery from memory: a ring, oldest first. */
-  busd_batch_t **cache;
-  uint32_t cache_cap;
-  uint32_t cache_head;
-  uint32_t cache_len;
-  uint64_t cache_bytes;
   /* Counters. */
   uint64_t appended;
   uint64_t batches;
 };
 
-/* Initialises a partition of `topic` whose files live in `dir`. */
+/* Initialises a partition of `topic` whose files live in `dir`, with its
+ * ring: cache_bytes, and room for a write and an append of the largest
+ * record beyond them. Returns 0, -ENAMETOOLONG or -ENOMEM. */
 int busd_part_init(busd_part_t *part, busd_t *b, busd_topic_t *topic, uint32_t index,
                    const char *dir);
 
@@ -433,14 +452,18 @@ int busd_part_init(busd_part_t *part, busd_t *b, busd_topic_t *topic, uint32_t i
 void busd_part_deinit(busd_part_t *part);
 
 /* Adds a recovered segment (start-up): takes ownership of fd, and of the
- * index and index file in `loaded`. */
+ * index and index file in `loaded`. `last`: the partition's last segment,
+ * appended to from now on, whose index is given now all the room it will
+ * need. */
 int busd_part_add_segment(busd_part_t *part, int fd, uint64_t base,
-                          busd_seg_loaded_t *loaded, uint64_t mtime_ms);
+                          busd_seg_loaded_t *loaded, uint64_t mtime_ms, bool last);
 
 /* Appends a record; `w` is told when it is durable. The write starts at
  * the next busd_log_kick() (after the current input chunk), so records
  * arriving together share one fdatasync. Returns the offset (>= 0), or
- * BUS_E_STORAGE (partition failed), -ENOMEM. */
+ * BUS_E_STORAGE (partition failed), BUS_E_LIMIT (larger than a record may
+ * be), BUS_E_OVERLOADED (its ring is full of records not yet durable: try
+ * again later). Allocates nothing. */
 int64_t busd_part_append(busd_part_t *part, const uint8_t id[BUS_ID_BYTES],
                          bus_bytes_t key, bus_bytes_t headers, bus_bytes_t payload,
                          const busd_waiter_t *w);
@@ -783,6 +806,7 @@ typedef struct busd_stats {
   uint64_t ack_timeouts;
   uint64_t dead_letters;
   uint64_t cache_misses;   /* deliveries read back from disk */
+  uint64_t ring_full;      /* appends refused: a ring of records not yet durable */
   uint64_t corrupt;        /* records skipped: failed checksum on read */
   uint64_t retention_lost; /* offsets a group skipped (deleted first) */
   uint64_t segments_deleted;

@@ -57,6 +57,8 @@ static const struct counter_def {
     {"busd_batches_total", "Group commits (one fdatasync each).", S(batches)},
     {"busd_batch_records_total", "Records written by group commits.", S(batch_records)},
     {"busd_cache_misses_total", "Deliveries that had to read the disk.", S(cache_misses)},
+    {"busd_ring_full_total", "Appends refused for now: the partition's ring held only records"
+     " not yet durable.", S(ring_full)},
     {"busd_corrupt_records_total", "Records skipped: checksum failed on read.", S(corrupt)},
     {"busd_retention_skipped_total", "Offsets a group skipped after retention.", S(retention_lost)},
     {"busd_segments_deleted_total", "Segments deleted by retention.", S(segments_deleted)},
@@ -170,6 +172,7 @@ static void metrics_render(wire_metrics_t *m, void *arg) {
   metrics_partitions(m, broker);
   metrics_groups(m, broker);
   http_server_metrics(m, "busd_http_", &broker->http, 1);
+  wire_metrics_loops(m, &broker->loop, 1);
 }
 
 static void on_metrics(http_exchange_t *ex, void *arg) {

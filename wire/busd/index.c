@@ -78,17 +78,25 @@ static uint64_t get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return l
 /* In memory                                                                */
 /* ------------------------------------------------------------------------ */
 
-/* Appends an entry whatever the stride. */
+int busd_index_reserve(busd_index_t *idx, uint32_t entries) {
+  if (entries <= idx->cap) return 0;
+  uint64_t *o = realloc(idx->offsets, entries * sizeof *o);
+  if (o == NULL) return -ENOMEM;
+  idx->offsets = o;
+  uint64_t *p = realloc(idx->positions, entries * sizeof *p);
+  if (p == NULL) return -ENOMEM;
+  idx->positions = p;
+  idx->cap = entries;
+  return 0;
+}
+
+/* Appends an entry whatever the stride. An index read at start-up grows
+ * here; one of a segment being appended to was given its room with its
+ * segment (busd_index_reserve()), so the write path never grows it. */
 static int index_push(busd_index_t *idx, uint64_t offset, uint64_t pos) {
   if (idx->len == idx->cap) {
-    uint32_t cap = idx->cap ? idx->cap * 2 : 16;
-    uint64_t *o = realloc(idx->offsets, cap * sizeof *o);
-    if (o == NULL) return -ENOMEM;
-    idx->offsets = o;
-    uint64_t *p = realloc(idx->positions, cap * sizeof *p);
-    if (p == NULL) return -ENOMEM;
-    idx->positions = p;
-    idx->cap = cap;
+    int rc = busd_index_reserve(idx, idx->cap ? idx->cap * 2 : 16);
+    if (rc < 0) return rc;
   }
   idx->offsets[idx->len] = offset;
   idx->positions[idx->len] = pos;

@@ -110,13 +110,17 @@ static int job_write(busd_io_t *io, busd_job_t *job) {
     int rc = fsync_parent(job->path); /* the new name survives a crash */
     if (rc < 0) return rc;
   }
+  /* The records in file order: those that wrapped around the partition's
+   * ring follow the others. */
   int rc = write_full(fd, job->data, job->len, pos);
+  if (rc == 0 && job->len2 > 0) rc = write_full(fd, job->data2, job->len2, pos + job->len);
   if (rc < 0) return rc;
   uint64_t t0 = rt_now_ns();
   if (fdatasync(fd) < 0) return -errno;
   atomic_fetch_add_explicit(&io->fsyncs, 1, memory_order_relaxed);
   atomic_fetch_add_explicit(&io->fsync_ns, rt_now_ns() - t0, memory_order_relaxed);
-  atomic_fetch_add_explicit(&io->written_bytes, job->len, memory_order_relaxed);
+  atomic_fetch_add_explicit(&io->written_bytes, (uint64_t)job->len + job->len2,
+                            memory_order_relaxed);
   job_write_index(io, job);
   return 0;
 }

@@ -1,17 +1,31 @@
 /*
  * log.c - partitions: append, group commit, the durable-record cache.
  *
- * Life of a record: a PUB is appended to its partition's accumulating batch
- * (`acc`) with a waiter saying whom to tell. At the end of the event that
- * appended it (busd_log_kick), a partition with no write in flight hands its
- * batch to an I/O thread: pwrite at the end of the last segment (or in a new
- * segment when the last one is full), then fdatasync. While that runs, new
- * PUBs accumulate in the next batch, so under load every fdatasync covers
- * everything that arrived during the previous one: group commit that adapts
- * its batch size to the disk, with no timer. When the write completes the
- * batch's records are durable: PUB_ACKs go out, consumer groups are woken,
- * and the batch itself becomes part of the partition's cache, so consumers
- * that keep up are served from memory without reading the file back.
+ * Life of a record: a PUB is appended to its partition's ring, after the
+ * records accumulating there, with a waiter saying whom to tell. At the end
+ * of the event that appended it (busd_log_kick), a partition with no write
+ * in flight hands everything accumulated to an I/O thread as one write:
+ * pwrite at the end of the last segment (or in a new segment when the last
+ * one is full), then fdatasync. While that runs, new PUBs accumulate
+ * behind it, so under load every fdatasync covers everything that arrived
+ * during the previous one: group commit that adapts its batch size to the
+ * disk, with no timer. When the write completes its records are durable:
+ * PUB_ACKs go out, consumer groups are woken, and the records stay where
+ * they are in the ring as the partition's cache, so consumers that keep up
+ * are served from memory without reading the file back.
+ *
+ * The ring (busd.h: busd_part_t) is the partition's memory for records,
+ * one allocation made with the partition: cache_bytes, and room for the
+ * largest record being written and another appended beyond it. Records go
+ * in at its head, one after the other; one that does not fit before the
+ * end of the ring goes to its start, leaving a gap (ring_gap) that is not
+ * written: a write that wraps is two pieces of one pwrite each. Room is
+ * made by dropping the oldest durable records from the cache; when what is
+ * left is all records not yet durable, the append is refused with
+ * BUS_E_OVERLOADED (the client sends it again shortly). Where each record
+ * is, and its waiter, are kept in two tables indexed by offset, sized with
+ * the ring. So an append, a write and a delivery from memory allocate
+ * nothing, and the memory a partition holds is the ring it was given.
  *
  * Offsets are assigned at append; if a write fails the partition stops
  * taking PUBs (a failed fdatasync leaves the file's state unknown) and its
@@ -19,6 +33,7 @@
  * next start decides what is on disk.
  */
 #include <assert.h>
+#include <endian.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,13 +42,6 @@
 
 #include "busd.h"
 
-/* Durable batches remembered per partition, at most (also bounded in
- * bytes by cache_bytes). */
-#define CACHE_BATCHES_MAX 4096u
-
-/* A spare batch is kept for reuse only when its buffer is not too big. */
-#define SPARE_BYTES_MAX (4u << 20)
-
 uint64_t busd_wall_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -41,62 +49,82 @@ uint64_t busd_wall_ms(void) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Batches                                                                  */
+/* The ring                                                                 */
 /* ------------------------------------------------------------------------ */
 
-static void batch_free(busd_batch_t *batch) {
-  if (batch == NULL) return;
-  free(batch->data);
-  free(batch->pos);
-  free(batch->waiters);
-  free(batch);
+static uint32_t ring_len_at(const busd_part_t *part, uint32_t at) {
+  uint32_t len;
+  memcpy(&len, part->ring + at, 4);
+  return le32toh(len);
 }
 
-static busd_batch_t *batch_new(busd_part_t *part) {
-  busd_batch_t *batch = part->spare;
-  if (batch != NULL) {
-    part->spare = NULL;
-  } else {
-    batch = calloc(1, sizeof *batch);
-    if (batch == NULL) return NULL;
-  }
-  batch->len = 0;
-  batch->count = 0;
-  batch->first = part->next;
-  return batch;
+static uint32_t rec_slot(const busd_part_t *part, uint64_t offset) {
+  return (uint32_t)(offset & part->recs_mask);
 }
 
-/* Keeps one emptied batch for the next append, frees the rest. */
-static void batch_recycle(busd_part_t *part, busd_batch_t *batch) {
-  if (part->spare == NULL && batch->cap <= SPARE_BYTES_MAX) {
-    part->spare = batch;
-  } else {
-    batch_free(batch);
+static bool ring_empty(const busd_part_t *part) { return part->mem_first == part->next; }
+
+/* Takes n bytes at the head for the next record, without dropping any:
+ * false when they are not free. */
+static bool ring_place(busd_part_t *part, uint32_t n, uint32_t *at) {
+  if (ring_empty(part)) {
+    part->ring_tail = part->ring_head = 0;
+    part->ring_wrapped = false;
   }
+  if (!part->ring_wrapped) {
+    if (part->ring_bytes - part->ring_head >= n) {
+      *at = part->ring_head;
+      part->ring_head += n;
+      return true;
+    }
+    /* The start of the ring, leaving a gap at its end. */
+    if (part->ring_tail < n) return false;
+    part->ring_gap = part->ring_head;
+    part->ring_wrapped = true;
+    *at = 0;
+    part->ring_head = n;
+    return true;
+  }
+  if (part->ring_tail - part->ring_head < n) return false;
+  *at = part->ring_head;
+  part->ring_head += n;
+  return true;
 }
 
-/* Room for one more record of `bytes`. */
-static int batch_reserve(busd_batch_t *batch, size_t bytes) {
-  if (batch->count == batch->slots_cap) {
-    uint32_t cap = batch->slots_cap ? batch->slots_cap * 2 : 64;
-    uint32_t *pos = realloc(batch->pos, cap * sizeof *pos);
-    if (pos == NULL) return -ENOMEM;
-    batch->pos = pos;
-    busd_waiter_t *w = realloc(batch->waiters, cap * sizeof *w);
-    if (w == NULL) return -ENOMEM;
-    batch->waiters = w;
-    batch->slots_cap = cap;
+/* Drops the oldest record from the cache: false when it is not durable,
+ * or being told about (records_durable()). */
+static bool ring_drop_oldest(busd_part_t *part) {
+  if (part->mem_first >= part->durable || part->mem_first >= part->keep_from) return false;
+  uint32_t at = part->rec_at[rec_slot(part, part->mem_first)];
+  assert(at == part->ring_tail);
+  part->ring_tail += ring_len_at(part, at);
+  part->mem_first++;
+  if (part->ring_wrapped && part->ring_tail == part->ring_gap) {
+    part->ring_tail = 0;
+    part->ring_wrapped = false;
   }
-  if ((uint64_t)batch->len + bytes > UINT32_MAX) return -ENOMEM;
-  if (batch->len + bytes <= batch->cap) return 0;
-  size_t cap = batch->cap ? batch->cap : 64 * 1024;
-  while (cap < batch->len + bytes) cap *= 2;
-  if (cap > UINT32_MAX) cap = UINT32_MAX;
-  uint8_t *data = realloc(batch->data, cap);
-  if (data == NULL) return -ENOMEM;
-  batch->data = data;
-  batch->cap = (uint32_t)cap;
-  return 0;
+  return true;
+}
+
+/* Where a record of n bytes goes, room made by dropping cached records;
+ * BUS_E_OVERLOADED when the ring (or its table) holds only records not
+ * yet durable. */
+static int ring_reserve(busd_part_t *part, uint32_t n, uint32_t *at) {
+  /* Bounded: each turn drops a record, and there are fewer than
+   * recs_mask + 1 in the ring. */
+  for (uint32_t turn = 0; turn <= part->recs_mask + 1; turn++) {
+    bool table_full = part->next - part->mem_first > part->recs_mask;
+    if (!table_full && ring_place(part, n, at)) return 0;
+    if (!ring_drop_oldest(part)) return BUS_E_OVERLOADED;
+  }
+  (void)NEVER(true);
+  return BUS_E_OVERLOADED;
+}
+
+/* A record's place in its write: its distance from the write's first
+ * record, the gap at the end of the ring left out. */
+static uint32_t write_pos(uint32_t start, uint32_t first_piece, uint32_t at) {
+  return at >= start ? at - start : first_piece + at;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -131,8 +159,24 @@ static void seg_append(busd_part_t *part, busd_seg_t *seg) {
   part->segs_count++;
 }
 
+/* The most index entries a segment appended to may have: it holds at
+ * most segment_bytes, or a single write larger than that, which is at
+ * most a ring's worth. */
+static uint32_t seg_entries_max(const busd_part_t *part) {
+  uint64_t bytes = part->b->cfg.segment_bytes;
+  if (part->ring_bytes > bytes) bytes = part->ring_bytes;
+  return BUSD_INDEX_ENTRIES_MAX(bytes);
+}
+
 int busd_part_add_segment(busd_part_t *part, int fd, uint64_t base, busd_seg_loaded_t *loaded,
-                          uint64_t mtime_ms) {
+                          uint64_t mtime_ms, bool last) {
+  if (last) {
+    /* Appended to from now on: all the room its index will need. */
+    uint32_t room = seg_entries_max(part);
+    if (room < loaded->index.len + 2) room = loaded->index.len + 2;
+    int rc = busd_index_reserve(&loaded->index, room);
+    if (rc < 0) return rc;
+  }
   busd_seg_t *seg = seg_new(fd, base);
   if (seg == NULL) return -ENOMEM;
   seg->end = loaded->scan.next_offset;
@@ -147,6 +191,8 @@ int busd_part_add_segment(busd_part_t *part, int fd, uint64_t base, busd_seg_loa
   part->start = part->segs->base;
   part->next = seg->end;
   part->durable = seg->end;
+  part->w_end = seg->end;
+  part->mem_first = seg->end;
   return 0;
 }
 
@@ -162,6 +208,13 @@ busd_seg_t *busd_part_segment(busd_part_t *part, uint64_t offset) {
 /* Partition set-up                                                         */
 /* ------------------------------------------------------------------------ */
 
+/* The ring: the cache, and room for the largest record being written and
+ * another appended behind it, so that a record that fits the limits is
+ * never refused for want of a ring, only for a full one. */
+static uint64_t ring_bytes_for(const busd_t *b) {
+  return (uint64_t)b->cfg.cache_bytes + 2u * (uint64_t)b->rec_bytes_max;
+}
+
 int busd_part_init(busd_part_t *part, busd_t *b, busd_topic_t *topic, uint32_t index,
                    const char *dir) {
   memset(part, 0, sizeof *part);
@@ -171,27 +224,36 @@ int busd_part_init(busd_part_t *part, busd_t *b, busd_topic_t *topic, uint32_t i
   size_t n = strlen(dir);
   if (n >= sizeof part->dir) return -ENAMETOOLONG;
   memcpy(part->dir, dir, n + 1);
-  part->cache_cap = CACHE_BATCHES_MAX;
-  part->cache = calloc(part->cache_cap, sizeof *part->cache);
-  return part->cache == NULL ? -ENOMEM : 0;
-}
-
-static void cache_clear(busd_part_t *part) {
-  for (uint32_t i = 0; i < part->cache_len; i++)
-    batch_free(part->cache[(part->cache_head + i) % part->cache_cap]);
-  part->cache_len = 0;
-  part->cache_bytes = 0;
+  uint64_t ring = ring_bytes_for(b);
+  if (ring > UINT32_MAX) return -ENOMEM;
+  uint64_t recs = 1024;
+  while (recs < ring / BUSD_RING_BYTES_PER_RECORD) recs *= 2;
+  uint64_t idx = BUSD_IDX_PLAN_BYTES(ring);
+  /* Untouched until records come: the pages cost nothing before. */
+  part->ring = malloc(ring);
+  part->rec_at = malloc(recs * sizeof *part->rec_at);
+  part->rec_waiter = malloc(recs * sizeof *part->rec_waiter);
+  part->wpos = malloc(recs * sizeof *part->wpos);
+  part->idx_buf = malloc(idx);
+  if (!part->ring || !part->rec_at || !part->rec_waiter || !part->wpos || !part->idx_buf)
+    return -ENOMEM;
+  part->ring_bytes = (uint32_t)ring;
+  part->recs_mask = (uint32_t)recs - 1;
+  part->idx_cap = (uint32_t)idx;
+  part->keep_from = UINT64_MAX;
+  return 0;
 }
 
 void busd_part_deinit(busd_part_t *part) {
-  if (part->cache != NULL) cache_clear(part);
-  free(part->cache);
-  part->cache = NULL;
-  batch_free(part->acc);
-  batch_free(part->writing);
-  batch_free(part->spare);
-  part->acc = part->writing = part->spare = NULL;
+  free(part->ring);
+  free(part->rec_at);
+  free(part->rec_waiter);
+  free(part->wpos);
   free(part->idx_buf);
+  part->ring = NULL;
+  part->rec_at = NULL;
+  part->rec_waiter = NULL;
+  part->wpos = NULL;
   part->idx_buf = NULL;
   part->idx_cap = 0;
   busd_seg_t *seg = part->segs;
@@ -204,7 +266,7 @@ void busd_part_deinit(busd_part_t *part) {
 }
 
 bool busd_part_idle(const busd_part_t *part) {
-  return part->writing == NULL && (part->acc == NULL || part->acc->count == 0);
+  return !part->writing && part->next == part->durable;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -224,19 +286,26 @@ int64_t busd_part_append(busd_part_t *part, const uint8_t id[BUS_ID_BYTES], bus_
   if (part->failed || part->topic->state == BUSD_TOPIC_FAILED) return BUS_E_STORAGE;
   size_t bytes = busd_rec_size(key.len, headers.len, payload.len);
   if (bytes > b->rec_bytes_max) return BUS_E_LIMIT;
-  if (part->acc == NULL) {
-    part->acc = batch_new(part);
-    if (part->acc == NULL) return -ENOMEM;
+  /* The ring holds two of the largest (ring_bytes_for()). */
+  assert(bytes <= part->ring_bytes / 2);
+  uint32_t at;
+  int rc = ring_reserve(part, (uint32_t)bytes, &at);
+  if (rc < 0) {
+    /* Counted always, logged at 1, 2, 4, 8, ...: a full ring comes with a
+     * burst, and the client sends each refused PUB again. */
+    uint64_t n = ++b->stats.ring_full;
+    if ((n & (n - 1)) == 0) {
+      RT_WARN("partition ring full of records not yet durable: PUBs refused for now",
+              RT_LF_STR("topic", part->topic->name), RT_LF_INT("partition", part->index),
+              RT_LF_INT("ring_bytes", part->ring_bytes), RT_LF_INT("count", (int64_t)n));
+    }
+    return rc;
   }
-  busd_batch_t *batch = part->acc;
-  int rc = batch_reserve(batch, bytes);
-  if (rc < 0) return rc;
   uint64_t offset = part->next++;
-  busd_rec_write(batch->data + batch->len, offset, busd_wall_ms(), id, key, headers, payload);
-  batch->pos[batch->count] = batch->len;
-  batch->waiters[batch->count] = *w;
-  batch->count++;
-  batch->len += (uint32_t)bytes;
+  busd_rec_write(part->ring + at, offset, busd_wall_ms(), id, key, headers, payload);
+  part->rec_at[rec_slot(part, offset)] = at;
+  part->rec_waiter[rec_slot(part, offset)] = *w;
+  part->acc_bytes += (uint32_t)bytes;
   b->pending_bytes += bytes;
   part->appended++;
   kick_queue(part);
@@ -256,23 +325,11 @@ void busd_log_kick(busd_t *b) {
 
 static void write_done(busd_job_t *job);
 
-/* Room in idx_buf for the index bytes of a write of `len` bytes. */
-static bool idx_buf_reserve(busd_part_t *part, uint32_t len) {
-  uint64_t need = BUSD_IDX_PLAN_BYTES((uint64_t)len);
-  if (need <= part->idx_cap) return true;
-  if (need > UINT32_MAX) return false;
-  uint8_t *p = realloc(part->idx_buf, need);
-  if (p == NULL) return false;
-  part->idx_buf = p;
-  part->idx_cap = (uint32_t)need;
-  return true;
-}
-
 /* The index side of a write job (index.c, "life of an index file"): the
- * entries of the batch for the segment it goes to, and on a roll the seal
- * of the segment it leaves. No memory for the entries: the segment goes
- * without an index file and the next start rebuilds it. */
-static void write_job_index(busd_part_t *part, busd_job_t *job, busd_batch_t *batch) {
+ * entries of the write for the segment it goes to, and on a roll the seal
+ * of the segment it leaves. idx_buf holds a plan of the largest write
+ * there can be (busd_part_init()). */
+static void write_job_index(busd_part_t *part, busd_job_t *job, uint32_t count, uint32_t len) {
   busd_seg_t *seg = part->segs_tail;
   static const busd_index_t empty;
   job->idx_fd = -1;
@@ -288,11 +345,11 @@ static void write_job_index(busd_part_t *part, busd_job_t *job, busd_batch_t *ba
     busd_idx_entry(job->seal, seg->base, seg->end, seg->bytes);
   }
   if (!job->roll && seg->idx_fd < 0) return;
-  if (!idx_buf_reserve(part, batch->len)) return;
+  if (NEVER(BUSD_IDX_PLAN_BYTES((uint64_t)len) > part->idx_cap)) return;
   const busd_index_t *idx = job->roll ? &empty : &seg->index;
-  uint64_t base = job->roll ? batch->first : seg->base;
-  job->idx_len = busd_idx_plan(idx, base, job->roll, batch->first, job->pos, batch->pos,
-                               batch->count, part->idx_buf);
+  uint64_t base = job->roll ? part->durable : seg->base;
+  job->idx_len = busd_idx_plan(idx, base, job->roll, part->durable, job->pos, part->wpos, count,
+                               part->idx_buf);
   assert(job->idx_len <= part->idx_cap);
   job->idx_data = part->idx_buf;
   if (!job->roll) {
@@ -301,40 +358,68 @@ static void write_job_index(busd_part_t *part, busd_job_t *job, busd_batch_t *ba
   }
 }
 
+/* The records accumulated, [durable, next), as one write: their bytes in
+ * the ring (two pieces when they wrapped around it) and each record's
+ * place in the write. Returns the write's length. */
+static uint32_t write_plan(busd_part_t *part, busd_job_t *job, uint32_t count) {
+  uint32_t start = part->rec_at[rec_slot(part, part->durable)];
+  uint32_t last = part->rec_at[rec_slot(part, part->next - 1)];
+  uint32_t len = part->acc_bytes;
+  uint32_t first_piece = len;
+  job->data = part->ring + start;
+  job->data2 = NULL;
+  job->len2 = 0;
+  if (last < start) { /* wrapped: from start to the gap, then from 0 */
+    job->len2 = part->ring_head;
+    first_piece = len - job->len2;
+    job->data2 = part->ring;
+    assert(part->ring_wrapped && start + first_piece == part->ring_gap);
+  }
+  job->len = first_piece;
+  for (uint32_t i = 0; i < count; i++)
+    part->wpos[i] = write_pos(start, first_piece, part->rec_at[rec_slot(part, part->durable + i)]);
+  return len;
+}
+
 void busd_part_kick(busd_part_t *part) {
   busd_t *b = part->b;
-  busd_batch_t *batch = part->acc;
-  if (part->writing != NULL || batch == NULL || batch->count == 0) return;
+  if (part->writing || part->next == part->durable) return;
   if (part->topic->state != BUSD_TOPIC_READY || part->failed) return;
   busd_seg_t *seg = part->segs_tail;
   busd_job_t *job = &part->write_job;
+  uint32_t count = (uint32_t)(part->next - part->durable);
+  assert(count <= part->recs_mask + 1);
   job->kind = BUSD_JOB_WRITE;
   job->done = write_done;
   job->ctx = part;
-  job->data = batch->data;
-  job->len = batch->len;
   job->new_fd = -1;
-  /* Roll at a batch boundary: a batch always lands in one segment. */
-  job->roll = seg == NULL || (seg->bytes > 0 && seg->bytes + batch->len > b->cfg.segment_bytes);
+  uint32_t len = write_plan(part, job, count);
+  /* Roll at a write boundary: a write always lands in one segment. */
+  job->roll = seg == NULL || (seg->bytes > 0 && seg->bytes + len > b->cfg.segment_bytes);
   if (job->roll) {
     job->fd = -1;
     job->pos = 0;
-    if (busd_seg_path(job->path, sizeof job->path, part->dir, batch->first) < 0) return;
+    if (busd_seg_path(job->path, sizeof job->path, part->dir, part->durable) < 0) return;
   } else {
     job->fd = seg->fd;
     job->pos = seg->bytes;
   }
-  write_job_index(part, job, batch);
+  write_job_index(part, job, count, len);
   if (busd_io_submit(&b->io, job) < 0) return; /* retried by the tick */
-  part->acc = NULL;
-  part->writing = batch;
+  part->writing = true;
+  part->w_end = part->next;
+  part->w_bytes = len;
+  part->acc_bytes = 0;
 }
 
-/* Tells every waiter of a durable batch. */
-static void batch_notify(busd_part_t *part, busd_batch_t *batch) {
+/* Tells every waiter of the records [first, end), now durable. A waiter
+ * told may append to this partition (a group with its next dead letter):
+ * the records told about are kept meanwhile, their ids read from them. */
+static void records_durable(busd_part_t *part, uint64_t first, uint64_t end) {
   busd_t *b = part->b;
-  for (uint32_t i = 0; i < batch->count; i++) {
-    const busd_waiter_t *w = &batch->waiters[i];
+  part->keep_from = first;
+  for (uint64_t o = first; o < end; o++) {
+    const busd_waiter_t *w = &part->rec_waiter[rec_slot(part, o)];
     if (w->gp != NULL) {
       busd_group_dead_done(w->gp, w->source_offset, 0);
       continue;
@@ -343,19 +428,22 @@ static void batch_notify(busd_part_t *part, busd_batch_t *batch) {
     bus_frame_t f;
     memset(&f, 0, sizeof f);
     f.type = BUS_PUB_ACK;
-    memcpy(f.id, batch->data + batch->pos[i] + 24, BUS_ID_BYTES);
+    memcpy(f.id, part->ring + part->rec_at[rec_slot(part, o)] + 24, BUS_ID_BYTES);
     f.has_id = true;
     f.partition = part->index;
-    f.offset = batch->first + i;
+    f.offset = o;
     busd_conn_write(w->conn, &f);
     b->stats.pub_acked++;
   }
+  part->keep_from = UINT64_MAX;
 }
 
-/* Refuses every record of a batch that will not be written. */
-static void batch_refuse(busd_part_t *part, busd_batch_t *batch, int err) {
-  for (uint32_t i = 0; i < batch->count; i++) {
-    const busd_waiter_t *w = &batch->waiters[i];
+/* Refuses the records [first, next), which will never be written, and
+ * gives their offsets and their room in the ring back. */
+static void records_refuse(busd_part_t *part, uint64_t first, int err) {
+  busd_t *b = part->b;
+  for (uint64_t o = first; o < part->next; o++) {
+    const busd_waiter_t *w = &part->rec_waiter[rec_slot(part, o)];
     if (w->gp != NULL) {
       busd_group_dead_done(w->gp, w->source_offset, err);
       continue;
@@ -366,62 +454,51 @@ static void batch_refuse(busd_part_t *part, busd_batch_t *batch, int err) {
     f.type = BUS_ERR;
     f.code = err;
     f.message = (bus_bytes_t){.ptr = (const uint8_t *)"not stored", .len = 10};
-    memcpy(f.id, batch->data + batch->pos[i] + 24, BUS_ID_BYTES);
+    memcpy(f.id, part->ring + part->rec_at[rec_slot(part, o)] + 24, BUS_ID_BYTES);
     f.has_id = true;
     busd_conn_write(w->conn, &f);
-    part->b->stats.pub_refused++;
+    b->stats.pub_refused++;
   }
+  if (first < part->next) {
+    /* The head goes back to the first of them; when it was above the
+     * gap, so were all that followed the wrap, which is undone. */
+    uint32_t at = part->rec_at[rec_slot(part, first)];
+    if (part->ring_wrapped && at >= part->ring_tail) part->ring_wrapped = false;
+    part->ring_head = at;
+  }
+  part->next = first;
 }
 
 void busd_part_fail(busd_part_t *part) {
   busd_t *b = part->b;
   part->failed = true;
-  if (part->acc != NULL) {
-    b->pending_bytes -= part->acc->len;
-    batch_refuse(part, part->acc, BUS_E_STORAGE);
-    batch_free(part->acc);
-    part->acc = NULL;
-  }
-  part->next = part->durable;
+  b->pending_bytes -= part->acc_bytes;
+  part->acc_bytes = 0;
+  records_refuse(part, part->writing ? part->w_end : part->durable, BUS_E_STORAGE);
 }
 
-static void write_failed(busd_part_t *part, busd_batch_t *batch, int err) {
+static void write_failed(busd_part_t *part, int err) {
   RT_ERROR("partition write failed: refusing publishes until restart",
            RT_LF_STR("topic", part->topic->name), RT_LF_INT("partition", part->index),
            RT_LF_STR("error", rt_strerror(err)));
-  batch_refuse(part, batch, BUS_E_STORAGE);
-  batch_free(batch);
-  busd_part_fail(part);
+  busd_t *b = part->b;
+  b->pending_bytes -= part->w_bytes;
+  part->writing = false;
+  part->w_bytes = 0;
+  part->w_end = part->durable;
+  busd_part_fail(part); /* the write's records and those behind it */
 }
 
-static void cache_evict(busd_part_t *part) {
-  busd_batch_t *old = part->cache[part->cache_head];
-  part->cache_head = (part->cache_head + 1) % part->cache_cap;
-  part->cache_len--;
-  part->cache_bytes -= old->len;
-  batch_recycle(part, old);
-}
-
-/* A durable batch joins the cache, the oldest going when it is full.
- * False when it is larger than the whole cache: the caller recycles it. */
-static bool cache_push(busd_part_t *part, busd_batch_t *batch) {
-  uint64_t budget = part->b->cfg.cache_bytes;
-  if (batch->len > budget) return false;
-  while (part->cache_len > 0 &&
-         (part->cache_len == part->cache_cap || part->cache_bytes + batch->len > budget))
-    cache_evict(part);
-  part->cache[(part->cache_head + part->cache_len) % part->cache_cap] = batch;
-  part->cache_len++;
-  part->cache_bytes += batch->len;
-  return true;
-}
-
-/* The segment the batch went to: a new one after a roll. */
-static busd_seg_t *written_segment(busd_part_t *part, const busd_job_t *job,
-                                   const busd_batch_t *batch) {
+/* The segment the write went to: a new one after a roll, with room for
+ * the index it will have. */
+static busd_seg_t *written_segment(busd_part_t *part, const busd_job_t *job) {
   if (!job->roll) return part->segs_tail;
-  busd_seg_t *seg = seg_new(job->new_fd, batch->first);
+  busd_seg_t *seg = seg_new(job->new_fd, part->durable);
   if (seg == NULL) return NULL;
+  if (busd_index_reserve(&seg->index, seg_entries_max(part)) < 0) {
+    free(seg);
+    return NULL;
+  }
   seg_append(part, seg);
   return seg;
 }
@@ -430,10 +507,12 @@ static busd_seg_t *written_segment(busd_part_t *part, const busd_job_t *job,
  * the same entries, and a segment whose index could not be written stops
  * writing it (the next start finishes it from the log). */
 static void written_index(busd_part_t *part, busd_seg_t *seg, const busd_job_t *job,
-                          const busd_batch_t *batch, uint64_t file_pos) {
+                          uint32_t count, uint64_t file_pos) {
   uint32_t before = seg->index.len;
-  for (uint32_t i = 0; i < batch->count; i++)
-    busd_index_add(&seg->index, batch->first + i, file_pos + batch->pos[i]);
+  /* Within the room reserved with the segment: nothing is allocated. */
+  for (uint32_t i = 0; i < count; i++)
+    busd_index_add(&seg->index, part->durable + i, file_pos + part->wpos[i]);
+  assert(seg->index.len <= seg->index.cap);
   if (job->roll) seg->idx_fd = job->new_idx_fd;
   if (job->idx_data == NULL) return; /* none planned: none kept */
   uint32_t entries = job->idx_len - (job->roll ? BUSD_IDX_HEADER_BYTES : 0);
@@ -455,15 +534,13 @@ static void written_index(busd_part_t *part, busd_seg_t *seg, const busd_job_t *
 static void write_done(busd_job_t *job) {
   busd_part_t *part = job->ctx;
   busd_t *b = part->b;
-  busd_batch_t *batch = part->writing;
-  part->writing = NULL;
-  b->pending_bytes -= batch->len;
+  assert(part->writing);
   busd_seg_t *prev = part->segs_tail;
-  busd_seg_t *seg = job->result < 0 ? NULL : written_segment(part, job, batch);
+  busd_seg_t *seg = job->result < 0 ? NULL : written_segment(part, job);
   if (seg == NULL) {
     if (job->roll && job->new_fd >= 0) close(job->new_fd);
     if (job->roll && job->new_idx_fd >= 0) close(job->new_idx_fd);
-    write_failed(part, batch, job->result < 0 ? job->result : -ENOMEM);
+    write_failed(part, job->result < 0 ? job->result : -ENOMEM);
     return;
   }
   /* The segment left behind is complete: its index is sealed (or, when
@@ -472,22 +549,25 @@ static void write_done(busd_job_t *job) {
     close(prev->idx_fd);
     prev->idx_fd = -1;
   }
+  uint64_t first = part->durable, end = part->w_end;
+  uint32_t count = (uint32_t)(end - first);
   uint64_t file_pos = job->roll ? 0 : job->pos;
-  written_index(part, seg, job, batch, file_pos);
-  seg->bytes = file_pos + batch->len;
-  seg->end = batch->first + batch->count;
+  written_index(part, seg, job, count, file_pos);
+  uint32_t len = part->w_bytes;
+  seg->bytes = file_pos + len;
+  seg->end = end;
   seg->mtime_ms = busd_wall_ms();
   if (part->segs == seg) part->start = seg->base;
-  part->durable = seg->end;
+  b->pending_bytes -= len;
+  part->writing = false;
+  part->w_bytes = 0;
   part->batches++;
   b->stats.batches++;
-  b->stats.batch_records += batch->count;
-  /* Cached before anyone is told, so that deliveries it triggers (dead
-   * letters done, groups woken) read it from memory; recycled only after
-   * the waiters, which read ids from it. */
-  bool cached = cache_push(part, batch);
-  batch_notify(part, batch);
-  if (!cached) batch_recycle(part, batch);
+  b->stats.batch_records += count;
+  /* Durable before anyone is told, so that deliveries it triggers (dead
+   * letters done, groups woken) find the records in the cache. */
+  part->durable = end;
+  records_durable(part, first, end);
   busd_groups_wake(part);
   busd_part_kick(part);
 }
@@ -496,30 +576,11 @@ static void write_done(busd_job_t *job) {
 /* Reading from memory                                                      */
 /* ------------------------------------------------------------------------ */
 
-static busd_batch_t *cache_at(const busd_part_t *part, uint32_t i) {
-  return part->cache[(part->cache_head + i) % part->cache_cap];
-}
-
 bool busd_part_cached(busd_part_t *part, uint64_t offset, busd_rec_t *rec) {
-  if (part->cache_len == 0) return false;
-  const busd_batch_t *newest = cache_at(part, part->cache_len - 1);
-  if (offset < cache_at(part, 0)->first || offset >= newest->first + newest->count)
-    return false;
-  uint32_t lo = 0, hi = part->cache_len; /* last batch with first <= offset */
-  while (hi - lo > 1) {
-    uint32_t mid = lo + (hi - lo) / 2;
-    if (cache_at(part, mid)->first <= offset) {
-      lo = mid;
-    } else {
-      hi = mid;
-    }
-  }
-  const busd_batch_t *batch = cache_at(part, lo);
-  uint64_t i = offset - batch->first;
-  if (i >= batch->count) return false;
-  uint32_t pos = batch->pos[i];
+  if (offset < part->mem_first || offset >= part->durable) return false;
+  uint32_t at = part->rec_at[rec_slot(part, offset)];
   /* Written by us and never on disk in between: no checksum needed. */
-  return busd_rec_parse(batch->data + pos, batch->len - pos, part->b->rec_bytes_max, false,
+  return busd_rec_parse(part->ring + at, part->ring_bytes - at, part->b->rec_bytes_max, false,
                         rec) > 0;
 }
 

@@ -41,6 +41,10 @@ static void usage(FILE *f) {
           "  BUSD_SEGMENT_BYTES         roll segments past             (67108864)\n"
           "  BUSD_CACHE_BYTES           durable records kept in memory\n"
           "                             per partition                  (8388608)\n"
+          "                             (a partition's ring holds these and\n"
+          "                             two of the largest records more; PUBs\n"
+          "                             are refused for now, BUS_E_OVERLOADED,\n"
+          "                             while it holds only unsynced ones)\n"
           "  BUSD_CONNS_MAX             connections                    (1024)\n"
           "  BUSD_SUBS_MAX              subscriptions (group members)  (4096)\n"
           "  BUSD_TOPICS_MAX            topics                         (256)\n"
@@ -108,6 +112,31 @@ int busd_config_load(busd_config_t *c) {
   if (c->retry_backoff_max_ms < c->retry_backoff_ms) c->retry_backoff_max_ms = c->retry_backoff_ms;
   if (c->ack_timeout_ms == 0) c->ack_timeout_ms = 1;
   return 0;
+}
+
+/* Provided buffers of 8 KiB: a PUB or a DELIVER is about 1 KiB, so a
+ * buffer carries a few of a burst, and one frame larger than it spans
+ * buffers (the decoder keeps what it needs). */
+#define BUSD_BUF_BYTES 8192
+
+/* The loop thread's tables, from the configuration: what may use each at
+ * once. */
+static void loop_config(const busd_config_t *c, rt_loop_config_t *out) {
+  uint64_t timers =
+      BUSD_HTTP_CONNS_MAX   /* an HTTP connection's idle or request deadline */
+      + 1                   /* the tick: acks, redeliveries, commits, retention */
+      + 2;                  /* the drain's deadline, ours and the loop's */
+  uint64_t receivers =
+      (uint64_t)c->conns_max  /* a bus connection, which may send at any time */
+      + BUSD_HTTP_CONNS_MAX;  /* an HTTP connection */
+  *out = (rt_loop_config_t){
+      .timers_count = (uint32_t)timers,
+      /* busd's actors (its connections) are sent no messages: a few for
+       * the runtime's sake, counted like any other should they run out. */
+      .msgs_count = 16,
+      .buf_bytes = BUSD_BUF_BYTES,
+  };
+  out->bufs_count = rt_loop_bufs_for(out, receivers);
 }
 
 static void log_config(const busd_config_t *c) {
@@ -178,7 +207,7 @@ int main(int argc, char **argv) {
           RT_LF_INT("log_bytes_read", (int64_t)b->stats.start_read_bytes),
           RT_LF_INT("torn_bytes_cut", (int64_t)b->stats.torn_bytes_cut));
   rt_loop_config_t loop_cfg;
-  memset(&loop_cfg, 0, sizeof loop_cfg);
+  loop_config(&b->cfg, &loop_cfg);
   rc = rt_run(1, &loop_cfg, busd_thread_setup, b, b->cfg.drain_ms);
   cleanup(b);
   RT_INFO("stopped", RT_LF_INT("status", rc < 0 ? 1 : 0));

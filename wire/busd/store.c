@@ -254,7 +254,7 @@ static int load_segment(busd_part_t *part, uint64_t base, bool last) {
     loaded.idx_fd = -1;
   }
   uint64_t mtime_ms = (uint64_t)st.st_mtim.tv_sec * 1000u + (uint64_t)st.st_mtim.tv_nsec / 1000000u;
-  rc = busd_part_add_segment(part, fd, base, &loaded, mtime_ms);
+  rc = busd_part_add_segment(part, fd, base, &loaded, mtime_ms, last);
   if (rc < 0) {
     busd_index_free(&loaded.index);
     if (loaded.idx_fd >= 0) close(loaded.idx_fd);

@@ -300,6 +300,11 @@ static void test_publisher_gone_mid_write(void) {
   T_CHECK_EQ_INT(http_get(busd.http_port, "/readyz", body, sizeof body), 200);
   T_CHECK_EQ_INT(busd_metric(&busd, "busd_connections"), 0);
   T_CHECK_EQ_INT(busd_metric(&busd, "busd_pending_bytes"), 0);
+  /* Its loop, sized from its configuration, ran short of nothing. */
+  double timers = busd_metric(&busd, "rt_loop_capacity{resource=\"timers\"}");
+  T_CHECK(timers > 0 && timers < 65536);
+  T_CHECK_EQ_INT(busd_metric(&busd, "rt_loop_exhausted_total{resource=\"timers\"}"), 0);
+  T_CHECK_EQ_INT(busd_metric(&busd, "rt_loop_exhausted_total{resource=\"messages\"}"), 0);
   double stored = busd_metric(&busd, "busd_published_total");
   printf("stored while their publishers left: %.0f\n", stored);
 }

@@ -18,7 +18,9 @@ transitions; events are published into busd on purpose with busctl.
    and restarted between attempts (the count goes on from where it was).
 4. Long-polls parked on three loop threads are woken by the event applied
    on thread 0 (the cross-thread notify) long before their deadline; one
-   with nothing to wait for answers at its deadline.
+   with nothing to wait for answers at its deadline. The loops, sized from
+   the configuration, show on /metrics what they held and that nothing
+   was refused.
 5. Correlation: an X-Request-Id on an HTTP request comes back on the
    answer, is in the outbox row's headers, in the event's bus headers and
    the audit log, and in log lines of every process that handled the
@@ -155,6 +157,19 @@ def test_long_poll(plat, busctl):
             " (%d after %.2f s)" % (s, took))
 
 
+def test_loop_limits(plat):
+    port = plat.port("probe")
+    cap = t.metric_label(port, "rt_loop_capacity", 'resource="timers"')
+    t.check(cap is not None and 0 < cap < 3 * 65536,
+            "the loops are sized from the configuration (%s timers on 3 threads)" % cap)
+    armed = t.metric_label(port, "rt_loop_in_use_max", 'resource="timers"')
+    t.check(armed is not None and armed >= 6,
+            "the parked long-polls' deadlines were counted (%s timers at most)" % armed)
+    for what in ("timers", "messages", "recv_buffers"):
+        n = t.metric_label(port, "rt_loop_exhausted_total", 'resource="%s"' % what)
+        t.check(n == 0, "none of the loops ran out of %s (%s)" % (what, n))
+
+
 def records_with(proc, rid):
     return [r for r in proc.log_records() if r.get("rid") == rid]
 
@@ -238,6 +253,7 @@ def main():
                  ("out of order", lambda: test_out_of_order(plat, busctl, urls["probe"])),
                  ("dead letter across a busd crash", lambda: test_dead_letter(plat, busctl)),
                  ("long-polls across threads", lambda: test_long_poll(plat, busctl)),
+                 ("the loops' limits", lambda: test_loop_limits(plat)),
                  ("correlation", lambda: test_correlation(plat, busctl, urls))))
     for name in ("event", "account", "profile", "probe"):
         t.check(plat.proc(name).stop() == 0, "%s drains and exits 0" % name)

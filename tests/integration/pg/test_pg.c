@@ -1,8 +1,8 @@
 /*
  * runtime/pg.c against a real PostgreSQL (deploy/pg): round trips,
  * pipelining, prepared statements, transactions per batch, error mapping,
- * the queue limit, deadlines, statement_timeout, and reconnection after
- * the server is killed with SIGKILL and started again.
+ * the queue limit, large arenas, deadlines, statement_timeout, and
+ * reconnection after the server is killed with SIGKILL and started again.
  *
  * Needs PAYMENT_DB_URL (eval "$(deploy/pg env)"); fails without it. argv[1]
  * is deploy/pg, used to kill and restart the server. Tables are named
@@ -261,6 +261,69 @@ static void test_queue_limit(void) {
   pool_free(p);
 }
 
+/* Parameters beyond a batch's own arena take one of the pool's large
+ * arenas, with what the batch held already; when none is left the batch
+ * is refused as a full pool is (backpressure), and counted. */
+static void fill(char *s, size_t n, char c) {
+  memset(s, c, n);
+  s[n] = '\0';
+}
+
+static void test_large_arenas(void) {
+  rt_pg_config_t cfg = {.url = db_url, .name = "test", .conns_count = 1, .large_batches = 1};
+  rt_pg_pool_t *p = NULL;
+  T_REQUIRE(rt_pg_pool_create(&p, loop, &cfg) == 0);
+  T_REQUIRE(rt_pg_pool_start(p) == 0);
+  T_REQUIRE(run_until(pool_is_up, p, 10000));
+  static char big[100001], mid[3001], small[1901];
+  fill(big, sizeof big - 1, 'y');
+  fill(mid, sizeof mid - 1, 'm');
+  fill(small, sizeof small - 1, 's');
+  const char *sql = "SELECT $1 || ':' || length($2)::text";
+
+  /* Within its own arena, a batch takes no large one. */
+  rt_pg_batch_t *inl = rt_pg_batch_new(p);
+  T_REQUIRE(inl != NULL);
+  const char *vi[] = {"in", small};
+  T_CHECK_EQ_INT(rt_pg_add_sql(inl, sql, 2, vi), 0);
+  /* The one large arena: the small parameter moves over with the big. */
+  rt_pg_batch_t *a = rt_pg_batch_new(p);
+  T_REQUIRE(a != NULL);
+  const char *va[] = {"abc", big};
+  T_CHECK_EQ_INT(rt_pg_add_sql(a, sql, 2, va), 0);
+  /* None left: refused, kept, counted. */
+  rt_pg_batch_t *b = rt_pg_batch_new(p);
+  T_REQUIRE(b != NULL);
+  const char *vb[] = {"b", mid};
+  T_CHECK_EQ_INT(rt_pg_add_sql(b, sql, 2, vb), RT_PG_E_POOL_FULL);
+  T_CHECK_EQ_INT(atomic_load(&rt_pg_pool_stats(p)->rejected_large), 1);
+  outcome_t ob;
+  T_CHECK_EQ_INT(submit(b, 0, &ob), RT_PG_E_POOL_FULL);
+  T_CHECK(!ob.done);
+
+  outcome_t oi, oa;
+  T_CHECK_EQ_INT(submit(inl, 0, &oi), 0);
+  T_CHECK_EQ_INT(submit(a, 0, &oa), 0);
+  T_REQUIRE(run_until(outcome_done, &oa, 5000));
+  T_REQUIRE(run_until(outcome_done, &oi, 5000));
+  T_CHECK_EQ_INT(oi.err, 0);
+  T_CHECK_STR(oi.first[0], "in:1900");
+  T_CHECK_EQ_INT(oa.err, 0);
+  T_CHECK_STR(oa.first[0], "abc:100000");
+
+  /* Given back with its batch: the next large one gets it. */
+  rt_pg_batch_t *c = rt_pg_batch_new(p);
+  T_REQUIRE(c != NULL);
+  const char *vc[] = {"c", mid};
+  T_CHECK_EQ_INT(rt_pg_add_sql(c, sql, 2, vc), 0);
+  outcome_t oc;
+  T_CHECK_EQ_INT(submit(c, 0, &oc), 0);
+  T_REQUIRE(run_until(outcome_done, &oc, 5000));
+  T_CHECK_STR(oc.first[0], "c:3000");
+  T_CHECK_EQ_INT(atomic_load(&rt_pg_pool_stats(p)->rejected_large), 1);
+  pool_free(p);
+}
+
 /* Deadlines: in flight (answered on time, connection reused afterwards),
  * queued (removed), and the server's statement_timeout. */
 static void test_deadlines(void) {
@@ -477,6 +540,7 @@ int main(int argc, char **argv) {
   T_RUN(test_prepared_once);
   T_RUN(test_pipelining);
   T_RUN(test_queue_limit);
+  T_RUN(test_large_arenas);
   T_RUN(test_deadlines);
   T_RUN(test_listen);
   T_RUN(test_reconnect);

@@ -1,8 +1,9 @@
 /*
  * test_bus_client.c - the client without a broker: the pending table
  * (publish until full, confirm in any order, lookups stay right after
- * every removal, duplicate ids), refusals that need no connection, and
- * destroy confirming every pending publish with BUS_E_CLOSED exactly once.
+ * every removal, duplicate ids), the frames kept, refusals that need no
+ * connection, and destroy confirming every pending publish with
+ * BUS_E_CLOSED exactly once.
  * It includes bus_client.c to reach the table's statics.
  */
 #include "../../../wire/bus_client.c"
@@ -70,7 +71,7 @@ static void test_pending_table(void) {
   T_REQUIRE(c != NULL);
   static uint8_t alive[N];
   for (uint32_t i = 0; i < N; i++) {
-    T_CHECK_EQ_INT(publish(c, i, "t", i % 3 == 0 ? 1000 : 10), 0); /* some not inline */
+    T_CHECK_EQ_INT(publish(c, i, "t", i % 3 == 0 ? 3000 : 10), 0); /* some not inline */
     alive[i] = 1;
   }
   T_CHECK_EQ_INT(publish(c, N, "t", 10), BUS_E_FULL);
@@ -125,6 +126,38 @@ static void test_duplicate_ids(void) {
   bus_client_destroy(c);
 }
 
+/* An event's frame is kept in its entry, a larger one in an allocation
+ * of its own; either way the bytes kept are the frame encoded. */
+static const pend_t *pending(bus_client_t *c, uint32_t i) {
+  uint8_t id[16];
+  id_of(i, id);
+  return &c->pend[c->hash[hash_find(c, id)]];
+}
+
+static uint32_t payload_len_kept(const pend_t *p) {
+  bus_frame_t f;
+  bus_limits_t lim;
+  bus_limits_defaults(&lim);
+  if (p->frame_len < 4 || bus_frame_decode(p->frame + 4, p->frame_len - 4, &lim, &f) != 0 ||
+      f.type != BUS_PUB)
+    return UINT32_MAX;
+  return f.payload.len;
+}
+
+static void test_frames_kept(void) {
+  bus_client_t *c = make(8, 0);
+  T_REQUIRE(c != NULL);
+  T_CHECK_EQ_INT(publish(c, 1, "t", 1200), 0);
+  T_CHECK_EQ_INT(publish(c, 2, "t", 3000), 0);
+  const pend_t *a = pending(c, 1), *b = pending(c, 2);
+  T_CHECK(a->frame == a->inline_buf);
+  T_CHECK(b->frame != b->inline_buf);
+  T_CHECK_EQ_INT(payload_len_kept(a), 1200);
+  T_CHECK_EQ_INT(payload_len_kept(b), 3000);
+  T_CHECK_EQ_INT(c->pend_fresh, 2); /* entries taken in order, once each */
+  bus_client_destroy(c);
+}
+
 static void test_refusals(void) {
   bus_client_t *c = make(8, 4096);
   T_REQUIRE(c != NULL);
@@ -159,6 +192,7 @@ int main(void) {
   if (rt_loop_create(&loop, NULL) < 0) return 1;
   T_RUN(test_pending_table);
   T_RUN(test_duplicate_ids);
+  T_RUN(test_frames_kept);
   T_RUN(test_refusals);
   rt_loop_destroy(loop);
   return t_done();

@@ -1,6 +1,7 @@
 /*
- * test_pool.c - fixed pools: exhaustion, zeroing, reuse, ownership, and the
- * assertions that catch misuse (run in a forked child, expected to abort).
+ * test_pool.c - fixed pools: exhaustion, zeroing, reuse, ownership, memory
+ * touched only as slots are used, and the assertions that catch misuse
+ * (run in a forked child, expected to abort).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -217,6 +218,70 @@ static void test_exhaustion_logged_once_per_burst(void) {
   rt_pool_deinit(&p);
 }
 
+/* Pages of a range that are in memory, by mincore(); -1 on error. */
+static long resident_pages(const void *from, size_t bytes) {
+  long page = sysconf(_SC_PAGESIZE);
+  uintptr_t lo = ((uintptr_t)from + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+  uintptr_t hi = ((uintptr_t)from + bytes) & ~((uintptr_t)page - 1);
+  if (hi <= lo) return 0;
+  size_t n = (hi - lo) / (size_t)page;
+  unsigned char *vec = malloc(n);
+  if (vec == NULL || mincore((void *)lo, hi - lo, vec) != 0) {
+    free(vec);
+    return -1;
+  }
+  long in = 0;
+  for (size_t i = 0; i < n; i++) in += vec[i] & 1;
+  free(vec);
+  return in;
+}
+
+/* A pool sized for far more than it serves costs memory only for what it
+ * has handed out: a slot is first written when first taken. Objects given
+ * back are taken again before any slot never used. */
+static void test_untouched_until_used(void) {
+  enum { CAP = 4096, OBJ = 4096 };
+  rt_pool_t p;
+  T_REQUIRE(rt_pool_init(&p, "lazy", OBJ, CAP) == 0);
+  void *a = rt_pool_get(&p);
+  void *b = rt_pool_get(&p);
+  T_REQUIRE(a != NULL && b != NULL);
+  T_CHECK(a == p.mem);
+  T_CHECK((unsigned char *)b == p.mem + OBJ); /* in address order */
+  rt_pool_put(&p, a);
+  T_CHECK(rt_pool_get(&p) == a); /* given back: taken first */
+  T_CHECK_EQ_INT(p.fresh, 2);
+  /* 16 MiB asked for, two slots used: beyond the first 4 MiB (a huge
+   * page or two may have come with the first touch), nothing resident. */
+  size_t skip = 4u << 20;
+  T_CHECK_EQ_INT(resident_pages(p.mem + skip, (size_t)CAP * OBJ - skip), 0);
+  rt_pool_put(&p, a);
+  rt_pool_put(&p, b);
+  rt_pool_deinit(&p);
+}
+
+/* rt_pool_take() leaves a buffer's bytes as they were, but for the
+ * free-list header; rt_pool_get() zeroes them all. */
+static void test_take_does_not_zero(void) {
+  rt_pool_t p;
+  T_REQUIRE(rt_pool_init(&p, "bufs", 256, 2) == 0);
+  unsigned char *a = rt_pool_take(&p);
+  T_REQUIRE(a != NULL);
+  memset(a, 0xAB, 256);
+  rt_pool_put(&p, a);
+  unsigned char *b = rt_pool_take(&p);
+  T_REQUIRE(b == a);
+  T_CHECK(all_bytes(b, 16, 0));
+  T_CHECK(all_bytes(b + 16, 256 - 16, 0xAB));
+  T_CHECK_EQ_INT(p.in_use, 1);
+  rt_pool_put(&p, b);
+  unsigned char *c = rt_pool_get(&p);
+  T_REQUIRE(c == a);
+  T_CHECK(all_bytes(c, 256, 0));
+  rt_pool_put(&p, c);
+  rt_pool_deinit(&p);
+}
+
 /* Runs fn in a child; true when the child died of SIGABRT (a failed
  * assert). The child's stderr is silenced: the message is expected. */
 static bool aborts(void (*fn)(void)) {
@@ -260,6 +325,13 @@ static void misaligned_put(void) {
   rt_pool_put(&p, a + 16);
 }
 
+static void never_taken_put(void) {
+  rt_pool_t p;
+  rt_pool_init(&p, "p", 32, 4);
+  unsigned char *a = rt_pool_get(&p);
+  rt_pool_put(&p, a + 2 * 32);
+}
+
 static void leak_at_deinit(void) {
   rt_pool_t p;
   rt_pool_init(&p, "leak", 32, 4);
@@ -280,6 +352,7 @@ static void test_misuse_aborts(void) {
   T_CHECK(aborts(double_put));
   T_CHECK(aborts(foreign_put));
   T_CHECK(aborts(misaligned_put));
+  T_CHECK(aborts(never_taken_put));
   T_CHECK(aborts(leak_at_deinit));
 }
 
@@ -293,6 +366,8 @@ int main(void) {
   T_RUN(test_owns);
   T_RUN(test_churn);
   T_RUN(test_exhaustion_logged_once_per_burst);
+  T_RUN(test_untouched_until_used);
+  T_RUN(test_take_does_not_zero);
   T_RUN(test_misuse_aborts);
   return t_done();
 }

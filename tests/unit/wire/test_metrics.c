@@ -139,11 +139,45 @@ static void test_truncation_sticks(void) {
   T_CHECK_EQ_INT(wire_metrics_end(&m), -ENOBUFS);
 }
 
+/* Two loops, one of which ran out of timers: their tables summed, the
+ * refusal on the page. */
+static void noop_timer(rt_timer_t *t) {}
+
+static void test_loops(void) {
+  rt_loop_config_t c = {.timers_count = 2, .msgs_count = 8, .bufs_count = 16, .sq_entries = 16};
+  rt_loop_t *a = NULL, *b = NULL;
+  T_REQUIRE(rt_loop_create(&a, &c) == 0);
+  T_REQUIRE(rt_loop_create(&b, &c) == 0); /* b is this thread's loop now */
+  rt_timer_t ts[3];
+  for (int i = 0; i < 3; i++) rt_timer_init(&ts[i], noop_timer, NULL);
+  T_CHECK_EQ_INT(rt_timer_start(b, &ts[0], 60000, 0), 0);
+  T_CHECK_EQ_INT(rt_timer_start(b, &ts[1], 60000, 0), 0);
+  T_CHECK_EQ_INT(rt_timer_start(b, &ts[2], 60000, 0), RT_E_LIMIT);
+  rt_loop_t *loops[] = {a, b};
+  char buf[2048];
+  wire_metrics_t m;
+  wire_metrics_init(&m, buf, sizeof buf);
+  wire_metrics_loops(&m, loops, 2);
+  T_CHECK_EQ_INT(wire_metrics_end(&m), 0);
+  T_CHECK(strstr(buf, "# TYPE rt_loop_exhausted_total counter\n") != NULL);
+  T_CHECK(strstr(buf, "rt_loop_capacity{resource=\"timers\"} 4\n") != NULL);
+  T_CHECK(strstr(buf, "rt_loop_capacity{resource=\"messages\"} 16\n") != NULL);
+  T_CHECK(strstr(buf, "rt_loop_capacity{resource=\"recv_buffers\"} 32\n") != NULL);
+  T_CHECK(strstr(buf, "rt_loop_in_use{resource=\"timers\"} 2\n") != NULL);
+  T_CHECK(strstr(buf, "rt_loop_exhausted_total{resource=\"timers\"} 1\n") != NULL);
+  T_CHECK(strstr(buf, "rt_loop_exhausted_total{resource=\"messages\"} 0\n") != NULL);
+  rt_timer_stop(b, &ts[0]);
+  rt_timer_stop(b, &ts[1]);
+  rt_loop_destroy(b);
+  rt_loop_destroy(a);
+}
+
 int main(void) {
   T_RUN(test_page);
   T_RUN(test_escaping);
   T_RUN(test_doubles);
   T_RUN(test_truncation);
   T_RUN(test_truncation_sticks);
+  T_RUN(test_loops);
   return t_done();
 }
