@@ -193,28 +193,36 @@ static void on_drain(rt_loop_t *loop, void *arg) {
   svc_drain_step(th);
 }
 
-/* Every statement, the skeleton's tables first, then the service's. The
- * read pool registers the same list, so a statement has one id on both
- * (statements are prepared lazily: a write is never parsed on a replica). */
+/* Statement ids are the order of registration, the skeleton's tables
+ * first, then the service's: given once, on the main thread before any
+ * loop thread starts, since every thread's pools use them. */
+static void stmt_ids_assign(void) {
+  int id = 0;
+  for (size_t t = 0; t < sizeof stmt_tables / sizeof stmt_tables[0]; t++) {
+    for (size_t i = 0; i < stmt_tables[t]->count; i++) *stmt_tables[t]->stmts[i].id = id++;
+  }
+  for (size_t i = 0; i < svc_g.def->stmts_count; i++) *svc_g.def->stmts[i].id = id++;
+}
+
+/* Registers one statement; its id must be the one given above. */
+static int prepare_one(rt_pg_pool_t *pool, const svc_stmt_t *s) {
+  int rc = rt_pg_prepare(pool, s->sql, s->nparams);
+  if (rc < 0) return rc;
+  assert(rc == *s->id);
+  return 0;
+}
+
+/* Every statement, in the order of stmt_ids_assign(). The read pool
+ * registers the same list, so a statement has one id on both (statements
+ * are prepared lazily: a write is never parsed on a replica). */
 static int pool_setup_prepared(rt_pg_pool_t *pool) {
   int rc = 0;
   for (size_t t = 0; rc == 0 && t < sizeof stmt_tables / sizeof stmt_tables[0]; t++) {
-    for (size_t i = 0; rc == 0 && i < stmt_tables[t]->count; i++) {
-      const svc_stmt_t *s = &stmt_tables[t]->stmts[i];
-      rc = rt_pg_prepare(pool, s->sql, s->nparams);
-      if (rc >= 0) {
-        assert(*s->id == 0 || *s->id == rc);
-        *s->id = rc, rc = 0;
-      }
-    }
+    for (size_t i = 0; rc == 0 && i < stmt_tables[t]->count; i++)
+      rc = prepare_one(pool, &stmt_tables[t]->stmts[i]);
   }
-  for (size_t i = 0; rc == 0 && i < svc_g.def->stmts_count; i++) {
-    rc = rt_pg_prepare(pool, svc_g.def->stmts[i].sql, svc_g.def->stmts[i].nparams);
-    if (rc >= 0) {
-      assert(*svc_g.def->stmts[i].id == 0 || *svc_g.def->stmts[i].id == rc);
-      *svc_g.def->stmts[i].id = rc, rc = 0;
-    }
-  }
+  for (size_t i = 0; rc == 0 && i < svc_g.def->stmts_count; i++)
+    rc = prepare_one(pool, &svc_g.def->stmts[i]);
   return rc;
 }
 
@@ -728,6 +736,7 @@ int svc_main(int argc, char **argv, const svc_def_t *def) {
   bus_strerror_init();
   svc_consume_init_json();
   svc_fault_init();
+  stmt_ids_assign();
   if (load_config() < 0) return 2;
   rc = start_up_db();
   if (rc < 0) {
