@@ -750,8 +750,8 @@ void rt_signals_block(void);
  * assert it. A drain cut short (its deadline passed, or a second signal
  * stopped the loops at once) may leave work behind: from then on what is
  * found still out at teardown is logged and added to the leftovers count
- * instead. Programs write the count in their last log line ("stopped",
- * field "leftovers"), where tests look for it.
+ * instead. Programs write the count in their last log line
+ * (rt_log_stopped()), where tests look for it.
  */
 
 /* True once any loop's drain in this process was cut short. Any thread. */
@@ -763,6 +763,12 @@ void rt_leftovers_add(const char *what, uint64_t count);
 
 /* Objects found still out at teardown so far. Any thread. */
 uint64_t rt_leftovers_count(void);
+
+/* Writes a program's last log line, "stopped", with its exit status, the
+ * leftovers count and whether the drain was cut short; at WARN when there
+ * are leftovers (so that it shows at LOG_LEVEL=warn), else at INFO. Then
+ * flushes. */
+void rt_log_stopped(int exit_status);
 
 /* Asks rt_run() to call fn(arg) on its own (main) thread for every SIGHUP
  * while it runs: a configuration reload. Set it before rt_run(); without

@@ -96,6 +96,13 @@ void rt_leftovers_add(const char *what, uint64_t count) {
 
 uint64_t rt_leftovers_count(void) { return atomic_load(&leftovers); }
 
+void rt_log_stopped(int exit_status) {
+  uint64_t left = rt_leftovers_count();
+  RT_LOG_(left > 0 ? RT_LOG_WARN : RT_LOG_INFO, "stopped", RT_LF_INT("status", exit_status),
+          RT_LF_INT("leftovers", left), RT_LF_BOOL("drain_overran", rt_drain_overran()));
+  rt_log_flush();
+}
+
 /* ------------------------------------------------------------------------ */
 /* Threads                                                                  */
 /* ------------------------------------------------------------------------ */
