@@ -659,9 +659,11 @@ static int run_command(const svc_command_t *c, int argc, char **argv) {
     cmd.user = NULL;
     rt_pg_pool_close(cmd.pool, cmd_pool_closed, &cmd);
     cmd_run_until(&cmd, cmd_closed, 15000);
-    rt_pg_pool_destroy(cmd.pool);
   }
+  /* The loop first, as after rt_run(): it may still free messages queued
+   * for the pool's actors, which live in the pool. */
   if (cmd.loop != NULL) rt_loop_destroy(cmd.loop);
+  rt_pg_pool_destroy(cmd.pool);
   return status;
 }
 
