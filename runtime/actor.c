@@ -188,6 +188,38 @@ bool rt__actors_run(rt_loop_t *loop) {
   return loop->run_head != NULL;
 }
 
+/* Pops until the mailbox is empty. No sender may be half-way through a
+ * push (the loop has stopped and nobody holds it), so NULL means empty. */
+static uint32_t drop_all(rt_actor_t *actor) {
+  uint32_t dropped = 0;
+  rt_msg_t *msg;
+  while ((msg = rt_mailbox_pop(&actor->mailbox)) != NULL) {
+    rt_msg_free(msg);
+    dropped++;
+  }
+  return dropped;
+}
+
+uint32_t rt__actors_drop(rt_loop_t *loop) {
+  /* An actor with messages waiting is scheduled, hence in one of the two
+   * queues: the remote stack or the local run queue. */
+  take_remote(loop);
+  uint32_t dropped = 0;
+  while (loop->run_head != NULL) {
+    rt_actor_t *actor = loop->run_head;
+    loop->run_head = actor->run_next;
+    actor->run_next = NULL;
+    dropped += drop_all(actor);
+    atomic_store_explicit(&actor->scheduled, false, memory_order_relaxed);
+  }
+  loop->run_tail = NULL;
+  if (dropped > 0) {
+    RT_INFO("messages sent after the loop stopped, freed unhandled",
+            RT_LF_INT("count", dropped));
+  }
+  return dropped;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Supervision                                                              */
 /* ------------------------------------------------------------------------ */

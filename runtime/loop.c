@@ -440,6 +440,8 @@ void rt_loop_limits(const rt_loop_t *loop, rt_loop_limits_t *out) {
 
 int rt_loop_run(rt_loop_t *loop) {
   assert(tls_loop == loop);
+  assert(!loop->running);
+  loop->running = true;
   rt_log_set_buffered(true);
   int rc = 0;
   while (!atomic_load_explicit(&loop->stop_requested, memory_order_acquire)) {
@@ -464,6 +466,7 @@ int rt_loop_run(rt_loop_t *loop) {
   rt_log_set_buffered(false);
   /* Consumed: a later rt_loop_run() runs again (tests reuse loops). */
   atomic_store(&loop->stop_requested, false);
+  loop->running = false;
   return rc;
 }
 
@@ -492,10 +495,30 @@ void rt_loop_stats(const rt_loop_t *loop, rt_loop_stats_t *out) {
   out->msgs_capacity = loop->config.msgs_count;
 }
 
+void rt_loop_hold(rt_loop_t *loop) {
+  uint32_t before = atomic_fetch_add_explicit(&loop->holds, 1, memory_order_acq_rel);
+  assert(before < UINT32_MAX);
+  (void)before;
+}
+
+void rt_loop_release(rt_loop_t *loop) {
+  /* release: the holder's touches of the loop come before its free. */
+  uint32_t before = atomic_fetch_sub_explicit(&loop->holds, 1, memory_order_acq_rel);
+  assert(before > 0);
+  (void)before;
+}
+
+/* The rule written above rt_loop_destroy() in rt.h, in its order. */
 void rt_loop_destroy(rt_loop_t *loop) {
   if (loop == NULL) return;
-  /* First: until it returns, a worker may still push onto this loop. */
+  assert(!loop->running); /* 1: destroyed from inside its own run */
+  /* 2: workers are holders the runtime tracks itself; wait for them. */
   rt__work_forget(loop);
+  uint32_t holds = atomic_load_explicit(&loop->holds, memory_order_acquire);
+  assert(holds == 0); /* 2: another thread may still reach this loop */
+  (void)holds;
+  /* 3: what was sent here and never ran goes back to its pools first. */
+  rt__actors_drop(loop);
   if (loop->ring.ring_fd >= 0 && loop->buf_ring != NULL)
     io_uring_unregister_buf_ring(&loop->ring, loop->buf_group);
   if (loop->ring.ring_fd > 0) io_uring_queue_exit(&loop->ring);
@@ -503,7 +526,7 @@ void rt_loop_destroy(rt_loop_t *loop) {
   if (loop->buf_ring != NULL) munmap(loop->buf_ring, loop->buf_ring_bytes);
   free(loop->bufs);
   free(loop->timers);
-  rt__msgs_deinit(loop);
   if (tls_loop == loop) tls_loop = NULL;
-  free(loop);
+  /* 3: with messages still out, their pool and its loop stay allocated. */
+  if (rt__msgs_deinit(loop)) free(loop);
 }

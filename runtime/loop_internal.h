@@ -21,6 +21,12 @@ struct rt_loop {
   rt_loop_config_t config;
   uint64_t now_ns;
   atomic_bool stop_requested;
+  bool running; /* inside rt_loop_run() (loop thread only) */
+
+  /* Holds of other threads (rt_loop_hold()); zero before the loop is
+   * freed. Taken and given back with acq_rel, so that everything a holder
+   * did to the loop happens before the free that finds the count at 0. */
+  atomic_uint holds;
 
   /* Ops that found the SQ full, submitted in order when room comes back. */
   rt_op_t *overflow_head;
@@ -109,6 +115,10 @@ uint64_t rt__timers_next_ns(const rt_loop_t *loop);
 /* actor.c: run ready actors once each. Returns true if any remain ready. */
 bool rt__actors_run(rt_loop_t *loop);
 
+/* actor.c: on a stopped loop, frees unhandled the messages its actors were
+ * sent and never ran (logged), and unschedules them. Returns how many. */
+uint32_t rt__actors_drop(rt_loop_t *loop);
+
 /* threads.c: start draining when asked to (called once per iteration). */
 void rt__drain_check(rt_loop_t *loop);
 
@@ -116,12 +126,18 @@ void rt__drain_check(rt_loop_t *loop);
 void rt__work_run(rt_loop_t *loop);
 
 /* work.c: before a loop is freed, take its requests out of every pool and
- * wait for its running ones; their after_cb never runs. */
+ * wait until no worker holds the loop; after_cb of what was in flight
+ * never runs. */
 void rt__work_forget(rt_loop_t *loop);
 
-/* msg.c: set up and tear down a loop's message pool. */
+/* msg.c: set up and tear down a loop's message pool. The teardown returns
+ * false when messages were still out (after a drain cut short): their
+ * memory, and the loop, must then be kept. */
 int rt__msgs_init(rt_loop_t *loop);
-void rt__msgs_deinit(rt_loop_t *loop);
+bool rt__msgs_deinit(rt_loop_t *loop);
 uint32_t rt__msgs_in_use(rt_loop_t *loop);
+
+/* threads.c: marks the process's drain as cut short (rt_drain_overran()). */
+void rt__drain_overran_set(void);
 
 #endif /* RT_LOOP_INTERNAL_H */

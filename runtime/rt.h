@@ -110,7 +110,11 @@ void rt_pool_put(rt_pool_t *pool, void *obj);
 /* True when `obj` points at an object slot of this pool. */
 bool rt_pool_owns(const rt_pool_t *pool, const void *obj);
 
-/* Frees the pool. Asserts that every object came back. */
+/* Frees the pool. Asserts that every object came back: a leak is an abort.
+ * Only after a drain that was cut short (rt_drain_overran()), when work may
+ * have been left in flight, are objects still out logged and counted as
+ * leftovers instead (rt_leftovers_count()); their memory goes with the
+ * pool. */
 void rt_pool_deinit(rt_pool_t *pool);
 
 /* ------------------------------------------------------------------------ */
@@ -315,8 +319,47 @@ int rt_loop_run(rt_loop_t *loop);
 /* Makes rt_loop_run() return after the current iteration. Any thread. */
 void rt_loop_stop(rt_loop_t *loop);
 
-/* Frees the loop. All ops must have completed and all actors stopped. */
+/*
+ * When a loop may be destroyed.
+ *
+ * Other threads reach a loop in two ways. As senders: they send to one of
+ * its actors, wake it, stop or drain it, or hand it finished work. And
+ * through its messages: a message from its pool goes back into that pool
+ * from whichever thread frees it. Freeing a loop that either may still
+ * reach writes into freed memory, or into whatever file reuses the number
+ * of its wake-up eventfd. So rt_loop_destroy(loop) runs, on the loop's own
+ * thread, only once:
+ *
+ *   1. the loop has stopped: rt_loop_run() has returned, every op has had
+ *      its last completion, every actor bound to it is stopped or idle;
+ *   2. no sender holds it any more: a thread other than the loop's own
+ *      that keeps the loop's address to reach it later takes a hold
+ *      (rt_loop_hold()) and gives it back (rt_loop_release()) once it
+ *      will not touch the loop again. Work pools hold the loops they run
+ *      requests for on their own, until the worker has woken the loop
+ *      (see "Work"); rt_loop_destroy() first waits for those;
+ *   3. every message that came from its pool is back: handled and freed,
+ *      or freed unhandled by the loop it was sent to (rt_loop_destroy()
+ *      frees what its own actors were sent and never ran, before its own
+ *      check). Loops that message one another therefore stop together,
+ *      then each is destroyed: rt_run() holds every loop it runs until
+ *      all of them have stopped and given back what they were sent.
+ *
+ * rt_loop_destroy() asserts what it can see of this: that the loop is not
+ * running, that no hold is left, and that every message of its pool is
+ * back. One exception: after a drain that was cut short
+ * (rt_drain_overran()), messages still out are logged and counted as
+ * leftovers (rt_leftovers_count()), and the memory they point into is
+ * kept rather than freed, so that a late rt_msg_free() stays harmless.
+ */
 void rt_loop_destroy(rt_loop_t *loop);
+
+/* A hold on a loop, for a thread that is not the loop's own (rule 2
+ * above). Any thread; holds are counted. */
+void rt_loop_hold(rt_loop_t *loop);
+
+/* Gives a hold back: after it, the caller does not touch the loop. */
+void rt_loop_release(rt_loop_t *loop);
 
 /* The loop of the calling thread, or NULL. */
 rt_loop_t *rt_loop_current(void);
@@ -519,7 +562,9 @@ enum {
  * (at most the loop's msg_bytes). NULL when exhausted or too large. */
 rt_msg_t *rt_msg_new(uint32_t type, uint32_t payload_bytes);
 
-/* Gives a message back to its pool; any thread. NULL is allowed. */
+/* Gives a message back to its pool; any thread. NULL is allowed. From
+ * another thread than its loop's, this is the last touch of that loop
+ * (rule 3 above rt_loop_destroy()). */
 void rt_msg_free(rt_msg_t *msg);
 
 /* Called by a handler that keeps the message past its return. */
@@ -658,6 +703,13 @@ int rt_sup_start_child(rt_sup_t *sup, rt_actor_t *child,
  * out of every pool and waits for its running ones; their after_cb never
  * runs (the loop is gone, its owner is tearing down), and once
  * rt_loop_destroy() returns no worker touches the loop or the requests.
+ *
+ * A worker holds the loop of the request it runs (rt_loop_hold()) from the
+ * moment it takes the request until it has woken that loop in step 4,
+ * which may be after the loop has already run after_cb: a loop that saw
+ * the request for another reason does not wait for its wake-up. So
+ * rt_loop_destroy() waits for every worker of every pool to let go of the
+ * loop, whether or not the loop still counts requests in flight.
  */
 typedef struct rt_work rt_work_t;
 typedef struct rt_work_pool rt_work_pool_t;
@@ -747,6 +799,34 @@ void rt_loop_drain(rt_loop_t *loop, uint32_t deadline_ms);
  * thread and kill the process instead of draining it. */
 void rt_signals_block(void);
 
+/*
+ * Shutdown accounting, for the whole process.
+ *
+ * A clean drain finishes what is in flight, so afterwards every pooled
+ * object and message is back, and rt_pool_deinit() and rt_loop_destroy()
+ * assert it. A drain cut short (its deadline passed, or a second signal
+ * stopped the loops at once) may leave work behind: from then on what is
+ * found still out at teardown is logged and added to the leftovers count
+ * instead. Programs write the count in their last log line
+ * (rt_log_stopped()), where tests look for it.
+ */
+
+/* True once any loop's drain in this process was cut short. Any thread. */
+bool rt_drain_overran(void);
+
+/* Logs `count` objects of `what` found still out at teardown, and adds
+ * them to the leftovers count. Any thread. */
+void rt_leftovers_add(const char *what, uint64_t count);
+
+/* Objects found still out at teardown so far. Any thread. */
+uint64_t rt_leftovers_count(void);
+
+/* Writes a program's last log line, "stopped", with its exit status, the
+ * leftovers count and whether the drain was cut short; at WARN when there
+ * are leftovers (so that it shows at LOG_LEVEL=warn), else at INFO. Then
+ * flushes. */
+void rt_log_stopped(int exit_status);
+
 /* Asks rt_run() to call fn(arg) on its own (main) thread for every SIGHUP
  * while it runs: a configuration reload. Set it before rt_run(); without
  * it SIGHUP keeps its default action. */
@@ -755,7 +835,9 @@ void rt_on_reload(rt_reload_fn fn, void *arg);
 
 /* Starts `threads` loop threads, runs setup on each, then waits for SIGTERM
  * or SIGINT on the calling thread, drains every loop within deadline_ms and
- * joins them. Returns 0 on a clean shutdown. */
+ * joins them. The loops are destroyed by the rule above rt_loop_destroy():
+ * once all have stopped, each frees what its actors were sent and never
+ * ran, and only then is any destroyed. Returns 0 on a clean shutdown. */
 int rt_run(uint32_t threads, const rt_loop_config_t *config,
            rt_thread_setup_fn setup, void *arg, uint32_t drain_deadline_ms);
 

@@ -6,6 +6,14 @@
  * SIGTERM or SIGINT each loop is asked to drain: its drain hooks stop
  * accepting and finish in-flight work, and the loop stops when all hooks
  * report done or the deadline passes. A second signal stops at once.
+ *
+ * Teardown follows the rule written above rt_loop_destroy() in rt.h. The
+ * loop threads of one run send to one another, so no loop is freed before
+ * all have stopped: the main thread holds every loop it may signal, waits
+ * until each thread has stopped its loop, then lets each free what its
+ * actors were sent and never ran (messages from the other loops' pools go
+ * back while those pools still exist), and only when all have done so
+ * gives its holds back, upon which each thread destroys its own loop.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -38,6 +46,7 @@ static void drain_deadline(rt_timer_t *timer) {
   rt_loop_t *loop = timer->ctx;
   RT_WARN("drain deadline passed, stopping with work in flight",
           RT_LF_INT("hooks_pending", loop->drain_pending));
+  rt__drain_overran_set();
   rt_loop_stop(loop);
 }
 
@@ -68,17 +77,45 @@ void rt__drain_check(rt_loop_t *loop) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* Shutdown accounting                                                      */
+/* ------------------------------------------------------------------------ */
+
+static atomic_bool drain_overran;
+static _Atomic uint64_t leftovers;
+
+void rt__drain_overran_set(void) { atomic_store(&drain_overran, true); }
+
+bool rt_drain_overran(void) { return atomic_load(&drain_overran); }
+
+void rt_leftovers_add(const char *what, uint64_t count) {
+  if (count == 0) return;
+  RT_WARN("still out at teardown", RT_LF_STR("what", what), RT_LF_INT("count", count),
+          RT_LF_BOOL("drain_overran", rt_drain_overran()));
+  atomic_fetch_add(&leftovers, count);
+}
+
+uint64_t rt_leftovers_count(void) { return atomic_load(&leftovers); }
+
+void rt_log_stopped(int exit_status) {
+  uint64_t left = rt_leftovers_count();
+  RT_LOG_(left > 0 ? RT_LOG_WARN : RT_LOG_INFO, "stopped", RT_LF_INT("status", exit_status),
+          RT_LF_INT("leftovers", left), RT_LF_BOOL("drain_overran", rt_drain_overran()));
+  rt_log_flush();
+}
+
+/* ------------------------------------------------------------------------ */
 /* Threads                                                                  */
 /* ------------------------------------------------------------------------ */
 
 typedef struct rt_thread {
   pthread_t tid;
   uint32_t index;
-  rt_loop_t *_Atomic loop;
+  rt_loop_t *_Atomic loop; /* held for main while set (rt_loop_hold()) */
   int setup_rc;
   atomic_bool ready;
-  atomic_bool done;
-  atomic_bool release; /* main is done reaching this loop: free it */
+  atomic_bool done;        /* the loop has stopped */
+  atomic_bool all_stopped; /* main: every loop of the run has stopped */
+  atomic_bool dropped;     /* the loop gave back what it was sent */
   const rt_loop_config_t *config;
   rt_thread_setup_fn setup;
   void *arg;
@@ -96,15 +133,22 @@ static void *thread_main(void *p) {
     RT_ERROR("loop thread start-up failed", RT_LF_INT("thread", t->index),
              RT_LF_STR("error", rt_strerror(rc)));
   }
+  /* Main may signal the loop from now on: hold it on main's behalf. */
+  if (rc == 0) rt_loop_hold(loop);
   atomic_store(&t->loop, rc == 0 ? loop : NULL);
   atomic_store(&t->ready, true);
   if (rc == 0) rc = rt_loop_run(loop);
   rt_log_flush();
   atomic_store(&t->done, true);
-  /* The main thread may still hold our loop pointer to signal it: free the
-   * loop only once it says it no longer will. */
-  while (!atomic_load(&t->release)) sleep_ms(1);
+  /* Once no loop of the run sends any more, give back what ours was sent;
+   * then wait for main's hold, which it keeps until every loop has. */
+  while (!atomic_load(&t->all_stopped)) sleep_ms(1);
+  if (loop != NULL) rt__actors_drop(loop);
+  atomic_store(&t->dropped, true);
+  while (loop != NULL && atomic_load_explicit(&loop->holds, memory_order_acquire) > 0)
+    sleep_ms(1);
   rt_loop_destroy(loop);
+  rt_log_flush();
   return NULL;
 }
 
@@ -142,6 +186,20 @@ static bool all_done(rt_thread_t *threads, uint32_t n) {
   return true;
 }
 
+/* The teardown written at the top: all stopped, all dropped, then each
+ * loop is released to its thread, which destroys it. */
+static void teardown_threads(rt_thread_t *threads, uint32_t n) {
+  while (!all_done(threads, n)) sleep_ms(1);
+  for (uint32_t i = 0; i < n; i++) atomic_store(&threads[i].all_stopped, true);
+  for (uint32_t i = 0; i < n; i++) {
+    while (!atomic_load(&threads[i].dropped)) sleep_ms(1);
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    rt_loop_t *loop = atomic_exchange(&threads[i].loop, NULL);
+    if (loop != NULL) rt_loop_release(loop);
+  }
+}
+
 static void for_each_loop(rt_thread_t *threads, uint32_t n, bool drain,
                           uint32_t deadline_ms) {
   for (uint32_t i = 0; i < n; i++) {
@@ -175,6 +233,7 @@ static void supervise_threads(rt_thread_t *threads, uint32_t n, sigset_t *set,
       for_each_loop(threads, n, true, deadline_ms);
     } else {
       RT_WARN("second signal, stopping now", RT_LF_INT("signal", sig));
+      rt__drain_overran_set();
       for_each_loop(threads, n, false, 0);
     }
     rt_log_flush();
@@ -209,7 +268,7 @@ int rt_run(uint32_t threads_count, const rt_loop_config_t *config,
   } else {
     supervise_threads(threads, started, &set, drain_deadline_ms);
   }
-  for (uint32_t i = 0; i < started; i++) atomic_store(&threads[i].release, true);
+  teardown_threads(threads, started);
   for (uint32_t i = 0; i < started; i++) pthread_join(threads[i].tid, NULL);
   free(threads);
   rt_log_flush();

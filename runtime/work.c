@@ -25,8 +25,12 @@
  *
  * A worker forgets the request once it is pushed: after_cb may resubmit or
  * free it at once. The worker keeps only the loop's address, under the
- * mutex, until it has also woken that loop: that is what rt__work_forget()
- * waits for before the loop is freed.
+ * mutex, and a hold on the loop (rt_loop_hold()), until it has also woken
+ * that loop: that is what rt__work_forget() waits for before the loop is
+ * freed. It must wait even when the loop counts no request in flight any
+ * more: a loop awake for another reason takes the pushed request and runs
+ * its after_cb before the worker's wake-up, and may then stop and be
+ * destroyed while that wake-up is still to come.
  *
  * Every pool is on a process-wide list so that a loop being destroyed can
  * find each pool that may still hold its requests. Lock order: the list's
@@ -97,7 +101,8 @@ static rt_work_t *queue_pop(rt_work_pool_t *pool) {
 /* Worker threads                                                           */
 /* ------------------------------------------------------------------------ */
 
-/* Step 4: hands req back to its loop. The worker's last touch of req. */
+/* Step 4: hands req back to its loop. The worker's last touch of req; the
+ * caller holds the loop until this returns. */
 static void complete(rt_work_t *req, int status) {
   rt_loop_t *loop = req->loop;
   req->status = status;
@@ -118,10 +123,13 @@ static void *worker_main(void *arg) {
     while (pool->head == NULL && !pool->stopping) pthread_cond_wait(&pool->work_cv, &pool->mu);
     rt_work_t *req = queue_pop(pool);
     if (req == NULL) break; /* stopping, and nothing is queued */
-    w->loop = req->loop;
+    rt_loop_t *loop = req->loop;
+    w->loop = loop;
+    rt_loop_hold(loop);
     pthread_mutex_unlock(&pool->mu);
     req->work_cb(req);
     complete(req, 0);
+    rt_loop_release(loop);
     pthread_mutex_lock(&pool->mu);
     w->loop = NULL;
     pool->done++;
@@ -184,7 +192,12 @@ void rt_work_pool_stop(rt_work_pool_t *pool) {
   uint32_t cancelled = 0;
   rt_work_t *req;
   while ((req = queue_pop(pool)) != NULL) {
+    /* Under the mutex, which rt__work_forget() takes before it lets the
+     * loop go: the hold is only there for the check. */
+    rt_loop_t *loop = req->loop;
+    rt_loop_hold(loop);
     complete(req, -ECANCELED);
+    rt_loop_release(loop);
     cancelled++;
   }
   pthread_cond_broadcast(&pool->work_cv);
@@ -319,9 +332,10 @@ static void pool_forget(rt_work_pool_t *pool, rt_loop_t *loop) {
   pthread_mutex_unlock(&pool->mu);
 }
 
+/* Walks every pool even when no request of ours is in flight: a worker
+ * may have handed ours back and not yet woken us (see the top). */
 void rt__work_forget(rt_loop_t *loop) {
   uint32_t in_flight = loop->work_in_flight;
-  if (in_flight == 0) return;
   pthread_mutex_lock(&pools_mu);
   for (rt_work_pool_t *pool = pools_head; pool != NULL; pool = pool->pools_next)
     pool_forget(pool, loop);
@@ -334,6 +348,5 @@ void rt__work_forget(rt_loop_t *loop) {
     req = next;
   }
   assert(loop->work_in_flight == 0);
-  RT_WARN("loop destroyed with work in flight: dropped unfinished",
-          RT_LF_INT("count", in_flight));
+  if (in_flight > 0) rt_leftovers_add("work requests", in_flight);
 }

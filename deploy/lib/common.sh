@@ -5,12 +5,13 @@
 # Sourced, never run. Expects REPO_ROOT to be set by the caller. Everything
 # here prints progress on stderr so that stdout stays free for results.
 
-# The Debian packages the project needs, in one place: build tools, the
+# The Debian packages the project needs, in one place: build tools (with
+# gcc's ThreadSanitizer runtime, libtsan2, for build-tsan/), the
 # libraries the C code links, the database (with Patroni and etcd for the
 # failover test, pgBackRest for backups), and the tools the runner, tests
 # and benchmarks call.
 PROJECT_PACKAGES=(
-  build-essential meson ninja-build pkg-config
+  build-essential meson ninja-build pkg-config libtsan2
   liburing-dev libpq-dev libbearssl-dev libjwt-dev libmsgpack-dev
   libjansson-dev node-llhttp libargon2-dev libssl-dev
   postgresql
@@ -102,11 +103,11 @@ sys.exit(0 if all(k in have and text(have[k]) == v for k, v in want.items()) els
 PY
 }
 
-# meson_build DIR [-Dname=value...]: configure DIR with these options (or
-# reconfigure it when it holds a build with other values), then build
-# everything. meson's report goes to .run/meson-setup-DIR.log, and to the
-# terminal only when it fails or under CI (CI=true).
-meson_build() {
+# meson_configure DIR [-Dname=value...]: configure DIR with these options
+# (or reconfigure it when it holds a build with other values). meson's
+# report goes to .run/meson-setup-DIR.log, and to the terminal only when it
+# fails or under CI (CI=true).
+meson_configure() {
   local dir=$1 log
   shift
   mkdir -p "$REPO_ROOT/.run"
@@ -132,8 +133,13 @@ meson_build() {
       info "meson's report: ${log#"$REPO_ROOT"/}"
     fi
   fi
-  step "building $dir"
-  ninja -C "$REPO_ROOT/$dir" >&2 || die "build of $dir failed"
+}
+
+# meson_build DIR [-Dname=value...]: meson_configure, then build everything.
+meson_build() {
+  meson_configure "$@"
+  step "building $1"
+  ninja -C "$REPO_ROOT/$1" >&2 || die "build of $1 failed"
 }
 
 # release_build DIR TARGET...: the optimised build in DIR (relative to the

@@ -210,7 +210,6 @@ int main(int argc, char **argv) {
   loop_config(&b->cfg, &loop_cfg);
   rc = rt_run(1, &loop_cfg, busd_thread_setup, b, b->cfg.drain_ms);
   cleanup(b);
-  RT_INFO("stopped", RT_LF_INT("status", rc < 0 ? 1 : 0));
-  rt_log_flush();
+  rt_log_stopped(rc < 0 ? 1 : 0); /* tests fail on its leftovers */
   return rc < 0 ? 1 : 0;
 }

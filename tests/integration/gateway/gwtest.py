@@ -30,6 +30,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import contract  # noqa: E402
+import stopped  # noqa: E402
 
 CONTRACT = contract.Contract()
 
@@ -66,6 +67,7 @@ def check_contract():
 
 def finish():
     check_contract()
+    stop_procs()  # first: each stop checks what the process left over
     print("%d passed, %d failed" % (passed, failed))
     sys.stdout.flush()
     if failed:
@@ -97,12 +99,14 @@ def tail(path, lines=25):
 TMP = tempfile.mkdtemp(prefix="gw-itest-")
 _procs = []
 _logs = []
+_log_starts = {}  # process -> (its log, where its lines start)
 _lock = threading.Lock()
 
 
 def start(name, argv, env=None, stdout=None):
     """Starts a process with stderr to TMP/<name>.log; returns (proc, log)."""
     log = os.path.join(TMP, name + ".log")
+    offset = stopped.log_size(log)
     full_env = dict(os.environ)
     # Services started here run without the bus (no busd in these tests).
     full_env["BUS_ADDR"] = "off"
@@ -114,11 +118,13 @@ def start(name, argv, env=None, stdout=None):
     with _lock:
         _procs.append(p)
         _logs.append(log)
+        _log_starts[p] = (log, offset)
     return p, log
 
 
 def stop(p, timeout=10):
-    """SIGTERM, then SIGKILL after timeout. Returns the exit status."""
+    """SIGTERM, then SIGKILL after timeout. Returns the exit status. A
+    drain that left pooled objects or messages out is a failed check."""
     if p.poll() is None:
         try:
             p.send_signal(signal.SIGTERM)
@@ -129,10 +135,14 @@ def stop(p, timeout=10):
     with _lock:
         if p in _procs:
             _procs.remove(p)
+        log, offset = _log_starts.pop(p, (None, 0))
+    if log is not None and p.returncode is not None and p.returncode >= 0:
+        left, line = stopped.leftovers(log, offset)
+        check("%s stops with nothing left over" % os.path.basename(log)[:-4], left == 0, line)
     return p.returncode
 
 
-def stop_all():
+def stop_procs():
     with _lock:
         procs = list(_procs)
     for p in procs:
@@ -140,6 +150,10 @@ def stop_all():
             stop(p, 5)
         except Exception:
             pass
+
+
+def stop_all():
+    stop_procs()
     if os.environ.get("GW_TEST_KEEP") != "1":
         shutil.rmtree(TMP, ignore_errors=True)
 

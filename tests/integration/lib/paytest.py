@@ -25,6 +25,7 @@ import traceback
 import uuid
 
 import ledger  # noqa: E402 (this folder is on sys.path with paytest)
+import stopped  # noqa: E402
 
 KEY = "integration-test-key-%s" % uuid.uuid4().hex
 WORK_DIR = tempfile.mkdtemp(prefix="paytest-")
@@ -111,6 +112,7 @@ class Proc:
     def start(self, timeout=60):
         env = dict(os.environ)
         env.update(self.env)
+        self.log_offset = stopped.log_size(self.log_path)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, env=env, stdout=log, stderr=log,
                                          stdin=subprocess.DEVNULL)
@@ -137,16 +139,20 @@ class Proc:
 
     def stop(self, wait_s=20):
         """SIGTERM, wait_s to drain, then SIGKILL. Returns the exit status
-        (None when it had to be killed)."""
+        (None when it had to be killed). A drain that left pooled objects
+        or messages out is a failed check."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(wait_s)
+            rc = self.proc.wait(wait_s)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
             return None
+        left, line = stopped.leftovers(self.log_path, self.log_offset)
+        check(left == 0, "%s stops with nothing left over: %s" % (self.name, line))
+        return rc
 
     def log_tail(self, n=20):
         try:

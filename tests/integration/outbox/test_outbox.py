@@ -41,6 +41,9 @@ import time
 import traceback
 import uuid
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import stopped  # noqa: E402
+
 KEY = "outbox-test-key-%s" % uuid.uuid4().hex
 PASSED = 0
 FAILED = 0
@@ -87,6 +90,7 @@ class Proc:
     def start(self, timeout=60):
         env = dict(os.environ)
         env.update(self.env)
+        self.log_offset = stopped.log_size(self.log_path)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, env=env, stdout=log, stderr=log,
                                          stdin=subprocess.DEVNULL)
@@ -109,16 +113,20 @@ class Proc:
             self.proc.wait(10)
 
     def stop(self):
-        """SIGTERM, 20 s to drain, then SIGKILL. Returns the exit status."""
+        """SIGTERM, 20 s to drain, then SIGKILL. Returns the exit status. A
+        drain that left pooled objects or messages out is a failed check."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(20)
+            rc = self.proc.wait(20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
             return None
+        left, line = stopped.leftovers(self.log_path, self.log_offset)
+        check(left == 0, "%s stops with nothing left over: %s" % (self.name, line))
+        return rc
 
     def log_tail(self, n=20):
         try:

@@ -30,6 +30,7 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import ledger  # noqa: E402
+import stopped  # noqa: E402
 
 KEY = "integration-test-key-%s" % uuid.uuid4().hex
 PASSED = 0
@@ -76,6 +77,7 @@ class Service:
         # outbox covers the bus).
         env["BUS_ADDR"] = "off"
         env.update(self.env)
+        self.log_offset = stopped.log_size(self.log_path)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([self.binary], env=env, stdout=log, stderr=log,
                                      stdin=subprocess.DEVNULL)
@@ -95,16 +97,21 @@ class Service:
         raise RuntimeError("%s did not answer /healthz in 60s" % self.name)
 
     def stop(self):
-        """SIGTERM, up to 15 s to drain, then SIGKILL. Returns the exit status."""
+        """SIGTERM, up to 20 s to drain (the service's deadline is 15 s),
+        then SIGKILL. Returns the exit status. A drain that left pooled
+        objects or messages out is a failed check."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(15)
+            rc = self.proc.wait(20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
             return None
+        left, line = stopped.leftovers(self.log_path, self.log_offset)
+        check(left == 0, "%s stops with nothing left over: %s" % (self.name, line))
+        return rc
 
     def log_tail(self, n=20):
         try:
@@ -608,9 +615,15 @@ def test_database_killed(w, deploy_pg):
     time.sleep(2)
     killed = subprocess.run([deploy_pg, "kill9"], capture_output=True, text=True, timeout=30)
     check(killed.returncode == 0, "deploy/pg kill9: %s" % killed.stderr[-300:])
-    time.sleep(1)
-    s, _, _, _ = jcall(w.ap, "GET", "/readyz")
-    check(s == 503, "account not ready while the database is down (%d)" % s)
+    # The pool finds the database gone at its next failed statement or
+    # connect: give it up to 5 s (a slower build is slower to notice).
+    s = None
+    for _ in range(50):
+        s = jcall(w.ap, "GET", "/readyz")[0]
+        if s == 503:
+            break
+        time.sleep(0.1)
+    check(s == 503, "account not ready while the database is down (%s)" % s)
     started = subprocess.run([deploy_pg, "start"], capture_output=True, text=True, timeout=120)
     check(started.returncode == 0, "deploy/pg start: %s" % started.stderr[-300:])
     t.join(180)
