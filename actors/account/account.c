@@ -45,6 +45,7 @@
 #include <time.h>
 
 #include "account.h"
+#include "account_bodies.h"
 
 extern const svc_migration_t account_migrations[];
 extern const size_t account_migrations_count;
@@ -205,12 +206,6 @@ typedef struct open_state {
   char id[37];
 } open_state_t;
 
-static const svc_field_t open_fields[] = {
-    {"currency", SVC_T_CURRENCY, true, 0},
-    {"customer_id", SVC_T_UUID, false, 0},
-    {"overdraft_limit", SVC_T_INT64, false, 0},
-};
-
 static void open_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
   open_state_t *st = SVC_STATE(req, open_state_t);
   if (err != 0) {
@@ -268,7 +263,7 @@ static void open_checked(void *ctx, int err, const http_msg_t *resp) {
 
 static void on_open(svc_req_t *req) {
   svc_json_error_t err;
-  if (svc_json_check(req->body, open_fields, 3, &err) < 0) {
+  if (svc_json_check(req->body, SVC_FIELDS(account_open_fields), &err) < 0) {
     svc_reply_json_error(req, &err);
     return;
   }
@@ -563,18 +558,6 @@ static void move_checked(svc_req_t *req, rt_pg_batch_t *b, int err) {
   move_write(req);
 }
 
-static const svc_field_t amount_fields[] = {
-    {"amount", SVC_T_AMOUNT, true, 0},
-    {"currency", SVC_T_CURRENCY, true, 0},
-};
-
-static const svc_field_t transfer_fields[] = {
-    {"from_account_id", SVC_T_UUID, true, 0},
-    {"to_account_id", SVC_T_UUID, true, 0},
-    {"amount", SVC_T_AMOUNT, true, 0},
-    {"currency", SVC_T_CURRENCY, true, 0},
-};
-
 static void move_start(svc_req_t *req, account_move_kind_t kind, const char *account, const char *other) {
   account_move_t *st = SVC_STATE(req, account_move_t);
   st->kind = kind;
@@ -611,7 +594,7 @@ static void on_topup_or_withdrawal(svc_req_t *req, account_move_kind_t kind) {
   const char *id;
   if (!id_param(req, &id)) return;
   svc_json_error_t err;
-  if (svc_json_check(req->body, amount_fields, 2, &err) < 0) {
+  if (svc_json_check(req->body, SVC_FIELDS(account_amount_fields), &err) < 0) {
     svc_reply_json_error(req, &err);
     return;
   }
@@ -624,7 +607,7 @@ static void on_withdrawal(svc_req_t *req) { on_topup_or_withdrawal(req, ACCOUNT_
 
 static void on_transfer(svc_req_t *req) {
   svc_json_error_t err;
-  if (svc_json_check(req->body, transfer_fields, 4, &err) < 0) {
+  if (svc_json_check(req->body, SVC_FIELDS(account_transfer_fields), &err) < 0) {
     svc_reply_json_error(req, &err);
     return;
   }
@@ -657,10 +640,6 @@ static void on_internal(svc_req_t *req) {
   svc_db(req, b, internal_done);
 }
 
-static const svc_field_t status_fields[] = {
-    {"status", SVC_T_STRING, true, 16},
-};
-
 static void status_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
   if (err != 0) {
     svc_reply_db_error(req, err, b);
@@ -685,7 +664,7 @@ static void on_status(svc_req_t *req) {
   const char *id;
   if (!id_param(req, &id)) return;
   svc_json_error_t err;
-  if (svc_json_check(req->body, status_fields, 1, &err) < 0) {
+  if (svc_json_check(req->body, SVC_FIELDS(account_status_fields), &err) < 0) {
     svc_reply_json_error(req, &err);
     return;
   }

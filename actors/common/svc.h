@@ -308,6 +308,10 @@ int svc_json_parse(const char *body, size_t len, json_t **out,
 int svc_json_check(json_t *obj, const svc_field_t *fields,
                    size_t fields_count, svc_json_error_t *err);
 
+/* A schema array and its length, as svc_json_check() takes them:
+ * svc_json_check(body, SVC_FIELDS(create_fields), &err). */
+#define SVC_FIELDS(array) (array), (sizeof(array) / sizeof((array)[0]))
+
 /* Answers err (and frees the request). */
 void svc_reply_json_error(svc_req_t *req, const svc_json_error_t *err);
 

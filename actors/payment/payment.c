@@ -37,6 +37,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "payment_bodies.h"
 #include "svc.h"
 
 extern const svc_migration_t payment_migrations[];
@@ -226,14 +227,6 @@ typedef struct create_state {
   int write_index;
 } create_state_t;
 
-static const svc_field_t create_fields[] = {
-    {"from_account_id", SVC_T_UUID, true, 0},
-    {"to_account_id", SVC_T_UUID, true, 0},
-    {"amount", SVC_T_AMOUNT, true, 0},
-    {"currency", SVC_T_CURRENCY, true, 0},
-    {"reference", SVC_T_STRING, false, 140},
-};
-
 static void create_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
   create_state_t *st = SVC_STATE(req, create_state_t);
   if (err != 0) {
@@ -325,7 +318,7 @@ static void create_ask(svc_req_t *req) {
 
 static void on_create(svc_req_t *req) {
   svc_json_error_t err;
-  if (svc_json_check(req->body, create_fields, 5, &err) < 0) {
+  if (svc_json_check(req->body, SVC_FIELDS(payment_create_fields), &err) < 0) {
     svc_reply_json_error(req, &err);
     return;
   }

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "profile_bodies.h"
 #include "svc.h"
 
 extern const svc_migration_t profile_migrations[];
@@ -29,7 +30,6 @@ extern const size_t profile_migrations_count;
 #define ARGON2_HASH_BYTES 32
 #define ENCODED_BYTES_MAX 160
 #define PASSWORD_BYTES_MIN 8
-#define PASSWORD_BYTES_MAX 128
 
 static struct {
   uint32_t t_cost;
@@ -121,17 +121,10 @@ static void reply_text_json(svc_req_t *req, int status, const char *json) {
 typedef struct create_state {
   char id[37];
   char email[256];
-  char password[PASSWORD_BYTES_MAX + 1];
+  char password[PROFILE_PASSWORD_BYTES_MAX + 1];
   char hash[ENCODED_BYTES_MAX];
   int hash_rc;
 } create_state_t;
-
-static const svc_field_t create_fields[] = {
-    {"name", SVC_T_STRING, true, 200},
-    {"email", SVC_T_STRING, true, 254},
-    {"phone", SVC_T_STRING, false, 16},
-    {"password", SVC_T_STRING, true, PASSWORD_BYTES_MAX},
-};
 
 /* On a worker thread. */
 static void hash_password(void *arg) {
@@ -186,7 +179,7 @@ static void create_hashed(svc_req_t *req, void *arg) {
 
 static void on_create(svc_req_t *req) {
   svc_json_error_t err;
-  if (svc_json_check(req->body, create_fields, 4, &err) < 0) {
+  if (svc_json_check(req->body, SVC_FIELDS(profile_create_fields), &err) < 0) {
     svc_reply_json_error(req, &err);
     return;
   }
@@ -276,13 +269,6 @@ static void on_status(svc_req_t *req) {
 /* PATCH /v1/customers/{id}                                                 */
 /* ------------------------------------------------------------------------ */
 
-static const svc_field_t patch_fields[] = {
-    {"name", SVC_T_STRING, false, 200},
-    {"email", SVC_T_STRING, false, 254},
-    {"phone", SVC_T_STRING, false, 16},
-    {"status", SVC_T_STRING, false, 16},
-};
-
 static void patch_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
   if (err == RT_PG_E_UNIQUE && strcmp(rt_pg_error(b)->constraint, "customers_email_key") == 0) {
     svc_reply_error(req, 409, "email_taken", "a customer with this email already exists");
@@ -303,7 +289,7 @@ static void on_patch(svc_req_t *req) {
     return;
   }
   svc_json_error_t err;
-  if (svc_json_check(req->body, patch_fields, 4, &err) < 0) {
+  if (svc_json_check(req->body, SVC_FIELDS(profile_patch_fields), &err) < 0) {
     svc_reply_json_error(req, &err);
     return;
   }
@@ -372,7 +358,7 @@ static void on_list(svc_req_t *req) { svc_list_page_read(req, SVC_CURSOR_UUID, s
 
 typedef struct verify_state {
   char email[256];
-  char password[PASSWORD_BYTES_MAX + 1];
+  char password[PROFILE_PASSWORD_BYTES_MAX + 1];
   char hash[ENCODED_BYTES_MAX];
   char id[37];
   char roles[128];
@@ -380,11 +366,6 @@ typedef struct verify_state {
   bool active;
   bool ok;
 } verify_state_t;
-
-static const svc_field_t verify_fields[] = {
-    {"email", SVC_T_STRING, true, 254},
-    {"password", SVC_T_STRING, true, PASSWORD_BYTES_MAX},
-};
 
 /* On a worker thread. */
 static void verify_password(void *arg) {
@@ -424,7 +405,7 @@ static void verify_loaded(svc_req_t *req, rt_pg_batch_t *b, int err) {
 
 static void on_verify(svc_req_t *req) {
   svc_json_error_t err;
-  if (svc_json_check(req->body, verify_fields, 2, &err) < 0) {
+  if (svc_json_check(req->body, SVC_FIELDS(profile_verify_fields), &err) < 0) {
     svc_reply_json_error(req, &err);
     return;
   }

@@ -29,6 +29,13 @@ CONTAINER_PACKAGES=(
   debootstrap yamllint python3-yaml
 )
 
+# What coverage-guided fuzzing needs (deploy/dev fuzz): clang with its
+# libFuzzer and sanitizer runtimes, and llvm-symbolizer for readable stack
+# traces. Installed by `ensure_packages "${FUZZ_PACKAGES[@]}"`.
+FUZZ_PACKAGES=(
+  clang-14 libclang-rt-14-dev llvm-14
+)
+
 if [[ -t 2 ]]; then
   _c_bold=$'\e[1m' _c_red=$'\e[31m' _c_yel=$'\e[33m' _c_off=$'\e[0m'
 else

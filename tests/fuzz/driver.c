@@ -2,26 +2,32 @@
  * driver.c - runs a fuzz target without libFuzzer.
  *
  * CI has no clang, so each target is also linked with this driver: it runs
- * every seed file given on the command line, then a bounded number of
+ * every seed given on the command line, then a bounded number of
  * mutations of them (deterministic PRNG, so a failure replays), and exits.
  * Built with -Dfuzzers=true under clang, the same target links against
  * libFuzzer instead and this file is not used.
  *
- * usage: fuzz_X [-n ITERATIONS] [-s SEED] SEED_FILE...
- * Seed files may be raw bytes, the escaped text of tests/unit/wire/corpus
- * (first line "# ..."), which is unescaped first, or, named *.hex, the hex
- * dumps of tests/unit/bus/corpus ('#' comment lines, then hex digits).
+ * usage: fuzz_X [-n ITERATIONS] [-s SEED] SEED...
+ * A seed is a file or a directory of files (its files in name order, so
+ * that a run replays). Files are raw bytes, as libFuzzer keeps its corpus
+ * (tests/fuzz/corpus/<target>/), except two forms kept by the unit tests:
+ * *.txt is the escaped text of tests/unit/wire/corpus (first line "# ..."),
+ * unescaped first, and *.hex the hex dumps of tests/unit/bus/corpus ('#'
+ * comment lines, then hex digits).
  */
+#include <dirent.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define INPUT_BYTES_MAX 65536
-#define SEEDS_MAX 256
+#define SEEDS_MAX 4096
+#define PATH_BYTES_MAX 4096
 
 typedef struct seed {
   uint8_t *data;
@@ -105,19 +111,53 @@ static int load_seed(const char *path, seed_t *seed) {
   size_t n = raw ? fread(raw, 1, INPUT_BYTES_MAX, f) : 0;
   fclose(f);
   if (raw == NULL) return -1;
-  if (n > 0 && (raw[0] == '#' || ends_with(path, ".hex"))) {
+  bool hex = ends_with(path, ".hex"), text = ends_with(path, ".txt");
+  if (hex || text) {
     uint8_t *plain = malloc(n + 1);
     if (plain == NULL) {
       free(raw);
       return -1;
     }
-    n = ends_with(path, ".hex") ? unhex(raw, n, plain) : unescape(raw, n, plain);
+    n = hex ? unhex(raw, n, plain) : unescape(raw, n, plain);
     free(raw);
     raw = plain;
   }
   seed->data = raw;
   seed->len = n;
   return 0;
+}
+
+static int cmp_names(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Loads the files of a directory in name order; returns how many. */
+static size_t load_dir(const char *dir, seed_t *seeds, size_t room) {
+  DIR *d = opendir(dir);
+  if (d == NULL) return 0;
+  char **names = calloc(SEEDS_MAX, sizeof *names);
+  size_t names_count = 0;
+  struct dirent *e;
+  while (names != NULL && names_count < SEEDS_MAX && (e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.') continue;
+    names[names_count] = strdup(e->d_name);
+    if (names[names_count] != NULL) names_count++;
+  }
+  closedir(d);
+  if (names == NULL) return 0;
+  qsort(names, names_count, sizeof *names, cmp_names);
+  size_t loaded = 0;
+  for (size_t i = 0; i < names_count; i++) {
+    char path[PATH_BYTES_MAX];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+    free(names[i]);
+    if (loaded == room || stat(path, &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    if (load_seed(path, &seeds[loaded]) == 0) loaded++;
+    else fprintf(stderr, "cannot read seed %s\n", path);
+  }
+  free(names);
+  return loaded;
 }
 
 /* Tokens worth splicing into HTTP and bus inputs. */
@@ -172,7 +212,10 @@ int main(int argc, char **argv) {
   static seed_t seeds[SEEDS_MAX];
   size_t seeds_count = 0;
   for (; argi < argc && seeds_count < SEEDS_MAX; argi++) {
-    if (load_seed(argv[argi], &seeds[seeds_count]) == 0) seeds_count++;
+    struct stat st;
+    if (stat(argv[argi], &st) == 0 && S_ISDIR(st.st_mode))
+      seeds_count += load_dir(argv[argi], seeds + seeds_count, SEEDS_MAX - seeds_count);
+    else if (load_seed(argv[argi], &seeds[seeds_count]) == 0) seeds_count++;
     else fprintf(stderr, "cannot read seed %s\n", argv[argi]);
   }
   if (seeds_count == 0) {

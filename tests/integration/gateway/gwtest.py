@@ -1,60 +1,43 @@
-"""gwtest.py - what the gateway's integration tests share.
+"""gwtest.py - the gateway's test fixtures, on the shared harness.
 
-Processes started through start() are stopped on every way out: normal end,
-exception, SIGTERM/SIGINT (meson's timeout), and the watchdog that ends the
-whole test after a deadline. Everything lives in one temporary directory,
-removed at the end unless GW_TEST_KEEP=1. Checks are counted and the test
-ends with "N passed, N failed" (exit 77 means skipped).
+Checks, processes, the work directory, free ports and the identity headers'
+signature are the shared harness's (tests/integration/lib/paytest.py); this
+module adds what only the gateway's tests use: certificates and tokens, the
+gateway as a process, a stand-in service, and the scan of the logs.
+Processes started here are stopped on every way out: normal end, exception,
+SIGTERM/SIGINT (meson's timeout), and the watchdog that ends the whole test
+after a deadline. Logs are kept when a check failed, or always with
+GW_TEST_KEEP=1. Checks are reported by name and the test ends with
+"N passed, N failed" (exit 77 means skipped).
 
 Every request made through Gateway.request() is checked against the API's
 contract (tests/integration/lib/contract.py, gateway/openapi.json); finish()
 fails the test when any exchange broke it.
 """
-import atexit
-import hashlib
 import hmac
 import http.client
 import http.server
 import json
 import os
 import re
-import shutil
-import signal
 import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import contract  # noqa: E402
-import stopped  # noqa: E402
+import paytest  # noqa: E402
+from paytest import free_port, need, skip, wait_for, watchdog  # noqa: E402,F401 - for the tests
 
 CONTRACT = contract.Contract()
+TMP = paytest.WORK_DIR
+check = paytest.check_named
 
 # ---------------------------------------------------------------------------
 # Results
-
-passed = 0
-failed = 0
-
-
-def check(name, cond, detail=""):
-    """Counts one check; cond may be a callable (exceptions count as failure)."""
-    global passed, failed
-    try:
-        ok = bool(cond() if callable(cond) else cond)
-    except Exception as e:  # a broken check is a failed check
-        ok, detail = False, "%s: %r" % (detail, e) if detail else repr(e)
-    if ok:
-        passed += 1
-        print("ok   " + name, file=sys.stderr)
-    else:
-        failed += 1
-        print("FAIL " + name + (" -- " + str(detail) if detail else ""), file=sys.stderr)
-    return ok
 
 
 def check_contract():
@@ -67,20 +50,11 @@ def check_contract():
 
 def finish():
     check_contract()
-    stop_procs()  # first: each stop checks what the process left over
-    print("%d passed, %d failed" % (passed, failed))
     sys.stdout.flush()
-    if failed:
-        for path in _logs:
+    if paytest.failed():
+        for path in logs():
             tail(path)
-    stop_all()
-    sys.exit(0 if failed == 0 and passed > 0 else 1)
-
-
-def skip(why):
-    print("skipped: " + why)
-    stop_all()
-    sys.exit(77)
+    sys.exit(paytest.finish(keep_logs=os.environ.get("GW_TEST_KEEP") == "1"))
 
 
 def tail(path, lines=25):
@@ -94,122 +68,33 @@ def tail(path, lines=25):
 
 
 # ---------------------------------------------------------------------------
-# Processes, temporary files, the watchdog
+# Processes
 
-TMP = tempfile.mkdtemp(prefix="gw-itest-")
-_procs = []
-_logs = []
-_log_starts = {}  # process -> (its log, where its lines start)
-_lock = threading.Lock()
+_extra_logs = []  # logs of what is not a process (the stand-in service)
 
 
-def start(name, argv, env=None, stdout=None):
-    """Starts a process with stderr to TMP/<name>.log; returns (proc, log)."""
-    log = os.path.join(TMP, name + ".log")
-    offset = stopped.log_size(log)
-    full_env = dict(os.environ)
+def logs():
+    """Every log this test produced."""
+    return [p.log_path for p in paytest.PROCS] + _extra_logs
+
+
+def start(name, argv, env=None):
+    """Starts a process with its output to TMP/<name>.log, without waiting
+    for it; returns (Popen, log path)."""
     # Services started here run without the bus (no busd in these tests).
-    full_env["BUS_ADDR"] = "off"
+    full_env = {"BUS_ADDR": "off"}
     full_env.update(env or {})
-    with open(log, "ab") as err:
-        p = subprocess.Popen(argv, env=full_env, stdin=subprocess.DEVNULL,
-                             stdout=stdout if stdout is not None else err, stderr=err,
-                             start_new_session=True)
-    with _lock:
-        _procs.append(p)
-        _logs.append(log)
-        _log_starts[p] = (log, offset)
-    return p, log
+    p = paytest.Proc(name, argv, full_env, None, new_session=True).start()
+    return p.proc, p.log_path
 
 
-def stop(p, timeout=10):
-    """SIGTERM, then SIGKILL after timeout. Returns the exit status. A
-    drain that left pooled objects or messages out is a failed check."""
-    if p.poll() is None:
-        try:
-            p.send_signal(signal.SIGTERM)
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
-    with _lock:
-        if p in _procs:
-            _procs.remove(p)
-        log, offset = _log_starts.pop(p, (None, 0))
-    if log is not None and p.returncode is not None and p.returncode >= 0:
-        left, line = stopped.leftovers(log, offset)
-        check("%s stops with nothing left over" % os.path.basename(log)[:-4], left == 0, line)
-    return p.returncode
-
-
-def stop_procs():
-    with _lock:
-        procs = list(_procs)
-    for p in procs:
-        try:
-            stop(p, 5)
-        except Exception:
-            pass
-
-
-def stop_all():
-    stop_procs()
-    if os.environ.get("GW_TEST_KEEP") != "1":
-        shutil.rmtree(TMP, ignore_errors=True)
-
-
-def _on_signal(signum, frame):
-    print("interrupted (signal %d)" % signum, file=sys.stderr)
-    stop_all()
-    os._exit(1)
-
-
-def watchdog(seconds):
-    """Ends the test, and everything it started, after `seconds`."""
-    def fire():
-        print("watchdog: test took more than %ds" % seconds, file=sys.stderr)
-        stop_all()
-        os._exit(1)
-    t = threading.Timer(seconds, fire)
-    t.daemon = True
-    t.start()
-
-
-atexit.register(stop_all)
-signal.signal(signal.SIGTERM, _on_signal)
-signal.signal(signal.SIGINT, _on_signal)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_for(cond, seconds, step=0.05):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return True
-        except Exception:
-            pass
-        time.sleep(step)
-    return False
-
-
-def need(*programs):
-    for prog in programs:
-        if shutil.which(prog) is None:
-            skip(prog + " not installed")
+paytest.stop_on_signals()
 
 
 # ---------------------------------------------------------------------------
 # Certificates, keys, tokens
 
-HMAC_KEY = "itest-identity-key-0123456789abcdef0123"
+HMAC_KEY = paytest.KEY
 ISS, AUD = "paycore", "paycore-api"
 
 
@@ -259,7 +144,9 @@ class Gateway:
             base["GW_TLS_CERT_RSA"] = os.path.join(certs, "tls-rsa.crt")
             base["GW_TLS_KEY_RSA"] = os.path.join(certs, "tls-rsa.key")
         base.update(env or {})
-        self.proc, self.log = start(name, [binary], base)
+        self.handle = paytest.Proc(name, [binary], dict({"BUS_ADDR": "off"}, **base), None,
+                                   new_session=True).start()
+        self.proc, self.log = self.handle.proc, self.handle.log_path
         self.ok = wait_for(lambda: self.admin("/healthz")[0] == 200, 20) and \
             wait_for(self._tls_up, 10)
 
@@ -306,7 +193,7 @@ class Gateway:
                 c.close()
 
     def stop(self):
-        return stop(self.proc, 15)
+        return self.handle.stop(15)
 
 
 # ---------------------------------------------------------------------------
@@ -323,8 +210,7 @@ def identity_valid(method, path, headers):
     ts, sig = headers.get("x-auth-timestamp"), headers.get("x-auth-signature")
     if not all((sub, roles, ts, sig)):
         return False
-    text = "|".join((sub, roles, method, path.split("?", 1)[0], ts)).encode()
-    want = hmac.new(HMAC_KEY.encode(), text, hashlib.sha256).hexdigest()
+    want = paytest.identity_signature(sub, roles, method, path, ts, HMAC_KEY)
     return hmac.compare_digest(want, sig) and abs(int(ts) - time.time()) < 60
 
 
@@ -334,7 +220,7 @@ class Inspector:
         self.slow_s = slow_s
         inspector = self
         self.log_path = os.path.join(TMP, "inspector.log")
-        _logs.append(self.log_path)
+        _extra_logs.append(self.log_path)
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -421,7 +307,7 @@ def scan_logs(secrets=()):
     """Every finding of a token, e-mail, card-like number or given secret
     in any log this test produced, as (file, what, excerpt)."""
     findings = []
-    for path in list(_logs):
+    for path in logs():
         try:
             text = open(path, errors="replace").read()
         except OSError:
@@ -445,7 +331,7 @@ SANITIZER_RE = re.compile(r"runtime error:|AddressSanitizer|LeakSanitizer|Thread
 
 def check_logs_clean(secrets=()):
     reports = []
-    for path in list(_logs):
+    for path in logs():
         try:
             reports += ["%s: %s" % (os.path.basename(path), m.group(0))
                         for m in SANITIZER_RE.finditer(open(path, errors="replace").read())]
@@ -453,6 +339,6 @@ def check_logs_clean(secrets=()):
             pass
     check("no sanitizer report in any log", not reports, "; ".join(reports[:5]))
     findings = scan_logs(secrets)
-    check("logs hold no token, e-mail, password or card-like number (%d files)" % len(_logs),
+    check("logs hold no token, e-mail, password or card-like number (%d files)" % len(logs()),
           not findings, "; ".join("%s: %s %s" % (os.path.basename(f), w, e)
                                   for f, w, e in findings[:10]))

@@ -3,9 +3,11 @@
 Real processes on free loopback ports, real PostgreSQL (the URLs come from
 `deploy/pg env`), plain HTTP with the identity headers the gateway would
 sign. A test imports this module, starts what it needs with Proc or
-Platform, checks with check(), and ends with finish(), which prints
-"N passed, N failed" and the exit status. Everything started here is
-stopped at exit, whatever happened to the test.
+Platform, checks with check() (or check_named(), which also reports the
+checks that pass), and ends with finish(), which prints "N passed,
+N failed" and the exit status. Everything started here is stopped at exit,
+whatever happened to the test. The gateway's tests reach it through their
+own fixtures (gateway/gwtest.py).
 """
 import atexit
 import hashlib
@@ -20,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -45,19 +48,51 @@ def check(cond, what):
     return cond
 
 
+def check_named(name, cond, detail=""):
+    """Counts one check and reports it by name on stderr, passed or not;
+    cond may be a callable (an exception it raises is a failure)."""
+    try:
+        ok = bool(cond() if callable(cond) else cond)
+    except Exception as e:  # noqa: BLE001 - a broken check is a failed check
+        ok, detail = False, "%s: %r" % (detail, e) if detail else repr(e)
+    if ok:
+        _counts["passed"] += 1
+        print("ok   " + name, file=sys.stderr)
+    else:
+        _counts["failed"] += 1
+        print("FAIL " + name + (" -- " + str(detail) if detail else ""), file=sys.stderr)
+    return ok
+
+
 def failed():
     return _counts["failed"]
 
 
-def finish(keep_logs_on_failure=True):
-    """Stops everything, prints the counts, returns the exit status."""
+def finish(keep_logs_on_failure=True, keep_logs=False):
+    """Stops everything, prints the counts, returns the exit status. The
+    work directory (logs) is removed unless kept."""
     stop_all()
     print("%d passed, %d failed" % (_counts["passed"], _counts["failed"]), flush=True)
-    if _counts["failed"] and keep_logs_on_failure:
+    if keep_logs or (_counts["failed"] and keep_logs_on_failure):
         print("logs kept in " + WORK_DIR, file=sys.stderr)
     else:
         shutil.rmtree(WORK_DIR, ignore_errors=True)
     return 1 if _counts["failed"] or _counts["passed"] == 0 else 0
+
+
+def skip(why):
+    """Ends the test as skipped (exit status 77, as meson counts it)."""
+    print("skipped: " + why, flush=True)
+    stop_all()
+    shutil.rmtree(WORK_DIR, ignore_errors=True)
+    sys.exit(77)
+
+
+def need(*programs):
+    """Skips the test unless every program is installed."""
+    for prog in programs:
+        if shutil.which(prog) is None:
+            skip(prog + " not installed")
 
 
 def run_cases(cases):
@@ -85,12 +120,18 @@ def free_port():
 
 
 def wait_for(pred, seconds, step=0.05):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if pred():
-            return True
+    """True once pred() is, within `seconds`. An exception pred raises (a
+    connection refused while a server starts) counts as not yet."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if pred():
+                return True
+        except Exception:  # noqa: BLE001 - not ready yet
+            pass
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(step)
-    return pred()
 
 
 # ---------------------------------------------------------------------------
@@ -99,12 +140,15 @@ def wait_for(pred, seconds, step=0.05):
 
 class Proc:
     """One child process; GET health_path on health_port answers 200 when
-    it is ready. Its output goes to WORK_DIR/<name>.log (appended across
-    restarts)."""
+    it is ready (health_port None: start() does not wait). Its output goes
+    to WORK_DIR/<name>.log (appended across restarts). new_session puts it
+    in a session of its own, out of reach of signals sent to the test's
+    process group: stop_all() stops it."""
 
-    def __init__(self, name, argv, env, health_port, health_path="/healthz"):
+    def __init__(self, name, argv, env, health_port, health_path="/healthz", new_session=False):
         self.name, self.argv, self.env = name, list(argv), dict(env)
         self.health_port, self.health_path = health_port, health_path
+        self.new_session = new_session
         self.proc = None
         self.log_path = os.path.join(WORK_DIR, name + ".log")
         PROCS.append(self)
@@ -115,7 +159,10 @@ class Proc:
         self.log_offset = stopped.log_size(self.log_path)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, env=env, stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL,
+                                         start_new_session=self.new_session)
+        if self.health_port is None:
+            return self
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -190,16 +237,42 @@ def stop_all():
 atexit.register(stop_all)
 
 
+def stop_on_signals():
+    """On SIGTERM (meson's timeout) or SIGINT: stop everything, exit 1."""
+    def handler(signum, frame):
+        print("interrupted (signal %d)" % signum, file=sys.stderr, flush=True)
+        stop_all()
+        os._exit(1)
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def watchdog(seconds):
+    """Ends the test, and everything it started, after `seconds`."""
+    def fire():
+        print("watchdog: test took more than %ds" % seconds, file=sys.stderr, flush=True)
+        stop_all()
+        os._exit(1)
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+
+
 # ---------------------------------------------------------------------------
 # HTTP with the identity headers the gateway signs
 
 
+def identity_signature(subject, roles, method, path, ts, key=None):
+    """The HMAC-SHA256 the gateway puts in X-Auth-Signature (wire/http.h):
+    over subject|roles|method|path without the query|timestamp."""
+    msg = "%s|%s|%s|%s|%s" % (subject, roles, method, path.split("?")[0], ts)
+    return hmac.new((key or KEY).encode(), msg.encode(), hashlib.sha256).hexdigest()
+
+
 def auth_headers(method, path, subject, roles, ts=None, key=None):
     ts = str(int(time.time()) if ts is None else ts)
-    msg = "%s|%s|%s|%s|%s" % (subject, roles, method, path.split("?")[0], ts)
-    sig = hmac.new((key or KEY).encode(), msg.encode(), hashlib.sha256).hexdigest()
     return {"X-Auth-Subject": subject, "X-Auth-Roles": roles, "X-Auth-Timestamp": ts,
-            "X-Auth-Signature": sig}
+            "X-Auth-Signature": identity_signature(subject, roles, method, path, ts, key)}
 
 
 def call(port, method, path, body=None, who=None, headers=None, timeout=10, conn=None):

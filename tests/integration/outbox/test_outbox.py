@@ -23,192 +23,23 @@ drained and checks, over the events of this run:
 Prints the figures, then "N passed, N failed" like the other tests. Always
 stops what it started and removes the data directory.
 """
-import hashlib
-import hmac
 import http.client
-import json
 import os
 import random
-import re
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
 import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-import stopped  # noqa: E402
+import paytest  # noqa: E402
+from paytest import (KEY, PROCS, WORK_DIR, Proc, check, free_port, jcall, metric,  # noqa: E402
+                     metric_label, sql, sql_set, stop_all)
 
-KEY = "outbox-test-key-%s" % uuid.uuid4().hex
-PASSED = 0
-FAILED = 0
-PROCS = []
-WORK_DIR = tempfile.mkdtemp(prefix="outbox-test-")
 LOAD_SECONDS = 24
 DRAIN_SECONDS = 90
-
-
-def check(cond, what):
-    global PASSED, FAILED
-    if cond:
-        PASSED += 1
-    else:
-        FAILED += 1
-        frame = traceback.extract_stack(limit=2)[0]
-        print("%s:%d: check failed: %s" % (os.path.basename(frame.filename), frame.lineno, what),
-              file=sys.stderr)
-    return cond
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-# ---------------------------------------------------------------------------
-# Processes
-
-
-class Proc:
-    """One child process; health_path on health_port answers 200 when ready."""
-
-    def __init__(self, name, argv, env, health_port, health_path):
-        self.name, self.argv, self.env = name, argv, env
-        self.health_port, self.health_path = health_port, health_path
-        self.proc = None
-        self.log_path = os.path.join(WORK_DIR, name + ".log")
-        PROCS.append(self)
-
-    def start(self, timeout=60):
-        env = dict(os.environ)
-        env.update(self.env)
-        self.log_offset = stopped.log_size(self.log_path)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, env=env, stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("%s exited with %s:\n%s" % (self.name, self.proc.returncode,
-                                                              self.log_tail()))
-            try:
-                if call(self.health_port, "GET", self.health_path, timeout=1)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("%s not ready in %ds" % (self.name, timeout))
-
-    def kill9(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self):
-        """SIGTERM, 20 s to drain, then SIGKILL. Returns the exit status. A
-        drain that left pooled objects or messages out is a failed check."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            return None
-        left, line = stopped.leftovers(self.log_path, self.log_offset)
-        check(left == 0, "%s stops with nothing left over: %s" % (self.name, line))
-        return rc
-
-    def log_tail(self, n=20):
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return "".join(f.readlines()[-n:])
-        except OSError:
-            return ""
-
-
-def stop_all():
-    for p in reversed(PROCS):
-        try:
-            p.stop()
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
-
-
-# ---------------------------------------------------------------------------
-# HTTP and SQL
-
-
-def auth_headers(method, path, subject, roles):
-    ts = str(int(time.time()))
-    msg = "%s|%s|%s|%s|%s" % (subject, roles, method, path.split("?")[0], ts)
-    sig = hmac.new(KEY.encode(), msg.encode(), hashlib.sha256).hexdigest()
-    return {"X-Auth-Subject": subject, "X-Auth-Roles": roles, "X-Auth-Timestamp": ts,
-            "X-Auth-Signature": sig}
-
-
-def call(port, method, path, body=None, who=None, timeout=10):
-    h = {"Content-Type": "application/json"}
-    if who is not None:
-        h.update(auth_headers(method, path, who[0], who[1]))
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        c.request(method, path, body=None if body is None else json.dumps(body), headers=h)
-        r = c.getresponse()
-        text = r.read().decode(errors="replace")
-        return r.status, text
-    finally:
-        c.close()
-
-
-def jcall(*args, **kw):
-    status, text = call(*args, **kw)
-    try:
-        return status, json.loads(text) if text else None
-    except ValueError:
-        return status, None
-
-
-def sql(url, query):
-    out = subprocess.run(["psql", url, "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", query],
-                         capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        raise RuntimeError("psql: " + out.stderr)
-    return out.stdout.strip()
-
-
-def sql_set(url, query):
-    return set(x for x in sql(url, query).split("\n") if x)
-
-
-def metric(port, name):
-    """Sum of the samples of one metric on a service's /metrics."""
-    status, text = call(port, "GET", "/metrics")
-    if status != 200:
-        return None
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(r"^%s(\{[^}]*\})? (\S+)$" % re.escape(name), line)
-        if m:
-            total += float(m.group(2))
-    return total
-
-
-def metric_label(port, name, label):
-    status, text = call(port, "GET", "/metrics")
-    for line in text.splitlines() if status == 200 else []:
-        if line.startswith("%s{%s} " % (name, label)):
-            return float(line.split()[-1])
-    return None
 
 
 # ---------------------------------------------------------------------------
@@ -235,13 +66,13 @@ class Load:
 
     def new_customer(self):
         email = "O-%s@example.com" % uuid.uuid4().hex[:12]
-        s, d = jcall(self.pport, "POST", "/v1/customers",
+        s, d, _, _ = jcall(self.pport, "POST", "/v1/customers",
                      {"name": "Outbox Test", "email": email, "password": "s3cret-pass"})
         self.count("customer", s == 201)
         return d["id"] if s == 201 else None
 
     def new_account(self, cust):
-        s, d = jcall(self.aport, "POST", "/v1/accounts", {"currency": "EUR"}, who=(cust, "customer"))
+        s, d, _, _ = jcall(self.aport, "POST", "/v1/accounts", {"currency": "EUR"}, who=(cust, "customer"))
         self.count("account", s == 201)
         return d["id"] if s == 201 else None
 
@@ -258,13 +89,13 @@ class Load:
                     continue
                 cust, acc = rnd.choice(mine)
                 if rnd.random() < 0.5:
-                    s, _ = jcall(self.aport, "POST", "/v1/accounts/%s/topups" % acc,
+                    s, _, _, _ = jcall(self.aport, "POST", "/v1/accounts/%s/topups" % acc,
                                  {"amount": rnd.randint(100, 5000), "currency": "EUR"},
                                  who=(cust, "customer"))
                     self.count("topup", s == 201)
                 else:
                     _, dest = rnd.choice(mine)
-                    s, _ = jcall(self.aport, "POST", "/v1/transfers",
+                    s, _, _, _ = jcall(self.aport, "POST", "/v1/transfers",
                                  {"from_account_id": acc, "to_account_id": dest, "amount": rnd.randint(1, 300),
                                   "currency": "EUR"}, who=(cust, "customer"))
                     self.count("transfer", s == 201)
@@ -338,13 +169,13 @@ def check_sets(urls, event_url, t0, label):
 
 def check_api(eport):
     auditor = ("aud-1", "auditor")
-    s, d = jcall(eport, "GET", "/v1/events?limit=100", who=auditor)
+    s, d, _, _ = jcall(eport, "GET", "/v1/events?limit=100", who=auditor)
     check(s == 200 and isinstance(d.get("items"), list) and len(d["items"]) > 0,
           "auditor lists events (%d)" % s)
     seen, pages, cursor = set(), 0, None
     while pages < 3 and s == 200:
         path = "/v1/events?limit=50&topic=account.topped_up" + ("&cursor=" + cursor if cursor else "")
-        s, d = jcall(eport, "GET", path, who=auditor)
+        s, d, _, _ = jcall(eport, "GET", path, who=auditor)
         if s != 200:
             break
         for it in d["items"]:
@@ -356,11 +187,11 @@ def check_api(eport):
         if not cursor:
             break
     check(len(seen) > 0, "topic filter finds top-ups (%d)" % len(seen))
-    s, d = jcall(eport, "GET", "/v1/events?since=2999-01-01T00:00:00Z", who=("adm-1", "admin"))
+    s, d, _, _ = jcall(eport, "GET", "/v1/events?since=2999-01-01T00:00:00Z", who=("adm-1", "admin"))
     check(s == 200 and d["items"] == [], "admin: since in the future gives nothing (%d)" % s)
-    s, _ = jcall(eport, "GET", "/v1/events?since=yesterday", who=auditor)
+    s, _, _, _ = jcall(eport, "GET", "/v1/events?since=yesterday", who=auditor)
     check(s == 422, "a bad time is 422 (%d)" % s)
-    s, _ = jcall(eport, "GET", "/v1/events", who=(str(uuid.uuid4()), "customer"))
+    s, _, _, _ = jcall(eport, "GET", "/v1/events", who=(str(uuid.uuid4()), "customer"))
     check(s == 403, "a customer may not read the audit log (%d)" % s)
 
 
@@ -492,13 +323,11 @@ def main():
         check(False, "the test raised")
     finally:
         stop_all()
-        if FAILED:
+        if paytest.failed():
             for p in PROCS:
                 print("--- %s log tail:\n%s" % (p.name, p.log_tail()), file=sys.stderr)
-        shutil.rmtree(WORK_DIR, ignore_errors=True)
     print("took %.1fs" % (time.time() - t_start), file=sys.stderr)
-    print("%d passed, %d failed" % (PASSED, FAILED))
-    return 0 if FAILED == 0 and PASSED > 0 else 1
+    return paytest.finish()
 
 
 if __name__ == "__main__":

@@ -11,191 +11,31 @@ SIGKILL and starts it again through DEPLOY_PG.
 
 Prints "N passed, N failed" like the C tests.
 """
-import hashlib
-import hmac
 import http.client
 import json
 import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
 import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-import ledger  # noqa: E402
-import stopped  # noqa: E402
-
-KEY = "integration-test-key-%s" % uuid.uuid4().hex
-PASSED = 0
-FAILED = 0
-PROCS = []
-LOG_DIR = tempfile.mkdtemp(prefix="svc-test-")
+import paytest  # noqa: E402
+from paytest import (KEY, auth_headers, call, check, error_code, free_port, jcall,  # noqa: E402
+                     ledger_invariants, sql, sql_int, stop_all)
 
 
-def check(cond, what):
-    global PASSED, FAILED
-    if cond:
-        PASSED += 1
-    else:
-        FAILED += 1
-        frame = traceback.extract_stack(limit=2)[0]
-        print("%s:%d: check failed: %s" % (os.path.basename(frame.filename), frame.lineno, what),
-              file=sys.stderr)
-    return cond
-
-
-# ---------------------------------------------------------------------------
-# Processes
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Service:
-    def __init__(self, name, binary, env):
-        self.name, self.binary, self.env = name, binary, env
-        self.proc = None
-        self.log_path = os.path.join(LOG_DIR, name + ".log")
-        self.port = int(env[name.upper() + "_PORT"])
-
-    def start(self):
-        env = dict(os.environ)
-        # No bus here: the relay stays off, so these tests neither need busd
-        # nor publish into one a developer may be running (tests/integration/
-        # outbox covers the bus).
-        env["BUS_ADDR"] = "off"
-        env.update(self.env)
-        self.log_offset = stopped.log_size(self.log_path)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([self.binary], env=env, stdout=log, stderr=log,
-                                     stdin=subprocess.DEVNULL)
-        PROCS.append(self)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("%s exited with %s; log %s:\n%s" %
-                                   (self.name, self.proc.returncode, self.log_path, self.log_tail()))
-            try:
-                status, _, _ = call(self.port, "GET", "/healthz", timeout=1)
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("%s did not answer /healthz in 60s" % self.name)
-
-    def stop(self):
-        """SIGTERM, up to 20 s to drain (the service's deadline is 15 s),
-        then SIGKILL. Returns the exit status. A drain that left pooled
-        objects or messages out is a failed check."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            return None
-        left, line = stopped.leftovers(self.log_path, self.log_offset)
-        check(left == 0, "%s stops with nothing left over: %s" % (self.name, line))
-        return rc
-
-    def log_tail(self, n=20):
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return "".join(f.readlines()[-n:])
-        except OSError:
-            return ""
-
-    def log_text(self):
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
-
-def stop_all():
-    for svc in reversed(PROCS):
-        try:
-            svc.stop()
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
-
-
-# ---------------------------------------------------------------------------
-# HTTP
-
-
-def auth_headers(method, path, subject, roles, ts=None, key=KEY):
-    ts = str(int(time.time()) if ts is None else ts)
-    msg = "%s|%s|%s|%s|%s" % (subject, roles, method, path.split("?")[0], ts)
-    sig = hmac.new(key.encode(), msg.encode(), hashlib.sha256).hexdigest()
-    return {"X-Auth-Subject": subject, "X-Auth-Roles": roles, "X-Auth-Timestamp": ts,
-            "X-Auth-Signature": sig}
-
-
-def call(port, method, path, body=None, who=None, headers=None, timeout=10, conn=None):
-    """One request. who = (subject, roles). body: dict (JSON), str or bytes."""
-    h = {"Content-Type": "application/json"}
-    if who is not None:
-        h.update(auth_headers(method, path, who[0], who[1]))
-    if headers:
-        h.update(headers)
-    if isinstance(body, (dict, list)):
-        body = json.dumps(body)
-    own = conn is None
-    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        c.request(method, path, body=body, headers=h)
-        r = c.getresponse()
-        data = r.read()
-        return r.status, data.decode(errors="replace"), {k.lower(): v for k, v in r.getheaders()}
-    finally:
-        if own:
-            c.close()
-
-
-def jcall(*args, **kw):
-    status, text, headers = call(*args, **kw)
-    try:
-        doc = json.loads(text) if text else None
-    except ValueError:
-        doc = None
-    return status, doc, text, headers
-
-
-def error_code(doc):
-    try:
-        return doc["error"]["code"]
-    except (TypeError, KeyError):
-        return None
-
-
-# ---------------------------------------------------------------------------
-# Database checks (psql as the service's own role)
-
-
-def sql(url, query):
-    out = subprocess.run(["psql", url, "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", query],
-                         capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        raise RuntimeError("psql: " + out.stderr)
-    return out.stdout.strip()
-
-
-def sql_int(url, query):
-    return int(sql(url, query) or 0)
+def service(name, binary, env):
+    """A service on the port its environment names, without the bus: the
+    relay stays off, so these tests neither need busd nor publish into one
+    a developer may be running (tests/integration/outbox covers the bus)."""
+    port = int(env[name.upper() + "_PORT"])
+    return paytest.Proc(name, [binary], dict(env, BUS_ADDR="off"), port)
 
 
 # ---------------------------------------------------------------------------
@@ -205,7 +45,7 @@ def sql_int(url, query):
 class World:
     def __init__(self, profile, account):
         self.profile, self.account = profile, account
-        self.pp, self.ap = profile.port, account.port
+        self.pp, self.ap = profile.health_port, account.health_port
         self.operator = ("op-1", "operator")
 
     def new_customer(self):
@@ -232,11 +72,6 @@ class World:
     def balance(self, customer, account):
         status, doc, _, _ = jcall(self.ap, "GET", "/v1/accounts/" + account, who=(customer, "customer"))
         return doc["balance"] if status == 200 else None
-
-
-def ledger_invariants(url, label):
-    """The double-entry invariants, holds included (ledger.py), counted here."""
-    ledger.invariants(url, label, check, sql)
 
 
 # ---------------------------------------------------------------------------
@@ -687,8 +522,8 @@ def main():
     pport, aport = free_port(), free_port()
     common = {"AUTH_HMAC_KEY": KEY, "LOG_LEVEL": "info", "ARGON2_M_KIB": "1024",
               "ARGON2_T_COST": "1", "DB_CONNS": "4", "LOG_HASH_KEY": "test"}
-    profile = Service("profile", profile_bin, dict(common, PROFILE_PORT=str(pport)))
-    account = Service("account", account_bin, dict(common, ACCOUNT_PORT=str(aport),
+    profile = service("profile", profile_bin, dict(common, PROFILE_PORT=str(pport)))
+    account = service("account", account_bin, dict(common, ACCOUNT_PORT=str(aport),
                                                    PROFILE_ADDR="127.0.0.1:%d" % pport))
     signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(1)))
     try:
@@ -702,14 +537,14 @@ def main():
                          ("profile_required", lambda: test_profile_required(w, profile)),
                          ("concurrent_transfers", lambda: test_concurrent_transfers(w)),
                          ("database_killed", lambda: test_database_killed(w, deploy_pg))):
-            before = FAILED
+            before = paytest.failed()
             t0 = time.time()
             try:
                 fn()
             except Exception:  # noqa: BLE001 - a crashed test is a failed test
                 traceback.print_exc()
                 check(False, "%s raised" % name)
-            print("%s %s (%.1fs)" % ("ok  " if FAILED == before else "FAIL", name, time.time() - t0),
+            print("%s %s (%.1fs)" % ("ok  " if paytest.failed() == before else "FAIL", name, time.time() - t0),
                   file=sys.stderr)
         check(account.stop() == 0, "account drains and exits 0")
         check(profile.stop() == 0, "profile drains and exits 0")
@@ -719,10 +554,7 @@ def main():
         # Whatever happened, leave the database running.
         if subprocess.run([deploy_pg, "status"], capture_output=True).returncode != 0:
             subprocess.run([deploy_pg, "start"], capture_output=True, timeout=120)
-    if FAILED:
-        print("logs: %s" % LOG_DIR, file=sys.stderr)
-    print("%d passed, %d failed" % (PASSED, FAILED))
-    return 0 if FAILED == 0 and PASSED > 0 else 1
+    return paytest.finish()
 
 
 if __name__ == "__main__":

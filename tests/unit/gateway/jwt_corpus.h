@@ -1,11 +1,12 @@
 /*
- * jwt_corpus.h - tokens good and bad, for the JWT unit test and the
- * integration test's attack corpus (tests/integration/gateway/jwt_corpus.c).
+ * jwt_corpus.h - tokens good and bad, for the JWT unit test, the
+ * integration test's attack corpus (tests/integration/gateway/jwt_corpus.c)
+ * and the token fuzzer's signing (tests/fuzz/fuzz_jwt.c).
  *
  * Tokens are assembled by hand here - header and payload JSON, base64url,
  * an ES256 signature made with BearSSL - rather than by the code under
  * test, so that a bug in the gateway's signing cannot hide one in its
- * verification. Header only (static functions), included by both users.
+ * verification. Header only (static functions), included by each user.
  */
 #ifndef GW_JWT_CORPUS_H
 #define GW_JWT_CORPUS_H
@@ -362,7 +363,7 @@ static void corpus_malformed(corpus_item_t *items, size_t *n) {
 }
 
 /* The whole corpus; returns the number of items. */
-static size_t corpus_build(corpus_item_t *items, const gw_jwt_policy_t *p, int64_t now,
+static inline size_t corpus_build(corpus_item_t *items, const gw_jwt_policy_t *p, int64_t now,
                            const corpus_key_t *k1, const corpus_key_t *k2) {
   size_t n = 0;
   corpus_valid(items, &n, p, now, k1, k2);
