@@ -146,7 +146,7 @@ static void setup(void) {
                          .msgs_count = 16, .msg_bytes = 64, .timers_count = 4};
   if (gw_tls_create(&g.tls, &cfg) < 0) fail("gw_tls_create failed");
   if (rt_loop_create(&g.loop, &lc) < 0) fail("rt_loop_create failed");
-  if (gw_tls_filter_create(&g.filter, g.tls, g.loop, NULL, 4) < 0)
+  if (gw_tls_filter_create(&g.filter, g.tls, g.loop, NULL, 4, 4) < 0)
     fail("gw_tls_filter_create failed");
   g.http = gw_tls_filter_http(g.filter);
   loopback_pair();
