@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "bench.h"
+#include "tls.h"
 
 /* Exit statuses of bench/run. */
 enum {
@@ -214,7 +215,8 @@ typedef struct bench bench_t;
 struct bench {
   bench_config_t *cfg;
   rt_loop_t *loop;
-  bench_tls_t *tls;
+  wire_tls_creds_t *tls_creds; /* the gateway's CA file */
+  wire_tls_filter_t *tls;      /* client side, to the gateway */
   http_client_t *client[UP_COUNT];
   http_client_t *poll_client; /* long-polls, apart so they hold no one back */
   char run_id[17];

@@ -805,10 +805,24 @@ static int client_for(bench_t *b, upstream_t up, const addr_t *a, bool tls, uint
       .queue_max = slots(b) + CHECK_PARALLEL + SETUP_PARALLEL,
       .connect_timeout_ms = 2000,
       .request_timeout_ms = timeout_ms,
-      .filter = tls ? bench_tls_filter(b->tls) : NULL,
+      .filter = tls ? wire_tls_filter_http(b->tls) : NULL,
   };
   (void)up;
   return http_client_create(out, b->loop, &hc);
+}
+
+/* The client side of TLS to the gateway: its CA file's anchors, no
+ * certificate of our own; two clients share the gateway, so engines for
+ * both. */
+static int gateway_tls(bench_t *b) {
+  const bench_config_t *cfg = b->cfg;
+  int rc = wire_tls_creds_load(&b->tls_creds, cfg->ca_file, NULL, NULL);
+  if (rc < 0) {
+    fprintf(stderr, "bench: cannot use %s as trust anchors: %s\n", cfg->ca_file, rt_strerror(rc));
+    return BENCH_E_CA;
+  }
+  uint32_t poll = POLL_CONNS_MAX > cfg->connections ? POLL_CONNS_MAX : cfg->connections;
+  return wire_tls_client_create(&b->tls, b->tls_creds, cfg->server_name, cfg->connections + poll);
 }
 
 static int make_clients(bench_t *b) {
@@ -817,9 +831,7 @@ static int make_clients(bench_t *b) {
   int rc = 0;
   if (!cfg->direct) {
     /* Two clients share the gateway: TLS engines for both. */
-    rc = bench_tls_create(&b->tls, cfg->ca_file, cfg->server_name,
-                          cfg->connections + (POLL_CONNS_MAX > cfg->connections ? POLL_CONNS_MAX
-                                                                                : cfg->connections));
+    rc = gateway_tls(b);
     if (rc == 0) rc = client_for(b, UP_GATEWAY, &cfg->gateway, true, cfg->request_timeout_ms,
                                  &b->client[UP_GATEWAY]);
     if (rc == 0) rc = client_for(b, UP_GATEWAY, &cfg->gateway, true, poll_timeout, &b->poll_client);
@@ -919,7 +931,8 @@ void bench_free(bench_t *b) {
     /* Without the settle timer the loop would not stop: skip the wait. */
     if (rt_timer_start(b->loop, &t, 100, 0) == 0) rt_loop_run(b->loop);
   }
-  bench_tls_destroy(b->tls);
+  wire_tls_filter_destroy(b->tls);
+  wire_tls_creds_free(b->tls_creds);
   for (int k = 0; k < KIND_COUNT; k++) bench_hist_deinit(&b->hist[k]);
   bench_hist_deinit(&b->all);
   bench_hist_deinit(&b->setup_hist);
