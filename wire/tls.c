@@ -242,7 +242,11 @@ static int log_failure(const char *what, const char *path, int rc) {
 int wire_tls_creds_load(wire_tls_creds_t **out, const char *ca_path, const char *cert_path,
                         const char *key_path) {
   assert(ca_path != NULL);
-  assert((cert_path == NULL) == (key_path == NULL));
+  if ((cert_path == NULL) != (key_path == NULL)) {
+    RT_ERROR("a TLS certificate goes with its key", RT_LF_BOOL("cert", cert_path != NULL),
+             RT_LF_BOOL("key", key_path != NULL));
+    return -EINVAL;
+  }
   rt_strerror_register(WIRE_TLS_E_RANGE_LO, WIRE_TLS_E_RANGE_HI, wire_tls_strerror);
   wire_tls_creds_t *k = calloc(1, sizeof *k);
   if (k == NULL) return -ENOMEM;

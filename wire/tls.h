@@ -83,7 +83,8 @@ typedef struct wire_tls_creds wire_tls_creds_t;
  * anchors chains, any other is trusted as itself) and, when cert_path is
  * not NULL, a chain (leaf first) and the key of its leaf (ECDSA P-256 or
  * RSA of 2048 bits at least, checked to match). Returns 0, -errno,
- * WIRE_TLS_E_CA, WIRE_TLS_E_PEM or WIRE_TLS_E_KEY; logs which file failed. */
+ * WIRE_TLS_E_CA, WIRE_TLS_E_PEM or WIRE_TLS_E_KEY; logs which file failed.
+ * -EINVAL when only one of cert_path and key_path is given. */
 int wire_tls_creds_load(wire_tls_creds_t **out, const char *ca_path, const char *cert_path,
                         const char *key_path);
 

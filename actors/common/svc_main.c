@@ -245,7 +245,11 @@ static int relay_setup(svc_th_t *th) {
       .delivery_limit = svc_g.cfg.bus_max_attempts - 1,
       .heartbeat_s = svc_g.cfg.bus_heartbeat_s,
   };
-  int rc = svc_relay_create(&th->relay, &th->pub, &bc);
+  int rc = 0;
+  /* busd over mutual TLS with the platform CA; RabbitMQ is reached as its
+   * URL says. */
+  if (svc_g.cfg.bus_url.kind == SVC_BUS_BUSD) rc = svc_tls_client("busd", 1, &bc.filter);
+  if (rc == 0) rc = svc_relay_create(&th->relay, &th->pub, &bc);
   if (rc < 0) RT_ERROR("outbox relay set-up failed", RT_LF_STR("error", rt_strerror(rc)));
   return rc;
 }
