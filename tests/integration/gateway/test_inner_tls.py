@@ -2,7 +2,7 @@
 """Mutual TLS inside the platform: the gateway, profile and account with
 the platform CA (TLS_CA, TLS_CERT, TLS_KEY from deploy/certs.sh --internal).
 
-    test_inner_tls.py GATEWAY GW_JWT_TOOL CERTS_SH PROFILE_BIN ACCOUNT_BIN
+    test_inner_tls.py GATEWAY GW_JWT_TOOL CERTS_SH PROFILE_BIN ACCOUNT_BIN BUSD BUSCTL
 
 Needs PostgreSQL with PROFILE_DB_URL and ACCOUNT_DB_URL set; skipped (77)
 without them.
@@ -13,7 +13,9 @@ another CA, and one speaking plain HTTP are each refused before any HTTP
 is read; the plain health port answers probes and nothing else. Through the
 gateway, sign-up, login and opening an account work, which takes the
 gateway's proxy to profile and account and account's own call to profile,
-every one of them over mutual TLS (the services take nothing else).
+every one of them over mutual TLS (the services take nothing else); and
+the customer.created event profile's outbox relay published to busd over
+mutual TLS is delivered to a consumer that also speaks it.
 """
 import http.client
 import os
@@ -77,10 +79,28 @@ def plain_get(port, path="/healthz"):
         c.close()
 
 
-def start_services(profile_bin, account_bin, inner):
+def start_busd(busd_bin, inner):
+    port, http_port = t.free_port(), t.free_port()
+    t.start("busd", [busd_bin], dict(tls_env(inner, "busd"), BUSD_HOST="127.0.0.1",
+                                     BUSD_PORT=str(port), BUSD_HTTP_PORT=str(http_port),
+                                     BUSD_DATA_DIR=os.path.join(t.TMP, "busd")))
+    ok = t.wait_for(lambda: plain_get(http_port, "/readyz") == 200, 20)
+    return ok, port
+
+
+def delivered(busctl_bin, inner, port, topic, needle):
+    """Consumes one event of `topic` over mutual TLS: True when it names needle."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TLS_")}
+    env.update(tls_env(inner, "bench"), BUSD_HOST="127.0.0.1", BUSD_PORT=str(port))
+    p = subprocess.run([busctl_bin, "sub", "--topic", topic, "--group", "itest", "--count", "1"],
+                       env=env, capture_output=True, text=True, timeout=20)
+    return p.returncode == 0 and needle in p.stdout
+
+
+def start_services(profile_bin, account_bin, inner, bus_port):
     pport, aport, phealth, ahealth = (t.free_port() for _ in range(4))
     common = {"AUTH_HMAC_KEY": t.HMAC_KEY, "LOG_LEVEL": "info", "ARGON2_M_KIB": "1024",
-              "ARGON2_T_COST": "1", "DB_CONNS": "2"}
+              "ARGON2_T_COST": "1", "DB_CONNS": "2", "BUS_ADDR": "127.0.0.1:%d" % bus_port}
     t.start("profile", [profile_bin], dict(common, PROFILE_PORT=str(pport),
                                            PROFILE_HEALTH_PORT=str(phealth),
                                            **tls_env(inner, "profile")))
@@ -113,16 +133,19 @@ def check_service_port(inner, other, pport, phealth):
 
 
 def main():
-    if len(sys.argv) != 6:
+    if len(sys.argv) != 8:
         sys.exit(__doc__)
-    binary, tool, certs_sh, profile_bin, account_bin = sys.argv[1:6]
+    binary, tool, certs_sh, profile_bin, account_bin, busd_bin, busctl_bin = sys.argv[1:8]
     if not (os.environ.get("PROFILE_DB_URL") and os.environ.get("ACCOUNT_DB_URL")):
         t.skip("PROFILE_DB_URL/ACCOUNT_DB_URL not set (deploy/pg start; eval \"$(deploy/pg env)\")")
     t.watchdog(170)
     certs = t.make_certs(certs_sh, kids=("k1",))
     inner = internal_certs(certs_sh, "inner")
     other = internal_certs(certs_sh, "other")
-    ok, pport, aport, phealth = start_services(profile_bin, account_bin, inner)
+    ok, bus_port = start_busd(busd_bin, inner)
+    if not t.check("busd starts with mutual TLS", ok):
+        t.finish()
+    ok, pport, aport, phealth = start_services(profile_bin, account_bin, inner, bus_port)
     if not t.check("profile and account start with mutual TLS and are ready", ok):
         t.finish()
     check_service_port(inner, other, pport, phealth)
@@ -135,6 +158,9 @@ def main():
         t.finish()
     own = test_real.check_flows(test_real.Client(gw))
     t.check("sign-up, login and an account through the gateway, all over mutual TLS", own)
+    if own:
+        t.check("customer.created went to busd over mutual TLS and is delivered",
+                delivered(busctl_bin, inner, bus_port, "customer.created", own["customer_id"]))
     t.check("SIGTERM: gateway exits 0", gw.stop() == 0)
     t.finish()
 
