@@ -3,12 +3,14 @@
  * exercising the HTTP stack end to end: /healthz, /readyz, /metrics,
  * /hello (a fixed small body) and POST /echo.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "http.h"
+#include "tls.h"
 
 #define THREADS_MAX 64
 
@@ -22,6 +24,10 @@ typedef struct app {
    * /metrics may run on one thread while another is still starting. */
   _Atomic(http_server_t *) servers[THREADS_MAX];
   _Atomic(rt_loop_t *) loops[THREADS_MAX];
+  /* With TLS_CA: mutual TLS as a service of the platform serves it (the
+   * inner TLS's cost is measured against this server). */
+  wire_tls_creds_t *tls_creds;
+  wire_tls_filter_t *tls[THREADS_MAX];
 } app_t;
 
 static app_t app;
@@ -74,7 +80,13 @@ static int thread_setup(rt_loop_t *loop, uint32_t index, void *arg) {
   http_server_config_t cfg = app.http;
   cfg.host = app.host;
   cfg.port = (uint16_t)app.port;
-  int rc = http_server_create(&server, loop, &cfg, &app.router);
+  int rc = 0;
+  if (app.tls_creds != NULL) {
+    rc = wire_tls_server_create(&app.tls[index], app.tls_creds, cfg.conns_max);
+    if (rc < 0) return rc;
+    cfg.filter = wire_tls_filter_http(app.tls[index]);
+  }
+  rc = http_server_create(&server, loop, &cfg, &app.router);
   if (rc < 0) return rc;
   rc = http_server_start(server);
   if (rc < 0) {
@@ -111,6 +123,10 @@ static void usage(FILE *f) {
           "  HTTP_URL_BYTES_MAX      414 above               (2048)\n"
           "  HTTP_BODY_BYTES_MAX     413 above               (1048576)\n"
           "  HTTP_CONNS_MAX          per thread, 503 above   (10000)\n"
+          "  TLS_CA, TLS_CERT, TLS_KEY\n"
+          "                          mutual TLS as the platform's services serve it:\n"
+          "                          clients must show a certificate of TLS_CA\n"
+          "                          (unset: plain TCP)\n"
           "  LOG_LEVEL               debug|info|warn|error   (info)\n"
           "  RT_BATCH_WAIT_US        wait for batches, us    (50, or off)\n"
           "  RT_BATCH_WAIT_MAX       completions to wait for (32)\n"
@@ -153,6 +169,11 @@ static int load_config(void) {
   int rc = rt_env_u32("HTTPD_PORT", 7080, 0, 65535, &app.port);
   if (rc == 0) rc = rt_env_u32("HTTPD_THREADS", 1, 1, THREADS_MAX, &app.threads);
   if (rc == 0) rc = http_server_config_from_env(&app.http);
+  const char *ca = rt_env_str("TLS_CA", NULL);
+  if (rc == 0 && ca != NULL && ca[0] != '\0')
+    rc = wire_tls_creds_load(&app.tls_creds, ca, rt_env_str("TLS_CERT", NULL),
+                             rt_env_str("TLS_KEY", NULL));
+  if (rc == 0 && app.tls_creds != NULL && rt_env_str("TLS_CERT", NULL) == NULL) rc = -EINVAL;
   return rc;
 }
 
@@ -202,6 +223,8 @@ int main(int argc, char **argv) {
   if (rt_loop_config_from_env(&loop_cfg) < 0) return 2;
   rc = rt_run(app.threads, &loop_cfg, thread_setup, NULL, 10000);
   for (uint32_t i = 0; i < THREADS_MAX; i++) http_server_destroy(atomic_load(&app.servers[i]));
+  for (uint32_t i = 0; i < THREADS_MAX; i++) wire_tls_filter_destroy(app.tls[i]);
+  wire_tls_creds_free(app.tls_creds);
   RT_INFO("stopped", RT_LF_INT("status", rc < 0 ? 1 : 0));
   rt_log_flush();
   return rc < 0 ? 1 : 0;

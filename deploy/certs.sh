@@ -5,6 +5,7 @@
 #
 #   deploy/certs.sh [--kid KID]... DIR
 #   deploy/certs.sh --pg DIR
+#   deploy/certs.sh --internal DIR
 #
 # Creates in DIR (made if missing), with openssl:
 #   tls-ecdsa.crt, tls-ecdsa.key   self-signed ECDSA P-256 certificate for
@@ -27,6 +28,16 @@
 #                                  a client that asks for any other name
 #                                  (sslmode=verify-full) is refused
 #
+# With --internal, only these instead (TLS between our own processes, both
+# sides authenticated: TLS_CA, TLS_CERT, TLS_KEY of each process):
+#   ca.crt, ca.key                 the platform's private CA (P-256, 10 years)
+#   <name>.crt, <name>.key         for each of gateway profile account payment
+#                                  event busd bench: a certificate the CA
+#                                  signed for DNS:<name>, localhost,
+#                                  127.0.0.1 and ::1, for use as server and
+#                                  as client (825 days); clients ask for the
+#                                  peer's process name
+#
 # Idempotent: a file that exists is kept, so running it again changes
 # nothing and tokens signed earlier stay valid. Delete a file to remake it
 # (a new CA makes a new server certificate too). Private keys are created
@@ -41,10 +52,12 @@ usage() {
 kids=()
 dir=
 pg=0
+internal=0
 while (($#)); do
   case $1 in
     --rsa) ;; # the RSA pair is always made; kept for older callers
     --pg) pg=1 ;;
+    --internal) internal=1 ;;
     --kid)
       [[ $# -ge 2 && $2 =~ ^[A-Za-z0-9._-]{1,63}$ ]] || { echo "certs.sh: --kid needs [A-Za-z0-9._-]{1,63}" >&2; exit 2; }
       kids+=("$2")
@@ -63,47 +76,61 @@ umask 077
 # SAN of every server certificate: the loopback names a client may ask for.
 SAN="subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"
 
-# pg_ca: ca.key and ca.crt unless present.
-pg_ca() {
+# make_ca SUBJECT: ca.key and ca.crt unless present.
+make_ca() {
   if [[ -s $dir/ca.key && -s $dir/ca.crt ]]; then
     echo "kept    $dir/ca.crt" >&2
     return 0
   fi
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/ca.key" 2>/dev/null
   openssl req -x509 -new -key "$dir/ca.key" -out "$dir/ca.crt" -days 3650 \
-    -subj "/CN=paycore development PostgreSQL CA" \
+    -subj "/CN=$1" \
     -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
     -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
   chmod 0644 "$dir/ca.crt"
-  rm -f "$dir/server.crt" # signed by a CA that is gone
+  # Certificates signed by a CA that is gone.
+  for f in "$dir"/*.crt; do [[ $f == "$dir/ca.crt" ]] || rm -f "$f"; done
   echo "created $dir/ca.crt" >&2
 }
 
-# pg_server: server.key and server.crt, signed by the CA, unless present.
-pg_server() {
-  if [[ -s $dir/server.key && -s $dir/server.crt ]]; then
-    echo "kept    $dir/server.crt" >&2
+# ca_signed NAME CN SAN EKU: NAME.key and NAME.crt, signed by the CA,
+# unless present.
+ca_signed() {
+  local name=$1 cn=$2 san=$3 eku=$4
+  if [[ -s $dir/$name.key && -s $dir/$name.crt ]]; then
+    echo "kept    $dir/$name.crt" >&2
     return 0
   fi
   local ext
   ext=$(mktemp)
-  printf '%s\n' "$SAN" "basicConstraints=critical,CA:FALSE" \
-    "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$ext"
-  [[ -s $dir/server.key ]] ||
-    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/server.key" 2>/dev/null
-  openssl req -new -key "$dir/server.key" -subj "/CN=localhost" 2>/dev/null |
+  printf '%s\n' "$san" "basicConstraints=critical,CA:FALSE" \
+    "keyUsage=critical,digitalSignature" "extendedKeyUsage=$eku" >"$ext"
+  [[ -s $dir/$name.key ]] ||
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/$name.key" 2>/dev/null
+  openssl req -new -key "$dir/$name.key" -subj "/CN=$cn" 2>/dev/null |
     openssl x509 -req -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
-      -days 825 -extfile "$ext" -out "$dir/server.crt" 2>/dev/null
+      -days 825 -extfile "$ext" -out "$dir/$name.crt" 2>/dev/null
   rm -f "$ext" "$dir/ca.srl"
-  chmod 0644 "$dir/server.crt"
-  echo "created $dir/server.crt" >&2
+  chmod 0644 "$dir/$name.crt"
+  echo "created $dir/$name.crt" >&2
 }
 
 if ((pg)); then
   ((${#kids[@]} == 0)) || { echo "certs.sh: --kid does not go with --pg" >&2; exit 2; }
   mkdir -p "$dir"
-  pg_ca
-  pg_server
+  make_ca "paycore development PostgreSQL CA"
+  ca_signed server localhost "$SAN" serverAuth
+  exit 0
+fi
+
+if ((internal)); then
+  ((${#kids[@]} == 0)) || { echo "certs.sh: --kid does not go with --internal" >&2; exit 2; }
+  mkdir -p "$dir"
+  make_ca "paycore development platform CA"
+  for name in gateway profile account payment event busd bench; do
+    ca_signed "$name" "$name" "subjectAltName=DNS:$name,DNS:localhost,IP:127.0.0.1,IP:::1" \
+      serverAuth,clientAuth
+  done
   exit 0
 fi
 

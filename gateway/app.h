@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 
 #include "gw.h"
+#include "tls.h"
 
 #define GW_THREADS_MAX 64
 #define GW_EXTRA_ROUTES_MAX 32
@@ -39,6 +40,9 @@ typedef struct gw_config {
   uint32_t upstream_connect_timeout_ms;
   uint32_t upstream_fails;
   uint32_t upstream_backoff_ms;
+  const char *inner_ca;        /* TLS_CA: mutual TLS to the services; NULL: plain */
+  const char *inner_cert;      /* TLS_CERT, TLS_KEY: what the gateway shows them */
+  const char *inner_key;
   uint32_t health_interval_ms;
   const char *verify_path;     /* profile's credential check */
   bool access_log;             /* one line per public request */
@@ -78,6 +82,7 @@ typedef struct gw_thread {
   gw_tls_filter_t *filter;
   gw_token_cache_t *tokens;
   http_client_t *clients[GW_SVC_COUNT][GW_UPSTREAM_ADDRS_MAX];
+  wire_tls_filter_t *inner[GW_SVC_COUNT]; /* under clients[s][*], with TLS_CA */
   uint32_t rr[GW_SVC_COUNT];   /* round-robin cursors */
   rt_pool_t reqs;              /* proxied requests in flight */
   rt_pool_t logins;            /* token requests waiting for profile */
@@ -95,6 +100,7 @@ typedef struct gw_thread {
 struct gw_app {
   gw_config_t cfg;
   gw_tls_t *tls;
+  wire_tls_creds_t *inner_tls; /* TLS_CA and the gateway's pair; NULL: plain */
   /* The JWT keys and their JWKS, replaced whole on SIGHUP (reload.c's
    * rules): loaded once per use, never held across a callback. */
   _Atomic(gw_jwt_keys_t *) keys;

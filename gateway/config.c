@@ -60,7 +60,13 @@ void gw_config_usage(FILE *f) {
       "  GW_UPSTREAM_TIMEOUT            whole upstream request; then 504 (5s)\n"
       "  GW_UPSTREAM_CONNECT_TIMEOUT    (1s)\n"
       "  GW_UPSTREAM_FAILS, _BACKOFF    failures that mark an address down, and\n"
-      "                                 for how long                (3, 2s)\n"
+      "                                 for how long                (3, 2s)\n");
+  fprintf(f,
+      "  TLS_CA                         the platform CA (PEM): with it the services\n"
+      "                                 are reached over mutual TLS, each checked\n"
+      "                                 to be the service asked for (unset: plain)\n"
+      "  TLS_CERT, TLS_KEY              the gateway's certificate and key for it,\n"
+      "                                 signed by TLS_CA (required with TLS_CA)\n"
       "  GW_HEALTH_INTERVAL             upstream /healthz probes (1s)\n"
       "  GW_PROFILE_VERIFY_PATH         profile's credential check\n"
       "                                 (/internal/credentials/verify)\n"
@@ -85,6 +91,22 @@ static int load_rate(const char *rps_name, const char *burst_name, uint32_t rps,
   int rc = rt_env_u32(rps_name, rps, 0, 10000000, &out->per_s);
   rc |= rt_env_u32(burst_name, burst, 1, 100000000, &out->burst);
   return rc;
+}
+
+/* TLS_CA, TLS_CERT and TLS_KEY: all three, or none. */
+static int load_inner_tls(gw_config_t *c) {
+  c->inner_ca = rt_env_str("TLS_CA", NULL);
+  c->inner_cert = rt_env_str("TLS_CERT", NULL);
+  c->inner_key = rt_env_str("TLS_KEY", NULL);
+  if (c->inner_ca != NULL && c->inner_ca[0] == '\0') c->inner_ca = NULL;
+  bool any = c->inner_ca != NULL || c->inner_cert != NULL || c->inner_key != NULL;
+  bool all = c->inner_ca != NULL && c->inner_cert != NULL && c->inner_key != NULL;
+  if (any && !all) {
+    RT_ERROR("TLS_CA, TLS_CERT and TLS_KEY go together", RT_LF_BOOL("ca", c->inner_ca != NULL),
+             RT_LF_BOOL("cert", c->inner_cert != NULL), RT_LF_BOOL("key", c->inner_key != NULL));
+    return RT_E_CONFIG;
+  }
+  return 0;
 }
 
 static int load_services(gw_config_t *c) {
@@ -211,6 +233,7 @@ int gw_config_load(gw_config_t *c) {
   rc |= load_jwt(c);
   rc |= load_limits(c);
   rc |= load_upstreams(c);
+  rc |= load_inner_tls(c);
   rc |= load_extra_routes(c);
   rc |= load_hmac(c);
   return rc != 0 ? RT_E_CONFIG : 0;

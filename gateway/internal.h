@@ -11,6 +11,9 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "gw.h"
+#include "tls.h"
+
 /* A keyed 64-bit hash for the in-memory tables (addresses, rate-limit
  * keys). The key is drawn at start-up so that a client cannot choose
  * inputs that collide; it is not a MAC. */
@@ -62,29 +65,26 @@ static inline uint32_t gw__pow2(uint32_t n) {
 #endif /* GW_INTERNAL_H */
 
 /* ------------------------------------------------------------------------ */
-/* Files and PEM (pem.c)                                                    */
+/* Files and PEM (wire/tls_pem.c, shared with the platform's inner TLS)     */
 /* ------------------------------------------------------------------------ */
 
-#define GW__PEM_OBJS_MAX 8
-#define GW__FILE_BYTES_MAX (1u << 20) /* certificates and keys are far smaller */
+#define GW__PEM_OBJS_MAX WIRE_TLS_PEM_OBJS_MAX
 
-/* One decoded PEM object: its label ("CERTIFICATE") and DER bytes. */
-typedef struct gw__pem_obj {
-  char name[128]; /* as long as BearSSL's decoder keeps */
-  unsigned char *der;
-  size_t len;
-  size_t cap;
-  bool failed; /* an allocation failed while decoding */
-} gw__pem_obj_t;
+typedef wire_tls_pem_obj_t gw__pem_obj_t;
 
-/* Reads a whole (small) file into a malloc'd, NUL-terminated buffer.
- * Returns 0, -errno, or -EFBIG above GW__FILE_BYTES_MAX. */
-int gw__read_file(const char *path, char **out, size_t *out_len);
+/* As wire_tls_read_file(). */
+static inline int gw__read_file(const char *path, char **out, size_t *out_len) {
+  return wire_tls_read_file(path, out, out_len);
+}
 
-/* Decodes every PEM object of `text` into objs (at most max). Returns the
- * count, or GW_E_PEM (malformed, too many, none) or -ENOMEM. On error
- * nothing needs freeing. */
-int gw__pem_decode(const char *text, size_t len, gw__pem_obj_t *objs, size_t max);
+/* As wire_tls_pem_decode(), with the gateway's code for bad PEM. */
+static inline int gw__pem_decode(const char *text, size_t len, gw__pem_obj_t *objs,
+                                 size_t max) {
+  int rc = wire_tls_pem_decode(text, len, objs, max);
+  return rc == WIRE_TLS_E_PEM ? GW_E_PEM : rc;
+}
 
-/* Frees the DER buffers of `count` objects (and wipes them: keys). */
-void gw__pem_free(gw__pem_obj_t *objs, size_t count);
+/* As wire_tls_pem_free(). */
+static inline void gw__pem_free(gw__pem_obj_t *objs, size_t count) {
+  wire_tls_pem_free(objs, count);
+}

@@ -200,6 +200,8 @@ static int create_shared(void) {
   rc = make_keys(&keys, &jwks);
   atomic_store(&app.keys, keys);
   atomic_store(&app.jwks, jwks);
+  if (rc == 0 && c->inner_ca != NULL)
+    rc = wire_tls_creds_load(&app.inner_tls, c->inner_ca, c->inner_cert, c->inner_key);
   if (rc == 0) rc = gw_connlimit_create(&app.connlimit, c->conns_per_addr, c->rate_slots);
   if (rc == 0) rc = gw_ratelimit_create(&app.rl_addr, &c->rate_addr, c->rate_slots);
   if (rc == 0) rc = gw_ratelimit_create(&app.rl_subject, &c->rate_subject, c->rate_slots);
@@ -217,6 +219,7 @@ static void destroy_shared(void) {
   gw_jwt_keys_destroy(atomic_load(&app.keys));
   gw_jwt_keys_destroy(app.keys_retired);
   gw_tls_destroy(app.tls);
+  wire_tls_creds_free(app.inner_tls);
 }
 
 static void log_startup(void) {
@@ -363,9 +366,25 @@ static int size_threads(const gw_config_t *c) {
 /* Threads                                                                  */
 /* ------------------------------------------------------------------------ */
 
+/* With TLS_CA, one client-side filter per service on this thread, for
+ * all its addresses: each connection checks it reached that service. */
+static int create_inner_tls(gw_thread_t *th, int s, const http_filter_t **out) {
+  gw_config_t *c = &app.cfg;
+  *out = NULL;
+  if (app.inner_tls == NULL || c->services[s].count == 0) return 0;
+  uint32_t conns = c->upstream_conns * c->services[s].count;
+  int rc = wire_tls_client_create(&th->inner[s], app.inner_tls, gw_service_name((gw_service_t)s),
+                                  conns);
+  if (rc == 0) *out = wire_tls_filter_http(th->inner[s]);
+  return rc;
+}
+
 static int create_clients(gw_thread_t *th) {
   gw_config_t *c = &app.cfg;
   for (int s = GW_SVC_PROFILE; s < GW_SVC_COUNT; s++) {
+    const http_filter_t *filter = NULL;
+    int rc = create_inner_tls(th, s, &filter);
+    if (rc < 0) return rc;
     for (uint32_t i = 0; i < c->services[s].count; i++) {
       http_client_config_t cc = {
           .host = c->services[s].addrs[i].host,
@@ -374,8 +393,9 @@ static int create_clients(gw_thread_t *th) {
           .queue_max = sizes.upstream_queue,
           .connect_timeout_ms = c->upstream_connect_timeout_ms,
           .request_timeout_ms = c->upstream_timeout_ms,
+          .filter = filter,
       };
-      int rc = http_client_create(&th->clients[s][i], th->loop, &cc);
+      rc = http_client_create(&th->clients[s][i], th->loop, &cc);
       if (rc < 0) return rc;
     }
   }
@@ -480,6 +500,9 @@ static void thread_teardown(gw_thread_t *th) {
   http_server_destroy(th->server);
   http_server_destroy(th->admin);
   gw_tls_filter_destroy(th->filter);
+  /* The upstream clients were destroyed in the drain and their
+   * connections closed since. */
+  for (int s = 0; s < GW_SVC_COUNT; s++) wire_tls_filter_destroy(th->inner[s]);
   gw_token_cache_destroy(th->tokens);
   /* The leak check: after a clean drain every request came back; at a
    * drain deadline those still in flight are counted as leftovers. */

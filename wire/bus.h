@@ -327,6 +327,10 @@ typedef struct bus_client_config {
   void *confirm_arg;
   bus_state_fn on_state;          /* may be NULL */
   void *state_arg;
+  /* NULL: plain TCP. Else the client side of TLS (wire/tls.h), run over
+   * every connection's bytes as for the HTTP client; it must outlive the
+   * client. */
+  const struct http_filter *filter;
 } bus_client_config_t;
 
 /* Counters of one client, for tests and metrics. */

@@ -26,6 +26,14 @@
  * byte means dead) -> CLOSING (cancel, wait for ops, close) -> IDLE, then a
  * reconnect after a back-off that doubles from reconnect_min_ms to
  * reconnect_max_ms and resets on a HELLO answer.
+ *
+ * With a filter (TLS, wire/tls.h) the connection's filter state is made
+ * when the connect completes and freed when the connection starts
+ * closing. Its first flight goes out with the HELLO, which the filter
+ * holds until the handshake is done; received bytes are decrypted before
+ * the frame decoder sees them, and the frames gathered in `out` are
+ * sealed into records when a send starts. The handshake counts against
+ * the connect timeout, like the HELLO.
  */
 #include <assert.h>
 #include <errno.h>
@@ -36,6 +44,7 @@
 #include <unistd.h>
 
 #include "bus.h"
+#include "http.h"
 
 #define SUBS_MAX 64 /* the event service: every topic and its dead letters */
 /* A PUB of an event, its headers included, is about 1 KiB. */
@@ -105,6 +114,9 @@ struct bus_client {
   bus_decoder_t dec;
   bus_buf_t out;
   bus_buf_t sending;
+  void *tls;               /* the filter's state while connected, with a filter */
+  http_buf_t tls_plain;    /* what one recv decrypted to */
+  http_buf_t tls_wire;     /* records waiting to go into `sending` */
   /* Pending publishes. */
   pend_t *pend;
   uint32_t *hash;          /* id -> pend index, linear probing */
@@ -294,13 +306,37 @@ static void sent_cb(rt_op_t *op, int res, uint32_t flags) {
   conn_send(c);
 }
 
-static void conn_send(bus_client_t *c) {
-  if (c->send_op.in_flight || c->out.len == 0) return;
-  if (c->state != ST_UP && c->state != ST_HELLO_WAIT) return;
-  bus_buf_t t = c->sending;
-  c->sending = c->out;
-  c->out = t;
+/* Moves what is to be sent into `sending` (idle): the frames themselves,
+ * or with a filter their records, after whatever the handshake has to
+ * say. Returns 0 or an error (the connection is then to be dropped). */
+static int take_output(bus_client_t *c) {
+  assert(c->sending.len == 0);
+  if (c->tls == NULL) {
+    bus_buf_t t = c->sending;
+    c->sending = c->out;
+    c->out = t;
+    c->out.len = 0;
+    return 0;
+  }
+  int rc = 0;
+  if (c->out.len > 0)
+    rc = c->cfg.filter->output(c->tls, (const char *)c->out.data, c->out.len, &c->tls_wire);
   c->out.len = 0;
+  if (rc == 0) rc = bus_buf_append(&c->sending, c->tls_wire.data, c->tls_wire.len);
+  http_buf_reset(&c->tls_wire);
+  return rc;
+}
+
+static void conn_send(bus_client_t *c) {
+  if (c->send_op.in_flight || (c->out.len == 0 && c->tls_wire.len == 0)) return;
+  if (c->state != ST_UP && c->state != ST_HELLO_WAIT) return;
+  int rc = take_output(c);
+  if (rc < 0) {
+    RT_WARN("bus output not sealed", RT_LF_STR("error", rt_strerror(rc)));
+    conn_drop(c);
+    return;
+  }
+  if (c->sending.len == 0) return; /* held by the filter until its handshake is done */
   rt_send(c->loop, &c->send_op, c->fd, c->sending.data, (uint32_t)c->sending.len, sent_cb, c);
 }
 
@@ -450,10 +486,30 @@ static void on_bytes(bus_client_t *c, const uint8_t *data, size_t len) {
   }
 }
 
+/* With a filter: decrypts what one recv brought, then decodes its frames.
+ * A server the filter refuses (not busd, or not of our CA) drops the
+ * connection; the client reconnects with back-off as for any other loss. */
+static void on_records(bus_client_t *c, const uint8_t *data, size_t len) {
+  if (c->state != ST_UP && c->state != ST_HELLO_WAIT) return;
+  http_buf_reset(&c->tls_plain);
+  int rc = c->cfg.filter->input(c->tls, (const char *)data, len, &c->tls_plain, &c->tls_wire);
+  if (rc < 0) {
+    RT_WARN("bus TLS failed (busd not trusted, or a bad record)", RT_LF_STR("host", c->host),
+            RT_LF_INT("port", c->cfg.port), RT_LF_STR("error", rt_strerror(rc)));
+    conn_drop(c);
+    return;
+  }
+  if (c->tls_plain.len > 0) on_bytes(c, (const uint8_t *)c->tls_plain.data, c->tls_plain.len);
+}
+
 static void recv_cb(rt_op_t *op, int res, uint32_t flags) {
   bus_client_t *c = op->ctx;
   if (res > 0) {
-    if (!c->destroyed) on_bytes(c, rt_recv_buffer(c->loop, flags), (size_t)res);
+    if (!c->destroyed && c->tls != NULL) {
+      on_records(c, rt_recv_buffer(c->loop, flags), (size_t)res);
+    } else if (!c->destroyed) {
+      on_bytes(c, rt_recv_buffer(c->loop, flags), (size_t)res);
+    }
     rt_recv_buffer_release(c->loop, flags);
   } else if (res != -ENOBUFS) {
     c->eof = true;
@@ -497,6 +553,15 @@ static void closed_cb(rt_op_t *op, int res, uint32_t flags) {
 
 static void cancel_cb(rt_op_t *op, int res, uint32_t flags) { conn_drop(op->ctx); }
 
+/* The filter's state goes with the connection: no call reaches it once
+ * the connection is closing. */
+static void tls_end(bus_client_t *c) {
+  if (c->tls != NULL) c->cfg.filter->free(c->tls);
+  c->tls = NULL;
+  http_buf_reset(&c->tls_plain);
+  http_buf_reset(&c->tls_wire);
+}
+
 /* Leaves the connection (any state): cancel the recv, wait for the ops,
  * close the fd; closed_cb then schedules the reconnect. Idempotent. */
 static void conn_drop(bus_client_t *c) {
@@ -506,6 +571,7 @@ static void conn_drop(bus_client_t *c) {
     c->state = ST_CLOSING;
     rt_timer_stop(c->loop, &c->timer);
     c->out.len = 0;
+    tls_end(c);
     if (was_up && !c->destroyed) {
       c->stats.disconnects++;
       RT_WARN("bus connection lost", RT_LF_STR("host", c->host), RT_LF_INT("port", c->cfg.port),
@@ -540,6 +606,18 @@ static bool self_connected(int fd) {
   return al == bl && memcmp(&a, &b, al) == 0;
 }
 
+/* A connection's filter state, and its first flight (the ClientHello).
+ * HELLO, written next, waits in the filter until the handshake is done. */
+static int tls_begin(bus_client_t *c) {
+  const http_filter_t *f = c->cfg.filter;
+  c->tls = f->open(f->ctx, c->fd);
+  if (c->tls == NULL) {
+    RT_WARN("bus TLS state not available", RT_LF_INT("port", c->cfg.port));
+    return -ENOMEM;
+  }
+  return f->output(c->tls, NULL, 0, &c->tls_wire);
+}
+
 static void connected_cb(rt_op_t *op, int res, uint32_t flags) {
   bus_client_t *c = op->ctx;
   if (c->state != ST_CONNECTING || c->destroyed) {
@@ -560,6 +638,10 @@ static void connected_cb(rt_op_t *op, int res, uint32_t flags) {
   bus_limits_defaults(&lim);
   lim.frame_bytes_max = c->cfg.frame_bytes_max;
   bus_decoder_init(&c->dec, &lim);
+  if (c->cfg.filter != NULL && tls_begin(c) < 0) {
+    conn_drop(c);
+    return;
+  }
   bus_frame_t f;
   memset(&f, 0, sizeof f);
   f.type = BUS_HELLO;
@@ -683,7 +765,11 @@ int bus_client_create(bus_client_t **out, rt_loop_t *loop, const bus_client_conf
   /* Output holds a full frame beyond whatever is being re-sent. */
   size_t out_max = (size_t)c->cfg.pending_bytes_max + 4u * c->cfg.frame_bytes_max;
   bus_buf_init(&c->out, out_max);
-  bus_buf_init(&c->sending, out_max);
+  /* With TLS, the records of a full output, with their overhead. */
+  size_t wire_max = out_max + out_max / 64 + 4096;
+  bus_buf_init(&c->sending, c->cfg.filter != NULL ? wire_max : out_max);
+  http_buf_init(&c->tls_plain, 0, 0);
+  http_buf_init(&c->tls_wire, 0, wire_max);
   rt_timer_init(&c->timer, timer_cb, c);
   rt_timer_init(&c->ping_timer, ping_cb, c);
   rt_timer_init(&c->retry_timer, retry_cb, c);
@@ -802,7 +888,7 @@ int bus_subscribe(bus_client_t *c, const char *topic, const char *group, uint32_
 
 static int ack_frame(bus_client_t *c, bus_frame_type_t type, uint32_t sub, uint32_t partition,
                      uint64_t offset, const char *why) {
-  if (sub >= c->subs_count) return -EINVAL;
+  if (sub >= c->subs_count || sub >= SUBS_MAX) return -EINVAL;
   if (c->state != ST_UP) return BUS_E_CLOSED;
   const sub_t *s = &c->subs[sub];
   bus_frame_t f;
@@ -847,6 +933,9 @@ static void client_maybe_free(bus_client_t *c) {
   if (c->recv_op.in_flight || c->send_op.in_flight || c->connect_op.in_flight ||
       c->cancel_op.in_flight || c->close_op.in_flight)
     return;
+  tls_end(c);
+  http_buf_deinit(&c->tls_plain);
+  http_buf_deinit(&c->tls_wire);
   bus_decoder_deinit(&c->dec);
   bus_buf_deinit(&c->out);
   bus_buf_deinit(&c->sending);

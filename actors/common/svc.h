@@ -931,6 +931,7 @@ typedef struct svc_config {
   svc_bus_url_t bus_url;   /* the transport and where it is */
   uint32_t bus_max_attempts; /* amqp: deliveries before the dead letter */
   uint32_t bus_heartbeat_s;  /* amqp: connection heartbeat */
+  uint32_t health_port;      /* plain probes' port; 0: none */
 } svc_config_t;
 
 const svc_config_t *svc_config(void);

@@ -294,6 +294,7 @@ static int busd_create(svc_bus_t **out, rt_loop_t *loop, const svc_bus_config_t 
       .name = config->name,
       .on_confirm = config->on_confirm,
       .confirm_arg = config->confirm_arg,
+      .filter = config->filter,
   };
   int rc = bus_client_create(&t->client, loop, &bc);
   if (rc < 0) {

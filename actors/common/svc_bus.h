@@ -84,6 +84,9 @@ typedef struct svc_bus_config {
   uint32_t heartbeat_s;        /* amqp: heartbeat asked for; 0 none */
   bus_confirm_fn on_confirm;   /* may be NULL */
   void *confirm_arg;
+  /* busd: NULL for plain TCP, else the client side of TLS (wire/tls.h),
+   * outliving the transport. amqp: must be NULL (not supported). */
+  const struct http_filter *filter;
 } svc_bus_config_t;
 
 /* Creates a transport on `loop`; nothing connects before svc_bus_start().

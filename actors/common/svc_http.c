@@ -336,7 +336,8 @@ http_client_t *svc_peer_client(const svc_peer_t *p, rt_loop_t *loop, uint32_t co
       .request_timeout_ms = p->timeout_ms,
   };
   http_client_t *client = NULL;
-  int rc = http_client_create(&client, loop, &hc);
+  int rc = svc_tls_client(p->name, conns_max, &hc.filter);
+  if (rc == 0) rc = http_client_create(&client, loop, &hc);
   if (rc < 0) {
     RT_ERROR("no client for a peer service", RT_LF_STR("peer", p->name),
              RT_LF_STR("host", p->host), RT_LF_INT("port", p->port),

@@ -26,6 +26,7 @@
 #include <stdatomic.h>
 
 #include "svc.h"
+#include "tls.h"
 
 /* ------------------------------------------------------------------------ */
 /* Statements of the skeleton's own files                                   */
@@ -75,6 +76,8 @@ typedef struct svc_th {
   svc_relay_t *relay;     /* thread 0 with BUS_ADDR on */
   svc_consume_t *consume; /* thread 0 with BUS_ADDR on and consumers */
   svc_parking_t *parking; /* parked requests */
+  wire_tls_filter_t *tls_server; /* with TLS_CA: under the HTTP server */
+  http_server_t *health;  /* thread 0 with <SVC>_HEALTH_PORT: plain probes */
   _Atomic uint64_t requests;
   _Atomic uint64_t auth_rejected;
   _Atomic uint64_t overloaded;
@@ -89,6 +92,7 @@ typedef struct svc_global {
   http_server_config_t http;
   rt_pg_config_t pg;
   http_router_t router;
+  http_router_t health_router; /* the health routes alone: <SVC>_HEALTH_PORT */
   uint32_t reqs_max;
   uint32_t workers;
   uint32_t work_queue_max;
@@ -126,6 +130,18 @@ void svc_on_call(svc_th_t *th, rt_msg_t *msg);
 void svc_http_dispatch(http_exchange_t *ex, void *arg);
 void svc_req_release(svc_req_t *req);
 void svc_drain_step(svc_th_t *th);
+
+/* svc_tls.c: the inner TLS. svc_tls_config() reads TLS_CA, TLS_CERT,
+ * TLS_KEY, TLS_CONNS_MAX (main thread, before the loops; 0 or
+ * RT_E_CONFIG, logged). The others give *out NULL when TLS is off:
+ * plain TCP. svc_tls_server() makes th->tls_server for a server of
+ * conns_max connections; svc_tls_client() a client filter that checks the
+ * server is `peer`, kept until svc_tls_free() (after the loops). */
+int svc_tls_config(void);
+bool svc_tls_on(void);
+int svc_tls_server(svc_th_t *th, uint32_t conns_max, const http_filter_t **out);
+int svc_tls_client(const char *peer, uint32_t conns_max, const http_filter_t **out);
+void svc_tls_free(void);
 
 /* svc_metrics.c */
 extern const svc_route_t svc_health_routes[];

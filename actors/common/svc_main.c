@@ -253,7 +253,11 @@ static int relay_setup(svc_th_t *th) {
       .delivery_limit = svc_g.cfg.bus_max_attempts - 1,
       .heartbeat_s = svc_g.cfg.bus_heartbeat_s,
   };
-  int rc = svc_relay_create(&th->relay, &th->pub, &bc);
+  int rc = 0;
+  /* busd over mutual TLS with the platform CA; RabbitMQ is reached as its
+   * URL says. */
+  if (svc_g.cfg.bus_url.kind == SVC_BUS_BUSD) rc = svc_tls_client("busd", 1, &bc.filter);
+  if (rc == 0) rc = svc_relay_create(&th->relay, &th->pub, &bc);
   if (rc < 0) RT_ERROR("outbox relay set-up failed", RT_LF_STR("error", rt_strerror(rc)));
   return rc;
 }
@@ -277,14 +281,35 @@ static int bus_setup(svc_th_t *th) {
   return rc;
 }
 
+/* With the inner TLS on, the service's port takes only our own processes
+ * (mutual TLS); probes that cannot show a certificate use the plain
+ * health port, which serves nothing but the health routes. */
 static int http_setup(svc_th_t *th) {
   http_server_config_t hc = svc_g.http;
   hc.host = svc_g.cfg.host;
   hc.port = (uint16_t)svc_g.cfg.port;
-  int rc = http_server_create(&th->pub.server, th->pub.loop, &hc, &svc_g.router);
+  int rc = svc_tls_server(th, hc.conns_max, &hc.filter);
+  if (rc == 0) rc = http_server_create(&th->pub.server, th->pub.loop, &hc, &svc_g.router);
   if (rc == 0) rc = http_server_start(th->pub.server);
   if (rc < 0) {
     RT_ERROR("cannot listen", RT_LF_STR("host", svc_g.cfg.host), RT_LF_INT("port", svc_g.cfg.port),
+             RT_LF_STR("error", rt_strerror(rc)));
+  }
+  return rc;
+}
+
+/* Thread 0 with <SVC>_HEALTH_PORT: /healthz, /readyz, /metrics in plain
+ * HTTP, for probes. */
+static int health_setup(svc_th_t *th) {
+  http_server_config_t hc = svc_g.http;
+  hc.host = svc_g.cfg.host;
+  hc.port = (uint16_t)svc_g.cfg.health_port;
+  hc.conns_max = 64;
+  hc.filter = NULL;
+  int rc = http_server_create(&th->health, th->pub.loop, &hc, &svc_g.health_router);
+  if (rc == 0) rc = http_server_start(th->health);
+  if (rc < 0) {
+    RT_ERROR("cannot listen for probes", RT_LF_INT("port", svc_g.cfg.health_port),
              RT_LF_STR("error", rt_strerror(rc)));
   }
   return rc;
@@ -314,6 +339,7 @@ static int thread_setup(rt_loop_t *loop, uint32_t index, void *arg) {
     return rc;
   }
   rc = http_setup(th);
+  if (rc == 0 && index == 0 && svc_g.cfg.health_port != 0) rc = health_setup(th);
   /* After the server's own hook: it stops accepting first. */
   if (rc == 0) rc = rt_loop_on_drain(loop, on_drain, th);
   if (rc == 0 && svc_g.def->thread_init != NULL) rc = svc_g.def->thread_init(&th->pub);
@@ -335,6 +361,8 @@ static void threads_free(void) {
     if (th == NULL) continue;
     atomic_store(&svc_g.ready[i], NULL);
     http_server_destroy(th->pub.server);
+    http_server_destroy(th->health);
+    wire_tls_filter_destroy(th->tls_server);
     svc_consume_free(th->consume);
     svc_relay_free(th->relay);
     rt_pg_pool_destroy(th->pub.pool);
@@ -432,11 +460,20 @@ static void usage(FILE *f, const svc_def_t *def) {
           "  LOG_LEVEL             debug|info|warn|error       (info)\n"
           "  LOG_HASH_KEY          key of hashed log fields    (random per run)\n"
           "  HTTP_*                server limits, as bench_httpd --help lists\n"
+          "  TLS_CA                the platform CA (PEM): with it, the port takes only\n"
+          "                        clients showing a certificate it signed (mutual TLS),\n"
+          "                        and peer services and busd are reached over TLS,\n"
+          "                        checked to be the process asked for (unset: plain TCP)\n"
+          "  TLS_CERT, TLS_KEY     this process's certificate (chain) and key, signed by\n"
+          "                        TLS_CA; shown as server and as client (with TLS_CA)\n"
+          "  TLS_CONNS_MAX         TLS connections per thread, refused above (1024)\n"
+          "  %s_HEALTH_PORT        plain HTTP port for probes: /healthz /readyz /metrics\n"
+          "                        only, on thread 0 (0: none)\n"
           "%s"
           "\n"
           "Routes: GET /healthz (up), GET /readyz (database reachable), GET /metrics.\n"
           "SIGTERM or SIGINT: stop accepting, finish requests in flight, exit 0.\n",
-          def->name, def->name, P, P, def->default_port, P, P, P,
+          def->name, def->name, P, P, def->default_port, P, P, P, P,
           def->usage_env ? def->usage_env : "");
   if (def->commands_count > 0) fprintf(f, "\nCommands (instead of serving):\n");
   for (size_t i = 0; i < def->commands_count; i++) fprintf(f, "%s", def->commands[i].help);
@@ -508,15 +545,23 @@ static int load_config(void) {
   if (rc == 0) rc = bus_config();
   if (rc == 0) rc = rt_pg_config_from_env(&svc_g.pg, "DB");
   if (rc == 0) rc = http_server_config_from_env(&svc_g.http);
+  if (rc == 0) rc = rt_env_u32(env_name("HEALTH_PORT"), 0, 0, 65535, &svc_g.cfg.health_port);
+  if (rc == 0) rc = svc_tls_config();
   return rc;
 }
 
 static int build_router(void) {
   http_router_init(&svc_g.router);
   int rc = 0;
-  for (size_t i = 0; rc == 0 && i < svc_health_routes_count; i++)
+  http_router_init(&svc_g.health_router);
+  for (size_t i = 0; rc == 0 && i < svc_health_routes_count; i++) {
     rc = http_router_add(&svc_g.router, svc_health_routes[i].method, svc_health_routes[i].pattern,
                          HTTP_HANDLER(svc_http_dispatch), (void *)(uintptr_t)&svc_health_routes[i]);
+    if (rc == 0)
+      rc = http_router_add(&svc_g.health_router, svc_health_routes[i].method,
+                           svc_health_routes[i].pattern, HTTP_HANDLER(svc_http_dispatch),
+                           (void *)(uintptr_t)&svc_health_routes[i]);
+  }
   for (size_t i = 0; rc == 0 && i < svc_g.def->routes_count; i++) {
     const svc_route_t *r = &svc_g.def->routes[i];
     rc = http_router_add(&svc_g.router, r->method, r->pattern, HTTP_HANDLER(svc_http_dispatch),
@@ -832,6 +877,7 @@ int svc_main(int argc, char **argv, const svc_def_t *def) {
   }
   if (command) {
     int status = run_command(command_find(def, argv[optind]), argc - optind, argv + optind);
+    svc_tls_free();
     rt_log_flush();
     return status;
   }
@@ -843,6 +889,7 @@ int svc_main(int argc, char **argv, const svc_def_t *def) {
   if (rc == 0) rc = rt_run(svc_g.cfg.threads, &loop_cfg, thread_setup, NULL, DRAIN_DEADLINE_MS);
   svc_workers_stop();
   threads_free();
+  svc_tls_free();
   rt_log_stopped(rc < 0 ? 1 : 0); /* tests fail on its leftovers */
   return rc < 0 ? 1 : 0;
 }

@@ -5,12 +5,16 @@
  * own loop thread with its own connection to busd.
  *
  * usage: bus_bench HOST PORT
+ *
+ * With TLS_CA, TLS_CERT and TLS_KEY set, both connections speak mutual TLS
+ * to busd (wire/tls.h), as the platform's services do.
  */
 #include <pthread.h>
 #include <unistd.h>
 
 #include "bench_bus.h"
 #include "bus.h"
+#include "tls.h"
 
 typedef struct side {
   bench_t *b;
@@ -88,6 +92,8 @@ static void sub_tick(rt_timer_t *t) {
 /* Threads                                                                  */
 /* ------------------------------------------------------------------------ */
 
+static wire_tls_creds_t *tls_creds; /* TLS_CA, TLS_CERT, TLS_KEY; NULL: plain */
+
 static void *side_main(void *arg, bool publisher) {
   side_t *s = arg;
   bench_t *b = s->b;
@@ -105,6 +111,13 @@ static void *side_main(void *arg, bool publisher) {
     cfg.on_state = on_pub_state;
     cfg.state_arg = s;
   }
+  /* With TLS_CA: mutual TLS to busd, as the services speak it. */
+  wire_tls_filter_t *tls = NULL;
+  if (tls_creds != NULL) {
+    s->rc = wire_tls_client_create(&tls, tls_creds, "busd", 1);
+    if (s->rc < 0) return NULL;
+    cfg.filter = wire_tls_filter_http(tls);
+  }
   s->rc = bus_client_create(&s->client, s->loop, &cfg);
   if (s->rc == 0 && !publisher)
     s->rc = bus_subscribe(s->client, s->topic, "bench", b->cfg.window, on_deliver, s);
@@ -116,6 +129,7 @@ static void *side_main(void *arg, bool publisher) {
   rt_timer_stop(s->loop, &s->timer);
   bus_client_destroy(s->client);
   rt_loop_destroy(s->loop);
+  wire_tls_filter_destroy(tls); /* the client gave its state back when destroyed */
   return NULL;
 }
 
@@ -130,6 +144,10 @@ int main(int argc, char **argv) {
   static bench_t b;
   if (bench_init(&b) < 0) return 2;
   rt_log_init("bus_bench", RT_LOG_WARN, NULL, 0);
+  const char *ca = getenv("TLS_CA");
+  if (ca != NULL && ca[0] != '\0' &&
+      wire_tls_creds_load(&tls_creds, ca, getenv("TLS_CERT"), getenv("TLS_KEY")) < 0)
+    return 2;
   side_t pub = {.b = &b, .host = argv[1], .port = (uint16_t)atoi(argv[2])};
   side_t sub = pub;
   snprintf(pub.topic, sizeof pub.topic, "bench-%d", (int)getpid());
@@ -151,5 +169,6 @@ int main(int argc, char **argv) {
   bench_report(&b, "ours", "PUB_ACK after fdatasync; ACK per message");
   free(pub.payload);
   bench_free(&b);
+  wire_tls_creds_free(tls_creds);
   return 0;
 }

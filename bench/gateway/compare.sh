@@ -21,6 +21,12 @@
 #                after one request each (bench/gateway/idle_conns.py)
 #
 #   bench/gateway/compare.sh memory   the memory runs alone
+#   bench/gateway/compare.sh inner    the cost of mutual TLS inside the
+#                platform: the gateway alone, keep-alive, with its upstream
+#                in plain HTTP and with the upstream on mutual TLS
+#                (TLS_CA/TLS_CERT/TLS_KEY on both, certificates of
+#                deploy/certs.sh --internal), alternating; the ratio of the
+#                two to stdout and .run/bench-gateway-inner.json
 #
 # Progress goes to stderr, the table to stdout, one JSON line to
 # .run/bench-gateway.json. Everything started here is stopped on exit.
@@ -47,7 +53,7 @@ BUILD_DIR=build-release
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 
 usage() {
-  sed -n '3,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '3,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   echo
   echo "Environment (current value):"
   printf '  %-26s %s\n' \
@@ -133,16 +139,28 @@ plan_cpus() {
 # ---------------------------------------------------------------------------
 # Servers
 
+# start_upstream [VAR=VALUE...]: bench_httpd with these variables added
+# (TLS_CA...: on mutual TLS, as the event service; see `inner`).
 start_upstream() {
   local pid
   UPSTREAM_PORT=$(free_port)
-  step "starting the upstream, bench_httpd (1 thread) on 127.0.0.1:$UPSTREAM_PORT"
-  (exec env HTTPD_HOST=127.0.0.1 HTTPD_PORT="$UPSTREAM_PORT" HTTPD_THREADS=1 LOG_LEVEL=warn \
+  step "starting the upstream, bench_httpd (1 thread) on 127.0.0.1:$UPSTREAM_PORT${1:+ ($*)}"
+  (exec env HTTPD_HOST=127.0.0.1 HTTPD_PORT="$UPSTREAM_PORT" HTTPD_THREADS=1 LOG_LEVEL=warn "$@" \
     "${UPSTREAM_PIN[@]}" "$REPO_ROOT/$BUILD_DIR/bench/bench_httpd") </dev/null \
-    >"$TMP_DIR/upstream.log" 2>&1 &
+    >"$TMP_DIR/upstream-$UPSTREAM_PORT.log" 2>&1 &
   pid=$!
   started upstream "$pid"
-  wait_http "http://127.0.0.1:$UPSTREAM_PORT/hello" 20 "$pid" || die "bench_httpd did not start"
+  if (($# == 0)); then
+    wait_http "http://127.0.0.1:$UPSTREAM_PORT/hello" 20 "$pid" || die "bench_httpd did not start"
+    return 0
+  fi
+  local deadline=$((SECONDS + 20)) i=$INNER_CERTS
+  until curl -fs --max-time 1 -o /dev/null --cacert "$i/ca.crt" --cert "$i/bench.crt" \
+    --key "$i/bench.key" --resolve "event:$UPSTREAM_PORT:127.0.0.1" \
+    "https://event:$UPSTREAM_PORT/hello"; do
+    { alive "$pid" && ((SECONDS < deadline)); } || die "bench_httpd on mutual TLS did not start"
+    sleep 0.1
+  done
 }
 
 # start_ours CACHE_ENTRIES [THREADS [VAR=VALUE...]]: the gateway with that
@@ -361,6 +379,88 @@ phase_memory() {
   stop_named nginx
 }
 
+# inner_tls NAME: NAME's settings for mutual TLS inside the platform.
+inner_tls() {
+  printf '%s\n' "TLS_CA=$INNER_CERTS/ca.crt" "TLS_CERT=$INNER_CERTS/$1.crt" \
+    "TLS_KEY=$INNER_CERTS/$1.key"
+}
+
+# The inner mutual TLS's cost: two gateways, one in front of a plain
+# upstream and one in front of the same upstream on mutual TLS (it serves
+# as the event service, which GET /hello is routed to), measured in turns.
+# The gateway keeps its upstream connections alive, so this is the cost
+# of the records on the upstream leg; a handshake there is paid once per
+# upstream connection.
+phase_inner() {
+  local plain_port mtls_port
+  local -a tls
+  INNER_CERTS=$TMP_DIR/inner
+  bash "$REPO_ROOT/deploy/certs.sh" --internal "$INNER_CERTS" 2>/dev/null
+  start_upstream
+  start_ours 16384
+  plain_port=$OURS_PORT
+  mapfile -t tls < <(inner_tls event)
+  start_upstream "${tls[@]}"
+  mapfile -t tls < <(inner_tls gateway)
+  start_ours 16384 "$BENCH_THREADS" "${tls[@]}"
+  mtls_port=$OURS_PORT
+  check_same "gateway, plain upstream" "$plain_port"
+  check_same "gateway, upstream on mutual TLS" "$mtls_port"
+  warm_up "gateway, plain upstream" "$plain_port"
+  warm_up "gateway, upstream on mutual TLS" "$mtls_port"
+  for ((ROUND = 1; ROUND <= BENCH_ROUNDS; ROUND++)); do
+    measure keepalive plain "$plain_port"
+    measure keepalive mtls "$mtls_port"
+  done
+  local metrics
+  metrics=$(curl -fsS --max-time 2 "http://127.0.0.1:$OURS_ADMIN/metrics")
+  grep -q '^gw_upstream_ok_total [1-9]' <<<"$metrics" || die "the gateway on mutual TLS forwarded nothing"
+}
+
+report_inner() {
+  mkdir -p "$RUN_DIR"
+  R_plain=${RESULTS[keepalive-plain]} R_mtls=${RESULTS[keepalive-mtls]} \
+    C_plain=${COMMANDS[keepalive-plain]} LOAD_BEFORE=$LOAD_BEFORE \
+    LOAD_AFTER=$(cut -d' ' -f1 /proc/loadavg) PINNING=$PINNING BENCH_DURATION=$BENCH_DURATION \
+    BENCH_ROUNDS=$BENCH_ROUNDS BENCH_THREADS=$BENCH_THREADS \
+    python3 - "$RUN_DIR/bench-gateway-inner.json" <<'PY'
+import json, os, statistics, sys, time
+
+def series(text):
+    runs = [r.split() for r in text.split(";") if r.strip()]
+    return {"rps": [float(r[0]) for r in runs], "p99_ms": [float(r[1]) for r in runs],
+            "errors": sum(int(r[2]) + int(r[3]) for r in runs),
+            "rps_median": statistics.median(float(r[0]) for r in runs),
+            "p99_ms_median": statistics.median(float(r[1]) for r in runs)}
+
+res = {k: series(os.environ["R_" + k]) for k in ("plain", "mtls")}
+ratio = round(res["mtls"]["rps_median"] / res["plain"]["rps_median"], 4)
+print("bench/gateway/compare.sh inner: authenticated GET /hello through the gateway (keep-alive,")
+print("TLS 1.2 from the client), its upstream bench_httpd in plain HTTP or on mutual TLS")
+print("runs:    %s per setting, alternating, %s each; medians; %s loop thread(s)"
+      % (os.environ["BENCH_ROUNDS"], os.environ["BENCH_DURATION"], os.environ["BENCH_THREADS"]))
+print("pinning: " + os.environ["PINNING"])
+print("load:    1-minute load average %s before the runs, %s after"
+      % (os.environ["LOAD_BEFORE"], os.environ["LOAD_AFTER"]))
+print("wrk:     " + os.environ["C_plain"])
+print()
+print("%-34s %12s %10s %8s" % ("", "req/s", "p99", "errors"))
+for k, name in (("plain", "upstream in plain HTTP"), ("mtls", "upstream on mutual TLS")):
+    s = res[k]
+    print("%-34s %12.0f %7.2f ms %8d" % (name, s["rps_median"], s["p99_ms_median"], s["errors"]))
+print()
+print("ratio mutual TLS / plain, req/s:    %.2f" % ratio)
+record = {"bench": "gateway-inner", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+          "duration": os.environ["BENCH_DURATION"], "rounds": int(os.environ["BENCH_ROUNDS"]),
+          "threads": int(os.environ["BENCH_THREADS"]), "pinning": os.environ["PINNING"],
+          "load_before": float(os.environ["LOAD_BEFORE"]),
+          "load_after": float(os.environ["LOAD_AFTER"]), "results": res, "ratio_rps": ratio}
+with open(sys.argv[1], "w") as f:
+    f.write(json.dumps(record, sort_keys=True) + "\n")
+PY
+  info "result written to $RUN_DIR/bench-gateway-inner.json"
+}
+
 report() {
   mkdir -p "$RUN_DIR"
   local k
@@ -483,7 +583,7 @@ main() {
   local what=${1:-all}
   case $what in
     -h | --help | help) usage; exit 0 ;;
-    all | memory) ;;
+    all | memory | inner) ;;
     *) usage >&2; exit 2 ;;
   esac
   [[ $BENCH_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive integer"
@@ -511,6 +611,11 @@ main() {
   LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
   declare -gA RESULTS=() COMMANDS=() MEMORY=()
   RESUMED_SHARE=0
+  if [[ $what == inner ]]; then
+    phase_inner
+    report_inner
+    return 0
+  fi
   start_upstream
   if [[ $what == all ]]; then
     phase_cached

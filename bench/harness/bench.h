@@ -7,7 +7,6 @@
  *   scheduler   open-loop send times at a fixed or stepping rate, late
  *               sends counted (no coordinated omission)
  *   json scan   one top-level field of a JSON object, without allocating
- *   tls         a BearSSL client filter for wire's HTTP client
  *
  * The harness itself (harness.h) drives the platform with these.
  */
@@ -178,30 +177,5 @@ int bench_json_i64(const char *text, size_t len, const char *key, int64_t *out);
 
 /* As bench_json_str for true/false. Returns 0, -ENOENT or -EINVAL. */
 int bench_json_bool(const char *text, size_t len, const char *key, bool *out);
-
-/* ------------------------------------------------------------------------ */
-/* TLS client                                                               */
-/* ------------------------------------------------------------------------ */
-
-typedef struct bench_tls bench_tls_t;
-
-/* Loads the trust anchors of a PEM file (a CA, or the server's own
- * self-signed certificate: then it is trusted directly) and sizes a pool
- * of conns_max client engines (TLS 1.2 only, BearSSL's full profile).
- * server_name is checked against the certificate. Returns 0, BENCH_E_CA
- * (with a line on stderr saying why) or -ENOMEM. One loop thread uses it. */
-int bench_tls_create(bench_tls_t **out, const char *ca_file, const char *server_name,
-                     uint32_t conns_max);
-
-/* The filter to put in http_client_config_t.filter. */
-const http_filter_t *bench_tls_filter(bench_tls_t *tls);
-
-/* Handshakes completed, and connections the engine failed (with the last
- * BearSSL error code, 0 if none). */
-void bench_tls_counts(const bench_tls_t *tls, uint64_t *handshakes, uint64_t *failures,
-                      int *last_error);
-
-/* Frees it; every connection using it must be closed. */
-void bench_tls_destroy(bench_tls_t *tls);
 
 #endif /* BENCH_H */

@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "bench.h"
+#include "tls.h"
 
 /* Exit statuses of bench/run. */
 enum {
@@ -214,7 +215,12 @@ typedef struct bench bench_t;
 struct bench {
   bench_config_t *cfg;
   rt_loop_t *loop;
-  bench_tls_t *tls;
+  wire_tls_creds_t *tls_creds; /* the gateway's CA file */
+  wire_tls_filter_t *tls;      /* client side, to the gateway */
+  /* With TLS_CA, TLS_CERT, TLS_KEY: the services over the platform's
+   * mutual TLS, one client side per service (it checks the name). */
+  wire_tls_creds_t *inner_creds;
+  wire_tls_filter_t *inner[UP_COUNT];
   http_client_t *client[UP_COUNT];
   http_client_t *poll_client; /* long-polls, apart so they hold no one back */
   char run_id[17];

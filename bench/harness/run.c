@@ -804,8 +804,8 @@ static uint32_t client_queue_max(const bench_t *b) {
   return slots(b) + CHECK_PARALLEL + SETUP_PARALLEL;
 }
 
-static int client_for(bench_t *b, upstream_t up, const addr_t *a, bool tls, uint32_t timeout_ms,
-                      http_client_t **out) {
+static int client_for(bench_t *b, upstream_t up, const addr_t *a, const http_filter_t *filter,
+                      uint32_t timeout_ms, http_client_t **out) {
   bool poll = out == &b->poll_client;
   http_client_config_t hc = {
       .host = a->host,
@@ -814,10 +814,46 @@ static int client_for(bench_t *b, upstream_t up, const addr_t *a, bool tls, uint
       .queue_max = client_queue_max(b),
       .connect_timeout_ms = 2000,
       .request_timeout_ms = timeout_ms,
-      .filter = tls ? bench_tls_filter(b->tls) : NULL,
+      .filter = filter,
   };
   (void)up;
   return http_client_create(out, b->loop, &hc);
+}
+
+/* The client side of TLS to the gateway: its CA file's anchors, no
+ * certificate of our own; two clients share the gateway, so engines for
+ * both. */
+static int gateway_tls(bench_t *b) {
+  const bench_config_t *cfg = b->cfg;
+  int rc = wire_tls_creds_load(&b->tls_creds, cfg->ca_file, NULL, NULL);
+  if (rc < 0) {
+    fprintf(stderr, "bench: cannot use %s as trust anchors: %s\n", cfg->ca_file, rt_strerror(rc));
+    return BENCH_E_CA;
+  }
+  uint32_t poll = POLL_CONNS_MAX > cfg->connections ? POLL_CONNS_MAX : cfg->connections;
+  return wire_tls_client_create(&b->tls, b->tls_creds, cfg->server_name, cfg->connections + poll);
+}
+
+/* With TLS_CA set, the services speak the platform's mutual TLS: the
+ * harness shows TLS_CERT (deploy/certs.sh --internal makes bench.crt) and
+ * checks each service's name. *out stays NULL without TLS_CA: plain. */
+static int inner_tls(bench_t *b, upstream_t up, const http_filter_t **out) {
+  *out = NULL;
+  const char *ca = getenv("TLS_CA");
+  if (ca == NULL || ca[0] == '\0') return 0;
+  int rc = 0;
+  if (b->inner_creds == NULL) {
+    rc = wire_tls_creds_load(&b->inner_creds, ca, getenv("TLS_CERT"), getenv("TLS_KEY"));
+    if (rc < 0) {
+      fprintf(stderr, "bench: TLS_CA, TLS_CERT, TLS_KEY not usable: %s\n", rt_strerror(rc));
+      return BENCH_E_CA;
+    }
+  }
+  /* Its request client, and the payment's long-polls in direct mode. */
+  rc = wire_tls_client_create(&b->inner[up], b->inner_creds, bench_up_names[up],
+                              b->cfg->connections + POLL_CONNS_MAX);
+  if (rc == 0) *out = wire_tls_filter_http(b->inner[up]);
+  return rc;
 }
 
 static int make_clients(bench_t *b) {
@@ -826,18 +862,21 @@ static int make_clients(bench_t *b) {
   int rc = 0;
   if (!cfg->direct) {
     /* Two clients share the gateway: TLS engines for both. */
-    rc = bench_tls_create(&b->tls, cfg->ca_file, cfg->server_name,
-                          cfg->connections + (POLL_CONNS_MAX > cfg->connections ? POLL_CONNS_MAX
-                                                                                : cfg->connections));
-    if (rc == 0) rc = client_for(b, UP_GATEWAY, &cfg->gateway, true, cfg->request_timeout_ms,
+    rc = gateway_tls(b);
+    const http_filter_t *gw = rc == 0 ? wire_tls_filter_http(b->tls) : NULL;
+    if (rc == 0) rc = client_for(b, UP_GATEWAY, &cfg->gateway, gw, cfg->request_timeout_ms,
                                  &b->client[UP_GATEWAY]);
-    if (rc == 0) rc = client_for(b, UP_GATEWAY, &cfg->gateway, true, poll_timeout, &b->poll_client);
+    if (rc == 0) rc = client_for(b, UP_GATEWAY, &cfg->gateway, gw, poll_timeout, &b->poll_client);
   }
   for (int u = UP_PROFILE; u < UP_COUNT && rc == 0; u++) {
     if (!cfg->svc[u].set) continue;
-    rc = client_for(b, (upstream_t)u, &cfg->svc[u], false, cfg->request_timeout_ms, &b->client[u]);
+    const http_filter_t *filter = NULL;
+    rc = inner_tls(b, (upstream_t)u, &filter);
+    if (rc == 0)
+      rc = client_for(b, (upstream_t)u, &cfg->svc[u], filter, cfg->request_timeout_ms,
+                      &b->client[u]);
     if (rc == 0 && cfg->direct && u == UP_PAYMENT)
-      rc = client_for(b, (upstream_t)u, &cfg->svc[u], false, poll_timeout, &b->poll_client);
+      rc = client_for(b, (upstream_t)u, &cfg->svc[u], filter, poll_timeout, &b->poll_client);
   }
   return rc;
 }
@@ -963,7 +1002,10 @@ void bench_free(bench_t *b) {
     /* Without the settle timer the loop would not stop: skip the wait. */
     if (rt_timer_start(b->loop, &t, 100, 0) == 0) rt_loop_run(b->loop);
   }
-  bench_tls_destroy(b->tls);
+  wire_tls_filter_destroy(b->tls);
+  wire_tls_creds_free(b->tls_creds);
+  for (int u = 0; u < UP_COUNT; u++) wire_tls_filter_destroy(b->inner[u]);
+  wire_tls_creds_free(b->inner_creds);
   for (int k = 0; k < KIND_COUNT; k++) bench_hist_deinit(&b->hist[k]);
   bench_hist_deinit(&b->all);
   bench_hist_deinit(&b->setup_hist);

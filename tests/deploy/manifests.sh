@@ -3,7 +3,8 @@
 # The deploy suite, manifests: both overlays render with kubectl kustomize,
 # the sources and the renders pass yamllint, the renders pass
 # deploy/k8s/policy-check (prod also with no plain Secret, and every
-# database URL verify-full against its cluster's CA), and the check does
+# database URL verify-full against its cluster's CA, and every process on
+# mutual TLS with its probes on a plain port), and the check does
 # catch what it is meant to: a fixture breaking each rule, the dev render
 # with a `latest` image and a probe removed, and the prod render with TLS
 # to the databases weakened, all fail with the expected reports. Exit 77
@@ -34,7 +35,8 @@ yamllint -c "$K8S/.yamllint" "$tmp/dev.yaml" "$tmp/prod.yaml" || fail "yamllint 
 echo "yamllint: sources and renders pass"
 
 "$K8S/policy-check" "$tmp/dev.yaml" || fail "policy-check of the dev overlay"
-"$K8S/policy-check" --no-secrets --db-tls "$tmp/prod.yaml" || fail "policy-check of the prod overlay"
+"$K8S/policy-check" --no-secrets --db-tls --inner-tls "$tmp/prod.yaml" ||
+  fail "policy-check of the prod overlay"
 
 # The checker must catch each broken rule.
 if "$K8S/policy-check" --no-secrets --db-tls "$HERE/fixtures/bad.yaml" >"$tmp/bad.out"; then
@@ -121,4 +123,27 @@ for e in "Deployment/account: container account: ACCOUNT_DB_URL: sslmode is 'req
   grep -qF "$e" "$tmp/prod-broken.out" || { cat "$tmp/prod-broken.out"; fail "policy-check did not report: $e"; }
 done
 echo "policy-check catches database URLs without verify-full and a whole CA Secret mounted in the prod render"
+
+# And mutual TLS between the processes: one service without it, another
+# probed on the port that takes only clients with a certificate.
+python3 - "$tmp/prod.yaml" "$tmp/prod-plain.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+for d in docs:
+    if d["kind"] == "Deployment" and d["metadata"]["name"] == "event":
+        c = d["spec"]["template"]["spec"]["containers"][0]
+        c["env"] = [e for e in c["env"] if e["name"] != "TLS_CA"]
+    if d["kind"] == "Deployment" and d["metadata"]["name"] == "account":
+        c = d["spec"]["template"]["spec"]["containers"][0]
+        c["readinessProbe"]["httpGet"]["port"] = "http"
+yaml.safe_dump_all(docs, open(sys.argv[2], "w"))
+PY
+if "$K8S/policy-check" --no-secrets --db-tls --inner-tls "$tmp/prod-plain.yaml" >"$tmp/prod-plain.out"; then
+  fail "policy-check passed a prod render with a service without mutual TLS"
+fi
+for e in "Deployment/event: container event: no TLS_CA (mutual TLS between our processes)" \
+  "Deployment/account: container account: readinessProbe on port 7002, which takes only mutual TLS clients (plain: 7012)"; do
+  grep -qF "$e" "$tmp/prod-plain.out" || { cat "$tmp/prod-plain.out"; fail "policy-check did not report: $e"; }
+done
+echo "policy-check catches a service without mutual TLS and a probe on its TLS port in the prod render"
 echo "manifests: ok"

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "bus.h"
+#include "tls.h"
 
 typedef struct opts {
   const char *cmd;
@@ -70,7 +71,18 @@ static void usage(FILE *f) {
           "(default 0: never); --headers prints each delivery's headers after it, one\n"
           "tab-indented NAME=VALUE line each. --id publishes with that event id (every\n"
           "publish: duplicates on purpose), --header adds a header. Host and port\n"
-          "default to $BUSD_HOST and $BUSD_PORT, else 127.0.0.1:7400.\n");
+          "default to $BUSD_HOST and $BUSD_PORT, else 127.0.0.1:7400. With $TLS_CA\n"
+          "(the platform CA), $TLS_CERT and $TLS_KEY it speaks mutual TLS to busd,\n"
+          "which must show a certificate for the name busd.\n");
+}
+
+/* With TLS_CA: the client side of mutual TLS to busd. */
+static int tls_client(wire_tls_creds_t **creds, wire_tls_filter_t **out) {
+  const char *ca = getenv("TLS_CA");
+  if (ca == NULL || ca[0] == '\0') return 0;
+  int rc = wire_tls_creds_load(creds, ca, getenv("TLS_CERT"), getenv("TLS_KEY"));
+  if (rc == 0) rc = wire_tls_client_create(out, *creds, "busd", 1);
+  return rc;
 }
 
 static int hexval(char c) {
@@ -299,7 +311,11 @@ int main(int argc, char **argv) {
   cfg.confirm_arg = &s;
   cfg.on_state = on_state;
   cfg.state_arg = &s;
-  rc = bus_client_create(&s.client, s.loop, &cfg);
+  wire_tls_creds_t *creds = NULL;
+  wire_tls_filter_t *tls = NULL;
+  rc = tls_client(&creds, &tls);
+  if (tls != NULL) cfg.filter = wire_tls_filter_http(tls);
+  if (rc == 0) rc = bus_client_create(&s.client, s.loop, &cfg);
   if (rc == 0 && !pub) {
     rc = bus_subscribe(s.client, s.o.topic, s.o.group, s.o.max, on_deliver, &s);
     if (rc > 0) rc = 0;
@@ -325,6 +341,8 @@ int main(int argc, char **argv) {
   rt_timer_start(s.loop, &stop, 100, 0);
   rt_loop_run(s.loop);
   rt_loop_destroy(s.loop);
+  wire_tls_filter_destroy(tls);
+  wire_tls_creds_free(creds);
   free(s.payload);
   return pub && s.failed > 0 ? 1 : 0;
 }

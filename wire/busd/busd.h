@@ -29,6 +29,7 @@
 #include "bus.h"
 #include "http.h"
 #include "rt.h"
+#include "tls.h"
 
 /* ------------------------------------------------------------------------ */
 /* Configuration                                                            */
@@ -66,6 +67,9 @@ typedef struct busd_config {
   uint32_t commit_interval_ms;  /* how often committed offsets are stored */
   uint32_t idle_timeout_ms;     /* a silent connection is closed */
   uint32_t drain_ms;            /* graceful shutdown deadline */
+  const char *tls_ca;           /* TLS_CA: mutual TLS on the bus port; NULL: plain */
+  const char *tls_cert;         /* TLS_CERT, TLS_KEY: busd's own pair */
+  const char *tls_key;
   rt_log_level_t log_level;
 } busd_config_t;
 
@@ -741,6 +745,9 @@ struct busd_conn {
   bus_decoder_t dec;
   bus_buf_t out;           /* frames waiting to be sent */
   bus_buf_t sending;       /* the buffer the kernel is reading */
+  void *tls;               /* the TLS filter's state, with TLS_CA; else NULL */
+  http_buf_t tls_plain;    /* what one recv decrypted to */
+  http_buf_t tls_wire;     /* records waiting to go into `sending` */
   bool hello;
   bool eof;
   bool overflow;           /* output cap hit: closed at the next flush */
@@ -820,12 +827,15 @@ typedef struct busd_stats {
   uint64_t conns_accepted;
   uint64_t conns_rejected;
   uint64_t proto_errors;
+  uint64_t tls_failed;     /* TLS refused (no or foreign certificate) or failed */
   uint64_t batches;        /* group commits */
   uint64_t batch_records;  /* records in them */
 } busd_stats_t;
 
 struct busd {
   busd_config_t cfg;
+  wire_tls_creds_t *tls_creds;   /* with TLS_CA */
+  wire_tls_filter_t *tls;        /* server side, under every connection */
   uint32_t rec_bytes_max;  /* frame_bytes_max + record header */
   rt_loop_t *loop;
   busd_io_t io;

@@ -69,6 +69,8 @@ static const struct counter_def {
     {"busd_connections_accepted_total", "Connections accepted.", S(conns_accepted)},
     {"busd_connections_rejected_total", "Connections refused over the limit.", S(conns_rejected)},
     {"busd_protocol_errors_total", "Connections closed for a protocol error.", S(proto_errors)},
+    {"busd_tls_failed_total", "Connections closed by TLS: peer refused, or a bad record.",
+     S(tls_failed)},
 };
 #undef S
 

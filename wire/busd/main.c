@@ -58,6 +58,11 @@ static void usage(FILE *f) {
           "  BUSD_COMMIT_INTERVAL_MS    how often offsets are stored   (200ms)\n"
           "  BUSD_IDLE_TIMEOUT_MS       close silent connections       (60s)\n"
           "  BUSD_DRAIN_MS              graceful shutdown deadline     (10s)\n"
+          "  TLS_CA                     the platform CA (PEM): the bus port then\n"
+          "                             takes only clients showing a certificate\n"
+          "                             it signed (mutual TLS)  (unset: plain TCP)\n"
+          "  TLS_CERT, TLS_KEY          busd's certificate and key, signed by TLS_CA\n"
+          "                             (required with it; the HTTP port stays plain)\n"
           "  LOG_LEVEL                  debug|info|warn|error          (info)\n"
           "\n"
           "Durations take ms, s or m suffixes. SIGTERM or SIGINT: stop accepting,\n"
@@ -98,6 +103,14 @@ int busd_config_load(busd_config_t *c) {
   rc |= rt_env_ms("BUSD_COMMIT_INTERVAL_MS", 200, &c->commit_interval_ms);
   rc |= rt_env_ms("BUSD_IDLE_TIMEOUT_MS", 60000, &c->idle_timeout_ms);
   rc |= rt_env_ms("BUSD_DRAIN_MS", 10000, &c->drain_ms);
+  c->tls_ca = rt_env_str("TLS_CA", NULL);
+  c->tls_cert = rt_env_str("TLS_CERT", NULL);
+  c->tls_key = rt_env_str("TLS_KEY", NULL);
+  if (c->tls_ca != NULL && c->tls_ca[0] == '\0') c->tls_ca = NULL;
+  if ((c->tls_ca != NULL) != (c->tls_cert != NULL) || (c->tls_cert != NULL) != (c->tls_key != NULL)) {
+    RT_ERROR("TLS_CA, TLS_CERT and TLS_KEY go together", RT_LF_BOOL("ca", c->tls_ca != NULL));
+    rc = RT_E_CONFIG;
+  }
   int level = rt_log_level_parse(rt_env_str("LOG_LEVEL", "info"));
   c->log_level = level < 0 ? RT_LOG_INFO : (rt_log_level_t)level;
   if (rc < 0) return RT_E_CONFIG;
@@ -149,6 +162,16 @@ static void log_config(const busd_config_t *c) {
           RT_LF_INT("window_max", c->window_max));
 }
 
+/* With TLS_CA: the server side of mutual TLS, one engine per connection. */
+static int tls_setup(busd_t *b) {
+  const busd_config_t *c = &b->cfg;
+  if (c->tls_ca == NULL) return 0;
+  int rc = wire_tls_creds_load(&b->tls_creds, c->tls_ca, c->tls_cert, c->tls_key);
+  if (rc == 0) rc = wire_tls_server_create(&b->tls, b->tls_creds, c->conns_max);
+  if (rc == 0) RT_INFO("bus port: mutual TLS", RT_LF_STR("ca", c->tls_ca));
+  return rc;
+}
+
 /* Only --help: everything else is configured from the environment. */
 static int parse_args(int argc, char **argv) {
   static const struct option opts[] = {
@@ -168,6 +191,8 @@ static void cleanup(busd_t *b) {
   http_server_destroy(b->http);
   b->http = NULL;
   busd_server_free(b);
+  wire_tls_filter_destroy(b->tls);
+  wire_tls_creds_free(b->tls_creds);
   busd_store_close(b);
   bus_buf_deinit(&b->dead_hdr);
 }
@@ -190,7 +215,8 @@ int main(int argc, char **argv) {
   bus_buf_init(&b->dead_hdr, 64u * 1024);
   rt_signals_block(); /* before the I/O threads, which inherit it */
   uint64_t t0 = rt_now_ns();
-  rc = busd_store_open(b);
+  rc = tls_setup(b);
+  if (rc == 0) rc = busd_store_open(b);
   b->stats.start_ms = (rt_now_ns() - t0) / 1000000u;
   if (rc == 0) rc = busd_io_start(&b->io, b);
   if (rc < 0) {

@@ -15,6 +15,14 @@
  * never done from inside a write: a connection whose output overflows is
  * marked and closed at the next flush, so delivery loops never see a
  * member disappear under them.
+ *
+ * With TLS (TLS_CA), each connection also holds the TLS filter's state
+ * (wire/tls.h, server side: the client must show a certificate of the
+ * platform CA). Received bytes are decrypted into `tls_plain` before the
+ * decoder sees them; at send time the frames gathered in `out` are sealed
+ * into records in `tls_wire`, together with what the handshake has to
+ * say, and those go to `sending`. A client the filter refuses gets the
+ * engine's alert, if any, and is closed: it never said a frame.
  */
 #include <assert.h>
 #include <errno.h>
@@ -30,6 +38,8 @@
 
 static void conn_close(busd_conn_t *c);
 static void conn_send(busd_conn_t *c);
+static void conn_linger(busd_conn_t *c);
+static void conn_on_bytes(busd_conn_t *c, const uint8_t *data, size_t len);
 
 /* ------------------------------------------------------------------------ */
 /* Output                                                                   */
@@ -85,6 +95,58 @@ void busd_conns_flush(busd_t *b) {
   }
 }
 
+/* ------------------------------------------------------------------------ */
+/* TLS                                                                      */
+/* ------------------------------------------------------------------------ */
+
+static bool has_output(const busd_conn_t *c) { return c->out.len > 0 || c->tls_wire.len > 0; }
+
+/* Moves what is to be sent into `sending` (idle): the frames themselves,
+ * or with TLS their records. Returns 0, or an error after which the
+ * connection is to be closed. */
+static int take_output(busd_conn_t *c) {
+  assert(c->sending.len == 0);
+  if (c->tls == NULL) {
+    bus_buf_t t = c->sending;
+    c->sending = c->out;
+    c->out = t;
+    c->out.len = 0;
+    return 0;
+  }
+  const http_filter_t *f = wire_tls_filter_http(c->b->tls);
+  int rc = 0;
+  if (c->out.len > 0) rc = f->output(c->tls, (const char *)c->out.data, c->out.len, &c->tls_wire);
+  c->out.len = 0;
+  if (rc == 0) rc = bus_buf_append(&c->sending, c->tls_wire.data, c->tls_wire.len);
+  http_buf_reset(&c->tls_wire);
+  return rc;
+}
+
+static void tls_failed(busd_conn_t *c, int rc) {
+  RT_INFO("TLS refused or failed, closing", RT_LF_STR("client", c->name),
+          RT_LF_STR("error", rt_strerror(rc)));
+  c->b->stats.tls_failed++;
+  busd_group_conn_gone(c->b, c);
+  /* The engine's alert, when it made one, goes out before the close. */
+  c->state = BUSD_CONN_FLUSHING;
+  if (c->tls_wire.len > 0) flush_queue(c);
+  else conn_linger(c);
+}
+
+/* Decrypts what one recv brought and decodes its frames. */
+static void conn_on_records(busd_conn_t *c, const uint8_t *data, size_t len) {
+  const http_filter_t *f = wire_tls_filter_http(c->b->tls);
+  http_buf_reset(&c->tls_plain);
+  int rc = f->input(c->tls, (const char *)data, len, &c->tls_plain, &c->tls_wire);
+  if (c->tls_wire.len > 0) flush_queue(c); /* handshake replies */
+  if (rc < 0) {
+    tls_failed(c, rc);
+    return;
+  }
+  if (c->tls_plain.len > 0)
+    conn_on_bytes(c, (const uint8_t *)c->tls_plain.data, c->tls_plain.len);
+}
+
 static void conn_linger(busd_conn_t *c) {
   shutdown(c->fd, SHUT_WR);
   c->state = BUSD_CONN_LINGER;
@@ -99,7 +161,7 @@ static void conn_sent(rt_op_t *op, int res, uint32_t flags) {
   if (res < 0) {
     c->eof = true;
     conn_close(c);
-  } else if (c->out.len > 0) {
+  } else if (has_output(c)) {
     conn_send(c);
   } else if (c->state == BUSD_CONN_FLUSHING) {
     conn_linger(c);
@@ -111,11 +173,16 @@ static void conn_sent(rt_op_t *op, int res, uint32_t flags) {
 }
 
 static void conn_send(busd_conn_t *c) {
-  if (c->send_op.in_flight || c->out.len == 0 || c->state == BUSD_CONN_CLOSING) return;
-  bus_buf_t t = c->sending;
-  c->sending = c->out;
-  c->out = t;
-  c->out.len = 0;
+  if (c->send_op.in_flight || !has_output(c) || c->state == BUSD_CONN_CLOSING) return;
+  int rc = take_output(c);
+  if (rc < 0) {
+    RT_WARN("connection output not sealed, closing", RT_LF_STR("client", c->name),
+            RT_LF_STR("error", rt_strerror(rc)));
+    c->eof = true;
+    conn_close(c);
+    return;
+  }
+  if (c->sending.len == 0) return;
   rt_send(c->b->loop, &c->send_op, c->fd, c->sending.data, (uint32_t)c->sending.len, conn_sent,
           c);
 }
@@ -305,7 +372,11 @@ static void conn_recv(rt_op_t *op, int res, uint32_t flags) {
   busd_conn_t *c = op->ctx;
   busd_t *b = c->b;
   if (res > 0) {
-    if (c->state == BUSD_CONN_OPEN) conn_on_bytes(c, rt_recv_buffer(b->loop, flags), (size_t)res);
+    if (c->state == BUSD_CONN_OPEN && c->tls != NULL) {
+      conn_on_records(c, rt_recv_buffer(b->loop, flags), (size_t)res);
+    } else if (c->state == BUSD_CONN_OPEN) {
+      conn_on_bytes(c, rt_recv_buffer(b->loop, flags), (size_t)res);
+    }
     rt_recv_buffer_release(b->loop, flags);
   } else if (res != -ENOBUFS) {
     c->eof = true;
@@ -324,6 +395,16 @@ static void conn_recv(rt_op_t *op, int res, uint32_t flags) {
 /* Connection lifetime                                                      */
 /* ------------------------------------------------------------------------ */
 
+static void conn_free_bufs(busd_conn_t *c) {
+  if (c->tls != NULL) wire_tls_filter_http(c->b->tls)->free(c->tls);
+  c->tls = NULL;
+  http_buf_deinit(&c->tls_plain);
+  http_buf_deinit(&c->tls_wire);
+  bus_decoder_deinit(&c->dec);
+  bus_buf_deinit(&c->out);
+  bus_buf_deinit(&c->sending);
+}
+
 static void conn_closed(rt_op_t *op, int res, uint32_t flags) {
   busd_conn_t *c = op->ctx;
   busd_t *b = c->b;
@@ -335,9 +416,7 @@ static void conn_closed(rt_op_t *op, int res, uint32_t flags) {
     b->live = c->next;
   }
   if (c->next != NULL) c->next->prev = c->prev;
-  bus_decoder_deinit(&c->dec);
-  bus_buf_deinit(&c->out);
-  bus_buf_deinit(&c->sending);
+  conn_free_bufs(c);
   b->conns_count--;
   rt_pool_put(&b->conns, c);
   busd_after_event(b);
@@ -380,6 +459,20 @@ static void conn_start(busd_t *b, int fd) {
     b->stats.conns_rejected++;
     close(fd);
     return;
+  }
+  if (b->tls != NULL) {
+    const http_filter_t *f = wire_tls_filter_http(b->tls);
+    c->tls = f->open(f->ctx, fd);
+    if (c->tls == NULL) {
+      b->stats.conns_rejected++;
+      close(fd);
+      rt_pool_put(&b->conns, c);
+      return;
+    }
+    /* Records of a full output buffer, with their overhead. */
+    size_t wire_max = (size_t)b->cfg.out_bytes_max + b->cfg.out_bytes_max / 64 + 4096;
+    http_buf_init(&c->tls_plain, 0, 0);
+    http_buf_init(&c->tls_wire, 0, wire_max);
   }
   (void)rt_tcp_nodelay(fd); /* best effort: only latency depends on it */
   c->b = b;
@@ -463,7 +556,7 @@ void busd_server_close_all(busd_t *b, bool now) {
     /* Gone once their output is out, lingering so that it is read. */
     busd_group_conn_gone(b, c);
     c->state = BUSD_CONN_FLUSHING;
-    if (!c->send_op.in_flight && c->out.len == 0) {
+    if (!c->send_op.in_flight && !has_output(c)) {
       conn_linger(c);
     } else {
       flush_queue(c);
@@ -496,9 +589,7 @@ void busd_server_free(busd_t *b) {
     busd_conn_t *c = b->live;
     b->live = c->next;
     close(c->fd);
-    bus_decoder_deinit(&c->dec);
-    bus_buf_deinit(&c->out);
-    bus_buf_deinit(&c->sending);
+    conn_free_bufs(c);
     rt_pool_put(&b->conns, c);
   }
   if (b->listen_fd >= 0) close(b->listen_fd);

@@ -1,5 +1,5 @@
 /*
- * pem.c - reading certificates and keys: whole small files, and PEM
+ * tls_pem.c - reading certificates and keys: whole small files, and PEM
  * objects decoded to DER with BearSSL's streaming decoder.
  */
 #include <errno.h>
@@ -11,10 +11,9 @@
 
 #include <bearssl.h>
 
-#include "gw.h"
-#include "internal.h"
+#include "tls.h"
 
-int gw__read_file(const char *path, char **out, size_t *out_len) {
+int wire_tls_read_file(const char *path, char **out, size_t *out_len) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -errno;
   struct stat st;
@@ -23,7 +22,7 @@ int gw__read_file(const char *path, char **out, size_t *out_len) {
     close(fd);
     return rc;
   }
-  if (st.st_size < 0 || (uint64_t)st.st_size > GW__FILE_BYTES_MAX) {
+  if (st.st_size < 0 || (uint64_t)st.st_size > WIRE_TLS_FILE_BYTES_MAX) {
     close(fd);
     return -EFBIG;
   }
@@ -48,7 +47,7 @@ int gw__read_file(const char *path, char **out, size_t *out_len) {
 }
 
 static void der_append(void *ctx, const void *data, size_t len) {
-  gw__pem_obj_t *o = ctx;
+  wire_tls_pem_obj_t *o = ctx;
   if (o->failed) return;
   if (o->len + len > o->cap) {
     size_t cap = o->cap ? o->cap * 2 : 1024;
@@ -65,18 +64,18 @@ static void der_append(void *ctx, const void *data, size_t len) {
   o->len += len;
 }
 
-void gw__pem_free(gw__pem_obj_t *objs, size_t count) {
+void wire_tls_pem_free(wire_tls_pem_obj_t *objs, size_t count) {
   for (size_t i = 0; i < count; i++) {
     if (objs[i].der != NULL) explicit_bzero(objs[i].der, objs[i].cap);
     free(objs[i].der);
-    objs[i] = (gw__pem_obj_t){0};
+    objs[i] = (wire_tls_pem_obj_t){0};
   }
 }
 
 /* Feeds `len` bytes, handling events. Returns the objects completed so
  * far, or a negative error. */
 static int pem_feed(br_pem_decoder_context *pc, const char *text, size_t len,
-                    gw__pem_obj_t *objs, size_t max, size_t *n, bool *in_obj) {
+                    wire_tls_pem_obj_t *objs, size_t max, size_t *n, bool *in_obj) {
   /* Every turn consumes bytes or reports an event that a later turn
    * clears, so 2 * len + 2 turns are enough. */
   const size_t turns_max = 2 * len + 2;
@@ -86,8 +85,8 @@ static int pem_feed(br_pem_decoder_context *pc, const char *text, size_t len,
     len -= used;
     switch (br_pem_decoder_event(pc)) {
     case BR_PEM_BEGIN_OBJ:
-      if (*n == max) return GW_E_PEM;
-      objs[*n] = (gw__pem_obj_t){0};
+      if (*n == max) return WIRE_TLS_E_PEM;
+      objs[*n] = (wire_tls_pem_obj_t){0};
       snprintf(objs[*n].name, sizeof objs[*n].name, "%s", br_pem_decoder_name(pc));
       br_pem_decoder_setdest(pc, der_append, &objs[*n]);
       *in_obj = true;
@@ -98,16 +97,16 @@ static int pem_feed(br_pem_decoder_context *pc, const char *text, size_t len,
       *in_obj = false;
       break;
     case BR_PEM_ERROR:
-      return GW_E_PEM;
+      return WIRE_TLS_E_PEM;
     default:
       if (len == 0) return 0;
       break;
     }
   }
-  return GW_E_PEM;
+  return WIRE_TLS_E_PEM;
 }
 
-int gw__pem_decode(const char *text, size_t len, gw__pem_obj_t *objs, size_t max) {
+int wire_tls_pem_decode(const char *text, size_t len, wire_tls_pem_obj_t *objs, size_t max) {
   br_pem_decoder_context pc;
   br_pem_decoder_init(&pc);
   size_t n = 0;
@@ -115,9 +114,9 @@ int gw__pem_decode(const char *text, size_t len, gw__pem_obj_t *objs, size_t max
   int rc = pem_feed(&pc, text, len, objs, max, &n, &in_obj);
   /* The decoder needs a line end after the last END line to report it. */
   if (rc == 0) rc = pem_feed(&pc, "\n", 1, objs, max, &n, &in_obj);
-  if (rc == 0 && (in_obj || n == 0)) rc = GW_E_PEM;
+  if (rc == 0 && (in_obj || n == 0)) rc = WIRE_TLS_E_PEM;
   if (rc < 0) {
-    gw__pem_free(objs, n + (in_obj ? 1 : 0));
+    wire_tls_pem_free(objs, n + (in_obj ? 1 : 0));
     return rc;
   }
   return (int)n;
