@@ -623,12 +623,6 @@ void svc_emit_prepare(svc_emit_t *e, svc_event_type_t type, const svc_trace_t *t
 int svc_emit(rt_pg_batch_t *b, svc_event_type_t type, const char *key,
              const char *payload_json, const svc_trace_t *trace);
 
-/* A transaction of thread th that wrote outbox rows committed: when the
- * outbox relay runs on th, it scans for them now instead of at the
- * database's notification, which costs the listener's wake-up on the way
- * to the bus. Optional: the notification finds every row anyway. */
-void svc_outbox_kick(svc_thread_t *th);
-
 /* For an event written only when a guard matched: the service's statement
  * inserts the row from its own CTE, with this fragment (ID, TOPIC and
  * HEADERS are parameter numbers as text, given e->id, e->topic and

@@ -260,9 +260,6 @@ static void consume_done(rt_pg_batch_t *b, int err, void *ctx) {
       RT_DEBUG("event applied", RT_LF_STR("type", x->ev.def->topic), RT_LF_STR("event", x->ev.id),
                RT_LF_INT("attempt", x->ev.attempt));
     }
-    /* Its events are in the outbox: on their way without waiting for
-     * the NOTIFY. */
-    if (r != SVC_ABSORBED) svc_relay_kick(x->c->th->relay);
     svc_fault("consume_before_ack");
     answer(x, true, NULL);
   }

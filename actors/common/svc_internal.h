@@ -200,11 +200,6 @@ int svc_relay_create(svc_relay_t **out, svc_thread_t *th, const svc_bus_config_t
 /* Stops scanning (drain begins); batches in flight finish. */
 void svc_relay_stop(svc_relay_t *r);
 
-/* Scans now: a transaction of the relay's thread that may have written
- * outbox rows committed, so its rows need not wait for the database's
- * notification. NULL is fine. */
-void svc_relay_kick(svc_relay_t *r);
-
 /* After the pool closed: closes the bus transport. */
 void svc_relay_close(svc_relay_t *r);
 

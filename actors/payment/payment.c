@@ -237,7 +237,6 @@ static void create_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
   const char *body = NULL;
   svc_idem_result_t r = svc_idem_outcome(b, &st->idem, &status, &body);
   if (r == SVC_IDEM_NEW && status == 202) {
-    svc_outbox_kick(req->th);
     RT_INFO("payment requested", RT_LF_STR("payment", st->id), RT_LF_STR("amount", st->amount),
             RT_LF_STR("currency", st->currency));
   }
