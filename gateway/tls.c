@@ -340,19 +340,6 @@ static int choose_ec(gw_tls_t *t, bool bearssl) {
   return 0;
 }
 
-/* The fastest constant-time record ciphers this CPU runs, as BearSSL's
- * default setters would pick them, but once. */
-static void choose_records(gw_tls_t *t) {
-  t->aes_ctr = br_aes_x86ni_ctr_get_vtable();
-  if (t->aes_ctr == NULL) t->aes_ctr = &br_aes_ct64_ctr_vtable;
-  t->ghash = br_ghash_pclmul_get();
-  if (t->ghash == 0) t->ghash = br_ghash_ctmul64;
-  t->chacha20 = br_chacha20_sse2_get();
-  if (t->chacha20 == 0) t->chacha20 = br_chacha20_ct_run;
-  t->poly1305 = br_poly1305_ctmulq_get();
-  if (t->poly1305 == 0) t->poly1305 = br_poly1305_ctmul_run;
-}
-
 /* Copies the paths the reloads read again. */
 static int keep_paths(gw_tls_t *t, const gw_tls_config_t *cfg) {
   t->cert_path = strdup(cfg->cert_path);
@@ -385,7 +372,7 @@ int gw_tls_create(gw_tls_t **out, const gw_tls_config_t *cfg) {
     return rc;
   }
   t->handshake_timeout_ms = cfg->handshake_timeout_ms ? cfg->handshake_timeout_ms : 10000;
-  choose_records(t);
+  wire_tls_ciphers_choose(&t->ciphers);
   *out = t;
   return 0;
 }
@@ -422,28 +409,6 @@ const char *gw_tls_cert_sha256(const gw_tls_t *t) { return atomic_load(&t->creds
 const char *gw_tls_ec_desc(const gw_tls_t *t) { return t->ec_libcrypto ? "libcrypto" : "bearssl"; }
 
 gw_tls_stats_t *gw_tls_stats(gw_tls_t *t) { return &t->stats; }
-
-/* ------------------------------------------------------------------------ */
-/* Engine of one connection                                                 */
-/* ------------------------------------------------------------------------ */
-
-static void engine_crypto(const gw_tls_t *t, br_ssl_engine_context *eng) {
-  /* Hashes: the handshake transcript and PRFs of TLS 1.2 (SHA-256,
-   * SHA-384) and the signature hashes a client may ask for. No MD5, no
-   * SHA-1: they serve only TLS 1.0/1.1 and weak signatures. */
-  br_ssl_engine_set_hash(eng, br_sha256_ID, &br_sha256_vtable);
-  br_ssl_engine_set_hash(eng, br_sha384_ID, &br_sha384_vtable);
-  br_ssl_engine_set_hash(eng, br_sha512_ID, &br_sha512_vtable);
-  br_ssl_engine_set_prf_sha256(eng, &br_tls12_sha256_prf);
-  br_ssl_engine_set_prf_sha384(eng, &br_tls12_sha384_prf);
-  br_ssl_engine_set_gcm(eng, &br_sslrec_in_gcm_vtable, &br_sslrec_out_gcm_vtable);
-  br_ssl_engine_set_aes_ctr(eng, t->aes_ctr);
-  br_ssl_engine_set_ghash(eng, t->ghash);
-  br_ssl_engine_set_chapol(eng, &br_sslrec_in_chapol_vtable, &br_sslrec_out_chapol_vtable);
-  br_ssl_engine_set_chacha20(eng, t->chacha20);
-  br_ssl_engine_set_poly1305(eng, t->poly1305);
-  br_ssl_engine_set_ec(eng, t->ec);
-}
 
 /* ------------------------------------------------------------------------ */
 /* The policy: which chain a full handshake gets                            */
@@ -582,6 +547,10 @@ static const br_ssl_server_policy_class policy_class = {
     .do_sign = policy_sign,
 };
 
+/* ------------------------------------------------------------------------ */
+/* Engine of one connection                                                 */
+/* ------------------------------------------------------------------------ */
+
 /* The current set, with a reference for the caller. The mutex keeps a
  * reload from releasing the set between the load and the increment. */
 static gw__tls_creds_t *creds_acquire(gw_tls_t *t) {
@@ -598,7 +567,7 @@ int gw__tls_engine_init(gw_tls_t *t, gw_tls_conn_t *c) {
   br_ssl_server_zero(sc);
   br_ssl_engine_set_versions(eng, BR_TLS12, BR_TLS12);
   br_ssl_engine_set_suites(eng, suites, sizeof suites / sizeof suites[0]);
-  engine_crypto(t, eng);
+  wire_tls_engine_ciphers(eng, &t->ciphers, t->ec);
   assert(c->creds == NULL);
   c->creds = creds_acquire(t);
   c->policy = (gw__tls_policy_t){.vtable = &policy_class, .tls = t, .creds = c->creds};

@@ -250,16 +250,6 @@ static int call_end(gw_tls_conn_t *c, int rc) {
 /* Engine pumping                                                           */
 /* ------------------------------------------------------------------------ */
 
-/* Moves the records the engine wants to send into `wire`. */
-static int drain_records(br_ssl_engine_context *eng, http_buf_t *wire) {
-  size_t n = 0;
-  unsigned char *p = br_ssl_engine_sendrec_buf(eng, &n);
-  if (p == NULL || n == 0) return 0;
-  int rc = http_buf_append(wire, p, n);
-  if (rc == 0) br_ssl_engine_sendrec_ack(eng, n);
-  return rc;
-}
-
 /* The engine closed: cleanly (close_notify) or on an error. Either way the
  * connection ends; errors are counted. */
 static int engine_closed(gw_tls_conn_t *c) {
@@ -279,37 +269,13 @@ static void handshake_finished(gw_tls_conn_t *c) {
   if (c->resumed) atomic_fetch_add_explicit(&st->resumed, 1, memory_order_relaxed);
 }
 
-/* Runs the engine over `len` bytes of ciphertext. */
+/* Runs the engine over `len` bytes of ciphertext (wire/tls's pump). */
 static int engine_input(gw_tls_conn_t *c, const char *data, size_t len, http_buf_t *plain,
                         http_buf_t *wire) {
-  br_ssl_engine_context *eng = &c->sc.eng;
-  size_t off = 0;
-  int rc = 0;
-  /* Each turn moves bytes somewhere, or the loop ends: the bound is the
-   * bytes in plus the records and plaintext they can turn into. */
-  for (size_t turns = 0; turns < 2 * len + 64 && rc == 0; turns++) {
-    unsigned st = br_ssl_engine_current_state(eng);
-    if (st & BR_SSL_CLOSED) return engine_closed(c);
-    if (!c->handshake_done && (st & BR_SSL_SENDAPP)) handshake_finished(c);
-    if (st & BR_SSL_SENDREC) {
-      rc = drain_records(eng, wire);
-    } else if (st & BR_SSL_RECVAPP) {
-      size_t n = 0;
-      unsigned char *p = br_ssl_engine_recvapp_buf(eng, &n);
-      rc = http_buf_append(plain, p, n);
-      if (rc == 0) br_ssl_engine_recvapp_ack(eng, n);
-    } else if ((st & BR_SSL_RECVREC) && off < len) {
-      size_t n = 0;
-      unsigned char *p = br_ssl_engine_recvrec_buf(eng, &n);
-      size_t m = len - off < n ? len - off : n;
-      memcpy(p, data + off, m);
-      br_ssl_engine_recvrec_ack(eng, m);
-      off += m;
-    } else {
-      break;
-    }
-  }
-  return rc;
+  bool sendapp_seen = false;
+  int rc = wire_tls_engine_input(&c->sc.eng, data, len, plain, wire, &sendapp_seen);
+  if (sendapp_seen && !c->handshake_done) handshake_finished(c);
+  return rc == WIRE_TLS_CLOSED ? engine_closed(c) : rc;
 }
 
 static int tls_input(void *state, const char *data, size_t len, http_buf_t *plain,
@@ -342,28 +308,9 @@ typedef struct sink_ctx {
  * application buffer fills. */
 static int engine_sink(void *ctx, const char *data, size_t len) {
   sink_ctx_t *s = ctx;
-  br_ssl_engine_context *eng = &s->conn->sc.eng;
-  int rc = 0;
-  const size_t turns_max = 2 * len + 64; /* each turn moves bytes */
-  for (size_t turns = 0; len > 0 && rc == 0; turns++) {
-    if (turns == turns_max) return GW_E_TLS;
-    unsigned st = br_ssl_engine_current_state(eng);
-    if (st & BR_SSL_CLOSED) return engine_closed(s->conn);
-    if (st & BR_SSL_SENDREC) {
-      rc = drain_records(eng, s->wire);
-    } else if (st & BR_SSL_SENDAPP) {
-      size_t n = 0;
-      unsigned char *p = br_ssl_engine_sendapp_buf(eng, &n);
-      size_t m = len < n ? len : n;
-      memcpy(p, data, m);
-      br_ssl_engine_sendapp_ack(eng, m);
-      data += m;
-      len -= m;
-    } else {
-      return GW_E_TLS; /* no handshake yet: nothing may be sent */
-    }
-  }
-  return rc;
+  int rc = wire_tls_engine_push(&s->conn->sc.eng, data, len, s->wire);
+  if (rc == WIRE_TLS_CLOSED) return engine_closed(s->conn);
+  return rc == WIRE_TLS_E_ENGINE ? GW_E_TLS : rc; /* no handshake yet: nothing may be sent */
 }
 
 /* Pushes plaintext through the engine and drains every record it makes. */
@@ -372,12 +319,7 @@ static int engine_output(gw_tls_conn_t *c, const char *data, size_t len, http_bu
   int rc = gw_inject_push(&c->inject, data, len, engine_sink, &s);
   if (rc < 0) return rc;
   /* Send the partly filled record now rather than waiting for more. */
-  br_ssl_engine_flush(&c->sc.eng, 0);
-  for (int turns = 0; turns < 4 && rc == 0; turns++) {
-    if (!(br_ssl_engine_current_state(&c->sc.eng) & BR_SSL_SENDREC)) break;
-    rc = drain_records(&c->sc.eng, wire);
-  }
-  return rc;
+  return wire_tls_engine_flush(&c->sc.eng, wire);
 }
 
 static int tls_output(void *state, const char *data, size_t len, http_buf_t *wire) {

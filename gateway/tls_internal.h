@@ -107,13 +107,7 @@ struct gw_tls {
   br_rsa_pkcs1_sign rsa_sign;
   bool ec_libcrypto;      /* ec from libcrypto, and EC keys signed by it
                            * (tls_ec_openssl.c) */
-  /* Record ciphers, chosen once: BearSSL's "default" setters ask the CPU
-   * (cpuid) on every call, which costs a VM exit per connection in a
-   * virtual machine. */
-  const br_block_ctr_class *aes_ctr;
-  br_ghash ghash;
-  br_chacha20_run chacha20;
-  br_poly1305_run poly1305;
+  wire_tls_ciphers_t ciphers;   /* record ciphers, chosen once */
   char *inject_lines;           /* "Strict-Transport-Security: ...\r\n" */
   uint32_t handshake_timeout_ms;
   gw__session_cache_t cache;

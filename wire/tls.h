@@ -9,6 +9,8 @@
  *   files       small files, PEM objects (also what the gateway reads with)
  *   creds       the CA's anchors, and this process's chain and key
  *   filters     a server or a client side as an http_filter_t, per thread
+ *   engines     what every BearSSL filter of ours (the gateway's public one
+ *               too) does with its engine: ciphers, and the record pumps
  *
  * A filter is an http_filter_t: the HTTP server and client take it as it
  * is, and the bus (client and busd) call its four functions around their
@@ -22,6 +24,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <bearssl.h>
 
 #include "http.h"
 
@@ -131,5 +135,54 @@ void wire_tls_filter_counts(const wire_tls_filter_t *f, wire_tls_counts_t *out);
 
 /* Frees it; every connection using it must be closed. NULL is allowed. */
 void wire_tls_filter_destroy(wire_tls_filter_t *f);
+
+/* ------------------------------------------------------------------------ */
+/* Engines                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* The record ciphers' implementations, chosen once per process: BearSSL's
+ * "default" getters ask the CPU (cpuid) on every call, which costs a VM
+ * exit per connection in a virtual machine. */
+typedef struct wire_tls_ciphers {
+  const br_block_ctr_class *aes_ctr;
+  br_ghash ghash;
+  br_chacha20_run chacha20;
+  br_poly1305_run poly1305;
+} wire_tls_ciphers_t;
+
+/* Fills c with the fastest implementations this CPU has. */
+void wire_tls_ciphers_choose(wire_tls_ciphers_t *c);
+
+/* Sets TLS 1.2's hashes and PRFs, the AEAD record ciphers (AES-GCM and
+ * ChaCha20-Poly1305) with c's implementations, and ec for ECDHE. Versions,
+ * suites, signatures and certificates are the caller's. */
+void wire_tls_engine_ciphers(br_ssl_engine_context *eng, const wire_tls_ciphers_t *c,
+                             const br_ec_impl *ec);
+
+/* The pumps below return this when the engine has closed (close_notify,
+ * or an error: br_ssl_engine_last_error() says which). */
+#define WIRE_TLS_CLOSED 1
+
+/* Moves the records the engine wants to send into `wire`. Returns 0 or an
+ * http_buf error. */
+int wire_tls_engine_drain(br_ssl_engine_context *eng, http_buf_t *wire);
+
+/* Runs the engine over `len` bytes of ciphertext: decrypted bytes are
+ * appended to `plain`, records the engine answers with to `wire`.
+ * *sendapp_seen is set when the engine took application data at any turn
+ * (its handshake is done). Returns 0, WIRE_TLS_CLOSED, or an http_buf
+ * error. */
+int wire_tls_engine_input(br_ssl_engine_context *eng, const char *data, size_t len,
+                          http_buf_t *plain, http_buf_t *wire, bool *sendapp_seen);
+
+/* Pushes plaintext into the engine, moving full records to `wire` as its
+ * buffer fills (the last partial record stays: wire_tls_engine_flush()).
+ * Returns 0, WIRE_TLS_CLOSED, WIRE_TLS_E_ENGINE when the engine takes
+ * nothing (no handshake yet), or an http_buf error. */
+int wire_tls_engine_push(br_ssl_engine_context *eng, const char *data, size_t len,
+                         http_buf_t *wire);
+
+/* Sends the partly filled record now, and drains it to `wire`. */
+int wire_tls_engine_flush(br_ssl_engine_context *eng, http_buf_t *wire);
 
 #endif /* WIRE_TLS_H */

@@ -83,10 +83,7 @@ struct wire_tls_filter {
   br_rsa_pkcs1_sign rsa_sign;
   br_rsa_pkcs1_vrfy rsa_vrfy;
   br_rsa_private rsa_private;
-  const br_block_ctr_class *aes_ctr;
-  br_ghash ghash;
-  br_chacha20_run chacha20;
-  br_poly1305_run poly1305;
+  wire_tls_ciphers_t ciphers;
 };
 
 static br_ssl_engine_context *eng_of(tls_conn_t *c) {
@@ -106,14 +103,7 @@ static void choose_impls(wire_tls_filter_t *f) {
   f->rsa_sign = br_rsa_pkcs1_sign_get_default();
   f->rsa_vrfy = br_rsa_pkcs1_vrfy_get_default();
   f->rsa_private = br_rsa_private_get_default();
-  f->aes_ctr = br_aes_x86ni_ctr_get_vtable();
-  if (f->aes_ctr == NULL) f->aes_ctr = &br_aes_ct64_ctr_vtable;
-  f->ghash = br_ghash_pclmul_get();
-  if (f->ghash == 0) f->ghash = br_ghash_ctmul64;
-  f->chacha20 = br_chacha20_sse2_get();
-  if (f->chacha20 == 0) f->chacha20 = br_chacha20_ct_run;
-  f->poly1305 = br_poly1305_ctmulq_get();
-  if (f->poly1305 == 0) f->poly1305 = br_poly1305_ctmul_run;
+  wire_tls_ciphers_choose(&f->ciphers);
 }
 
 /* The profile both sides share: versions, suites, hashes, ciphers, and
@@ -121,18 +111,7 @@ static void choose_impls(wire_tls_filter_t *f) {
 static void engine_profile(const wire_tls_filter_t *f, br_ssl_engine_context *eng) {
   br_ssl_engine_set_versions(eng, BR_TLS12, BR_TLS12);
   br_ssl_engine_set_suites(eng, suites, sizeof suites / sizeof suites[0]);
-  br_ssl_engine_set_hash(eng, br_sha256_ID, &br_sha256_vtable);
-  br_ssl_engine_set_hash(eng, br_sha384_ID, &br_sha384_vtable);
-  br_ssl_engine_set_hash(eng, br_sha512_ID, &br_sha512_vtable);
-  br_ssl_engine_set_prf_sha256(eng, &br_tls12_sha256_prf);
-  br_ssl_engine_set_prf_sha384(eng, &br_tls12_sha384_prf);
-  br_ssl_engine_set_gcm(eng, &br_sslrec_in_gcm_vtable, &br_sslrec_out_gcm_vtable);
-  br_ssl_engine_set_aes_ctr(eng, f->aes_ctr);
-  br_ssl_engine_set_ghash(eng, f->ghash);
-  br_ssl_engine_set_chapol(eng, &br_sslrec_in_chapol_vtable, &br_sslrec_out_chapol_vtable);
-  br_ssl_engine_set_chacha20(eng, f->chacha20);
-  br_ssl_engine_set_poly1305(eng, f->poly1305);
-  br_ssl_engine_set_ec(eng, f->ec);
+  wire_tls_engine_ciphers(eng, &f->ciphers, f->ec);
   br_ssl_engine_set_ecdsa(eng, f->ecdsa_vrfy);
   br_ssl_engine_set_rsavrfy(eng, f->rsa_vrfy);
   br_ssl_engine_add_flags(eng, BR_OPT_NO_RENEGOTIATION);
@@ -194,16 +173,6 @@ static bool client_reset(const wire_tls_filter_t *f, tls_conn_t *c) {
 /* Engine pumping                                                           */
 /* ------------------------------------------------------------------------ */
 
-/* Moves the records the engine wants to send into `wire`. */
-static int drain_records(br_ssl_engine_context *eng, http_buf_t *wire) {
-  size_t n = 0;
-  unsigned char *p = br_ssl_engine_sendrec_buf(eng, &n);
-  if (p == NULL || n == 0) return 0;
-  int rc = http_buf_append(wire, p, n);
-  if (rc == 0) br_ssl_engine_sendrec_ack(eng, n);
-  return rc;
-}
-
 /* The engine closed: cleanly (close_notify) or on an error, a refused
  * peer included. Either way the connection ends; errors are counted. */
 static int engine_closed(tls_conn_t *c) {
@@ -221,34 +190,10 @@ static int engine_closed(tls_conn_t *c) {
 /* Pushes plaintext into the engine, records out as they fill, then the
  * last partial record. */
 static int push_plain(tls_conn_t *c, const char *data, size_t len, http_buf_t *wire) {
-  br_ssl_engine_context *eng = eng_of(c);
-  const size_t turns_max = 2 * len + 64; /* each turn moves bytes */
-  int rc = 0;
-  for (size_t turns = 0; len > 0 && rc == 0; turns++) {
-    if (turns == turns_max) return WIRE_TLS_E_ENGINE;
-    unsigned st = br_ssl_engine_current_state(eng);
-    if (st & BR_SSL_CLOSED) return engine_closed(c);
-    if (st & BR_SSL_SENDREC) {
-      rc = drain_records(eng, wire);
-    } else if (st & BR_SSL_SENDAPP) {
-      size_t n = 0;
-      unsigned char *p = br_ssl_engine_sendapp_buf(eng, &n);
-      size_t m = len < n ? len : n;
-      memcpy(p, data, m);
-      br_ssl_engine_sendapp_ack(eng, m);
-      data += m;
-      len -= m;
-    } else {
-      return WIRE_TLS_E_ENGINE; /* neither sends nor takes: stuck */
-    }
-  }
+  int rc = wire_tls_engine_push(eng_of(c), data, len, wire);
+  if (rc == WIRE_TLS_CLOSED) return engine_closed(c);
   if (rc < 0) return rc;
-  br_ssl_engine_flush(eng, 0);
-  for (int turns = 0; turns < 4 && rc == 0; turns++) {
-    if (!(br_ssl_engine_current_state(eng) & BR_SSL_SENDREC)) break;
-    rc = drain_records(eng, wire);
-  }
-  return rc;
+  return wire_tls_engine_flush(eng_of(c), wire);
 }
 
 /* Once the engine takes application data the handshake is done, and what
@@ -268,33 +213,9 @@ static int maybe_handshake_done(tls_conn_t *c, http_buf_t *wire) {
 /* Runs the engine over `len` bytes of ciphertext. */
 static int pump_input(tls_conn_t *c, const char *data, size_t len, http_buf_t *plain,
                       http_buf_t *wire) {
-  br_ssl_engine_context *eng = eng_of(c);
-  size_t off = 0;
-  int rc = 0;
-  /* Each turn moves bytes somewhere, or the loop ends: the bound is the
-   * bytes in plus the records and plaintext they can turn into. */
-  for (size_t turns = 0; turns < 2 * len + 64 && rc == 0; turns++) {
-    unsigned st = br_ssl_engine_current_state(eng);
-    if (st & BR_SSL_CLOSED) return engine_closed(c);
-    if (st & BR_SSL_SENDREC) {
-      rc = drain_records(eng, wire);
-    } else if (st & BR_SSL_RECVAPP) {
-      size_t n = 0;
-      unsigned char *p = br_ssl_engine_recvapp_buf(eng, &n);
-      rc = http_buf_append(plain, p, n);
-      if (rc == 0) br_ssl_engine_recvapp_ack(eng, n);
-    } else if ((st & BR_SSL_RECVREC) && off < len) {
-      size_t n = 0;
-      unsigned char *p = br_ssl_engine_recvrec_buf(eng, &n);
-      size_t m = len - off < n ? len - off : n;
-      memcpy(p, data + off, m);
-      br_ssl_engine_recvrec_ack(eng, m);
-      off += m;
-    } else {
-      break;
-    }
-  }
-  return rc;
+  bool sendapp_seen = false; /* maybe_handshake_done() asks the engine itself */
+  int rc = wire_tls_engine_input(eng_of(c), data, len, plain, wire, &sendapp_seen);
+  return rc == WIRE_TLS_CLOSED ? engine_closed(c) : rc;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -318,7 +239,7 @@ static int tls_output(void *state, const char *data, size_t len, http_buf_t *wir
   if (len == 0) {
     /* The client's first flight: the ClientHello. */
     if (br_ssl_engine_current_state(eng_of(c)) & BR_SSL_CLOSED) return engine_closed(c);
-    return drain_records(eng_of(c), wire);
+    return wire_tls_engine_drain(eng_of(c), wire);
   }
   if (!c->handshake_done) return http_buf_append(&c->held, data, len);
   return push_plain(c, data, len, wire);
