@@ -97,6 +97,18 @@ int bus_buf_append(bus_buf_t *b, const void *data, size_t n);
 /* Drops the first n bytes, moving the rest to the front. */
 void bus_buf_consume(bus_buf_t *b, size_t n);
 
+struct http_filter;
+struct http_buf;
+
+/* A connection's next send, into `sending` (empty, no send in flight):
+ * without a filter the frames of `out` themselves (the two buffers swap);
+ * with one, `wire` (records the filter made already, a handshake's) and
+ * then the encoding of `out` by filter->output(state). `out` and `wire`
+ * are left empty. Returns 0, or an error after which the connection is to
+ * be closed. */
+int bus_buf_take_output(bus_buf_t *out, bus_buf_t *sending, const struct http_filter *filter,
+                        void *state, struct http_buf *wire);
+
 /* ------------------------------------------------------------------------ */
 /* Frames                                                                   */
 /* ------------------------------------------------------------------------ */

@@ -306,31 +306,11 @@ static void sent_cb(rt_op_t *op, int res, uint32_t flags) {
   conn_send(c);
 }
 
-/* Moves what is to be sent into `sending` (idle): the frames themselves,
- * or with a filter their records, after whatever the handshake has to
- * say. Returns 0 or an error (the connection is then to be dropped). */
-static int take_output(bus_client_t *c) {
-  assert(c->sending.len == 0);
-  if (c->tls == NULL) {
-    bus_buf_t t = c->sending;
-    c->sending = c->out;
-    c->out = t;
-    c->out.len = 0;
-    return 0;
-  }
-  int rc = 0;
-  if (c->out.len > 0)
-    rc = c->cfg.filter->output(c->tls, (const char *)c->out.data, c->out.len, &c->tls_wire);
-  c->out.len = 0;
-  if (rc == 0) rc = bus_buf_append(&c->sending, c->tls_wire.data, c->tls_wire.len);
-  http_buf_reset(&c->tls_wire);
-  return rc;
-}
-
 static void conn_send(bus_client_t *c) {
   if (c->send_op.in_flight || (c->out.len == 0 && c->tls_wire.len == 0)) return;
   if (c->state != ST_UP && c->state != ST_HELLO_WAIT) return;
-  int rc = take_output(c);
+  const http_filter_t *filter = c->tls != NULL ? c->cfg.filter : NULL;
+  int rc = bus_buf_take_output(&c->out, &c->sending, filter, c->tls, &c->tls_wire);
   if (rc < 0) {
     RT_WARN("bus output not sealed", RT_LF_STR("error", rt_strerror(rc)));
     conn_drop(c);

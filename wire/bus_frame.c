@@ -13,6 +13,7 @@
  * never more than the frame limit. What is inside the body is the strict
  * reader's business (bus_proto.c).
  */
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@
 #include <time.h>
 
 #include "bus.h"
+#include "http.h"
 
 /* A partial-frame buffer above this size is freed once its frame is done,
  * so an idle connection does not keep a large frame's memory. */
@@ -114,6 +116,24 @@ void bus_buf_consume(bus_buf_t *b, size_t n) {
   }
   memmove(b->data, b->data + n, b->len - n);
   b->len -= n;
+}
+
+int bus_buf_take_output(bus_buf_t *out, bus_buf_t *sending, const struct http_filter *filter,
+                        void *state, struct http_buf *wire) {
+  assert(sending->len == 0);
+  if (filter == NULL) {
+    bus_buf_t t = *sending;
+    *sending = *out;
+    *out = t;
+    out->len = 0;
+    return 0;
+  }
+  int rc = 0;
+  if (out->len > 0) rc = filter->output(state, (const char *)out->data, out->len, wire);
+  out->len = 0;
+  if (rc == 0) rc = bus_buf_append(sending, wire->data, wire->len);
+  http_buf_reset(wire);
+  return rc;
 }
 
 /* ------------------------------------------------------------------------ */

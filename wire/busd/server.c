@@ -101,27 +101,6 @@ void busd_conns_flush(busd_t *b) {
 
 static bool has_output(const busd_conn_t *c) { return c->out.len > 0 || c->tls_wire.len > 0; }
 
-/* Moves what is to be sent into `sending` (idle): the frames themselves,
- * or with TLS their records. Returns 0, or an error after which the
- * connection is to be closed. */
-static int take_output(busd_conn_t *c) {
-  assert(c->sending.len == 0);
-  if (c->tls == NULL) {
-    bus_buf_t t = c->sending;
-    c->sending = c->out;
-    c->out = t;
-    c->out.len = 0;
-    return 0;
-  }
-  const http_filter_t *f = wire_tls_filter_http(c->b->tls);
-  int rc = 0;
-  if (c->out.len > 0) rc = f->output(c->tls, (const char *)c->out.data, c->out.len, &c->tls_wire);
-  c->out.len = 0;
-  if (rc == 0) rc = bus_buf_append(&c->sending, c->tls_wire.data, c->tls_wire.len);
-  http_buf_reset(&c->tls_wire);
-  return rc;
-}
-
 static void tls_failed(busd_conn_t *c, int rc) {
   RT_INFO("TLS refused or failed, closing", RT_LF_STR("client", c->name),
           RT_LF_STR("error", rt_strerror(rc)));
@@ -174,7 +153,8 @@ static void conn_sent(rt_op_t *op, int res, uint32_t flags) {
 
 static void conn_send(busd_conn_t *c) {
   if (c->send_op.in_flight || !has_output(c) || c->state == BUSD_CONN_CLOSING) return;
-  int rc = take_output(c);
+  const http_filter_t *filter = c->tls != NULL ? wire_tls_filter_http(c->b->tls) : NULL;
+  int rc = bus_buf_take_output(&c->out, &c->sending, filter, c->tls, &c->tls_wire);
   if (rc < 0) {
     RT_WARN("connection output not sealed, closing", RT_LF_STR("client", c->name),
             RT_LF_STR("error", rt_strerror(rc)));
