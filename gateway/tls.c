@@ -119,51 +119,13 @@ static void cache_deinit(gw__session_cache_t *c) {
 /* Certificate chains and keys                                              */
 /* ------------------------------------------------------------------------ */
 
-static int load_chain(gw__tls_pair_t *t, const char *path) {
-  char *text = NULL;
-  size_t len = 0;
-  int rc = gw__read_file(path, &text, &len);
-  if (rc < 0) return rc;
-  rc = gw__pem_decode(text, len, t->cert_objs, GW__PEM_OBJS_MAX);
-  free(text);
-  if (rc < 0) return rc;
-  t->cert_objs_count = (size_t)rc;
-  for (size_t i = 0; i < t->cert_objs_count && t->chain_len < GW__TLS_CHAIN_MAX; i++) {
-    if (strcmp(t->cert_objs[i].name, "CERTIFICATE") != 0) continue;
-    t->chain[t->chain_len].data = t->cert_objs[i].der;
-    t->chain[t->chain_len].data_len = t->cert_objs[i].len;
-    t->chain_len++;
-  }
-  return t->chain_len > 0 ? 0 : GW_E_PEM;
-}
-
-static bool is_key_label(const char *name) {
-  return strcmp(name, "EC PRIVATE KEY") == 0 || strcmp(name, "RSA PRIVATE KEY") == 0 ||
-         strcmp(name, "PRIVATE KEY") == 0;
-}
-
-static int load_key(gw__tls_pair_t *t, const char *path) {
-  char *text = NULL;
-  size_t len = 0;
-  int rc = gw__read_file(path, &text, &len);
-  if (rc < 0) return rc;
-  gw__pem_obj_t objs[GW__PEM_OBJS_MAX];
-  rc = gw__pem_decode(text, len, objs, GW__PEM_OBJS_MAX);
-  explicit_bzero(text, len);
-  free(text);
-  if (rc < 0) return rc;
-  size_t n = (size_t)rc;
-  rc = GW_E_PEM;
-  for (size_t i = 0; i < n; i++) {
-    if (!is_key_label(objs[i].name)) continue;
-    br_skey_decoder_init(&t->skey);
-    br_skey_decoder_push(&t->skey, objs[i].der, objs[i].len);
-    rc = br_skey_decoder_last_error(&t->skey) == 0 ? 0 : GW_E_PEM;
-    break;
-  }
-  gw__pem_free(objs, n);
+/* A chain and its key (wire/tls.h), with the gateway's code for bad PEM. */
+static int load_chain_key(gw__tls_pair_t *t, const char *cert_path, const char *key_path) {
+  int rc = wire_tls_chain_load(cert_path, t->cert_objs, &t->cert_objs_count, t->chain,
+                               GW__TLS_CHAIN_MAX, &t->chain_len);
+  if (rc == 0) rc = wire_tls_key_load(key_path, &t->skey);
   if (rc == 0) t->key_type = br_skey_decoder_key_type(&t->skey);
-  return rc;
+  return rc == WIRE_TLS_E_PEM ? GW_E_PEM : rc;
 }
 
 /* The leaf's public key must be the one of our private key, of a type and
@@ -227,8 +189,7 @@ static int pair_fast_key(const gw_tls_t *tls, gw__tls_pair_t *t) {
 /* Reads a chain and its key into t (zeroed); checks they belong together. */
 static int pair_load(const gw_tls_t *tls, gw__tls_pair_t *t, const char *cert_path,
                      const char *key_path) {
-  int rc = load_chain(t, cert_path);
-  if (rc == 0) rc = load_key(t, key_path);
+  int rc = load_chain_key(t, cert_path, key_path);
   if (rc == 0) rc = check_pair(t);
   if (rc == 0) rc = pair_fast_key(tls, t);
   if (rc < 0) {

@@ -141,22 +141,25 @@ static int load_anchors(wire_tls_creds_t *k, const char *path) {
 /* Chain and key                                                            */
 /* ------------------------------------------------------------------------ */
 
-static int load_chain(wire_tls_creds_t *k, const char *path) {
+int wire_tls_chain_load(const char *path, wire_tls_pem_obj_t *objs, size_t *objs_count,
+                        br_x509_certificate *chain, size_t chain_max, size_t *chain_len) {
   char *text = NULL;
   size_t len = 0;
+  *objs_count = 0;
+  *chain_len = 0;
   int rc = wire_tls_read_file(path, &text, &len);
   if (rc < 0) return rc;
-  rc = wire_tls_pem_decode(text, len, k->cert_objs, WIRE_TLS_PEM_OBJS_MAX);
+  rc = wire_tls_pem_decode(text, len, objs, WIRE_TLS_PEM_OBJS_MAX);
   free(text);
   if (rc < 0) return rc;
-  k->cert_objs_count = (size_t)rc;
-  for (size_t i = 0; i < k->cert_objs_count && k->chain_len < WIRE_TLS_CHAIN_MAX; i++) {
-    if (strcmp(k->cert_objs[i].name, "CERTIFICATE") != 0) continue;
-    k->chain[k->chain_len].data = k->cert_objs[i].der;
-    k->chain[k->chain_len].data_len = k->cert_objs[i].len;
-    k->chain_len++;
+  *objs_count = (size_t)rc;
+  for (size_t i = 0; i < *objs_count && *chain_len < chain_max; i++) {
+    if (strcmp(objs[i].name, "CERTIFICATE") != 0) continue;
+    chain[*chain_len].data = objs[i].der;
+    chain[*chain_len].data_len = objs[i].len;
+    (*chain_len)++;
   }
-  return k->chain_len > 0 ? 0 : WIRE_TLS_E_PEM;
+  return *chain_len > 0 ? 0 : WIRE_TLS_E_PEM;
 }
 
 static bool is_key_label(const char *name) {
@@ -164,7 +167,7 @@ static bool is_key_label(const char *name) {
          strcmp(name, "PRIVATE KEY") == 0;
 }
 
-static int load_key(wire_tls_creds_t *k, const char *path) {
+int wire_tls_key_load(const char *path, br_skey_decoder_context *skey) {
   char *text = NULL;
   size_t len = 0;
   int rc = wire_tls_read_file(path, &text, &len);
@@ -178,13 +181,12 @@ static int load_key(wire_tls_creds_t *k, const char *path) {
   rc = WIRE_TLS_E_PEM;
   for (size_t i = 0; i < n; i++) {
     if (!is_key_label(objs[i].name)) continue;
-    br_skey_decoder_init(&k->skey);
-    br_skey_decoder_push(&k->skey, objs[i].der, objs[i].len);
-    rc = br_skey_decoder_last_error(&k->skey) == 0 ? 0 : WIRE_TLS_E_PEM;
+    br_skey_decoder_init(skey);
+    br_skey_decoder_push(skey, objs[i].der, objs[i].len);
+    rc = br_skey_decoder_last_error(skey) == 0 ? 0 : WIRE_TLS_E_PEM;
     break;
   }
   wire_tls_pem_free(objs, n);
-  if (rc == 0) k->key_type = br_skey_decoder_key_type(&k->skey);
   return rc;
 }
 
@@ -253,8 +255,10 @@ int wire_tls_creds_load(wire_tls_creds_t **out, const char *ca_path, const char 
   int rc = load_anchors(k, ca_path);
   if (rc < 0) log_failure("ca", ca_path, rc);
   if (rc == 0 && cert_path != NULL) {
-    rc = load_chain(k, cert_path);
-    if (rc == 0) rc = load_key(k, key_path);
+    rc = wire_tls_chain_load(cert_path, k->cert_objs, &k->cert_objs_count, k->chain,
+                             WIRE_TLS_CHAIN_MAX, &k->chain_len);
+    if (rc == 0) rc = wire_tls_key_load(key_path, &k->skey);
+    if (rc == 0) k->key_type = br_skey_decoder_key_type(&k->skey);
     if (rc == 0) rc = check_pair(k);
     if (rc < 0) log_failure("cert and key", cert_path, rc);
   }

@@ -74,6 +74,19 @@ int wire_tls_pem_decode(const char *text, size_t len, wire_tls_pem_obj_t *objs, 
 /* Frees the DER buffers of `count` objects (and wipes them: keys). */
 void wire_tls_pem_free(wire_tls_pem_obj_t *objs, size_t count);
 
+/* Reads the PEM file of a certificate chain, leaf first: its objects into
+ * objs (WIRE_TLS_PEM_OBJS_MAX; *objs_count of them, to free with
+ * wire_tls_pem_free() whatever the result) and, pointing into them, the
+ * CERTIFICATE ones into chain (at most chain_max). Returns 0,
+ * WIRE_TLS_E_PEM when it holds no certificate, or a read error. */
+int wire_tls_chain_load(const char *path, wire_tls_pem_obj_t *objs, size_t *objs_count,
+                        br_x509_certificate *chain, size_t chain_max, size_t *chain_len);
+
+/* Reads the first private key (EC, RSA or PKCS#8) of a PEM file into
+ * skey, which then holds its bytes; the file's text is wiped. Returns 0,
+ * WIRE_TLS_E_PEM when there is no usable key, or a read error. */
+int wire_tls_key_load(const char *path, br_skey_decoder_context *skey);
+
 /* ------------------------------------------------------------------------ */
 /* Credentials                                                              */
 /* ------------------------------------------------------------------------ */
