@@ -19,15 +19,6 @@
 
 #include "tls_internal.h"
 
-static const uint16_t suites[] = {
-    BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-    BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-    BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-    BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-    BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-    BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-};
-
 const char *gw__tls_suite_name(uint16_t suite) {
   switch (suite) {
   case BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256: return "ECDHE-ECDSA-AES128-GCM-SHA256";
@@ -134,33 +125,13 @@ static int check_pair(gw__tls_pair_t *t) {
   br_x509_decoder_context dc;
   br_x509_decoder_init(&dc, NULL, NULL);
   br_x509_decoder_push(&dc, t->chain[0].data, t->chain[0].data_len);
-  const br_x509_pkey *pk = br_x509_decoder_get_pkey(&dc);
-  if (pk == NULL || pk->key_type != t->key_type) return GW_E_KEY;
+  if (wire_tls_key_matches(br_x509_decoder_get_pkey(&dc), &t->skey) < 0) return GW_E_KEY;
   if (t->key_type == BR_KEYTYPE_EC) {
-    const br_ec_private_key *sk = br_skey_decoder_get_ec(&t->skey);
-    unsigned char q[BR_EC_KBUF_PUB_MAX_SIZE];
-    if (sk->curve != BR_EC_secp256r1 || pk->key.ec.curve != BR_EC_secp256r1) return GW_E_KEY;
-    size_t qlen = br_ec_compute_pub(br_ec_get_default(), NULL, q, sk);
-    if (qlen == 0 || qlen != pk->key.ec.qlen || memcmp(q, pk->key.ec.q, qlen) != 0)
-      return GW_E_KEY;
     snprintf(t->key_desc, sizeof t->key_desc, "ecdsa-p256");
-    return 0;
+  } else {
+    unsigned bits = (unsigned)br_skey_decoder_get_rsa(&t->skey)->n_bitlen;
+    snprintf(t->key_desc, sizeof t->key_desc, "rsa-%u", bits);
   }
-  const br_rsa_private_key *sk = br_skey_decoder_get_rsa(&t->skey);
-  if (sk == NULL || sk->n_bitlen < 2048) return GW_E_KEY;
-  unsigned char n[512];
-  br_rsa_compute_modulus modulus = br_rsa_compute_modulus_get_default();
-  size_t nlen = modulus(NULL, sk);
-  if (nlen == 0 || nlen > sizeof n || modulus(n, sk) != nlen) return GW_E_KEY;
-  /* The certificate's modulus may carry a leading zero byte. */
-  const unsigned char *cn = pk->key.rsa.n;
-  size_t cnlen = pk->key.rsa.nlen;
-  while (cnlen > 0 && *cn == 0) {
-    cn++;
-    cnlen--;
-  }
-  if (cnlen != nlen || memcmp(cn, n, nlen) != 0) return GW_E_KEY;
-  snprintf(t->key_desc, sizeof t->key_desc, "rsa-%u", (unsigned)sk->n_bitlen);
   return 0;
 }
 
@@ -526,9 +497,7 @@ int gw__tls_engine_init(gw_tls_t *t, gw_tls_conn_t *c) {
   br_ssl_server_context *sc = &c->sc;
   br_ssl_engine_context *eng = &sc->eng;
   br_ssl_server_zero(sc);
-  br_ssl_engine_set_versions(eng, BR_TLS12, BR_TLS12);
-  br_ssl_engine_set_suites(eng, suites, sizeof suites / sizeof suites[0]);
-  wire_tls_engine_ciphers(eng, &t->ciphers, t->ec);
+  wire_tls_engine_profile(eng, &t->ciphers, t->ec);
   assert(c->creds == NULL);
   c->creds = creds_acquire(t);
   c->policy = (gw__tls_policy_t){.vtable = &policy_class, .tls = t, .creds = c->creds};

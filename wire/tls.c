@@ -190,7 +190,7 @@ int wire_tls_key_load(const char *path, br_skey_decoder_context *skey) {
   return rc;
 }
 
-static int check_ec(const br_x509_pkey *pk, const br_ec_private_key *sk) {
+static int ec_matches(const br_x509_pkey *pk, const br_ec_private_key *sk) {
   unsigned char q[BR_EC_KBUF_PUB_MAX_SIZE];
   if (sk == NULL || sk->curve != BR_EC_secp256r1 || pk->key.ec.curve != BR_EC_secp256r1)
     return WIRE_TLS_E_KEY;
@@ -200,7 +200,7 @@ static int check_ec(const br_x509_pkey *pk, const br_ec_private_key *sk) {
   return 0;
 }
 
-static int check_rsa(const br_x509_pkey *pk, const br_rsa_private_key *sk) {
+static int rsa_matches(const br_x509_pkey *pk, const br_rsa_private_key *sk) {
   if (sk == NULL || sk->n_bitlen < 2048) return WIRE_TLS_E_KEY;
   unsigned char n[512];
   br_rsa_compute_modulus modulus = br_rsa_compute_modulus_get_default();
@@ -216,6 +216,13 @@ static int check_rsa(const br_x509_pkey *pk, const br_rsa_private_key *sk) {
   return cnlen == nlen && memcmp(cn, n, nlen) == 0 ? 0 : WIRE_TLS_E_KEY;
 }
 
+int wire_tls_key_matches(const br_x509_pkey *pk, const br_skey_decoder_context *skey) {
+  int key_type = br_skey_decoder_key_type(skey);
+  if (pk == NULL || (int)pk->key_type != key_type) return WIRE_TLS_E_KEY;
+  if (key_type == BR_KEYTYPE_EC) return ec_matches(pk, br_skey_decoder_get_ec(skey));
+  return rsa_matches(pk, br_skey_decoder_get_rsa(skey));
+}
+
 /* The leaf's public key must be the one of our private key, of a type and
  * size we accept. */
 static int check_pair(wire_tls_creds_t *k) {
@@ -223,12 +230,10 @@ static int check_pair(wire_tls_creds_t *k) {
   br_x509_decoder_init(&dc, NULL, NULL);
   br_x509_decoder_push(&dc, k->chain[0].data, k->chain[0].data_len);
   const br_x509_pkey *pk = br_x509_decoder_get_pkey(&dc);
-  if (pk == NULL || (int)pk->key_type != k->key_type) return WIRE_TLS_E_KEY;
   /* The issuer's key type matters to static ECDH only, which our suites
    * exclude; BearSSL still wants it. */
   k->issuer_key_type = br_x509_decoder_get_signer_key_type(&dc);
-  if (k->key_type == BR_KEYTYPE_EC) return check_ec(pk, br_skey_decoder_get_ec(&k->skey));
-  return check_rsa(pk, br_skey_decoder_get_rsa(&k->skey));
+  return wire_tls_key_matches(pk, &k->skey);
 }
 
 /* ------------------------------------------------------------------------ */

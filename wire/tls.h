@@ -87,6 +87,11 @@ int wire_tls_chain_load(const char *path, wire_tls_pem_obj_t *objs, size_t *objs
  * WIRE_TLS_E_PEM when there is no usable key, or a read error. */
 int wire_tls_key_load(const char *path, br_skey_decoder_context *skey);
 
+/* 0 when pk (a certificate's key; NULL allowed) is the public half of
+ * skey's key and of a kind we accept (ECDSA P-256, RSA of 2048 bits or
+ * more); WIRE_TLS_E_KEY otherwise. */
+int wire_tls_key_matches(const br_x509_pkey *pk, const br_skey_decoder_context *skey);
+
 /* ------------------------------------------------------------------------ */
 /* Credentials                                                              */
 /* ------------------------------------------------------------------------ */
@@ -166,10 +171,11 @@ typedef struct wire_tls_ciphers {
 /* Fills c with the fastest implementations this CPU has. */
 void wire_tls_ciphers_choose(wire_tls_ciphers_t *c);
 
-/* Sets TLS 1.2's hashes and PRFs, the AEAD record ciphers (AES-GCM and
- * ChaCha20-Poly1305) with c's implementations, and ec for ECDHE. Versions,
- * suites, signatures and certificates are the caller's. */
-void wire_tls_engine_ciphers(br_ssl_engine_context *eng, const wire_tls_ciphers_t *c,
+/* Sets our profile: TLS 1.2 only, the ECDHE suites with AEAD records in
+ * our order, their hashes and PRFs, c's cipher implementations, and ec
+ * for ECDHE. Signatures, certificates, flags and buffers are the
+ * caller's. */
+void wire_tls_engine_profile(br_ssl_engine_context *eng, const wire_tls_ciphers_t *c,
                              const br_ec_impl *ec);
 
 /* The pumps below return this when the engine has closed (close_notify,

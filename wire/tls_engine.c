@@ -11,6 +11,19 @@
 
 #include "tls.h"
 
+/* ECDHE only (forward secrecy), AEAD records only (no CBC padding
+ * oracles), in the order a server prefers: AES-128-GCM first (AES-NI makes
+ * it the cheapest), then ChaCha20 for peers without AES hardware, then
+ * AES-256-GCM. */
+static const uint16_t suites[] = {
+    BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+};
+
 void wire_tls_ciphers_choose(wire_tls_ciphers_t *c) {
   c->aes_ctr = br_aes_x86ni_ctr_get_vtable();
   if (c->aes_ctr == NULL) c->aes_ctr = &br_aes_ct64_ctr_vtable;
@@ -22,8 +35,10 @@ void wire_tls_ciphers_choose(wire_tls_ciphers_t *c) {
   if (c->poly1305 == 0) c->poly1305 = br_poly1305_ctmul_run;
 }
 
-void wire_tls_engine_ciphers(br_ssl_engine_context *eng, const wire_tls_ciphers_t *c,
+void wire_tls_engine_profile(br_ssl_engine_context *eng, const wire_tls_ciphers_t *c,
                              const br_ec_impl *ec) {
+  br_ssl_engine_set_versions(eng, BR_TLS12, BR_TLS12);
+  br_ssl_engine_set_suites(eng, suites, sizeof suites / sizeof suites[0]);
   /* Hashes: the handshake transcript and PRFs of TLS 1.2 (SHA-256,
    * SHA-384) and the signature hashes a peer may ask for. No MD5, no
    * SHA-1: they serve only TLS 1.0/1.1 and weak signatures. */

@@ -44,15 +44,6 @@
 #define OBUF_BYTES (4096 + 85)
 #define IBUF_BYTES BR_SSL_BUFSIZE_INPUT
 
-static const uint16_t suites[] = {
-    BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-    BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-    BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-    BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-    BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-    BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-};
-
 typedef struct tls_conn {
   /* Either context starts with its engine: eng_of() relies on it. */
   union {
@@ -109,9 +100,7 @@ static void choose_impls(wire_tls_filter_t *f) {
 /* The profile both sides share: versions, suites, hashes, ciphers, and
  * the signature checks of the peer's handshake messages. */
 static void engine_profile(const wire_tls_filter_t *f, br_ssl_engine_context *eng) {
-  br_ssl_engine_set_versions(eng, BR_TLS12, BR_TLS12);
-  br_ssl_engine_set_suites(eng, suites, sizeof suites / sizeof suites[0]);
-  wire_tls_engine_ciphers(eng, &f->ciphers, f->ec);
+  wire_tls_engine_profile(eng, &f->ciphers, f->ec);
   br_ssl_engine_set_ecdsa(eng, f->ecdsa_vrfy);
   br_ssl_engine_set_rsavrfy(eng, f->rsa_vrfy);
   br_ssl_engine_add_flags(eng, BR_OPT_NO_RENEGOTIATION);
