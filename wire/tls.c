@@ -116,13 +116,8 @@ static int anchor_from_der(br_x509_trust_anchor *ta, const unsigned char *der, s
 }
 
 static int load_anchors(wire_tls_creds_t *k, const char *path) {
-  char *text = NULL;
-  size_t len = 0;
-  int rc = wire_tls_read_file(path, &text, &len);
-  if (rc < 0) return rc;
   wire_tls_pem_obj_t objs[WIRE_TLS_PEM_OBJS_MAX];
-  rc = wire_tls_pem_decode(text, len, objs, WIRE_TLS_PEM_OBJS_MAX);
-  free(text);
+  int rc = wire_tls_pem_read(path, objs, WIRE_TLS_PEM_OBJS_MAX);
   if (rc < 0) return rc;
   size_t n = (size_t)rc;
   rc = 0;
@@ -143,14 +138,9 @@ static int load_anchors(wire_tls_creds_t *k, const char *path) {
 
 int wire_tls_chain_load(const char *path, wire_tls_pem_obj_t *objs, size_t *objs_count,
                         br_x509_certificate *chain, size_t chain_max, size_t *chain_len) {
-  char *text = NULL;
-  size_t len = 0;
   *objs_count = 0;
   *chain_len = 0;
-  int rc = wire_tls_read_file(path, &text, &len);
-  if (rc < 0) return rc;
-  rc = wire_tls_pem_decode(text, len, objs, WIRE_TLS_PEM_OBJS_MAX);
-  free(text);
+  int rc = wire_tls_pem_read(path, objs, WIRE_TLS_PEM_OBJS_MAX);
   if (rc < 0) return rc;
   *objs_count = (size_t)rc;
   for (size_t i = 0; i < *objs_count && *chain_len < chain_max; i++) {
@@ -168,14 +158,8 @@ static bool is_key_label(const char *name) {
 }
 
 int wire_tls_key_load(const char *path, br_skey_decoder_context *skey) {
-  char *text = NULL;
-  size_t len = 0;
-  int rc = wire_tls_read_file(path, &text, &len);
-  if (rc < 0) return rc;
   wire_tls_pem_obj_t objs[WIRE_TLS_PEM_OBJS_MAX];
-  rc = wire_tls_pem_decode(text, len, objs, WIRE_TLS_PEM_OBJS_MAX);
-  explicit_bzero(text, len);
-  free(text);
+  int rc = wire_tls_pem_read(path, objs, WIRE_TLS_PEM_OBJS_MAX);
   if (rc < 0) return rc;
   size_t n = (size_t)rc;
   rc = WIRE_TLS_E_PEM;

@@ -74,6 +74,10 @@ int wire_tls_pem_decode(const char *text, size_t len, wire_tls_pem_obj_t *objs, 
 /* Frees the DER buffers of `count` objects (and wipes them: keys). */
 void wire_tls_pem_free(wire_tls_pem_obj_t *objs, size_t count);
 
+/* wire_tls_read_file() then wire_tls_pem_decode(): the file's text is
+ * wiped and freed. Returns the count of objects or an error. */
+int wire_tls_pem_read(const char *path, wire_tls_pem_obj_t *objs, size_t max);
+
 /* Reads the PEM file of a certificate chain, leaf first: its objects into
  * objs (WIRE_TLS_PEM_OBJS_MAX; *objs_count of them, to free with
  * wire_tls_pem_free() whatever the result) and, pointing into them, the

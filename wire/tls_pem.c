@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -120,4 +121,15 @@ int wire_tls_pem_decode(const char *text, size_t len, wire_tls_pem_obj_t *objs, 
     return rc;
   }
   return (int)n;
+}
+
+int wire_tls_pem_read(const char *path, wire_tls_pem_obj_t *objs, size_t max) {
+  char *text = NULL;
+  size_t len = 0;
+  int rc = wire_tls_read_file(path, &text, &len);
+  if (rc < 0) return rc;
+  rc = wire_tls_pem_decode(text, len, objs, max);
+  explicit_bzero(text, len); /* it may hold a key */
+  free(text);
+  return rc;
 }
