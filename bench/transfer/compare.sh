@@ -22,7 +22,10 @@
 #             move_batch() per batch.
 #
 # During our rounds the outbox is sampled: rows not yet published and the
-# age of the oldest (the relay keeping up or not).
+# age of the oldest (the relay keeping up or not). Every round also counts
+# the CPU time the servers used per transfer (PostgreSQL with all its
+# processes; for ours also the account service and busd; not the load
+# generators): a second ratio, which the machine's other work moves less.
 #
 # Progress on stderr; the result table on stdout; one JSON line in
 # .run/bench-transfer.json. Everything started here is stopped on exit;
@@ -120,14 +123,41 @@ seed_plain() {
 }
 
 # outbox_sampler FILE: until killed, every 0.5 s one line "PENDING AGE_MS"
-# of the account service's outbox.
+# of the account service's outbox. One psql session for the whole round
+# (\watch): a new psql and backend per sample cost about 5% of the
+# machine's CPU, taken from the side being measured.
 outbox_sampler() {
   local q="SELECT count(*), coalesce((extract(epoch FROM clock_timestamp() - min(created_at))"
-  q+=" * 1000)::bigint, 0) FROM outbox WHERE published_at IS NULL"
-  while :; do
-    psql "$ACCOUNT_DB_URL" -X -At -F ' ' -c "$q" >>"$1" 2>/dev/null || true
-    sleep 0.5
-  done
+  q+=" * 1000)::bigint, 0) FROM outbox WHERE published_at IS NULL \\watch 0.5"
+  exec psql "$ACCOUNT_DB_URL" -X -At -F ' ' >>"$1" 2>/dev/null <<<"$q"
+}
+
+# server_ticks PID...: the CPU time (clock ticks) the processes have used,
+# with their children's: live ones, and those exited and waited for
+# (cutime, cstime). The servers' own cost per transfer, which the load
+# generator and the machine's other work disturb less than the rate does.
+server_ticks() {
+  python3 - "$@" <<'PY'
+import os, sys
+roots, total = set(sys.argv[1:]), 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open("/proc/%s/stat" % pid) as f:
+            st = f.read()
+    except OSError:
+        continue
+    fields = st[st.rindex(")") + 2:].split()  # fields[0] is field 3, state
+    if pid in roots:
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    elif fields[1] in roots:
+        total += int(fields[11]) + int(fields[12])
+print(total)
+PY
+}
+
+# postmaster: the pid of deploy/pg's PostgreSQL server.
+postmaster() {
+  head -n 1 "$RUN_DIR/pg/data/postmaster.pid"
 }
 
 psql_account() {
@@ -315,21 +345,26 @@ main() {
       { cat "$TMP_DIR/pgbench-warmup.txt" >&2; die "pgbench failed"; }
   fi
   # Alternating rounds, so that a noisy moment of the machine hits every side.
-  local r sampler ours=() plain=() theirs=()
+  local r sampler t0 t1 pm ours=() plain=() theirs=()
+  pm=$(postmaster)
   : >"$TMP_DIR/outbox.txt"
   for ((r = 1; r <= BENCH_ROUNDS; r++)); do
     step "round $r/$BENCH_ROUNDS: ours, ${BENCH_DURATION}s, $BENCH_CONNECTIONS connections, bus $BUS"
     outbox_sampler "$TMP_DIR/outbox.txt" &
     sampler=$!
+    t0=$(server_ticks "$pm" "$SERVICE_PID" ${BUSD_PID:+"$BUSD_PID"})
     run_wrk "$port" "$BENCH_DURATION" "$TMP_DIR/wrk-$r.txt"
+    t1=$(server_ticks "$pm" "$SERVICE_PID" ${BUSD_PID:+"$BUSD_PID"})
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true
-    ours+=("$(wrk_parse "$TMP_DIR/wrk-$r.txt")")
+    ours+=("$(wrk_parse "$TMP_DIR/wrk-$r.txt") $((t1 - t0))")
     info "${ours[-1]}"
     step "round $r/$BENCH_ROUNDS: plain transfer, pgbench, ${BENCH_DURATION}s, $BENCH_PG_CLIENTS clients, -M prepared, pipelined"
+    t0=$(server_ticks "$pm")
     run_plain "$BENCH_DURATION" "$TMP_DIR/plain$r" >"$TMP_DIR/plain-$r.txt" 2>&1 ||
       { cat "$TMP_DIR/plain-$r.txt" >&2; die "pgbench (plain) failed"; }
-    plain+=("$(pgbench_parse "$TMP_DIR/plain-$r.txt" "$TMP_DIR/plain$r")")
+    t1=$(server_ticks "$pm")
+    plain+=("$(pgbench_parse "$TMP_DIR/plain-$r.txt" "$TMP_DIR/plain$r") $((t1 - t0))")
     info "${plain[-1]}"
     if [[ $BENCH_OWN_SQL == 1 ]]; then
       step "round $r/$BENCH_ROUNDS: own SQL, pgbench, ${BENCH_DURATION}s, $BENCH_PG_CLIENTS clients"
@@ -357,7 +392,7 @@ main() {
   python3 - "$TMP_DIR/ours.txt" "$TMP_DIR/plain.txt" "$TMP_DIR/theirs.txt" "$TMP_DIR/outbox.txt" \
     "$BENCH_DURATION" "$BENCH_ROUNDS" "$BENCH_CONNECTIONS" "$BENCH_PG_CLIENTS" "$BENCH_ACCOUNTS" \
     "$BENCH_THREADS" "$BENCH_DB_CONNS" "$BUS" "$RUN_DIR/bench-transfer.json" <<'PY'
-import json, statistics, sys, time
+import json, os, statistics, sys, time
 (ours_f, plain_f, theirs_f, outbox_f, secs, rounds, conns, clients, accounts, threads, db_conns,
  bus, out) = sys.argv[1:]
 rows = lambda f: [[float(x) for x in l.split()] for l in open(f) if l.strip()]
@@ -369,13 +404,21 @@ o = {"tps": med(ours, 0), "p50_ms": med(ours, 1), "p99_ms": med(ours, 2),
      "outbox_pending_max": int(max((r[0] for r in outbox), default=0)),
      "outbox_oldest_ms_max": int(max((r[1] for r in outbox), default=0)),
      "outbox_samples": len(outbox)}
+# Server CPU per transfer: ticks of PostgreSQL (and for ours the account
+# service and busd) over the transfers of the round.
+hz = os.sysconf("SC_CLK_TCK")
+cpu_us = lambda r, i: r[i] * 1e6 / hz / (r[0] * float(secs)) if r[0] else float("nan")
+o["server_cpu_us"] = statistics.median(cpu_us(r, 5) for r in ours)
 
 
 def peer(rs):
     if not rs:
         return None
-    return {"tps": med(rs, 0), "p50_ms": med(rs, 1), "p99_ms": med(rs, 2),
-            "failed": int(sum(r[3] for r in rs)), "runs_tps": [r[0] for r in rs]}
+    d = {"tps": med(rs, 0), "p50_ms": med(rs, 1), "p99_ms": med(rs, 2),
+         "failed": int(sum(r[3] for r in rs)), "runs_tps": [r[0] for r in rs]}
+    if all(len(r) > 4 for r in rs):
+        d["server_cpu_us"] = statistics.median(cpu_us(r, 4) for r in rs)
+    return d
 
 
 pl, own = peer(plain), peer(theirs)
@@ -395,10 +438,14 @@ print("ratio ours/plain transfer: %.2f   (runs: ours %s, plain %s)" % (ratio,
       " ".join("%.0f" % x for x in o["runs_tps"]), " ".join("%.0f" % x for x in pl["runs_tps"])))
 if ratio_own is not None:
     print("ratio ours/own SQL:        %.2f" % ratio_own)
+print("server CPU per transfer: ours %.0f us (PostgreSQL, account, busd), plain %.0f us"
+      " (PostgreSQL): plain/ours %.2f" % (o["server_cpu_us"], pl["server_cpu_us"],
+                                         pl["server_cpu_us"] / o["server_cpu_us"]))
 print("outbox during our rounds: at most %d rows unpublished, the oldest at most %d ms old"
       " (%d samples)" % (o["outbox_pending_max"], o["outbox_oldest_ms_max"], o["outbox_samples"]))
 doc = {"bench": "transfer", "time": int(time.time()), "ours": o, "plain": pl, "pgbench": own,
-       "ratio": round(ratio, 3), "ratio_own_sql": round(ratio_own, 3) if ratio_own else None,
+       "ratio": round(ratio, 3),
+       "cpu_ratio": round(pl["server_cpu_us"] / o["server_cpu_us"], 3), "ratio_own_sql": round(ratio_own, 3) if ratio_own else None,
        "config": {"seconds": int(secs), "rounds": int(rounds), "wrk_connections": int(conns),
                   "pgbench_clients": int(clients), "accounts": int(accounts),
                   "service_threads": int(threads), "db_conns_per_thread": int(db_conns)}}
