@@ -26,6 +26,16 @@ def invariants(url, label, check, sql):
                           " GROUP BY t.id HAVING count(e.id) <> 2"
                           " OR coalesce(sum(e.amount), 0) <> 0) x")
     check(bad_tx == 0, "%s: every transaction has two lines summing to zero (%d bad)" % (label, bad_tx))
+    # The references migration 0005 keeps by how lines are written, not by
+    # foreign keys.
+    dangling = sql_int(url, "SELECT (SELECT count(*) FROM ledger_entries e WHERE NOT EXISTS"
+                            " (SELECT 1 FROM transactions t WHERE t.id = e.transaction_id)"
+                            " OR NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = e.account_id))"
+                            " + (SELECT count(*) FROM transactions t WHERE NOT EXISTS"
+                            " (SELECT 1 FROM accounts a WHERE a.id = t.debit_account_id)"
+                            " OR NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = t.credit_account_id))")
+    check(dangling == 0, "%s: every line and transaction names rows that exist (%d dangling)"
+          % (label, dangling))
     drift = sql_int(url, "SELECT count(*) FROM accounts a LEFT JOIN (SELECT account_id,"
                          " sum(amount) FILTER (WHERE bucket = 'balance') b,"
                          " sum(amount) FILTER (WHERE bucket = 'held') h"

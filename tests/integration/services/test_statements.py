@@ -203,6 +203,35 @@ def test_system_accounts(bank, url):
     t.check(t.sql_int(url, "SELECT count(*) FROM transactions") == tx, "no transaction written")
 
 
+def test_append_only(bank, url):
+    """The ledger cannot be rewritten, whoever connects as the service's
+    role (migration 0005): lines and transactions are never changed or
+    deleted, accounts never deleted; the refusal changes nothing."""
+    cust = bank.new_customer()
+    a = bank.new_account(cust, funded=500)
+    state = ("SELECT (SELECT count(*) || '/' || sum(amount) FROM ledger_entries WHERE account_id = '{0}')"
+             " || '/' || (SELECT count(*) || '/' || sum(amount) FROM transactions"
+             " WHERE credit_account_id = '{0}') || '/' || (SELECT count(*) || '/' || min(balance)"
+             " FROM accounts WHERE id = '{0}')").format(a)
+    before = t.sql(url, state)
+    for what, query in (
+            ("a line changed", "UPDATE ledger_entries SET amount = amount + 1 WHERE account_id = '%s'" % a),
+            ("a line deleted", "DELETE FROM ledger_entries WHERE account_id = '%s'" % a),
+            ("a transaction changed", "UPDATE transactions SET amount = 1 WHERE credit_account_id = '%s'" % a),
+            ("a transaction deleted", "DELETE FROM transactions WHERE credit_account_id = '%s'" % a),
+            ("an account deleted", "DELETE FROM accounts WHERE id = '%s'" % a),
+            ("the lines truncated", "TRUNCATE ledger_entries"),
+            ("the accounts truncated", "TRUNCATE accounts CASCADE")):
+        try:
+            t.sql(url, query)
+            refused = ""
+        except RuntimeError as e:
+            refused = str(e)
+        t.check("append-only" in refused, "%s: refused (%s)" % (what, refused.strip()[:100]))
+    after = t.sql(url, state)
+    t.check(after == before, "nothing changed (%s vs %s)" % (after, before))
+
+
 def main():
     if len(sys.argv) != 3:
         print(__doc__, file=sys.stderr)
@@ -213,7 +242,8 @@ def main():
     url = t.db_url("account")
     t.run_cases((("hot statements", lambda: test_hot_statements(bank, url)),
                  ("upper-case ids", lambda: test_uppercase_ids(bank)),
-                 ("system accounts", lambda: test_system_accounts(bank, url))))
+                 ("system accounts", lambda: test_system_accounts(bank, url)),
+                 ("append-only ledger", lambda: test_append_only(bank, url))))
     for name in ("account", "profile"):
         t.check(plat.proc(name).stop() == 0, "%s drains and exits 0" % name)
     return t.finish()
