@@ -438,14 +438,14 @@ print("ratio ours/plain transfer: %.2f   (runs: ours %s, plain %s)" % (ratio,
       " ".join("%.0f" % x for x in o["runs_tps"]), " ".join("%.0f" % x for x in pl["runs_tps"])))
 if ratio_own is not None:
     print("ratio ours/own SQL:        %.2f" % ratio_own)
+cpu_ratio = pl["server_cpu_us"] / o["server_cpu_us"]
 print("server CPU per transfer: ours %.0f us (PostgreSQL, account, busd), plain %.0f us"
-      " (PostgreSQL): plain/ours %.2f" % (o["server_cpu_us"], pl["server_cpu_us"],
-                                         pl["server_cpu_us"] / o["server_cpu_us"]))
+      " (PostgreSQL): plain/ours %.2f" % (o["server_cpu_us"], pl["server_cpu_us"], cpu_ratio))
 print("outbox during our rounds: at most %d rows unpublished, the oldest at most %d ms old"
       " (%d samples)" % (o["outbox_pending_max"], o["outbox_oldest_ms_max"], o["outbox_samples"]))
 doc = {"bench": "transfer", "time": int(time.time()), "ours": o, "plain": pl, "pgbench": own,
-       "ratio": round(ratio, 3),
-       "cpu_ratio": round(pl["server_cpu_us"] / o["server_cpu_us"], 3), "ratio_own_sql": round(ratio_own, 3) if ratio_own else None,
+       "ratio": round(ratio, 3), "cpu_ratio": round(cpu_ratio, 3),
+       "ratio_own_sql": round(ratio_own, 3) if ratio_own else None,
        "config": {"seconds": int(secs), "rounds": int(rounds), "wrk_connections": int(conns),
                   "pgbench_clients": int(clients), "accounts": int(accounts),
                   "service_threads": int(threads), "db_conns_per_thread": int(db_conns)}}
