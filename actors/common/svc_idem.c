@@ -265,14 +265,14 @@ static void reserve_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
     svc_reply_db_error(req, err, b);
     return;
   }
-  if (rt_pg_rows(b, 0) == 1) {
+  if (rt_pg_rows(b, 1) == 1) {
     idem->reserved = true;
     idem->next(req);
     return;
   }
   int status = 0;
   const char *body = NULL;
-  svc_idem_result_t r = stored_outcome(b, 1, idem, &status, &body);
+  svc_idem_result_t r = stored_outcome(b, 2, idem, &status, &body);
   svc_idem_reply(req, r, status, body);
 }
 
@@ -288,6 +288,9 @@ void svc_idem_reserve(svc_req_t *req, svc_idem_t *idem, void (*next)(svc_req_t *
   snprintf(lock, sizeof lock, "%d", IDEM_LOCK_S);
   rt_pg_batch_t *b = svc_batch(req);
   if (b == NULL) return;
+  /* Lazily: the claim answers no one, and the write that ends it commits
+   * durably (svc_commit_lazily). */
+  svc_commit_lazily(b);
   const char *vals[] = {idem->scope, idem->key, idem->hash, hours, idem->token, lock};
   rt_pg_add(b, svc_stmt_idem_reserve, 6, vals);
   const char *read[] = {idem->scope, idem->key};

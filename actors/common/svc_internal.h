@@ -46,7 +46,22 @@ extern const svc_stmt_table_t svc_main_stmts;    /* svc_main.c */
 extern int svc_stmt_idem_claim, svc_stmt_idem_finish, svc_stmt_idem_read,
     svc_stmt_idem_reserve, svc_stmt_idem_reopen, svc_stmt_idem_abandon;
 extern int svc_stmt_outbox;
-extern int svc_stmt_ready, svc_stmt_prune;
+extern int svc_stmt_ready, svc_stmt_prune, svc_stmt_lazy_commit;
+
+/*
+ * Makes the batch's commit return before its WAL is flushed (the batch's
+ * first statement: synchronous_commit off for this transaction only). Only
+ * for transactions whose loss in a crash changes nothing anyone was told:
+ *   - the relay's mark: a row whose mark is lost is published again, and
+ *     the consumers' inbox absorbs the duplicate;
+ *   - a two-phase idempotency claim (svc_idem_reserve): it answers no one,
+ *     and the write that ends it commits durably, which flushes the WAL up
+ *     to and including the claim (the log is written in order).
+ * Everything else that was answered or ACKed commits durably. A lazy
+ * commit also waits on no other commit's flush, which is what the saga's
+ * next hop, committing at the same moment, gains from it.
+ */
+void svc_commit_lazily(rt_pg_batch_t *b);
 
 /* The common migrations, embedded at build time from
  * actors/common/migrations/ by embed_sql.py. */

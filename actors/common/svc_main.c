@@ -41,10 +41,12 @@ static _Thread_local svc_th_t *tls_th;
 
 svc_th_t *svc_th_current(void) { return tls_th; }
 
-int svc_stmt_ready, svc_stmt_prune;
+int svc_stmt_ready, svc_stmt_prune, svc_stmt_lazy_commit;
 
 static const svc_stmt_t own_stmts[] = {
     {&svc_stmt_ready, "SELECT 1", 0},
+    /* SET LOCAL, as a statement the pipeline can carry (svc_commit_lazily). */
+    {&svc_stmt_lazy_commit, "SELECT set_config('synchronous_commit', 'off', true)", 0},
     /* Claims past their keeping time, a thousand at a time. */
     {&svc_stmt_prune,
      "DELETE FROM claims WHERE ctid IN (SELECT ctid FROM claims WHERE expires_at < now()"
@@ -53,6 +55,11 @@ static const svc_stmt_t own_stmts[] = {
 };
 
 const svc_stmt_table_t svc_main_stmts = {own_stmts, sizeof own_stmts / sizeof own_stmts[0]};
+
+void svc_commit_lazily(rt_pg_batch_t *b) {
+  assert(rt_pg_count(b) == 0);
+  rt_pg_add(b, svc_stmt_lazy_commit, 0, NULL);
+}
 
 /* Registered on every pool in this order, so that ids agree across
  * threads; then the service's own statements. */

@@ -11,8 +11,10 @@
  *   publish  bus_publish() each into a slot; the client keeps them until
  *            PUB_ACK and re-sends them itself after a reconnect
  *   confirm  the slot is PUB_ACKed
- *   mark     UPDATE ... SET published_at = now() for the confirmed slots;
- *            once it commits, the slots are free
+ *   mark     UPDATE ... SET published_at = now() for the confirmed slots,
+ *            committed without waiting for its flush (svc_commit_lazily:
+ *            the next hop of a saga commits at the same moment and would
+ *            wait behind it); once it commits, the slots are free
  *
  * The steps overlap: a scan may run while earlier rows wait for their
  * PUB_ACK or their mark, so a row committed meanwhile does not wait for
@@ -239,7 +241,7 @@ static void mark_done(rt_pg_batch_t *b, int err, void *ctx) {
      * sends them again. */
     relay_failed(r, "mark", err);
   } else {
-    atomic_fetch_add_explicit(&svc_bus_stats.relay_published, (uint64_t)rt_pg_affected(b, 0),
+    atomic_fetch_add_explicit(&svc_bus_stats.relay_published, (uint64_t)rt_pg_affected(b, 1),
                               memory_order_relaxed);
     relay_succeeded(r);
   }
@@ -263,6 +265,8 @@ static void relay_mark(svc_relay_t *r) {
     relay_failed(r, "mark", -ENOMEM);
     return;
   }
+  /* Lazily: a mark lost in a crash only sends its rows again. */
+  svc_commit_lazily(b);
   const char *vals[] = {ids};
   rt_pg_add(b, stmt_mark, 1, vals);
   svc_fault("relay_before_mark");
