@@ -243,18 +243,15 @@ static int on_requested(svc_event_t *ev, rt_pg_batch_t *b) {
   return rc < 0 ? rc : 0;
 }
 
-/* The last statement of the batch returns a row when the transition was
+/* apply()'s last statement returns a row when the transition was
  * made here (a claim, a lock and the hold insert may come before it). */
 static int last_done(svc_event_t *ev, const rt_pg_batch_t *b) {
-  (void)ev;
-  int last = rt_pg_count(b) - 1;
-  return rt_pg_rows(b, last) > 0 ? SVC_APPLIED : SVC_ABSORBED;
+  return rt_pg_rows(b, ev->apply_last) > 0 ? SVC_APPLIED : SVC_ABSORBED;
 }
 
 static int release_done(svc_event_t *ev, const rt_pg_batch_t *b) {
-  (void)ev;
   int64_t n = 0;
-  return rt_pg_int64(b, rt_pg_count(b) - 1, 0, 0, &n) == 0 && n > 0 ? SVC_APPLIED : SVC_ABSORBED;
+  return rt_pg_int64(b, ev->apply_last, 0, 0, &n) == 0 && n > 0 ? SVC_APPLIED : SVC_ABSORBED;
 }
 
 /* payment.authorized: settle, or refuse and release. */

@@ -677,6 +677,8 @@ typedef struct svc_event {
   uint64_t offset;
   bus_bytes_t headers;           /* all its headers, during apply() only
                                   * (bus_header_iter_init()) */
+  int apply_last;                /* for done(): the index of apply()'s last
+                                  * statement (more may follow it) */
   _Alignas(16) unsigned char state[SVC_EVENT_STATE_BYTES]; /* the handler's */
 } svc_event_t;
 

@@ -76,9 +76,21 @@ static void now_rfc3339(char out[32]) {
   snprintf(out + n, 32 - n, ".%03dZ", (int)(ts.tv_nsec / 1000000L));
 }
 
+static _Thread_local svc_emits_t *tls_emits;
+
+void svc_emits_collect(svc_emits_t *e) { tls_emits = e; }
+
 void svc_emit_prepare(svc_emit_t *e, svc_event_type_t type, const svc_trace_t *trace) {
   const svc_event_def_t *def = svc_event_def(type);
   svc_uuid7(e->id);
+  svc_emits_t *note = tls_emits;
+  if (note != NULL) {
+    if (note->n == 0 && !note->overflow) note->quiet = svc_relay_quiet(note->relay, note->batch);
+    if (note->n < SVC_EMITS_MAX)
+      memcpy(note->ids[note->n++], e->id, sizeof e->id);
+    else
+      note->overflow = true;
+  }
   e->topic = def->topic;
   char at[32];
   now_rfc3339(at);

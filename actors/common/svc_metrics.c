@@ -141,6 +141,9 @@ static void metrics_outbox(wire_metrics_t *m) {
   wire_metrics_counter(m, "outbox_sent_total",
                        "Outbox rows handed to the bus client (re-sends included).",
                        LOAD(b->relay_sent));
+  wire_metrics_counter(m, "outbox_sent_at_commit_total",
+                       "Of those, rows handed over when their transaction committed, not by a scan.",
+                       LOAD(b->relay_direct));
   wire_metrics_gauge(m, "outbox_pending", "Unpublished outbox rows at the relay's last count.",
                      LOAD(b->relay_pending));
   wire_metrics_family(m, "outbox_oldest_age_seconds", WIRE_METRICS_GAUGE,

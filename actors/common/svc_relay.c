@@ -20,8 +20,11 @@
  * PUB_ACK or their mark, so a row committed meanwhile does not wait for
  * the round before it. One scan and one mark at a time; a wake-up during
  * a scan, or a scan that filled every free slot, scans again when it
- * ends. A scan excludes the ids in the slots, and only a scan fills them,
- * so no row is published twice by one relay. While busd is down the
+ * ends. A scan excludes the ids in the slots. Rows also enter slots at
+ * their commit (svc_relay_offer: a delivery's transaction read its own
+ * rows back), which a scan already in flight may return as well: while
+ * that can be, the scan's rows are looked up in the slots and those
+ * found skipped, so no row is published twice by one relay. While busd is down the
  * slots fill and the relay waits for the client's reconnect (its own
  * back-off); no rows are read meanwhile.
  *
@@ -66,7 +69,7 @@ _Static_assert(RELAY_INFLIGHT_MAX <= UINT16_MAX, "slot numbers are 16-bit");
 
 svc_bus_stats_t svc_bus_stats;
 
-static int stmt_scan, stmt_mark, stmt_count;
+static int stmt_scan, stmt_fetch, stmt_quiet, stmt_notify, stmt_mark, stmt_count;
 
 /* The headers the outbox keeps (svc.h), in the order of the scan's
  * columns 4.. */
@@ -74,16 +77,30 @@ static const char *const header_names[] = {"event-id",    "type",           "sch
                                            "occurred-at", "correlation-id", "causation-id"};
 #define HEADERS_COUNT (sizeof header_names / sizeof header_names[0])
 
+/* What publishing a row needs, in the order publish_row() reads. */
+#define RELAY_COLUMNS                                                                             \
+  "id::text, topic, key, payload::text, headers->>'event-id', headers->>'type',"                  \
+  " headers->>'schema-version', headers->>'occurred-at', headers->>'correlation-id',"              \
+  " headers->>'causation-id'"
+
 static const svc_stmt_t stmts[] = {
     /* The oldest unpublished rows (UUID v7 ids: time order) not already
      * on their way ($2, the ids in the relay's slots). */
     {&stmt_scan,
-     "SELECT id::text, topic, key, payload::text, headers->>'event-id', headers->>'type',"
-     " headers->>'schema-version', headers->>'occurred-at', headers->>'correlation-id',"
-     " headers->>'causation-id'"
+     "SELECT " RELAY_COLUMNS
      " FROM outbox WHERE published_at IS NULL AND id <> ALL($2::uuid[])"
      " ORDER BY id LIMIT $1::int",
      2},
+    /* A transaction's own rows, read back as its last statement
+     * (svc_relay_add_fetch): $1 the ids of the events it may have written. */
+    {&stmt_fetch,
+     "SELECT " RELAY_COLUMNS
+     " FROM outbox WHERE id = ANY($1::uuid[]) AND published_at IS NULL ORDER BY id",
+     1},
+    /* No NOTIFY from this transaction's outbox rows (common migration
+     * 0007); and the one it then owes after all. */
+    {&stmt_quiet, "SELECT set_config('svc.outbox_notify', 'off', true)", 0},
+    {&stmt_notify, "SELECT pg_notify('" RELAY_CHANNEL "', '')", 0},
     {&stmt_mark,
      "UPDATE outbox SET published_at = now()"
      " WHERE id = ANY($1::uuid[]) AND published_at IS NULL",
@@ -130,6 +147,8 @@ struct svc_relay {
   rt_timer_t tick;
   uint64_t ticks;
   bool counting;           /* a backlog count is in flight */
+  bool offered;            /* rows taken at their commit since the last scan
+                            * began: its rows may be on their way already */
 };
 
 static void relay_scan(svc_relay_t *r);
@@ -309,18 +328,28 @@ static void svc_relay_on_confirm(void *arg, const uint8_t id[BUS_ID_BYTES], int 
 /* Scan and publish                                                         */
 /* ------------------------------------------------------------------------ */
 
-/* Publishes row i of the scan into a free slot. Returns 0, 1 when the row
- * can never be sent (skipped, logged), or BUS_E_FULL. */
-static int publish_row(svc_relay_t *r, rt_pg_batch_t *b, int i) {
+/* Whether a row with this id is in a slot (on its way). */
+static bool slot_holds(const svc_relay_t *r, const uint8_t id[BUS_ID_BYTES]) {
+  for (uint32_t i = 0; i < RELAY_INFLIGHT_MAX; i++) {
+    if (r->slots[i].state != SLOT_FREE && memcmp(r->slots[i].id, id, BUS_ID_BYTES) == 0)
+      return true;
+  }
+  return false;
+}
+
+/* Publishes row i of statement st (RELAY_COLUMNS) into a free slot.
+ * Returns 0, 1 when the row can never be sent (skipped, logged), 2 when
+ * check is set and the row is on its way already, or BUS_E_FULL. */
+static int publish_row(svc_relay_t *r, const rt_pg_batch_t *b, int st, int i, bool check) {
   assert(r->free_count > 0);
-  const char *id = rt_pg_value(b, 0, i, 0);
-  const char *topic = rt_pg_value(b, 0, i, 1);
-  const char *key = rt_pg_value(b, 0, i, 2);
-  const char *payload = rt_pg_value(b, 0, i, 3);
+  const char *id = rt_pg_value(b, st, i, 0);
+  const char *topic = rt_pg_value(b, st, i, 1);
+  const char *key = rt_pg_value(b, st, i, 2);
+  const char *payload = rt_pg_value(b, st, i, 3);
   bus_header_t hdr[HEADERS_COUNT];
   uint32_t nh = 0;
   for (uint32_t k = 0; k < HEADERS_COUNT; k++) {
-    const char *v = rt_pg_value(b, 0, i, 4 + (int)k);
+    const char *v = rt_pg_value(b, st, i, 4 + (int)k);
     if (v == NULL) continue; /* rows written before headers existed */
     hdr[nh++] = (bus_header_t){.name = header_names[k], .name_len = (uint32_t)strlen(header_names[k]),
                                .value = v, .value_len = (uint32_t)strlen(v)};
@@ -336,6 +365,7 @@ static int publish_row(svc_relay_t *r, rt_pg_batch_t *b, int i) {
   };
   uint32_t slot = r->free_stack[r->free_count - 1];
   int rc = uuid_parse(id, pub.id);
+  if (rc == 0 && check && slot_holds(r, pub.id)) return 2;
   if (rc == 0 && topic == NULL) rc = -EINVAL;
   if (rc == 0) rc = svc_bus_publish(r->bus, &pub, (void *)(uintptr_t)slot);
   if (rc == BUS_E_FULL) return rc;
@@ -365,15 +395,21 @@ static void scan_done(rt_pg_batch_t *b, int err, void *ctx) {
   }
   int n = rt_pg_rows(b, 0);
   if (n > 0) svc_fault("relay_before_publish");
-  /* The scan asked for at most scan_limit rows, and only scans take
-   * slots: as many are still free. */
+  /* The scan asked for at most scan_limit rows, as many as were free
+   * then; rows taken at their commit meanwhile may have used some, and
+   * may be among these. */
   assert(n >= 0);
   assert((uint32_t)n <= r->scan_limit);
-  assert(r->scan_limit <= r->free_count);
-  uint32_t sent = 0;
+  bool check = r->offered;
+  uint32_t sent = 0, dups = 0;
   bool full = false;
   for (int i = 0; i < n; i++) {
-    int rc = publish_row(r, b, i);
+    if (r->free_count == 0) {
+      full = true; /* the rest with the scan after the next mark */
+      break;
+    }
+    int rc = publish_row(r, b, 0, i, check);
+    if (rc == 2) dups++;
     if (rc == BUS_E_FULL) {
       /* The client holds too many bytes: the rest comes with a later
        * scan, once confirms free some. */
@@ -382,7 +418,7 @@ static void scan_done(rt_pg_batch_t *b, int err, void *ctx) {
     }
     if (rc == 0) sent++;
   }
-  if (n > 0 && sent == 0) {
+  if (n > 0 && sent == 0 && (full || dups < (uint32_t)n)) {
     relay_failed(r, "publish", full ? BUS_E_FULL : -EINVAL);
     return;
   }
@@ -421,6 +457,62 @@ static void relay_scan(svc_relay_t *r) {
   }
   r->scanning = true;
   r->scan_limit = r->free_count;
+  r->offered = false;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Publishing at the commit                                                 */
+/* ------------------------------------------------------------------------ */
+
+bool svc_relay_quiet(svc_relay_t *r, rt_pg_batch_t *b) {
+  if (r == NULL || r->stopped) return false;
+  return rt_pg_add(b, stmt_quiet, 0, NULL) >= 0;
+}
+
+int svc_relay_add_fetch(svc_relay_t *r, rt_pg_batch_t *b, const svc_emits_t *e) {
+  if (e->n == 0 && !e->overflow) return -1; /* wrote no event */
+  if (r == NULL || r->stopped || e->overflow) {
+    /* Left to a scan, which the quiet transaction must still wake. */
+    if (e->quiet) rt_pg_add(b, stmt_notify, 0, NULL);
+    return -1;
+  }
+  char ids[2 + SVC_EMITS_MAX * 37];
+  size_t at = 0;
+  ids[at++] = '{';
+  for (uint32_t i = 0; i < e->n; i++) {
+    if (i > 0) ids[at++] = ',';
+    memcpy(ids + at, e->ids[i], 36);
+    at += 36;
+  }
+  ids[at++] = '}';
+  ids[at] = '\0';
+  assert(at < sizeof ids);
+  const char *vals[] = {ids};
+  if (rt_pg_add(b, stmt_fetch, 1, vals) < 0) return -1;
+  return rt_pg_count(b) - 1;
+}
+
+void svc_relay_offer(svc_relay_t *r, const rt_pg_batch_t *b, int stmt) {
+  if (r == NULL || r->stopped || stmt < 0) return;
+  int n = rt_pg_rows(b, stmt);
+  if (n <= 0) return;
+  /* Backing off after failures, or every slot taken: the scan's turn. */
+  if (r->backoff_ms > 0 || r->free_count < (uint32_t)n) {
+    relay_scan(r);
+    return;
+  }
+  svc_fault("relay_before_publish");
+  for (int i = 0; i < n; i++) {
+    int rc = publish_row(r, b, stmt, i, true);
+    if (rc == BUS_E_FULL) {
+      relay_scan(r);
+      return;
+    }
+    if (rc == 0) {
+      r->offered = true;
+      atomic_fetch_add_explicit(&svc_bus_stats.relay_direct, 1, memory_order_relaxed);
+    }
+  }
 }
 
 static void count_done(rt_pg_batch_t *b, int err, void *ctx) {

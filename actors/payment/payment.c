@@ -434,11 +434,11 @@ static void add_lock(rt_pg_batch_t *b, const char *payment) {
   rt_pg_add(b, s_lock, 1, vals);
 }
 
-/* The transition is the batch's last statement: a row when it was made
+/* The transition is apply()'s last statement: a row when it was made
  * here. Then the payment's long-polls look again. */
 static int transition_done(svc_event_t *ev, const rt_pg_batch_t *b) {
-  if (rt_pg_rows(b, rt_pg_count(b) - 1) == 0) return SVC_ABSORBED;
-  const char *state = rt_pg_value(b, rt_pg_count(b) - 1, 0, 0);
+  if (rt_pg_rows(b, ev->apply_last) == 0) return SVC_ABSORBED;
+  const char *state = rt_pg_value(b, ev->apply_last, 0, 0);
   const char *id = event_payment(ev);
   RT_INFO("payment moved", RT_LF_STR("payment", id ? id : ""), RT_LF_STR("state", state),
           RT_LF_STR("on", ev->def->topic));

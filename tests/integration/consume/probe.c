@@ -59,10 +59,10 @@ static const svc_stmt_t stmts[] = {
      1},
 };
 
-/* The handler's statement is the batch's second (after the claim): one
- * row with count 1 when the transition was made. */
+/* The handler's one statement: one row with count 1 when the transition
+ * was made. */
 static int transition_done(svc_event_t *ev, const rt_pg_batch_t *b) {
-  const char *n = rt_pg_value(b, 1, 0, 0);
+  const char *n = rt_pg_value(b, ev->apply_last, 0, 0);
   if (n == NULL || strcmp(n, "1") != 0) return SVC_ABSORBED;
   svc_notify(ev->key); /* long-polls on any thread look again */
   return SVC_APPLIED;

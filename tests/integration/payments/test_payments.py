@@ -127,6 +127,11 @@ def test_happy(saga):
     cust, src = saga.funded(10000)
     payee = saga.bank.new_customer()
     dst = saga.bank.new_account(payee)
+    at_commit = "outbox_sent_at_commit_total"
+    a_before = t.metric(saga.plat.port("account"), at_commit) or 0
+    p_before = t.metric(saga.pp(), at_commit) or 0
+    dup_metric = 'inbox_events_total{outcome="duplicate"}'
+    e_dup_before = t.metric(saga.plat.port("event"), dup_metric) or 0
     p = saga.run(cust, src, dst, 2500)
     t.check(p and p["state"] == "completed" and p["reason"] is None, "happy: completed (%s)" % p)
     t.check(p and history(p) == ["pending", "reserved", "authorized", "completed"],
@@ -140,6 +145,18 @@ def test_happy(saga):
     t.check(saga.lines(dst, p["id"]) == [("payment", "balance", 2500)],
             "happy: payee line payment (balance in)")
     t.check(saga.hold(p["id"]) == ("settled", "", "2500"), "happy: the hold is settled")
+    # The events the saga's steps write are published when their
+    # transaction commits (read back in it), not by a scan, and once.
+    a_sent = (t.metric(saga.plat.port("account"), at_commit) or 0) - a_before
+    p_sent = (t.metric(saga.pp(), at_commit) or 0) - p_before
+    t.check(a_sent >= 2 and p_sent >= 2,
+            "happy: account's 2 and payment's 2 saga events published at their commit"
+            " (%s, %s)" % (a_sent, p_sent))
+    # Published twice, an event would reach the event service twice.
+    t.check(t.wait_for(lambda: audit_event(saga, "payment.completed", p["id"]) is not None, 10),
+            "happy: payment.completed audited")
+    dup = (t.metric(saga.plat.port("event"), dup_metric) or 0) - e_dup_before
+    t.check(dup == 0, "happy: no saga event delivered twice to the event service (%s)" % dup)
 
 
 def expect_failed(saga, what, p, reason, steps):
