@@ -84,6 +84,9 @@ typedef struct mover_batch {
   bool *answered;    /* batch_max: a row came back for it */
   uint32_t *waves;   /* batch_max: each movement's wave (move_batch()) */
   char *doc;         /* batch_max * MOVER_ITEM_BYTES */
+  char *ids;         /* batch_max * 37 + 2: its events' ids, "{id,id}" */
+  int stmt;          /* move_batch()'s statement in the batch */
+  int fetch;         /* the read-back of its outbox rows (svc_pub_fetch) */
 } mover_batch_t;
 
 struct account_mover {
@@ -130,7 +133,8 @@ static bool plain(const char *s) { return s == NULL || strpbrk(s, "\"\\") == NUL
 /* Appends movement i of the batch; returns its length, or 0 when it does
  * not fit, which cannot happen: the element's size is bounded above
  * (MOVER_ITEM_BYTES), and the caller treats 0 with NEVER. */
-static size_t put_item(char *out, size_t cap, uint32_t i, uint32_t wave, svc_req_t *req) {
+static size_t put_item(char *out, size_t cap, uint32_t i, uint32_t wave, svc_req_t *req,
+                       char event_id[37]) {
   account_move_t *mv = SVC_STATE(req, account_move_t);
   const char *debit = mv->kind == ACCOUNT_MOVE_TOPUP ? mv->other : mv->account;
   const char *credit = mv->kind == ACCOUNT_MOVE_TOPUP ? mv->account : mv->other;
@@ -144,6 +148,7 @@ static size_t put_item(char *out, size_t cap, uint32_t i, uint32_t wave, svc_req
   svc_trace_of_request(req, &trace);
   svc_emit_t ev;
   svc_emit_prepare(&ev, account_move_event(mv->kind), &trace);
+  memcpy(event_id, ev.id, sizeof ev.id);
   account_move_payload(mv, tx, payload, sizeof payload);
   const char *owner = account_move_owner(req, mv);
   const char *scope = svc_idem_scope(&mv->idem), *key = svc_idem_key(&mv->idem);
@@ -247,19 +252,22 @@ static void batch_done(rt_pg_batch_t *b, int err, void *ctx) {
       rt_log_set_request_id(NULL);
     }
   } else {
+    /* Its events go out now, before the answers. */
+    svc_pub_offer(m->th, b, bt->fetch);
     bool *answered = bt->answered;
     memset(answered, 0, bt->count * sizeof *answered);
-    int rows = rt_pg_rows(b, 0);
+    int st = bt->stmt;
+    int rows = rt_pg_rows(b, st);
     for (int r = 0; r < rows; r++) {
       int64_t i = -1, status = 0;
-      if (rt_pg_int64(b, 0, r, 0, &i) != 0 || i < 0 || (uint64_t)i >= bt->count ||
-          answered[i] || rt_pg_int64(b, 0, r, 1, &status) != 0) {
+      if (rt_pg_int64(b, st, r, 0, &i) != 0 || i < 0 || (uint64_t)i >= bt->count ||
+          answered[i] || rt_pg_int64(b, st, r, 1, &status) != 0) {
         RT_ERROR("movement batch: a row that names no movement", RT_LF_INT("row", r));
         continue;
       }
       answered[i] = true;
-      const char *code = rt_pg_value(b, 0, r, 2);
-      answer(bt->reqs[i], (int)status, code != NULL ? code : "", rt_pg_value(b, 0, r, 3));
+      const char *code = rt_pg_value(b, st, r, 2);
+      answer(bt->reqs[i], (int)status, code != NULL ? code : "", rt_pg_value(b, st, r, 3));
     }
     for (uint32_t i = 0; i < bt->count; i++) {
       if (answered[i]) continue;
@@ -307,18 +315,25 @@ static void batch_send(account_mover_t *m, mover_batch_t *bt) {
   assert(bt->count > 0);
   assert(bt->count <= cfg.batch_max);
   number_waves(bt);
+  size_t at = 0;
   bt->doc[len++] = '[';
+  bt->ids[at++] = '{';
   for (uint32_t i = 0; i < bt->count; i++) {
     if (i > 0) bt->doc[len++] = ',';
-    size_t n = put_item(bt->doc + len, cap - len - 1, i, bt->waves[i], bt->reqs[i]);
+    if (i > 0) bt->ids[at++] = ',';
+    size_t n = put_item(bt->doc + len, cap - len - 1, i, bt->waves[i], bt->reqs[i], bt->ids + at);
     if (NEVER(n == 0)) { /* bounded by MOVER_ITEM_BYTES per movement */
       fail_batch(bt, -ENOSPC);
       return;
     }
     len += n;
+    at += 36;
   }
   bt->doc[len++] = ']';
   bt->doc[len] = '\0';
+  bt->ids[at++] = '}';
+  bt->ids[at] = '\0';
+  assert(at <= (size_t)cfg.batch_max * 37 + 1);
   rt_pg_batch_t *b = rt_pg_batch_new(m->th->pool);
   if (b == NULL) {
     fail_batch(bt, RT_PG_E_POOL_FULL);
@@ -326,8 +341,11 @@ static void batch_send(account_mover_t *m, mover_batch_t *bt) {
   }
   char hours[16];
   snprintf(hours, sizeof hours, "%d", SVC_IDEM_KEEP_HOURS);
+  /* Its events are published at the commit (svc_pub_*): no NOTIFY. */
+  bool quiet = svc_pub_quiet(m->th, b);
   const char *vals[] = {bt->doc, account_insufficient_body, hours};
-  rt_pg_add(b, s_batch, 3, vals);
+  bt->stmt = rt_pg_add(b, s_batch, 3, vals);
+  bt->fetch = svc_pub_fetch(m->th, b, bt->ids, quiet);
   m->in_flight++;
   atomic_fetch_add_explicit(&stats.batches, 1, memory_order_relaxed);
   atomic_fetch_add_explicit(&stats.movements, bt->count, memory_order_relaxed);
@@ -413,8 +431,9 @@ account_mover_t *account_mover_create(svc_thread_t *th) {
     m->slots[s].answered = calloc(cfg.batch_max, sizeof *m->slots[s].answered);
     m->slots[s].waves = calloc(cfg.batch_max, sizeof *m->slots[s].waves);
     m->slots[s].doc = malloc((size_t)cfg.batch_max * MOVER_ITEM_BYTES + 2);
+    m->slots[s].ids = malloc((size_t)cfg.batch_max * 37 + 2);
     if (m->slots[s].reqs == NULL || m->slots[s].answered == NULL || m->slots[s].waves == NULL ||
-        m->slots[s].doc == NULL) {
+        m->slots[s].doc == NULL || m->slots[s].ids == NULL) {
       account_mover_free(m);
       return NULL;
     }
@@ -432,6 +451,7 @@ void account_mover_free(account_mover_t *m) {
     free(m->slots[s].answered);
     free(m->slots[s].waves);
     free(m->slots[s].doc);
+    free(m->slots[s].ids);
   }
   free(m->slots);
   free(m);

@@ -235,6 +235,26 @@ rt_pg_batch_t *svc_batch(svc_req_t *req);
 void svc_db(svc_req_t *req, rt_pg_batch_t *b, svc_db_fn fn);
 
 /*
+ * Publishing a write's events when it commits, instead of at the NOTIFY's
+ * scan (as the consumers do for a delivery's events; svc_relay.c). Only on
+ * the thread that runs the outbox relay (loop thread 0); elsewhere these
+ * do nothing and the NOTIFY wakes the relay as usual.
+ *   quiet = svc_pub_quiet(th, b)    before the statements that write the
+ *                                   events: their rows send no NOTIFY
+ *   fetch = svc_pub_fetch(th, b, ids, quiet)
+ *                                   after them: ids is a Postgres array
+ *                                   literal of every event id the batch may
+ *                                   have written ("{id,id}"); the rows read
+ *                                   back as the batch's last statement
+ *                                   (-1: none; a NOTIFY is added instead
+ *                                   when quiet and the relay cannot take them)
+ *   svc_pub_offer(th, b, fetch)     in the callback, once it committed
+ */
+bool svc_pub_quiet(svc_thread_t *th, rt_pg_batch_t *b);
+int svc_pub_fetch(svc_thread_t *th, rt_pg_batch_t *b, const char *ids, bool quiet);
+void svc_pub_offer(svc_thread_t *th, const rt_pg_batch_t *b, int fetch);
+
+/*
  * Reads that may be slightly stale. With <SVC>_DB_READ_URL set, each loop
  * thread keeps a second pool on it (a replica, or a libpq multi-host URL
  * with target_session_attrs=prefer-standby); list pages, ledger pages and

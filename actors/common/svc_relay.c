@@ -469,13 +469,22 @@ bool svc_relay_quiet(svc_relay_t *r, rt_pg_batch_t *b) {
   return rt_pg_add(b, stmt_quiet, 0, NULL) >= 0;
 }
 
-int svc_relay_add_fetch(svc_relay_t *r, rt_pg_batch_t *b, const svc_emits_t *e) {
-  if (e->n == 0 && !e->overflow) return -1; /* wrote no event */
-  if (r == NULL || r->stopped || e->overflow) {
-    /* Left to a scan, which the quiet transaction must still wake. */
-    if (e->quiet) rt_pg_add(b, stmt_notify, 0, NULL);
+/* The read-back of the rows of ids (an array literal); the NOTIFY instead
+ * when the relay cannot take them and the transaction was made quiet. */
+static int add_fetch(svc_relay_t *r, rt_pg_batch_t *b, const char *ids, bool quiet) {
+  if (r == NULL || r->stopped || ids == NULL) {
+    if (quiet) rt_pg_add(b, stmt_notify, 0, NULL);
     return -1;
   }
+  const char *vals[] = {ids};
+  int i = rt_pg_add(b, stmt_fetch, 1, vals);
+  if (i < 0 && quiet) rt_pg_add(b, stmt_notify, 0, NULL);
+  return i < 0 ? -1 : i;
+}
+
+int svc_relay_add_fetch(svc_relay_t *r, rt_pg_batch_t *b, const svc_emits_t *e) {
+  if (e->n == 0 && !e->overflow) return -1; /* wrote no event */
+  if (e->overflow) return add_fetch(r, b, NULL, e->quiet); /* left to a scan */
   char ids[2 + SVC_EMITS_MAX * 37];
   size_t at = 0;
   ids[at++] = '{';
@@ -487,25 +496,37 @@ int svc_relay_add_fetch(svc_relay_t *r, rt_pg_batch_t *b, const svc_emits_t *e) 
   ids[at++] = '}';
   ids[at] = '\0';
   assert(at < sizeof ids);
-  const char *vals[] = {ids};
-  if (rt_pg_add(b, stmt_fetch, 1, vals) < 0) return -1;
-  return rt_pg_count(b) - 1;
+  return add_fetch(r, b, ids, e->quiet);
+}
+
+static svc_relay_t *thread_relay(svc_thread_t *th) {
+  return th != NULL ? ((svc_th_t *)th)->relay : NULL;
+}
+
+bool svc_pub_quiet(svc_thread_t *th, rt_pg_batch_t *b) { return svc_relay_quiet(thread_relay(th), b); }
+
+int svc_pub_fetch(svc_thread_t *th, rt_pg_batch_t *b, const char *ids, bool quiet) {
+  return add_fetch(thread_relay(th), b, ids, quiet);
+}
+
+void svc_pub_offer(svc_thread_t *th, const rt_pg_batch_t *b, int fetch) {
+  svc_relay_offer(thread_relay(th), b, fetch);
 }
 
 void svc_relay_offer(svc_relay_t *r, const rt_pg_batch_t *b, int stmt) {
   if (r == NULL || r->stopped || stmt < 0) return;
   int n = rt_pg_rows(b, stmt);
   if (n <= 0) return;
-  /* Backing off after failures, or every slot taken: the scan's turn. */
-  if (r->backoff_ms > 0 || r->free_count < (uint32_t)n) {
+  /* Backing off after failures: the scan's turn. */
+  if (r->backoff_ms > 0) {
     relay_scan(r);
     return;
   }
   svc_fault("relay_before_publish");
   for (int i = 0; i < n; i++) {
-    int rc = publish_row(r, b, stmt, i, true);
+    int rc = r->free_count > 0 ? publish_row(r, b, stmt, i, true) : BUS_E_FULL;
     if (rc == BUS_E_FULL) {
-      relay_scan(r);
+      relay_scan(r); /* the rest: now, or after the next mark frees slots */
       return;
     }
     if (rc == 0) {

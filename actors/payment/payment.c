@@ -225,6 +225,7 @@ typedef struct create_state {
   char currency[4];
   char amount[24];
   int write_index;
+  int fetch;        /* the read-back of payment.requested (svc_pub_fetch) */
 } create_state_t;
 
 static void create_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
@@ -233,6 +234,7 @@ static void create_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
     svc_reply_db_error(req, err, b);
     return;
   }
+  svc_pub_offer(req->th, b, st->fetch); /* payment.requested goes out now */
   int status = 0;
   const char *body = NULL;
   svc_idem_result_t r = svc_idem_outcome(b, &st->idem, &status, &body);
@@ -253,6 +255,7 @@ static void create_write(svc_req_t *req) {
   rt_pg_batch_t *b = svc_batch(req);
   if (b == NULL) return;
   svc_idem_add_reopen(b, &st->idem);
+  bool quiet = svc_pub_quiet(req->th, b);
   const char *vals[] = {st->id,
                         req->who.subject,
                         st->from,
@@ -270,6 +273,9 @@ static void create_write(svc_req_t *req) {
   st->write_index = rt_pg_add(b, s_insert, 14, vals);
   svc_idem_add_finish(b, &st->idem, 500,
                       "{\"error\":{\"code\":\"internal\",\"message\":\"payment not recorded\"}}");
+  char ids[40];
+  snprintf(ids, sizeof ids, "{%s}", e.id);
+  st->fetch = svc_pub_fetch(req->th, b, ids, quiet);
   svc_db(req, b, create_done);
 }
 

@@ -145,18 +145,24 @@ def test_happy(saga):
     t.check(saga.lines(dst, p["id"]) == [("payment", "balance", 2500)],
             "happy: payee line payment (balance in)")
     t.check(saga.hold(p["id"]) == ("settled", "", "2500"), "happy: the hold is settled")
-    # The events the saga's steps write are published when their
-    # transaction commits (read back in it), not by a scan, and once.
+    # The events of the POST and of the saga's steps are published when
+    # their transaction commits (read back in it), not by a scan, and once.
     a_sent = (t.metric(saga.plat.port("account"), at_commit) or 0) - a_before
     p_sent = (t.metric(saga.pp(), at_commit) or 0) - p_before
-    t.check(a_sent >= 2 and p_sent >= 2,
-            "happy: account's 2 and payment's 2 saga events published at their commit"
+    t.check(a_sent >= 2 and p_sent >= 3,
+            "happy: account's 2 saga events and payment's 3 published at their commit"
             " (%s, %s)" % (a_sent, p_sent))
     # Published twice, an event would reach the event service twice.
     t.check(t.wait_for(lambda: audit_event(saga, "payment.completed", p["id"]) is not None, 10),
             "happy: payment.completed audited")
     dup = (t.metric(saga.plat.port("event"), dup_metric) or 0) - e_dup_before
     t.check(dup == 0, "happy: no saga event delivered twice to the event service (%s)" % dup)
+    # So is a batched movement's (a top-up).
+    before = t.metric(saga.plat.port("account"), at_commit) or 0
+    saga.bank.topup(payee, dst, 1)
+    after = t.metric(saga.plat.port("account"), at_commit) or 0
+    t.check(after - before == 1, "happy: a top-up's event published at its commit (%s)"
+            % (after - before))
 
 
 def expect_failed(saga, what, p, reason, steps):
