@@ -116,12 +116,15 @@ static const svc_stmt_t stmts[] = {
 const svc_stmt_table_t svc_relay_stmts = {stmts, sizeof stmts / sizeof stmts[0]};
 
 /* A slot's life: FREE -> SENT (published) -> CONFIRMED (PUB_ACKed) ->
- * MARKING (in the mark in flight) -> FREE. */
+ * MARKING (in the mark in flight) -> FREE, or MARKED -> FREE when a scan
+ * that began before its row was offered is still in flight. */
 typedef enum slot_state {
   SLOT_FREE = 0,
   SLOT_SENT,
   SLOT_CONFIRMED,
   SLOT_MARKING,
+  SLOT_MARKED,   /* marked, kept until the scan in flight ends: it began
+                  * before the row was offered and may return it */
 } slot_state_t;
 
 typedef struct relay_slot {
@@ -265,7 +268,11 @@ static void mark_done(rt_pg_batch_t *b, int err, void *ctx) {
     relay_succeeded(r);
   }
   for (uint32_t i = 0; i < RELAY_INFLIGHT_MAX; i++) {
-    if (r->slots[i].state == SLOT_MARKING) slot_free(r, i);
+    if (r->slots[i].state != SLOT_MARKING) continue;
+    if (r->scanning && r->offered)
+      r->slots[i].state = SLOT_MARKED;
+    else
+      slot_free(r, i);
   }
   if (r->confirmed > 0) relay_mark(r);
   /* Slots came free: rows a full scan left behind may be waiting. */
@@ -384,12 +391,20 @@ static int publish_row(svc_relay_t *r, const rt_pg_batch_t *b, int st, int i, bo
   return 0;
 }
 
+/* The scan that might have returned their rows has ended. */
+static void marked_free(svc_relay_t *r) {
+  for (uint32_t i = 0; i < RELAY_INFLIGHT_MAX; i++) {
+    if (r->slots[i].state == SLOT_MARKED) slot_free(r, i);
+  }
+}
+
 static void scan_done(rt_pg_batch_t *b, int err, void *ctx) {
   svc_relay_t *r = ctx;
   if (r->stopped) return;
   assert(r->scanning);
   r->scanning = false;
   if (err != 0) {
+    marked_free(r);
     relay_failed(r, "scan", err);
     return; /* the tick scans again after the back-off */
   }
@@ -418,6 +433,7 @@ static void scan_done(rt_pg_batch_t *b, int err, void *ctx) {
     }
     if (rc == 0) sent++;
   }
+  marked_free(r);
   if (n > 0 && sent == 0 && (full || dups < (uint32_t)n)) {
     relay_failed(r, "publish", full ? BUS_E_FULL : -EINVAL);
     return;
