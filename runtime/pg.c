@@ -92,6 +92,7 @@ struct rt_pg_batch {
   rt_pg_batch_t *next; /* queue or in-flight list */
   batch_state_t state;
   bool abandoned;      /* answered by its deadline while in flight */
+  bool first;          /* queued ahead of the others (rt_pg_batch_first) */
   int build_err;       /* first rt_pg_add() failure, returned by submit */
   int err;             /* first error of the run */
   uint64_t seq;        /* submission order, for the stall watchdog */
@@ -423,6 +424,8 @@ static int pool_conninfo(rt_pg_pool_t *p) {
 /* ------------------------------------------------------------------------ */
 /* Batches: building                                                        */
 /* ------------------------------------------------------------------------ */
+
+void rt_pg_batch_first(rt_pg_batch_t *b) { b->first = true; }
 
 rt_pg_batch_t *rt_pg_batch_new(rt_pg_pool_t *p) {
   rt_pg_batch_t *b = rt_pool_get(&p->batches); /* zeroed */
@@ -1452,12 +1455,16 @@ int rt_pg_submit(rt_pg_batch_t *b, uint32_t deadline_ms, rt_pg_cb cb, void *ctx)
   STAT_ADD(p, batches, 1);
   b->state = BATCH_QUEUED;
   b->next = NULL;
-  if (p->queue_tail != NULL) {
+  if (b->first && p->queue_head != NULL) {
+    b->next = p->queue_head;
+    p->queue_head = b;
+  } else if (p->queue_tail != NULL) {
     p->queue_tail->next = b;
+    p->queue_tail = b;
   } else {
     p->queue_head = b;
+    p->queue_tail = b;
   }
-  p->queue_tail = b;
   p->queued++;
   STAT_ADD(p, queued, 1);
   return 0;

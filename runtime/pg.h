@@ -244,6 +244,13 @@ rt_pg_batch_t *rt_pg_batch_new(rt_pg_pool_t *pool);
 /* Frees a batch that will not be submitted. */
 void rt_pg_batch_free(rt_pg_batch_t *batch);
 
+/* Queues the batch, once submitted, ahead of those already waiting for a
+ * pipeline (not of those in one). For a background task that keeps one
+ * batch at a time in flight and must not wait behind a flood of others
+ * (the audit chainer behind a backlog of deliveries): it cannot starve
+ * them. */
+void rt_pg_batch_first(rt_pg_batch_t *batch);
+
 /* Appends a registered statement with its parameters in text form (NULL
  * for SQL NULL); they are copied. Returns the statement's index in the
  * batch, or a negative error, which is also kept and returned by

@@ -510,6 +510,7 @@ static void scan_done(rt_pg_batch_t *b, int err, void *ctx) {
   ok = ok && arr_end(&pos) && arr_end(&rows) && arr_end(&prevs) && arr_end(&hashes);
   rt_pg_batch_t *w = ok ? rt_pg_batch_new(ch.th->pool) : NULL;
   if (w != NULL) {
+    rt_pg_batch_first(w); /* see chain_round() */
     ch.round_last = ch.head_seq + n;
     ch.round_rows = n;
     memcpy(ch.round_hash, prev, 32);
@@ -581,6 +582,11 @@ static void chain_round(void) {
   }
   rt_pg_batch_t *b = rt_pg_batch_new(ch.th->pool);
   if (b == NULL) return; /* the tick retries */
+  /* Ahead of the deliveries waiting for the pool: after a restart busd
+   * replays its backlog, hundreds at a time, and a round queued behind
+   * them let the chain fall further behind while they were audited. One
+   * round at a time, so they are never starved. */
+  rt_pg_batch_first(b);
   ch.busy = true;
   int rc;
   if (!ch.have_head) {

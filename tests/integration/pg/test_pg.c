@@ -1,7 +1,7 @@
 /*
  * runtime/pg.c against a real PostgreSQL (deploy/pg): round trips,
  * pipelining, prepared statements, transactions per batch, error mapping,
- * the queue limit, large arenas, deadlines, statement_timeout, and
+ * the queue limit and queueing first, large arenas, deadlines, statement_timeout, and
  * reconnection after the server is killed with SIGKILL and started again.
  *
  * Needs PAYMENT_DB_URL (eval "$(deploy/pg env)"); fails without it. argv[1]
@@ -258,6 +258,47 @@ static void test_queue_limit(void) {
     T_CHECK(run_until(outcome_done, &os[i], 5000));
     T_CHECK_EQ_INT(os[i].err, 0);
   }
+  pool_free(p);
+}
+
+/* A batch marked first is queued ahead of those already waiting, not of
+ * the one in the pipeline; the others keep their order. */
+static int order_next;
+static int order_of[8];
+
+static void order_cb(rt_pg_batch_t *b, int err, void *ctx) {
+  (void)b;
+  int *slot = ctx;
+  *slot = err == 0 ? ++order_next : -1;
+}
+
+static bool order_all(void *arg) { return order_next >= *(int *)arg; }
+
+static bool in_pipeline(void *arg) {
+  return atomic_load(&rt_pg_pool_stats((rt_pg_pool_t *)arg)->in_flight) == 1;
+}
+
+static void test_queue_first(void) {
+  rt_pg_pool_t *p = pool_new(1, 1, 8, 3000);
+  T_REQUIRE(p != NULL);
+  order_next = 0;
+  memset(order_of, 0, sizeof order_of);
+  for (int i = 0; i < 5; i++) {
+    rt_pg_batch_t *b = rt_pg_batch_new(p);
+    T_REQUIRE(b != NULL);
+    rt_pg_add_sql(b, i == 0 ? "SELECT pg_sleep(0.1)" : "SELECT 1", 0, NULL);
+    if (i == 4) rt_pg_batch_first(b);
+    T_REQUIRE(rt_pg_submit(b, 5000, order_cb, &order_of[i]) == 0);
+    if (i == 0) T_CHECK(run_until(in_pipeline, p, 2000)); /* 0 leaves the queue */
+  }
+  int want = 5;
+  T_CHECK(run_until(order_all, &want, 5000));
+  /* 0 held the one pipeline slot; 4 went ahead of 1, 2 and 3. */
+  T_CHECK_EQ_INT(order_of[0], 1);
+  T_CHECK_EQ_INT(order_of[4], 2);
+  T_CHECK_EQ_INT(order_of[1], 3);
+  T_CHECK_EQ_INT(order_of[2], 4);
+  T_CHECK_EQ_INT(order_of[3], 5);
   pool_free(p);
 }
 
@@ -540,6 +581,7 @@ int main(int argc, char **argv) {
   T_RUN(test_prepared_once);
   T_RUN(test_pipelining);
   T_RUN(test_queue_limit);
+  T_RUN(test_queue_first);
   T_RUN(test_large_arenas);
   T_RUN(test_deadlines);
   T_RUN(test_listen);
