@@ -750,7 +750,8 @@ static void start_run(bench_t *b) {
   if (cfg->open_loop) {
     int rc = bench_sched_init(&b->sched, b->run_start_ns, (uint64_t)cfg->duration_ms * 1000000u,
                               cfg->rate, cfg->step_rate,
-                              b->steps_count > 1 ? (uint64_t)cfg->step_ms * 1000000u : 0,
+                              /* a stepped run as long as one step has one */
+                              cfg->step_rate > 0.0 ? (uint64_t)cfg->step_ms * 1000000u : 0,
                               (uint64_t)cfg->late_ms * 1000000u);
     if (NEVER(rc < 0)) {
       fatal(b, "the schedule is impossible");

@@ -127,6 +127,16 @@ def test_direct_payments(b):
     t.check(not checks_by_status(doc)["fail"], "its invariant check passed")
 
 
+def test_one_step(b):
+    """A stepped open loop whose run is exactly one step long."""
+    p = b.run("one-step", "--direct", "--scenario", "topup", "--customers", "2", "--rate", "20",
+              "--step-rate", "10", "--step-every", "2s", "--duration", "2s")
+    t.check(p.returncode == 0, "a stepped run one step long exits 0 (%d)" % p.returncode)
+    steps = b.result().get("steps") or []
+    t.check(len(steps) == 1 and steps[0]["rate"] == 20 and steps[0]["ok"] > 0,
+            "one step, at the first rate: %s" % steps)
+
+
 def test_broken_invariant(b):
     """One balance changed behind the platform's back while a run goes on:
     the model and the per-currency sum both see it. The run only reads, so
@@ -168,7 +178,7 @@ def test_broken_invariant(b):
 
 def main():
     b = Bench(sys.argv[1:10])
-    for test in (test_gateway_mixed, test_direct_payments, test_broken_invariant):
+    for test in (test_gateway_mixed, test_direct_payments, test_one_step, test_broken_invariant):
         t.say("== " + test.__name__)
         try:
             test(b)
