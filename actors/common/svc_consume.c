@@ -10,11 +10,11 @@
  *      unless a payload is larger than the arena: counted).
  *   2. A batch: the inbox claim of the event id (claims, scope '#inbox'),
  *      then whatever the handler's apply() adds (with, before its first
- *      event, no NOTIFY for its outbox rows: svc_relay_quiet), then the
+ *      event, no NOTIFY for its outbox rows: svc_pub_quiet), then the
  *      read-back of the outbox rows of the events it prepared; submitted.
  *   3. The commit: done() reads the results (applied, or absorbed when no
  *      transition was allowed); the rows read back go to the relay to be
- *      published now (svc_relay_offer); the delivery is ACKed.
+ *      published now (svc_pub_offer); the delivery is ACKed.
  *      A duplicate fails at its claim (statement 0, unique violation):
  *      nothing of it committed; it is only ACKed. A database that is
  *      down or busy (svc_db_transient()) says nothing about the event:
@@ -55,8 +55,8 @@ typedef struct consume_ctx {
   json_t *payload;
   uint8_t *headers_heap;          /* the headers' copy when not in the arena */
   rt_timer_t retry;               /* a transient failure's wait */
-  svc_emits_t emits;              /* events apply() prepared */
-  int fetch;                      /* their read-back's statement, -1: none */
+  int fetch;                      /* the read-back of the outbox rows of the
+                                  * events apply() prepared, -1: none */
   uint32_t retries;
   struct consume_ctx *waiting_next;
   size_t arena_used;
@@ -265,7 +265,7 @@ static void consume_done(rt_pg_batch_t *b, int err, void *ctx) {
       RT_DEBUG("event applied", RT_LF_STR("type", x->ev.def->topic), RT_LF_STR("event", x->ev.id),
                RT_LF_INT("attempt", x->ev.attempt));
     }
-    svc_relay_offer(x->c->th->relay, b, x->fetch);
+    svc_pub_offer(&x->c->th->pub, b, x->fetch);
     svc_fault("consume_before_ack");
     answer(x, true, NULL);
   }
@@ -355,13 +355,13 @@ static void attempt(consume_ctx_t *x) {
     snprintf(keep, sizeof keep, "%u", svc_g.inbox_keep_s);
     const char *vals[] = {x->ev.id, x->ev.def->topic, keep};
     rt_pg_add(b, stmt_inbox_claim, 3, vals);
-    x->emits = (svc_emits_t){.relay = c->th->relay, .batch = b};
-    svc_emits_collect(&x->emits);
+    svc_emits_t emits = {.th = &c->th->pub, .batch = b};
+    svc_emits_collect(&emits);
     rc = x->consumer->apply(&x->ev, b);
     svc_emits_collect(NULL);
     x->ev.apply_last = rt_pg_count(b) - 1;
     /* The events it wrote, read back to be published at the commit. */
-    x->fetch = rc == 0 ? svc_relay_add_fetch(c->th->relay, b, &x->emits) : -1;
+    x->fetch = rc == 0 ? svc_emits_fetch(&emits) : -1;
     if (rc < 0) rt_pg_batch_free(b);
   }
   if (rc == 0) rc = rt_pg_submit(b, 0, consume_done, x); /* frees b on error */

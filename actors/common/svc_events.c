@@ -85,7 +85,7 @@ void svc_emit_prepare(svc_emit_t *e, svc_event_type_t type, const svc_trace_t *t
   svc_uuid7(e->id);
   svc_emits_t *note = tls_emits;
   if (note != NULL) {
-    if (note->n == 0 && !note->overflow) note->quiet = svc_relay_quiet(note->relay, note->batch);
+    if (note->n == 0 && !note->overflow) note->quiet = svc_pub_quiet(note->th, note->batch);
     if (note->n < SVC_EMITS_MAX)
       memcpy(note->ids[note->n++], e->id, sizeof e->id);
     else

@@ -224,43 +224,29 @@ void svc_relay_close(svc_relay_t *r);
 void svc_relay_free(svc_relay_t *r);
 
 /*
- * Publishing at the commit. A transaction on the relay's thread that
- * writes events (a delivery's, svc_consume.c) reads its own outbox rows
- * back as its last statement, and once it commits hands them to the relay,
- * which publishes them at once: a saga's hop no longer waits for the
- * NOTIFY and a scan. The rows are otherwise the relay's like any other
- * (confirm, mark, sent again after a crash); the NOTIFY's scan that may
- * find them too skips what is already on its way.
+ * The events a delivery's apply() prepares, noted so that its transaction
+ * can publish them at the commit (svc_pub_* in svc.h, as the consumers use
+ * them for every delivery).
  */
 #define SVC_EMITS_MAX 8 /* events one transaction may name for this */
 
 typedef struct svc_emits {
-  svc_relay_t *relay;     /* the thread's, or NULL */
+  svc_thread_t *th;       /* the thread the transaction runs on */
   rt_pg_batch_t *batch;   /* the transaction being built */
-  bool quiet;             /* svc_relay_quiet() added to it */
+  bool quiet;             /* svc_pub_quiet() added to it */
   uint32_t n;
   bool overflow;          /* more than SVC_EMITS_MAX: left to the scan */
   char ids[SVC_EMITS_MAX][37];
 } svc_emits_t;
 
 /* While set on this thread, svc_emit_prepare() notes each event id in e,
- * and at the first makes e->batch quiet (svc_relay_quiet): an event is
+ * and at the first makes e->batch quiet (svc_pub_quiet): an event is
  * prepared before the statement that writes it. NULL: stop noting. */
 void svc_emits_collect(svc_emits_t *e);
 
-/* Before the transaction's statements: its outbox rows send no NOTIFY
- * (svc.outbox_notify off). False when the relay cannot take them (none on
- * this thread, or stopping): then nothing was added. */
-bool svc_relay_quiet(svc_relay_t *r, rt_pg_batch_t *b);
-
-/* Adds the read-back of e's rows to b, as its last statement. Returns its
- * index, or -1 when there is nothing to read, or e overflowed, or the relay
- * stopped meanwhile: then, when e->quiet, a NOTIFY for the scan. */
-int svc_relay_add_fetch(svc_relay_t *r, rt_pg_batch_t *b, const svc_emits_t *e);
-
-/* After b committed: publishes the rows of statement stmt that are not
- * already on their way, as free slots allow; the rest is left to a scan. */
-void svc_relay_offer(svc_relay_t *r, const rt_pg_batch_t *b, int stmt);
+/* svc_pub_fetch() for the events e noted: the read-back's index, or -1
+ * when none was noted (or e overflowed: then left to a scan). */
+int svc_emits_fetch(const svc_emits_t *e);
 
 /* The consumer table on thread 0: subscribes with the service's name as
  * group. Call after svc_relay_create() (it uses th->bus). */

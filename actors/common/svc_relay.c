@@ -21,8 +21,7 @@
  * the round before it. One scan and one mark at a time; a wake-up during
  * a scan, or a scan that filled every free slot, scans again when it
  * ends. A scan excludes the ids in the slots. Rows also enter slots at
- * their commit (svc_relay_offer: a delivery's transaction read its own
- * rows back), which a scan already in flight may return as well: while
+ * their commit (svc_pub_offer: the transaction read its own rows back), which a scan already in flight may return as well: while
  * that can be, the scan's rows are looked up in the slots and those
  * found skipped, so no row is published twice by one relay. While busd is down the
  * slots fill and the relay waits for the client's reconnect (its own
@@ -92,7 +91,7 @@ static const svc_stmt_t stmts[] = {
      " ORDER BY id LIMIT $1::int",
      2},
     /* A transaction's own rows, read back as its last statement
-     * (svc_relay_add_fetch): $1 the ids of the events it may have written. */
+     * (svc_pub_fetch): $1 the ids of the events it may have written. */
     {&stmt_fetch,
      "SELECT " RELAY_COLUMNS
      " FROM outbox WHERE id = ANY($1::uuid[]) AND published_at IS NULL ORDER BY id",
@@ -480,27 +479,27 @@ static void relay_scan(svc_relay_t *r) {
 /* Publishing at the commit                                                 */
 /* ------------------------------------------------------------------------ */
 
-bool svc_relay_quiet(svc_relay_t *r, rt_pg_batch_t *b) {
+static svc_relay_t *thread_relay(svc_thread_t *th) {
+  return th != NULL ? ((svc_th_t *)th)->relay : NULL;
+}
+
+bool svc_pub_quiet(svc_thread_t *th, rt_pg_batch_t *b) {
+  svc_relay_t *r = thread_relay(th);
   if (r == NULL || r->stopped) return false;
   return rt_pg_add(b, stmt_quiet, 0, NULL) >= 0;
 }
 
-/* The read-back of the rows of ids (an array literal); the NOTIFY instead
- * when the relay cannot take them and the transaction was made quiet. */
-static int add_fetch(svc_relay_t *r, rt_pg_batch_t *b, const char *ids, bool quiet) {
-  if (r == NULL || r->stopped || ids == NULL) {
-    if (quiet) rt_pg_add(b, stmt_notify, 0, NULL);
-    return -1;
-  }
-  const char *vals[] = {ids};
-  int i = rt_pg_add(b, stmt_fetch, 1, vals);
+int svc_pub_fetch(svc_thread_t *th, rt_pg_batch_t *b, const char *ids, bool quiet) {
+  svc_relay_t *r = thread_relay(th);
+  int i = r == NULL || r->stopped || ids == NULL ? -1 : rt_pg_add(b, stmt_fetch, 1, &ids);
+  /* Left to a scan, which the quiet transaction must still wake. */
   if (i < 0 && quiet) rt_pg_add(b, stmt_notify, 0, NULL);
   return i < 0 ? -1 : i;
 }
 
-int svc_relay_add_fetch(svc_relay_t *r, rt_pg_batch_t *b, const svc_emits_t *e) {
+int svc_emits_fetch(const svc_emits_t *e) {
   if (e->n == 0 && !e->overflow) return -1; /* wrote no event */
-  if (e->overflow) return add_fetch(r, b, NULL, e->quiet); /* left to a scan */
+  if (e->overflow) return svc_pub_fetch(e->th, e->batch, NULL, e->quiet);
   char ids[2 + SVC_EMITS_MAX * 37];
   size_t at = 0;
   ids[at++] = '{';
@@ -512,24 +511,11 @@ int svc_relay_add_fetch(svc_relay_t *r, rt_pg_batch_t *b, const svc_emits_t *e) 
   ids[at++] = '}';
   ids[at] = '\0';
   assert(at < sizeof ids);
-  return add_fetch(r, b, ids, e->quiet);
+  return svc_pub_fetch(e->th, e->batch, ids, e->quiet);
 }
 
-static svc_relay_t *thread_relay(svc_thread_t *th) {
-  return th != NULL ? ((svc_th_t *)th)->relay : NULL;
-}
-
-bool svc_pub_quiet(svc_thread_t *th, rt_pg_batch_t *b) { return svc_relay_quiet(thread_relay(th), b); }
-
-int svc_pub_fetch(svc_thread_t *th, rt_pg_batch_t *b, const char *ids, bool quiet) {
-  return add_fetch(thread_relay(th), b, ids, quiet);
-}
-
-void svc_pub_offer(svc_thread_t *th, const rt_pg_batch_t *b, int fetch) {
-  svc_relay_offer(thread_relay(th), b, fetch);
-}
-
-void svc_relay_offer(svc_relay_t *r, const rt_pg_batch_t *b, int stmt) {
+void svc_pub_offer(svc_thread_t *th, const rt_pg_batch_t *b, int stmt) {
+  svc_relay_t *r = thread_relay(th);
   if (r == NULL || r->stopped || stmt < 0) return;
   int n = rt_pg_rows(b, stmt);
   if (n <= 0) return;
