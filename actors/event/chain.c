@@ -225,6 +225,7 @@ static struct {
   char public_pem[256];
   uint32_t every;
   uint32_t interval_ms;
+  uint32_t window_ms; /* a round waits this long for company */
 } key;
 
 static void der_append(void *ctx, const void *data, size_t len) {
@@ -351,6 +352,7 @@ int event_chain_config(void) {
   const char *path = rt_env_str("EVENT_SIGNING_KEY", NULL);
   int rc = rt_env_u32("CHECKPOINT_EVERY", 1000, 1, 100000000, &key.every);
   if (rc == 0) rc = rt_env_ms("CHECKPOINT_INTERVAL", 60000, &key.interval_ms);
+  if (rc == 0) rc = rt_env_ms("CHAIN_WINDOW", 20, &key.window_ms);
   if (rc < 0) return rc;
   if (path == NULL) return 0; /* no checkpoints: warned at start */
   rc = key_load_private(path);
@@ -397,13 +399,19 @@ static struct {
 
 static void chain_round(void);
 
+static void chain_later(void);
+
+/* A full round: the next one now (a backlog). Woken meanwhile: the next
+ * after the window, with whatever arrives until then. */
 static void round_end(bool more) {
   ch.busy = false;
   if (ch.stopped) return;
-  if (more || ch.again) {
-    ch.again = false;
+  bool again = ch.again;
+  ch.again = false;
+  if (more)
     chain_round();
-  }
+  else if (again)
+    chain_later();
 }
 
 static void append_done(rt_pg_batch_t *b, int err, void *ctx) {
@@ -642,10 +650,16 @@ static void wake_here(svc_thread_t *th, void *arg) {
   (void)arg;
   atomic_store(&wake_posted, false);
   if (ch.th == NULL || ch.stopped) return;
-  /* A few ms to let more events join the same round. */
+  chain_later();
+}
+
+/* CHAIN_WINDOW to let more events join the same round: each round is two
+ * transactions and a commit whatever its size, and under load a round
+ * per event or two was most of the event database's work. */
+static void chain_later(void) {
   if (rt_timer_armed(&ch.soon)) return;
   /* No timer to wait for company: the round now, alone. */
-  if (rt_timer_start(ch.th->loop, &ch.soon, 2, 0) < 0) chain_round();
+  if (rt_timer_start(ch.th->loop, &ch.soon, key.window_ms, 0) < 0) chain_round();
 }
 
 void event_chain_wake(void) {

@@ -573,6 +573,7 @@ int main(int argc, char **argv) {
           "                        (unset: the chain is kept, nothing is signed)\n"
           "  CHECKPOINT_EVERY      sign the chain head every N records     (1000)\n"
           "  CHECKPOINT_INTERVAL   ... or at least this often when it grew  (60s)\n"
+          "  CHAIN_WINDOW          a chain round waits this long for company (20ms)\n"
           "  ACCOUNT_ADDR          the account service, for reconciliation (127.0.0.1:7002)\n"
           "  ACCOUNT_TIMEOUT       its answer to one page, at most          (5s)\n",
   };
