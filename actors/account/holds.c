@@ -303,9 +303,9 @@ static int on_cancelled(svc_event_t *ev, rt_pg_batch_t *b) {
 }
 
 const svc_consumer_t account_consumers[] = {
-    {SVC_EV_PAYMENT_REQUESTED, on_requested, last_done},
-    {SVC_EV_PAYMENT_AUTHORIZED, on_authorized, last_done},
-    {SVC_EV_PAYMENT_CANCELLED, on_cancelled, release_done},
+    {.type = SVC_EV_PAYMENT_REQUESTED, .apply = on_requested, .done = last_done},
+    {.type = SVC_EV_PAYMENT_AUTHORIZED, .apply = on_authorized, .done = last_done},
+    {.type = SVC_EV_PAYMENT_CANCELLED, .apply = on_cancelled, .done = release_done},
 };
 
 const size_t account_consumers_count = sizeof account_consumers / sizeof account_consumers[0];

@@ -702,8 +702,8 @@ typedef struct svc_event {
   _Alignas(16) unsigned char state[SVC_EVENT_STATE_BYTES]; /* the handler's */
 } svc_event_t;
 
-/* What done() says of a committed event. */
-enum { SVC_APPLIED = 0, SVC_ABSORBED = 1 };
+/* What done() says of a committed event (SVC_DUPLICATE: done_many only). */
+enum { SVC_APPLIED = 0, SVC_ABSORBED = 1, SVC_DUPLICATE = 2 };
 
 /*
  * apply(ev, b): adds the handler's statements to b, after the claim.
@@ -725,10 +725,51 @@ enum { SVC_APPLIED = 0, SVC_ABSORBED = 1 };
 typedef int (*svc_apply_fn)(svc_event_t *ev, rt_pg_batch_t *b);
 typedef int (*svc_done_fn)(svc_event_t *ev, const rt_pg_batch_t *b);
 
+/*
+ * Many deliveries to one transaction, for a handler whose every event is
+ * one append and whose commit per event was most of its work (the event
+ * service's audit). A delivery to such a consumer joins the queue of its
+ * thread; while the queue's batch is at the database, those that arrive
+ * wait and go together in the next, up to SVC_CONSUME_BATCH_MAX, in
+ * arrival order. One batch at a time (SVC_CONSUME_BATCHES): two in
+ * flight updated the same projection rows in different orders and
+ * deadlocked, each time for PostgreSQL's deadlock_timeout (1 s).
+ *
+ * apply_many(evs, n, b): adds statements that claim AND apply evs[0..n).
+ *   The framework adds no claim: a duplicate must not abort the others,
+ *   so the handler claims each id (scope SVC_INBOX_SCOPE) with ON
+ *   CONFLICT DO NOTHING and applies only what it claimed. It may not
+ *   emit events. Returns 0 or a negative error.
+ * done_many(evs, n, b, results): after the commit, results[i] =
+ *   SVC_APPLIED, SVC_ABSORBED or SVC_DUPLICATE for evs[i].
+ *
+ * A batch the database refuses for a reason other than being down or
+ * busy (svc_db_transient(): the batch waits and goes again) is split:
+ * each of its deliveries goes again alone, and only one that fails alone
+ * is NACKed.
+ */
+#define SVC_CONSUME_BATCH_MAX 128
+#define SVC_CONSUME_BATCHES 1
+
+/* How long inbox claims are kept (INBOX_KEEP), in seconds. */
+uint32_t svc_inbox_keep_s(void);
+
+/* For done_many when apply_many's statement answers the 1-based places
+ * of the events that were new as a PostgreSQL integer array ("{1,3}"):
+ * results[i] is SVC_APPLIED for those, SVC_DUPLICATE for the others.
+ * Returns how many were new. */
+uint32_t svc_batch_places(const char *array_text, uint32_t n, int *results);
+
+typedef int (*svc_apply_many_fn)(svc_event_t *const *evs, uint32_t n, rt_pg_batch_t *b);
+typedef void (*svc_done_many_fn)(svc_event_t *const *evs, uint32_t n, const rt_pg_batch_t *b,
+                                 int *results);
+
 typedef struct svc_consumer {
   svc_event_type_t type;
-  svc_apply_fn apply;
+  svc_apply_fn apply;             /* one delivery, one transaction */
   svc_done_fn done;
+  svc_apply_many_fn apply_many;   /* or many: apply and done unused */
+  svc_done_many_fn done_many;
 } svc_consumer_t;
 
 /* A payload field, or NULL / 0 (then the handler returns an error). */

@@ -28,6 +28,14 @@
  * Every log line written on the way carries the event's correlation id.
  * A crash anywhere before the ACK only makes busd deliver it again, and
  * the claim absorbs it.
+ *
+ * A consumer with apply_many (svc.h) takes steps 2 and 3 for many
+ * deliveries at once: they queue; the first to find no batch at the
+ * database waits CONSUME_BATCH_WINDOW for others, those that arrive while
+ * one is there go when it is back; one transaction for the batch, whose
+ * statements claim (a duplicate does not abort the others) and apply;
+ * then each is ACKed. A batch the database refuses goes again one
+ * delivery at a time, so a poisoned event is NACKed alone.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -58,10 +66,22 @@ typedef struct consume_ctx {
   int fetch;                      /* the read-back of the outbox rows of the
                                   * events apply() prepared, -1: none */
   uint32_t retries;
+  bool alone;                     /* apply_many: its batch failed, so it
+                                  * goes alone from now on */
   struct consume_ctx *waiting_next;
+  struct consume_ctx *queue_next; /* apply_many: waiting for a batch */
   size_t arena_used;
   _Alignas(16) unsigned char arena[ARENA_BYTES];
 } consume_ctx_t;
+
+/* A transaction of apply_many deliveries. */
+typedef struct consume_batch {
+  svc_consume_t *c;
+  uint32_t n;                     /* 0: free */
+  consume_ctx_t *ctx[SVC_CONSUME_BATCH_MAX];
+  svc_event_t *evs[SVC_CONSUME_BATCH_MAX];
+  int results[SVC_CONSUME_BATCH_MAX];
+} consume_batch_t;
 
 struct svc_consume {
   svc_th_t *th;
@@ -70,6 +90,12 @@ struct svc_consume {
   uint32_t subs_count;
   uint32_t busy;                  /* deliveries being applied */
   consume_ctx_t *waiting;         /* those waiting to be tried again */
+  consume_ctx_t *queue_head;      /* apply_many: those waiting for a batch */
+  consume_ctx_t *queue_tail;
+  consume_batch_t batches[SVC_CONSUME_BATCHES];
+  uint32_t queued;
+  rt_timer_t window;              /* the first to wait, alone, waits this
+                                  * long for company */
   bool stopped;
 };
 
@@ -84,6 +110,8 @@ static const svc_stmt_t stmts[] = {
      " now() + make_interval(secs => $3::double precision))",
      3},
 };
+
+uint32_t svc_inbox_keep_s(void) { return svc_g.inbox_keep_s; }
 
 const svc_stmt_table_t svc_consume_stmts = {stmts, sizeof stmts / sizeof stmts[0]};
 
@@ -338,9 +366,206 @@ static void on_deliver(void *arg, const bus_delivery_t *d) {
   attempt(x);
 }
 
-/* One try: the claim and the handler's statements, as one transaction. */
+/* ------------------------------------------------------------------------ */
+/* Many deliveries, one transaction (apply_many)                            */
+/* ------------------------------------------------------------------------ */
+
+uint32_t svc_batch_places(const char *array_text, uint32_t n, int *results) {
+  uint32_t applied = 0;
+  for (uint32_t i = 0; i < n; i++) results[i] = SVC_DUPLICATE;
+  for (const char *p = array_text; p != NULL && *p != '\0';) {
+    char *end;
+    unsigned long place = strtoul(p, &end, 10);
+    if (end != p && place >= 1 && place <= n && results[place - 1] != SVC_APPLIED) {
+      results[place - 1] = SVC_APPLIED;
+      applied++;
+    }
+    p = *end != '\0' ? end + 1 : end; /* past '{', ',' and '}' */
+  }
+  return applied;
+}
+
+static void batches_flush(svc_consume_t *c);
+static void batches_send(svc_consume_t *c);
+
+static void queue_push(svc_consume_t *c, consume_ctx_t *x) {
+  c->queued++;
+  x->queue_next = NULL;
+  if (c->queue_tail != NULL)
+    c->queue_tail->queue_next = x;
+  else
+    c->queue_head = x;
+  c->queue_tail = x;
+}
+
+/* A failed batch's deliveries go back to the front, in their order, each
+ * to be tried alone. */
+static void batch_split(consume_batch_t *bt) {
+  svc_consume_t *c = bt->c;
+  for (uint32_t i = bt->n; i-- > 0;) {
+    consume_ctx_t *x = bt->ctx[i];
+    x->alone = true;
+    c->queued++;
+    x->queue_next = c->queue_head;
+    c->queue_head = x;
+    if (c->queue_tail == NULL) c->queue_tail = x;
+  }
+}
+
+static void batch_done(rt_pg_batch_t *b, int err, void *arg) {
+  consume_batch_t *bt = arg;
+  svc_consume_t *c = bt->c;
+  uint32_t n = bt->n;
+  if (err == 0) {
+    for (uint32_t i = 0; i < n; i++) bt->results[i] = SVC_APPLIED;
+    bt->ctx[0]->consumer->done_many(bt->evs, n, b, bt->results);
+    svc_fault("consume_before_ack");
+    for (uint32_t i = 0; i < n; i++) {
+      consume_ctx_t *x = bt->ctx[i];
+      svc_event_type_t t = x->ev.def->type;
+      rt_log_set_request_id(x->ev.trace.correlation_id);
+      if (bt->results[i] == SVC_DUPLICATE) {
+        atomic_fetch_add_explicit(&svc_bus_stats.inbox_duplicates, 1, memory_order_relaxed);
+        RT_DEBUG("duplicate event absorbed", RT_LF_STR("type", x->ev.def->topic),
+                 RT_LF_STR("event", x->ev.id));
+      } else if (bt->results[i] == SVC_ABSORBED) {
+        atomic_fetch_add_explicit(&svc_bus_stats.inbox_absorbed[t], 1, memory_order_relaxed);
+      } else {
+        atomic_fetch_add_explicit(&svc_bus_stats.inbox_applied[t], 1, memory_order_relaxed);
+        RT_DEBUG("event applied", RT_LF_STR("type", x->ev.def->topic),
+                 RT_LF_STR("event", x->ev.id), RT_LF_INT("attempt", x->ev.attempt),
+                 RT_LF_INT("batch", n));
+      }
+      answer(x, true, NULL);
+      ctx_release(x);
+    }
+  } else if (svc_db_transient(err)) {
+    for (uint32_t i = 0; i < n; i++) retry_later(bt->ctx[i], err);
+  } else if (n > 1) {
+    const rt_pg_error_t *e = rt_pg_error(b);
+    RT_WARN("event batch refused, its events go again one by one", RT_LF_INT("events", n),
+            RT_LF_STR("error", rt_strerror(err)), RT_LF_STR("sqlstate", e->sqlstate));
+    batch_split(bt);
+  } else {
+    consume_ctx_t *x = bt->ctx[0];
+    const rt_pg_error_t *e = rt_pg_error(b);
+    char why[160];
+    snprintf(why, sizeof why, "%s (sqlstate %s, statement %d)", rt_strerror(err), e->sqlstate,
+             e->stmt_index);
+    rt_log_set_request_id(x->ev.trace.correlation_id);
+    fail(x, why);
+    ctx_release(x);
+  }
+  rt_log_set_request_id(NULL);
+  bt->n = 0;
+  if (c->stopped)
+    batches_flush(c);
+  else
+    batches_send(c); /* they waited for this one: no window */
+}
+
+/* Fills bt from the queue's front: one delivery that goes alone, or up to
+ * SVC_CONSUME_BATCH_MAX of the others. */
+static void batch_fill(svc_consume_t *c, consume_batch_t *bt) {
+  bt->c = c;
+  bt->n = 0;
+  while (c->queue_head != NULL && bt->n < SVC_CONSUME_BATCH_MAX) {
+    consume_ctx_t *x = c->queue_head;
+    if (x->alone && bt->n > 0) break;
+    c->queue_head = x->queue_next;
+    if (c->queue_head == NULL) c->queue_tail = NULL;
+    x->queue_next = NULL;
+    c->queued--;
+    bt->ctx[bt->n] = x;
+    bt->evs[bt->n] = &x->ev;
+    bt->n++;
+    if (x->alone) break;
+  }
+}
+
+static void batch_submit(svc_consume_t *c, consume_batch_t *bt) {
+  const svc_consumer_t *con = bt->ctx[0]->consumer;
+  rt_pg_batch_t *b = rt_pg_batch_new(c->th->pub.pool);
+  int rc = b == NULL ? RT_PG_E_POOL_FULL : con->apply_many(bt->evs, bt->n, b);
+  if (rc < 0 && b != NULL) rt_pg_batch_free(b);
+  if (rc == 0) rc = rt_pg_submit(b, 0, batch_done, bt); /* frees b on error */
+  if (rc == 0) return;
+  uint32_t n = bt->n;
+  bt->n = 0;
+  if (svc_db_transient(rc)) {
+    for (uint32_t i = 0; i < n; i++) retry_later(bt->ctx[i], rc);
+  } else if (n > 1) {
+    bt->n = n;
+    batch_split(bt);
+    bt->n = 0;
+  } else {
+    rt_log_set_request_id(bt->ctx[0]->ev.trace.correlation_id);
+    fail(bt->ctx[0], rt_strerror(rc));
+    ctx_release(bt->ctx[0]);
+    rt_log_set_request_id(NULL);
+  }
+}
+
+static bool batch_busy(const svc_consume_t *c) {
+  for (uint32_t i = 0; i < SVC_CONSUME_BATCHES; i++)
+    if (c->batches[i].n > 0) return true;
+  return false;
+}
+
+static void on_window(rt_timer_t *t) { batches_send(t->ctx); }
+
+/* Sends what waits in as many batches as are free. While none is at the
+ * database, the first delivery to wait waits CONSUME_BATCH_WINDOW for
+ * others (unless a batch is full); those that arrive while one is there
+ * go as soon as it is back, having waited already. */
+static void batches_flush(svc_consume_t *c) {
+  if (c->stopped) {
+    rt_timer_stop(c->th->pub.loop, &c->window);
+    while (c->queue_head != NULL) {
+      consume_ctx_t *x = c->queue_head;
+      c->queue_head = x->queue_next;
+      c->queued--;
+      answer(x, false, "consumer draining");
+      ctx_release(x);
+    }
+    c->queue_tail = NULL;
+    return;
+  }
+  if (c->queue_head == NULL) return;
+  if (rt_timer_armed(&c->window)) {
+    if (c->queued < SVC_CONSUME_BATCH_MAX) return; /* it sends them */
+    rt_timer_stop(c->th->pub.loop, &c->window);
+  } else if (!batch_busy(c) && c->queued < SVC_CONSUME_BATCH_MAX && svc_g.consume_window_ms > 0 &&
+             !c->queue_head->alone &&
+             rt_timer_start(c->th->pub.loop, &c->window, svc_g.consume_window_ms, 0) == 0) {
+    return; /* no timer: they go now */
+  }
+  batches_send(c);
+}
+
+static void batches_send(svc_consume_t *c) {
+  /* Ends: a batch that cannot go either takes its slot (submitted) or
+   * leaves the queue shorter (waits, NACKed) or made of deliveries that
+   * go alone (split). */
+  while (c->queue_head != NULL) {
+    consume_batch_t *bt = NULL;
+    for (uint32_t i = 0; i < SVC_CONSUME_BATCHES && bt == NULL; i++)
+      if (c->batches[i].n == 0) bt = &c->batches[i];
+    if (bt == NULL) return; /* the next to finish sends the rest */
+    batch_fill(c, bt);
+    batch_submit(c, bt);
+  }
+}
+
+/* One try: the claim and the handler's statements, as one transaction;
+ * or, for apply_many, a place in the next batch. */
 static void attempt(consume_ctx_t *x) {
   svc_consume_t *c = x->c;
+  if (x->consumer->apply_many != NULL && !c->stopped) {
+    queue_push(c, x);
+    batches_flush(c);
+    return;
+  }
   rt_log_set_request_id(x->ev.trace.correlation_id);
   if (c->stopped) {
     answer(x, false, "consumer draining");
@@ -391,6 +616,7 @@ int svc_consume_create(svc_consume_t **out, svc_th_t *th) {
   svc_consume_t *c = calloc(1, sizeof *c);
   if (c == NULL) return -ENOMEM;
   c->th = th;
+  rt_timer_init(&c->window, on_window, c);
   uint64_t cap = svc_consume_deliveries_max();
   int rc = cap > UINT32_MAX ? RT_E_CONFIG
                             : rt_pool_init(&c->ctxs, "svc_deliveries", sizeof(consume_ctx_t),
@@ -426,6 +652,7 @@ int svc_consume_create(svc_consume_t **out, svc_th_t *th) {
 void svc_consume_stop(svc_consume_t *c) {
   if (c == NULL) return;
   c->stopped = true;
+  batches_flush(c); /* those queued for a batch go back to busd */
   /* Those waiting for the database go back to busd now. */
   while (c->waiting != NULL) {
     consume_ctx_t *x = c->waiting;

@@ -115,6 +115,7 @@ typedef struct svc_global {
   uint32_t db_wait_ms;
   uint32_t inbox_keep_s;
   uint32_t consume_in_flight;
+  uint32_t consume_window_ms;      /* apply_many: a batch waits for company */
   uint32_t parked_max;
   svc_th_t *threads[SVC_THREADS_MAX];
   /* Set by each loop thread once it is fully set up; threads finish their

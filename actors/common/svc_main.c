@@ -461,6 +461,7 @@ static void usage(FILE *f, const svc_def_t *def) {
           "  AMQP_MAX_ATTEMPTS     amqp: deliveries before the dead letter (5)\n"
           "  AMQP_HEARTBEAT        amqp: connection heartbeat (10s; 0 none)\n"
           "  CONSUME_IN_FLIGHT     deliveries applied at once per topic (64)\n"
+          "  CONSUME_BATCH_WINDOW  a batch of deliveries (event) waits this long for company (10ms)\n"
           "  INBOX_KEEP            how long event ids are kept (30d; > busd retention)\n"
           "  SVC_PARKED_MAX        long-polls parked per thread, 503 above (4096)\n"
           "  FAULT_POINT           tests only: exit at this step (name[:n])\n"
@@ -548,6 +549,7 @@ static int load_config(void) {
     rc = RT_E_CONFIG;
   }
   if (rc == 0) rc = rt_env_u32("CONSUME_IN_FLIGHT", 64, 1, 4096, &svc_g.consume_in_flight);
+  if (rc == 0) rc = rt_env_ms("CONSUME_BATCH_WINDOW", 10, &svc_g.consume_window_ms);
   if (rc == 0) rc = rt_env_u32("SVC_PARKED_MAX", 4096, 1, 1u << 20, &svc_g.parked_max);
   if (rc == 0) rc = bus_config();
   if (rc == 0) rc = rt_pg_config_from_env(&svc_g.pg, "DB");
@@ -689,7 +691,8 @@ static int loop_config(rt_loop_config_t *lc, bool serving) {
                                          * or its call to a peer service, one at a time */
       + pools * rt_pg_pool_timers(&pg)  /* batch deadlines, connects, stalls, restarts */
       + deliveries                      /* a delivery waiting to be tried again */
-      + bus * 4                         /* the bus client's three, the relay's tick */
+      + bus * 5                         /* the bus client's three, the relay's tick,
+                                         * the consumer's batch window */
       + 3                               /* drain grace, claim pruning, the loop's drain */
       + SVC_OWN_TIMERS;                 /* the service's own, and a command's waits */
   uint64_t msgs =

@@ -44,18 +44,13 @@ static int s_append, s_list;
 static svc_peer_t account_peer; /* ACCOUNT_ADDR, ACCOUNT_TIMEOUT: reconciliation */
 
 static const svc_stmt_t stmts[] = {
-    /* $1 event id, $2 topic, $3 key, $4 payload, $5 partition, $6 offset,
-     * $7 busd's store time in Unix ms, $8 headers. After the inbox claim
-     * of the id: the row, its place in the chainer's queue, and the
-     * projections, in the same transaction. */
-    {&s_append,
-     "WITH a AS (INSERT INTO audit_log (event_id, topic, key, payload, bus_partition, bus_offset,"
-     " stored_at, headers) VALUES ($1::uuid, $2, $3, $4::jsonb, $5::int, $6::bigint,"
-     " to_timestamp($7::bigint / 1000.0), $8::jsonb)"
-     " RETURNING seq, topic, payload, headers, received_at),"
-     " q AS (INSERT INTO audit_unchained (audit_seq) SELECT seq FROM a)"
-     " SELECT proj_apply(NULL, topic, payload, received_at) FROM a",
-     8},
+    /* $1 the batch: a JSON array of {id, topic, key, payload, partition,
+     * offset, stored (busd's store time, Unix ms), headers}; $2 the inbox
+     * scope, $3 seconds to keep the claims. Each event claimed, appended,
+     * queued for the chainer and applied to the projections, in one
+     * transaction for all (migration 0007). The places (1-based) of those
+     * that were new. */
+    {&s_append, "SELECT audit_append($1::jsonb, $2, $3::double precision)", 3},
     /* The chain in order. $1 topic, $2 since, $3 until, $4 cursor (the
      * position of the last item shown), $5 limit + 1, $6 correlation id,
      * $7 key. headers_text, payload_text and recorded_us are the record's
@@ -84,7 +79,7 @@ static const svc_stmt_t stmts[] = {
 /* ------------------------------------------------------------------------ */
 
 /* The event's headers as one JSON object (names and values as strings). */
-static char *headers_json(const svc_event_t *ev) {
+static json_t *headers_obj(const svc_event_t *ev) {
   json_t *obj = json_object();
   bus_header_iter_t it;
   bus_header_iter_init(&it, ev->headers);
@@ -97,44 +92,52 @@ static char *headers_json(const svc_event_t *ev) {
     json_t *v = json_stringn((const char *)value.ptr, value.len); /* NULL when not UTF-8 */
     if (v != NULL) json_object_set_new(obj, key, v);
   }
-  char *text = obj != NULL ? json_dumps(obj, JSON_COMPACT) : NULL;
-  json_decref(obj);
-  return text;
+  return obj;
 }
 
-static int audit_apply(svc_event_t *ev, rt_pg_batch_t *b) {
-  char partition[16], offset[24], stored[24];
-  snprintf(partition, sizeof partition, "%" PRIu32, ev->partition);
-  snprintf(offset, sizeof offset, "%" PRIu64, ev->offset);
-  snprintf(stored, sizeof stored, "%" PRIu64, ev->stored_ms);
-  char *payload = json_dumps(ev->payload, JSON_COMPACT);
-  char *headers = headers_json(ev);
-  int rc = payload != NULL && headers != NULL ? 0 : -ENOMEM;
-  if (rc == 0) {
-    const char *vals[] = {ev->id, ev->def->topic, ev->key, payload, partition, offset, stored,
-                          headers};
-    rc = rt_pg_add(b, s_append, 8, vals);
+/* Every delivery of the batch as one element of a JSON array. */
+static int audit_apply_many(svc_event_t *const *evs, uint32_t n, rt_pg_batch_t *b) {
+  json_t *arr = json_array();
+  int rc = arr != NULL ? 0 : -ENOMEM;
+  for (uint32_t i = 0; i < n && rc == 0; i++) {
+    const svc_event_t *ev = evs[i];
+    json_t *headers = headers_obj(ev);
+    json_t *e = headers == NULL ? NULL
+                                : json_pack("{s:s, s:s, s:s, s:O, s:I, s:I, s:I, s:o}", "id", ev->id,
+                                            "topic", ev->def->topic, "key", ev->key, "payload",
+                                            ev->payload, "partition", (json_int_t)ev->partition,
+                                            "offset", (json_int_t)ev->offset, "stored",
+                                            (json_int_t)ev->stored_ms, "headers", headers);
+    if (e == NULL || json_array_append_new(arr, e) < 0) rc = -ENOMEM;
   }
-  free(payload);
-  free(headers);
+  char *text = rc == 0 ? json_dumps(arr, JSON_COMPACT) : NULL;
+  json_decref(arr);
+  if (rc == 0 && text == NULL) rc = -ENOMEM;
+  if (rc == 0) {
+    char keep[16];
+    snprintf(keep, sizeof keep, "%" PRIu32, svc_inbox_keep_s());
+    const char *vals[] = {text, SVC_INBOX_SCOPE, keep};
+    rc = rt_pg_add(b, s_append, 3, vals);
+  }
+  free(text);
   return rc < 0 ? rc : 0;
+}
+
+/* After the commit: the chainer has rows to place. */
+static void audit_done_many(svc_event_t *const *evs, uint32_t n, const rt_pg_batch_t *b,
+                            int *results) {
+  (void)evs;
+  if (svc_batch_places(rt_pg_value(b, 0, 0, 0), n, results) > 0) event_chain_wake();
 }
 
 /* Every type of the registry, filled in main(). */
 static svc_consumer_t consumers[SVC_EV_COUNT];
 
-/* After the commit: the chainer has a new row to place. */
-static int audit_done(svc_event_t *ev, const rt_pg_batch_t *b) {
-  (void)ev;
-  (void)b;
-  event_chain_wake();
-  return SVC_APPLIED;
-}
-
 static void consumers_fill(void) {
   for (int t = 0; t < SVC_EV_COUNT; t++)
-    consumers[t] =
-        (svc_consumer_t){.type = (svc_event_type_t)t, .apply = audit_apply, .done = audit_done};
+    consumers[t] = (svc_consumer_t){.type = (svc_event_type_t)t,
+                                    .apply_many = audit_apply_many,
+                                    .done_many = audit_done_many};
 }
 
 /* ------------------------------------------------------------------------ */

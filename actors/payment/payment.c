@@ -350,6 +350,10 @@ static void on_create(svc_req_t *req) {
 
 static void get_read(svc_req_t *req);
 
+static bool state_final(const char *state) {
+  return state != NULL && (strcmp(state, "completed") == 0 || strcmp(state, "failed") == 0);
+}
+
 static void get_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
   if (err != 0) {
     svc_reply_db_error(req, err, b);
@@ -359,9 +363,7 @@ static void get_done(svc_req_t *req, rt_pg_batch_t *b, int err) {
     svc_reply_error(req, 404, "payment_not_found", "no such payment");
     return;
   }
-  const char *state = rt_pg_value(b, 0, 0, 1);
-  bool final = strcmp(state, "completed") == 0 || strcmp(state, "failed") == 0;
-  if (!final && svc_poll_again(req)) return;
+  if (!state_final(rt_pg_value(b, 0, 0, 1)) && svc_poll_again(req)) return;
   reply_text_json(req, 200, rt_pg_value(b, 0, 0, 2));
 }
 
@@ -448,7 +450,8 @@ static int transition_done(svc_event_t *ev, const rt_pg_batch_t *b) {
   const char *id = event_payment(ev);
   RT_INFO("payment moved", RT_LF_STR("payment", id ? id : ""), RT_LF_STR("state", state),
           RT_LF_STR("on", ev->def->topic));
-  if (id != NULL) svc_notify(id);
+  /* Long-polls wait for a final state: a step on the way wakes no one. */
+  if (id != NULL && state_final(state)) svc_notify(id);
   return SVC_APPLIED;
 }
 
@@ -524,11 +527,11 @@ static int on_released(svc_event_t *ev, rt_pg_batch_t *b) {
 }
 
 static const svc_consumer_t consumers[] = {
-    {SVC_EV_ACCOUNT_FUNDS_RESERVED, on_reserved, transition_done},
-    {SVC_EV_ACCOUNT_FUNDS_REJECTED, on_rejected, transition_done},
-    {SVC_EV_ACCOUNT_PAYMENT_SETTLED, on_settled, transition_done},
-    {SVC_EV_ACCOUNT_SETTLEMENT_FAILED, on_settlement_failed, transition_done},
-    {SVC_EV_ACCOUNT_FUNDS_RELEASED, on_released, transition_done},
+    {.type = SVC_EV_ACCOUNT_FUNDS_RESERVED, .apply = on_reserved, .done = transition_done},
+    {.type = SVC_EV_ACCOUNT_FUNDS_REJECTED, .apply = on_rejected, .done = transition_done},
+    {.type = SVC_EV_ACCOUNT_PAYMENT_SETTLED, .apply = on_settled, .done = transition_done},
+    {.type = SVC_EV_ACCOUNT_SETTLEMENT_FAILED, .apply = on_settlement_failed, .done = transition_done},
+    {.type = SVC_EV_ACCOUNT_FUNDS_RELEASED, .apply = on_released, .done = transition_done},
 };
 
 static const svc_event_type_t produces[] = {

@@ -10,7 +10,8 @@
  *                                                  requested is absorbed)
  *
  * Each transition writes one probe_effects row, so a test can count
- * effects per event. PROBE_FAIL_TYPE=<topic> makes that type's handler
+ * effects per event. payment.completed is consumed many to a transaction
+ * (apply_many): one effect per new event. PROBE_FAIL_TYPE=<topic> makes that type's handler
  * fail every time (NACK), to drive an event into its dead letter.
  *
  *   GET /probe/items/{id}   {"state": ..., "effects": n}; with ?wait=MS
@@ -27,7 +28,7 @@
 extern const svc_migration_t probe_migrations[];
 extern const size_t probe_migrations_count;
 
-static int s_requested, s_cancelled, s_item;
+static int s_requested, s_cancelled, s_item, s_completed;
 static const char *fail_type;
 
 static const svc_stmt_t stmts[] = {
@@ -52,6 +53,22 @@ static const svc_stmt_t stmts[] = {
      "  RETURNING 1)"
      " SELECT count(*) FROM s, e, o",
      5},
+    /* Many at once (apply_many): $1 a JSON array of {id, item, n}, $2 the
+     * inbox scope. Each claimed without aborting the others, one effect
+     * for each new one; n must be an integer: an event whose n is not
+     * makes the whole batch fail (the poison of the batch test). The
+     * places of the new ones. */
+    {&s_completed,
+     "WITH x AS (SELECT e.ord::int AS i, e.v->>'id' AS id, e.v->>'item' AS item,"
+     "  (e.v->>'n')::int AS n FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(v, ord)),"
+     " c AS (INSERT INTO claims (scope, key, request_hash, status, response_body, created_at,"
+     "  expires_at) SELECT $2, x.id, 'payment.completed', 1, '', now(), now() + interval '1 day'"
+     "  FROM x ORDER BY x.id ON CONFLICT DO NOTHING RETURNING key),"
+     " y AS (SELECT DISTINCT ON (x.id) x.* FROM x JOIN c ON c.key = x.id ORDER BY x.id, x.i),"
+     " e AS (INSERT INTO probe_effects (item, event_id, kind)"
+     "  SELECT y.item, y.id::uuid, 'completed' FROM y RETURNING 1)"
+     " SELECT coalesce(array_agg(y.i ORDER BY y.i), '{}')::text FROM y",
+     2},
     {&s_item,
      "SELECT json_build_object('state', i.state, 'effects',"
      " (SELECT count(*) FROM probe_effects e WHERE e.item = i.id))::text"
@@ -94,10 +111,38 @@ static int on_other(svc_event_t *ev, rt_pg_batch_t *b) {
   return failing(ev) ? SVC_E_EVENT : 0;
 }
 
+static int on_completed_many(svc_event_t *const *evs, uint32_t n, rt_pg_batch_t *b) {
+  json_t *arr = json_array();
+  for (uint32_t i = 0; i < n && arr != NULL; i++) {
+    const char *item = svc_event_str(evs[i], "payment_id");
+    json_t *num = json_object_get(evs[i]->payload, "n");
+    json_t *e = json_pack("{s:s, s:s?, s:O?}", "id", evs[i]->id, "item", item, "n", num);
+    if (e == NULL || json_array_append_new(arr, e) < 0) {
+      json_decref(arr);
+      arr = NULL;
+    }
+  }
+  char *text = arr != NULL ? json_dumps(arr, JSON_COMPACT) : NULL;
+  json_decref(arr);
+  if (text == NULL) return SVC_E_EVENT;
+  const char *vals[] = {text, SVC_INBOX_SCOPE};
+  int rc = rt_pg_add(b, s_completed, 2, vals);
+  free(text);
+  return rc < 0 ? rc : 0;
+}
+
+static void completed_done(svc_event_t *const *evs, uint32_t n, const rt_pg_batch_t *b,
+                           int *results) {
+  (void)evs;
+  svc_batch_places(rt_pg_value(b, 0, 0, 0), n, results);
+}
+
 static const svc_consumer_t consumers[] = {
-    {SVC_EV_PAYMENT_REQUESTED, on_requested, transition_done},
-    {SVC_EV_PAYMENT_CANCELLED, on_cancelled, transition_done},
-    {SVC_EV_PAYMENT_AUTHORIZED, on_other, NULL},
+    {.type = SVC_EV_PAYMENT_REQUESTED, .apply = on_requested, .done = transition_done},
+    {.type = SVC_EV_PAYMENT_CANCELLED, .apply = on_cancelled, .done = transition_done},
+    {.type = SVC_EV_PAYMENT_AUTHORIZED, .apply = on_other, .done = NULL},
+    {.type = SVC_EV_PAYMENT_COMPLETED, .apply_many = on_completed_many,
+     .done_many = completed_done},
 };
 
 static const svc_event_type_t produces[] = {SVC_EV_PAYMENT_FAILED};

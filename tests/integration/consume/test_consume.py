@@ -21,6 +21,11 @@ transitions; events are published into busd on purpose with busctl.
    with nothing to wait for answers at its deadline. The loops, sized from
    the configuration, show on /metrics what they held and that nothing
    was refused.
+6. Many deliveries to one transaction (payment.completed, the probe's
+   apply_many consumer, with a long batch window): a duplicate in the
+   burst applies once and is counted; one event that makes its batch fail
+   sends the others of that batch back one by one: each of them applies
+   once, and only that one is NACKed, with the database's reason.
 5. Correlation: an X-Request-Id on an HTTP request comes back on the
    answer, is in the outbox row's headers, in the event's bus headers and
    the audit log, and in log lines of every process that handled the
@@ -39,6 +44,7 @@ import paytest as t  # noqa: E402
 
 MAX_ATTEMPTS = 4
 BACKOFF_MS = 1500
+BATCH_WINDOW_MS = 1500  # the probe's: the test's burst joins one batch
 
 
 def uuid7():
@@ -233,6 +239,45 @@ def test_correlation(plat, busctl, urls):
                       % corr) == 3, "an auditor pulls the three events of that flow by correlation")
 
 
+def test_batch(plat, busctl, url):
+    tag = "pay-batch-" + uuid.uuid4().hex[:8]
+    probe = plat.proc("probe")
+    ids, poison = [uuid7() for _ in range(6)], uuid7()
+    dup = 'inbox_events_total{outcome="duplicate"}'
+    before = counter(plat, dup)
+    started = time.time()
+    for i, eid in enumerate(ids):
+        plat.publish(busctl, "payment.completed", tag, {"payment_id": tag, "n": i}, event_id=eid)
+        if i == 2:
+            plat.publish(busctl, "payment.completed", tag, {"payment_id": tag, "n": "x"},
+                         event_id=poison)
+    plat.publish(busctl, "payment.completed", tag, {"payment_id": tag, "n": 0}, event_id=ids[0])
+    t.say("8 events published in %.2f s (the probe's batch window: %s ms)"
+          % (time.time() - started, BATCH_WINDOW_MS))
+
+    def effects():
+        return t.sql_rows(url, "SELECT event_id::text, count(*) FROM probe_effects"
+                               " WHERE item = '%s' GROUP BY 1" % tag)
+    t.check(t.wait_for(lambda: len(effects()) >= len(ids) and counter(plat, dup) > before, 30),
+            "the batched events are applied")
+    rows = dict((r[0], int(r[1])) for r in effects())
+    t.check(sorted(rows) == sorted(ids) and set(rows.values()) == {1},
+            "each good event has exactly one effect, the poisoned one none: %s" % rows)
+    t.check(counter(plat, dup) == before + 1, "the duplicate is counted once (%s)"
+            % (counter(plat, dup) - before))
+    split = [r for r in probe.log_records()
+             if r.get("msg") == "event batch refused, its events go again one by one"]
+    t.check(split and all(r.get("events", 0) >= 2 for r in split) and
+            split[0].get("sqlstate") == "22P02",
+            "the poisoned batch was split, with the database's reason: %s" % split[:2])
+    t.check(t.wait_for(lambda: len(nack_attempts(probe, poison)) >= 1, 20),
+            "the poisoned event alone is NACKed")
+    nacked = set(r.get("event") for r in probe.log_records()
+                 if r.get("msg") == "event not applied, NACKed" and r.get("type") ==
+                 "payment.completed")
+    t.check(nacked == {poison}, "no other event of the batch is NACKed: %s" % nacked)
+
+
 def main():
     if len(sys.argv) != 7:
         print(__doc__, file=sys.stderr)
@@ -246,7 +291,8 @@ def main():
                                         "BUSD_RETRY_BACKOFF_MAX_MS": str(BACKOFF_MS),
                                         "BUSD_PARTITIONS": "2"},
                                "probe": {"PROBE_FAIL_TYPE": "payment.authorized",
-                                         "PROBE_THREADS": "3"}})
+                                         "PROBE_THREADS": "3",
+                                         "CONSUME_BATCH_WINDOW": "%dms" % BATCH_WINDOW_MS}})
     plat.start("busd", "probe", "profile", "account", "event")
     urls = {n: t.db_url(n) for n in ("probe", "account", "event")}
     t.run_cases((("duplicate", lambda: test_duplicate(plat, busctl)),
@@ -254,7 +300,9 @@ def main():
                  ("dead letter across a busd crash", lambda: test_dead_letter(plat, busctl)),
                  ("long-polls across threads", lambda: test_long_poll(plat, busctl)),
                  ("the loops' limits", lambda: test_loop_limits(plat)),
-                 ("correlation", lambda: test_correlation(plat, busctl, urls))))
+                 ("correlation", lambda: test_correlation(plat, busctl, urls)),
+                 ("many deliveries, one transaction", lambda: test_batch(plat, busctl,
+                                                                         urls["probe"]))))
     for name in ("event", "account", "profile", "probe"):
         t.check(plat.proc(name).stop() == 0, "%s drains and exits 0" % name)
     return t.finish()
