@@ -163,6 +163,7 @@ typedef struct http_parser {
   bool no_body;            /* the next response answers a HEAD request */
   http_scan_t scan;
   http_msg_t msg;
+  bool head_lent;          /* scratch and headers are lent by the owner */
 } http_parser_t;
 
 /* Allocates the scratch area and the header array (bounded by the limits;
@@ -173,6 +174,21 @@ int http_parser_init(http_parser_t *p, http_kind_t kind,
 
 /* Frees what init and the body buffer allocated. Safe on a zeroed parser. */
 void http_parser_deinit(http_parser_t *p);
+
+/* Head storage lent by the owner instead (a server holding many idle
+ * keep-alive connections keeps one only while a request is read and
+ * handled). http_parser_init_lent() allocates none; one is
+ * http_parser_head_bytes() long (16-aligned). http_parser_lend() gives
+ * one to a parser between messages, before it is fed; a parser fed
+ * without one asserts. http_parser_take_back() takes it back from a
+ * parser between messages (http_parser_idle(), its message released) or
+ * one being thrown away; NULL when it had none. */
+size_t http_parser_head_bytes(const http_limits_t *limits);
+int http_parser_init_lent(http_parser_t *p, http_kind_t kind,
+                          const http_limits_t *limits);
+void http_parser_lend(http_parser_t *p, void *head);
+void *http_parser_take_back(http_parser_t *p);
+bool http_parser_has_head(const http_parser_t *p);
 
 /* Parses bytes until one message is complete or the input runs out.
  * *consumed is set to the bytes used. When a message is complete, *msg_out
@@ -459,6 +475,7 @@ typedef struct http_server_stats {
   _Atomic uint64_t idle_closed;
   _Atomic uint64_t bytes_received;
   _Atomic uint64_t bytes_sent;
+  _Atomic uint64_t heads_lent;      /* connections reading or handling a request */
 } http_server_stats_t;
 
 /* Fills defaults for zero fields. */

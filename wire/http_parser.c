@@ -617,8 +617,17 @@ static uint64_t scratch_bytes(const http_limits_t *l) {
          2ull * l->headers_count_max;
 }
 
-int http_parser_init(http_parser_t *p, http_kind_t kind,
-                     const http_limits_t *limits) {
+size_t http_parser_head_bytes(const http_limits_t *limits) {
+  http_limits_t d;
+  if (limits == NULL) {
+    http_limits_defaults(&d);
+    limits = &d;
+  }
+  return (size_t)limits->headers_count_max * sizeof(http_header_t) + scratch_bytes(limits);
+}
+
+/* Limits, kind and llhttp; no head storage yet. */
+static int parser_setup(http_parser_t *p, http_kind_t kind, const http_limits_t *limits) {
   memset(p, 0, sizeof(*p));
   if (limits) {
     p->limits = *limits;
@@ -634,12 +643,6 @@ int http_parser_init(http_parser_t *p, http_kind_t kind,
   uint64_t cap = scratch_bytes(l);
   if (cap > UINT32_MAX) return -EINVAL;
   p->scratch_cap = (uint32_t)cap;
-  p->scratch = malloc(p->scratch_cap);
-  p->headers = calloc(l->headers_count_max, sizeof(*p->headers));
-  if (p->scratch == NULL || p->headers == NULL) {
-    http_parser_deinit(p);
-    return -ENOMEM;
-  }
   p->kind = kind;
   llhttp_init(&p->llh, kind == HTTP_KIND_REQUEST ? HTTP_REQUEST : HTTP_RESPONSE,
               &http_settings);
@@ -648,9 +651,51 @@ int http_parser_init(http_parser_t *p, http_kind_t kind,
   return 0;
 }
 
+int http_parser_init(http_parser_t *p, http_kind_t kind,
+                     const http_limits_t *limits) {
+  int rc = parser_setup(p, kind, limits);
+  if (rc < 0) return rc;
+  p->scratch = malloc(p->scratch_cap);
+  p->headers = calloc(p->limits.headers_count_max, sizeof(*p->headers));
+  if (p->scratch == NULL || p->headers == NULL) {
+    http_parser_deinit(p);
+    return -ENOMEM;
+  }
+  p->msg.headers = p->headers;
+  return 0;
+}
+
+int http_parser_init_lent(http_parser_t *p, http_kind_t kind,
+                          const http_limits_t *limits) {
+  int rc = parser_setup(p, kind, limits);
+  p->head_lent = true;
+  return rc;
+}
+
+void http_parser_lend(http_parser_t *p, void *head) {
+  assert(p->head_lent && p->scratch == NULL && head != NULL);
+  assert(http_parser_idle(p) && !p->msg_ready);
+  p->headers = head;
+  p->scratch = (char *)head + (size_t)p->limits.headers_count_max * sizeof(http_header_t);
+  p->msg.headers = p->headers;
+}
+
+void *http_parser_take_back(http_parser_t *p) {
+  assert(p->head_lent);
+  void *head = p->headers;
+  p->headers = NULL;
+  p->scratch = NULL;
+  p->msg.headers = NULL;
+  return head;
+}
+
+bool http_parser_has_head(const http_parser_t *p) { return p->scratch != NULL; }
+
 void http_parser_deinit(http_parser_t *p) {
-  free(p->scratch);
-  free(p->headers);
+  if (!p->head_lent) {
+    free(p->scratch);
+    free(p->headers);
+  }
   free(p->body);
   p->scratch = NULL;
   p->headers = NULL;
@@ -705,6 +750,7 @@ int http_parser_feed(http_parser_t *p, const char *data, size_t len,
                      size_t *consumed, http_msg_t **msg_out) {
   *consumed = 0;
   *msg_out = NULL;
+  assert(p->scratch != NULL); /* a lent head is lent before feeding */
   if (p->err) return p->err;
   if (p->msg_ready) return HTTP_E_STATE;
   if (len == 0) return 0;

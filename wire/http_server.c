@@ -101,6 +101,7 @@ struct http_server {
   rt_op_t accept_cancel_op;
   rt_op_t listen_close_op;
   rt_pool_t conns;
+  rt_pool_t heads;  /* parsers' head storage, lent while a request is on */
   http_conn_t *live;
   bool draining;
   bool accepting;
@@ -494,12 +495,41 @@ static void dispatch(http_conn_t *c, const http_msg_t *req) {
 /* Feeds bytes to the parser until they are used up or the connection must
  * wait (handler pending, output over the high-water mark, or closing).
  * Returns the number of bytes consumed. */
+/*
+ * Head storage (the parser's scratch for the request line and fields, and
+ * its field table, 12 KiB with the default limits) is lent from the
+ * server's pool from a request's first byte until the connection is idle
+ * again (answered, nothing held, between messages): an idle keep-alive
+ * connection holds none. The pool has one per connection allowed, so a
+ * connection always finds one; its slots are touched only as far as
+ * requests run at once, and the last given back is the next lent.
+ */
+static bool conn_head(http_conn_t *c) {
+  if (http_parser_has_head(&c->parser)) return true;
+  void *head = rt_pool_take(&c->server->heads);
+  if (NEVER(head == NULL)) return false;
+  http_parser_lend(&c->parser, head);
+  STAT_ADD(&c->server->stats, heads_lent, 1);
+  return true;
+}
+
+static void conn_head_back(http_conn_t *c) {
+  void *head = http_parser_take_back(&c->parser);
+  if (head == NULL) return;
+  rt_pool_put(&c->server->heads, head);
+  STAT_ADD(&c->server->stats, heads_lent, (uint64_t)-1);
+}
+
 static size_t conn_feed(http_conn_t *c, const char *data, size_t len) {
   size_t used = 0;
   /* Bound: each turn consumes bytes or completes a request. */
   for (uint32_t turns = 0; turns < 100000; turns++) {
     if (c->state != CONN_OPEN || c->ex.pending) break;
     if (c->out.len + c->sending.len + c->wire.len > OUT_HIGH_WATER) break;
+    if (!conn_head(c)) {
+      conn_fail_response(c, 503, "overloaded", "no request head storage");
+      return len;
+    }
     bool was_idle = http_parser_idle(&c->parser);
     size_t consumed = 0;
     http_msg_t *msg = NULL;
@@ -554,6 +584,7 @@ static void conn_pump(http_conn_t *c) {
     return;
   }
   if (c->held_len == 0 && http_parser_idle(&c->parser)) {
+    conn_head_back(c); /* idle: the next request borrows one again */
     if (c->server->draining && c->out.len == 0 && c->wire.len == 0 &&
         !c->send_op.in_flight) {
       conn_close(c);
@@ -644,6 +675,7 @@ static void conn_release(http_conn_t *c) {
   const http_filter_t *f = c->server->config.filter;
   if (f != NULL && c->filter_state != NULL) f->free(c->filter_state);
   c->filter_state = NULL;
+  conn_head_back(c);
   http_parser_deinit(&c->parser);
   http_buf_deinit(&c->out);
   http_buf_deinit(&c->sending);
@@ -729,7 +761,7 @@ static void conn_start(http_server_t *s, int fd) {
   rt_timer_init(&c->timer, conn_timer_fired, c);
   rt_actor_init(&c->actor, s->loop, "http_conn", conn_actor, c);
   c->actor.on_stop = conn_actor_stopped;
-  int rc = http_parser_init(&c->parser, HTTP_KIND_REQUEST, &s->config.limits);
+  int rc = http_parser_init_lent(&c->parser, HTTP_KIND_REQUEST, &s->config.limits);
   if (rc == 0) rc = http_buf_init(&c->out, 0, s->config.out_bytes_max);
   if (rc == 0) rc = http_buf_init(&c->sending, 0, s->config.out_bytes_max);
   if (rc == 0) rc = http_buf_init(&c->wire, 0, s->config.out_bytes_max + 65536);
@@ -828,6 +860,11 @@ int http_server_create(http_server_t **out, rt_loop_t *loop,
   s->router = router;
   s->listen_fd = -1;
   int rc = rt_pool_init(&s->conns, "http_conns", sizeof(http_conn_t), s->config.conns_max);
+  if (rc == 0) {
+    rc = rt_pool_init(&s->heads, "http_heads", http_parser_head_bytes(&s->config.limits),
+                      s->config.conns_max);
+    if (rc < 0) rt_pool_deinit(&s->conns);
+  }
   if (rc < 0) {
     free(s);
     return rc;
@@ -867,6 +904,7 @@ void http_server_destroy(http_server_t *s) {
   }
   if (s->listen_fd >= 0) close(s->listen_fd);
   rt_pool_deinit(&s->conns);
+  rt_pool_deinit(&s->heads);
   free(s);
 }
 
@@ -898,6 +936,9 @@ static const metric_def_t metric_defs[] = {
     {"idle_closed_total", COUNTER, "Keep-alive connections closed when idle.", M(idle_closed), NULL},
     {"received_bytes_total", COUNTER, "Bytes received.", M(bytes_received), NULL},
     {"sent_bytes_total", COUNTER, "Bytes sent.", M(bytes_sent), NULL},
+    {"request_heads_lent", WIRE_METRICS_GAUGE,
+     "Connections holding request head storage now (reading or handling a request).",
+     M(heads_lent), NULL},
 };
 #undef COUNTER
 #undef M

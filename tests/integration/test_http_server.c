@@ -475,6 +475,12 @@ static void test_keep_alive(void) {
     resp_free(&resp);
   }
   T_CHECK_EQ_INT(ok, KEEP_ALIVE_REQUESTS);
+  /* Answered and idle, it holds no request head storage: only the
+   * connection asking for /metrics does, while it is answered. */
+  resp_t m = {0};
+  T_CHECK_EQ_INT(request_once(GET("/metrics"), &m), 200);
+  T_CHECK(m.body != NULL && strstr(m.body, "http_request_heads_lent 1\n") != NULL);
+  resp_free(&m);
   reader_free(&r);
   close(fd);
 }
