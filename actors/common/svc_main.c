@@ -45,14 +45,8 @@ int svc_stmt_ready, svc_stmt_prune, svc_stmt_lazy_commit;
 
 static const svc_stmt_t own_stmts[] = {
     {&svc_stmt_ready, "SELECT 1", 0},
-    /* SET LOCAL, as a statement the pipeline can carry (svc_commit_lazily).
-     * With generic plans for what follows: the relay's mark takes an array
-     * of ids, and the planner, finding a custom plan for one id cheaper
-     * than the generic one it costs for ten, planned it at every call. */
-    {&svc_stmt_lazy_commit,
-     "SELECT set_config('synchronous_commit', 'off', true),"
-     " set_config('plan_cache_mode', 'force_generic_plan', true)",
-     0},
+    /* SET LOCAL, as a statement the pipeline can carry (svc_commit_lazily). */
+    {&svc_stmt_lazy_commit, "SELECT set_config('synchronous_commit', 'off', true)", 0},
     /* Claims past their keeping time, a thousand at a time. */
     {&svc_stmt_prune,
      "DELETE FROM claims WHERE ctid IN (SELECT ctid FROM claims WHERE expires_at < now()"

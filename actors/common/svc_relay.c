@@ -97,13 +97,8 @@ static const svc_stmt_t stmts[] = {
      " FROM outbox WHERE id = ANY($1::uuid[]) AND published_at IS NULL ORDER BY id",
      1},
     /* No NOTIFY from this transaction's outbox rows (common migration
-     * 0007); and the one it then owes after all. Generic plans from here
-     * on: the read-back takes an array of ids, and was planned at every
-     * call otherwise (as the mark, svc_commit_lazily). */
-    {&stmt_quiet,
-     "SELECT set_config('svc.outbox_notify', 'off', true),"
-     " set_config('plan_cache_mode', 'force_generic_plan', true)",
-     0},
+     * 0007); and the one it then owes after all. */
+    {&stmt_quiet, "SELECT set_config('svc.outbox_notify', 'off', true)", 0},
     {&stmt_notify, "SELECT pg_notify('" RELAY_CHANNEL "', '')", 0},
     {&stmt_mark,
      "UPDATE outbox SET published_at = now()"
