@@ -78,13 +78,24 @@ def logs():
     return [p.log_path for p in paytest.PROCS] + _extra_logs
 
 
-def start(name, argv, env=None):
-    """Starts a process with its output to TMP/<name>.log, without waiting
-    for it; returns (Popen, log path)."""
+def start(name, argv, env=None, port=None):
+    """Starts a process with its output to TMP/<name>.log; returns (Popen,
+    log path). With a port, waits (20 s at most) until it accepts TCP
+    connections there: an upstream the gateway is sent to at once must be
+    listening first, or the first requests get 503 on a busy machine."""
     # Services started here run without the bus (no busd in these tests).
     full_env = {"BUS_ADDR": "off"}
     full_env.update(env or {})
     p = paytest.Proc(name, argv, full_env, None, new_session=True).start()
+    if port is not None:
+        def listening():
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        if not wait_for(listening, 20):
+            raise RuntimeError("%s not listening on %d in 20 s" % (name, port))
     return p.proc, p.log_path
 
 

@@ -174,7 +174,7 @@ def main():
     t.watchdog(150)
     certs = t.make_certs(certs_sh)
     up_port = t.free_port()
-    t.start("bench_httpd", [httpd, "--port", str(up_port)])
+    t.start("bench_httpd", [httpd, "--port", str(up_port)], port=up_port)
     gw = t.Gateway(binary, certs, "http://127.0.0.1:%d" % up_port, name="gateway-abuse",
                    env={"GW_EXTRA_ROUTES": EXTRA, "GW_TLS_HANDSHAKE_TIMEOUT": "2s",
                         "HTTP_HEADER_TIMEOUT_MS": "2000", "HTTP_BODY_BYTES_MAX": "4096"})

@@ -417,7 +417,7 @@ def main():
     t.watchdog(150)
     certs = t.make_certs(certs_sh)
     up_port = t.free_port()
-    t.start("bench_httpd", [httpd, "--port", str(up_port)])
+    t.start("bench_httpd", [httpd, "--port", str(up_port)], port=up_port)
     upstream = "http://127.0.0.1:%d" % up_port
     env = {"GW_EXTRA_ROUTES": EXTRA, "GW_TLS_HANDSHAKE_TIMEOUT": "1s"}
     gw = t.Gateway(binary, certs, upstream, name="gateway-ecdsa", env=env)

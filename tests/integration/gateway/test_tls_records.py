@@ -231,7 +231,7 @@ def main():
     t.watchdog(150)
     certs = t.make_certs(certs_sh)
     up_port = t.free_port()
-    t.start("bench_httpd", [httpd, "--port", str(up_port)])
+    t.start("bench_httpd", [httpd, "--port", str(up_port)], port=up_port)
     env = {"GW_EXTRA_ROUTES": EXTRA, "GW_THREADS": "1", "HTTP_CONNS_MAX": "8",
            "GW_TLS_HANDSHAKE_TIMEOUT": "10s"}
     gw = t.Gateway(binary, certs, "http://127.0.0.1:%d" % up_port, env=env)
