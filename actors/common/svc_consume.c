@@ -412,6 +412,32 @@ static void batch_split(consume_batch_t *bt) {
   }
 }
 
+/* A batch that did not commit (b NULL: not even submitted): waits and goes
+ * again when the database is down or busy; else each of its deliveries
+ * goes again alone, and one that fails alone is NACKed with the reason. */
+static void batch_failed(consume_batch_t *bt, int err, const rt_pg_batch_t *b) {
+  const rt_pg_error_t *e = b != NULL ? rt_pg_error(b) : NULL;
+  if (svc_db_transient(err)) {
+    for (uint32_t i = 0; i < bt->n; i++) retry_later(bt->ctx[i], err);
+  } else if (bt->n > 1) {
+    RT_WARN("event batch refused, its events go again one by one", RT_LF_INT("events", bt->n),
+            RT_LF_STR("error", rt_strerror(err)), RT_LF_STR("sqlstate", e ? e->sqlstate : ""));
+    batch_split(bt);
+  } else {
+    consume_ctx_t *x = bt->ctx[0];
+    char why[160];
+    if (e != NULL)
+      snprintf(why, sizeof why, "%s (sqlstate %s, statement %d)", rt_strerror(err), e->sqlstate,
+               e->stmt_index);
+    else
+      snprintf(why, sizeof why, "%s", rt_strerror(err));
+    rt_log_set_request_id(x->ev.trace.correlation_id);
+    fail(x, why);
+    ctx_release(x);
+    rt_log_set_request_id(NULL);
+  }
+}
+
 static void batch_done(rt_pg_batch_t *b, int err, void *arg) {
   consume_batch_t *bt = arg;
   svc_consume_t *c = bt->c;
@@ -439,22 +465,8 @@ static void batch_done(rt_pg_batch_t *b, int err, void *arg) {
       answer(x, true, NULL);
       ctx_release(x);
     }
-  } else if (svc_db_transient(err)) {
-    for (uint32_t i = 0; i < n; i++) retry_later(bt->ctx[i], err);
-  } else if (n > 1) {
-    const rt_pg_error_t *e = rt_pg_error(b);
-    RT_WARN("event batch refused, its events go again one by one", RT_LF_INT("events", n),
-            RT_LF_STR("error", rt_strerror(err)), RT_LF_STR("sqlstate", e->sqlstate));
-    batch_split(bt);
   } else {
-    consume_ctx_t *x = bt->ctx[0];
-    const rt_pg_error_t *e = rt_pg_error(b);
-    char why[160];
-    snprintf(why, sizeof why, "%s (sqlstate %s, statement %d)", rt_strerror(err), e->sqlstate,
-             e->stmt_index);
-    rt_log_set_request_id(x->ev.trace.correlation_id);
-    fail(x, why);
-    ctx_release(x);
+    batch_failed(bt, err, b);
   }
   rt_log_set_request_id(NULL);
   bt->n = 0;
@@ -490,20 +502,8 @@ static void batch_submit(svc_consume_t *c, consume_batch_t *bt) {
   if (rc < 0 && b != NULL) rt_pg_batch_free(b);
   if (rc == 0) rc = rt_pg_submit(b, 0, batch_done, bt); /* frees b on error */
   if (rc == 0) return;
-  uint32_t n = bt->n;
+  batch_failed(bt, rc, NULL);
   bt->n = 0;
-  if (svc_db_transient(rc)) {
-    for (uint32_t i = 0; i < n; i++) retry_later(bt->ctx[i], rc);
-  } else if (n > 1) {
-    bt->n = n;
-    batch_split(bt);
-    bt->n = 0;
-  } else {
-    rt_log_set_request_id(bt->ctx[0]->ev.trace.correlation_id);
-    fail(bt->ctx[0], rt_strerror(rc));
-    ctx_release(bt->ctx[0]);
-    rt_log_set_request_id(NULL);
-  }
 }
 
 static bool batch_busy(const svc_consume_t *c) {
